@@ -1,0 +1,1 @@
+"""The command-line layer: parse, validate, call the core, render. Nothing else."""

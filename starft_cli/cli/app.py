@@ -1,0 +1,109 @@
+"""The ``starft`` Typer application: command registration and the one place errors become messages."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from starft_cli import __version__
+from starft_cli.errors import StarftError
+
+
+def _debug() -> bool:
+    return os.environ.get("STARFT_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+class StarftGroup(TyperGroup):
+    """Runs a sub-command and maps every error to one line on stderr (a traceback only with STARFT_DEBUG=1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except StarftError as exc:
+            if _debug():
+                traceback.print_exc()
+            click.echo(f"error: {exc.one_line()}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:
+            if _debug():
+                traceback.print_exc()
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            click.echo(
+                f"error: unexpected {type(exc).__name__}: {message} (rerun with STARFT_DEBUG=1 for the traceback "
+                "and report it)",
+                err=True,
+            )
+            ctx.exit(1)
+
+
+app = typer.Typer(
+    name="starft",
+    cls=StarftGroup,
+    help="Robust fine-tuning of zero-shot image-text models with StarFT.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"starft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Robust fine-tuning of zero-shot image-text models with StarFT."""
+
+
+def _register() -> None:
+    # Each module defines its commands on a Typer of its own; none imports torch at module level.
+    from starft_cli.cli import classify
+
+    app.command("classify", help=classify.HELP)(classify.classify_command)
+    for module_name, group_name in _GROUPS:
+        try:
+            module = __import__(f"starft_cli.cli.{module_name}", fromlist=["app"])
+        except ModuleNotFoundError as exc:  # a command group not built yet
+            if exc.name != f"starft_cli.cli.{module_name}":
+                raise
+            continue
+        if group_name is None:
+            for name, fn, help_text in module.COMMANDS:
+                app.command(name, help=help_text)(fn)
+        else:
+            app.add_typer(module.app, name=group_name)
+
+
+# (module, group name or None for top-level commands listed in module.COMMANDS)
+_GROUPS: list[tuple[str, str | None]] = [
+    ("finetune", None),
+    ("evaluate", None),
+    ("data", "data"),
+    ("zoo", "zoo"),
+]
+
+_register()
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - during start-up
+        sys.exit(130)

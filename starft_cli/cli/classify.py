@@ -1,0 +1,96 @@
+"""``starft classify``: zero-shot classification of images with any model."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from starft_cli.cli.options import ArchOpt, BatchSizeOpt, DeviceOpt, ModelOpt, OutputFormat, TemplatesOpt
+from starft_cli.errors import UsageError
+
+HELP = "Zero-shot classify images: each label's probability, best first."
+PROGRESS_THRESHOLD = 32
+
+
+def classify_command(
+    images: Annotated[list[str], typer.Argument(help="Image files, directories or glob patterns.", show_default=False)],
+    labels: Annotated[str | None, typer.Option("--labels", "-l", help="Comma-separated labels.")] = None,
+    labels_file: Annotated[Path | None, typer.Option("--labels-file", help="A file with one label per line.")] = None,
+    model: ModelOpt = "ViT-B-16",
+    arch: ArchOpt = None,
+    templates: TemplatesOpt = "ensemble",
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Show the K best labels.")] = None,
+    output_format: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
+    device: DeviceOpt = "auto",
+    batch_size: BatchSizeOpt = 32,
+) -> None:
+    """Zero-shot classify images: each label's probability, best first."""
+    label_list = _read_labels(labels, labels_file)
+    from starft_cli.device import resolve_device
+    from starft_cli.images import expand_image_args
+    from starft_cli.models import load
+    from starft_cli.zeroshot import classify, validate_labels
+
+    label_list = validate_labels(label_list)
+    paths = expand_image_args(images)  # input checked before any model is loaded
+    resolved = resolve_device(device)
+    loaded = load(model, device=resolved, arch=arch)
+    results = _run_with_progress(classify, paths, label_list, loaded, templates, resolved, batch_size, top_k)
+    typer.echo(render(results, output_format), nl=False)
+
+
+def _read_labels(labels: str | None, labels_file: Path | None) -> list[str]:
+    if (labels is None) == (labels_file is None):
+        raise UsageError("give exactly one of --labels and --labels-file", "e.g. --labels cat,dog")
+    if labels is not None:
+        return labels.split(",")
+    assert labels_file is not None
+    try:
+        return [line for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as exc:
+        raise UsageError(f"cannot read labels file {labels_file} ({exc.strerror})") from exc
+
+
+def _run_with_progress(classify: Any, paths: list[Path], *args: Any) -> list[dict[str, Any]]:
+    labels, loaded, templates, device, batch_size, top_k = args
+    kwargs = dict(model=loaded, templates=templates, device=device, batch_size=batch_size, top_k=top_k)
+    if len(paths) <= PROGRESS_THRESHOLD:
+        return classify(paths, labels, **kwargs)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True, console=_stderr_console()) as bar:
+        task = bar.add_task("classifying", total=len(paths))
+        return classify(paths, labels, progress=lambda done, total: bar.update(task, completed=done), **kwargs)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def render(results: list[dict[str, Any]], output_format: OutputFormat) -> str:
+    """Render classification results as a table, strict JSON, or CSV."""
+    if output_format == OutputFormat.json:
+        return json.dumps(results, indent=2, allow_nan=False) + "\n"
+    rows = [
+        (r["image"], rank, p["label"], p["probability"])
+        for r in results
+        for rank, p in enumerate(r["predictions"], start=1)
+    ]
+    if output_format == OutputFormat.csv:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["image", "rank", "label", "probability"])
+        writer.writerows((img, rank, label, f"{prob:.6f}") for img, rank, label, prob in rows)
+        return buffer.getvalue()
+    from tabulate import tabulate
+
+    shown = [(img if rank == 1 else "", rank, label, f"{prob:.4f}") for img, rank, label, prob in rows]
+    return tabulate(shown, headers=["image", "rank", "label", "probability"], tablefmt="simple") + "\n"

@@ -1,0 +1,1 @@
+"""Datasets: one registry for training and evaluation (see :mod:`starft_cli.data.registry`)."""

@@ -1,0 +1,100 @@
+"""The dataset types every reader returns."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch.utils.data
+
+from starft_cli.images import open_image
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Labelled images with class names and, where the benchmark has them, groups and captions.
+
+    ``dataset[i]`` is ``(transform(image), label)``. ``groups[i]`` indexes ``group_names``;
+    ``captions[i]`` (training data) overrides the ``a photo of a {classname}.`` caption.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        classnames: Sequence[str],
+        labels: Sequence[int],
+        transform: Callable[[Any], Any] | None = None,
+        groups: Sequence[int] | None = None,
+        group_names: Sequence[str] | None = None,
+        captions: Sequence[str] | None = None,
+        templates: str = "imagenet80",
+        class_subset: Sequence[int] | None = None,
+    ) -> None:
+        self.name = name
+        self.classnames = list(classnames)
+        self.labels = [int(y) for y in labels]
+        self.transform = transform
+        self.groups = None if groups is None else [int(g) for g in groups]
+        self.group_names = None if group_names is None else list(group_names)
+        self.captions = None if captions is None else list(captions)
+        self.templates = templates
+        # For datasets that cover a subset of a larger label space (ImageNet-R/A): the indices, in the
+        # larger space, of this dataset's classes; labels are then indices into the larger space.
+        self.class_subset = None if class_subset is None else [int(c) for c in class_subset]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def get_image(self, index: int) -> Any:
+        """The ``index``-th image as an RGB PIL image."""
+        raise NotImplementedError
+
+    def describe(self, index: int) -> str:
+        """A human-readable name of the ``index``-th sample (its file path where it has one)."""
+        return f"{self.name}[{index}]"
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = self.get_image(index)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[index]
+
+    def with_transform(self, transform: Callable[[Any], Any] | None) -> ImageDataset:
+        """A shallow copy with another transform."""
+        other = copy.copy(self)
+        other.transform = transform
+        return other
+
+
+class FileImageDataset(ImageDataset):
+    """An :class:`ImageDataset` whose images are files."""
+
+    def __init__(self, *, paths: Sequence[str | Path], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.paths = [Path(p) for p in paths]
+        if len(self.paths) != len(self.labels):
+            raise ValueError("paths and labels differ in length")
+
+    def get_image(self, index: int) -> Any:
+        return open_image(self.paths[index])
+
+    def describe(self, index: int) -> str:
+        return str(self.paths[index])
+
+
+@dataclass
+class CheckReport:
+    """What ``starft data check`` found: problems (empty when the layout is right) and counts."""
+
+    name: str
+    root: Path
+    problems: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems

@@ -1,0 +1,70 @@
+"""ImageNet (ILSVRC-2012) in the usual wnid-folder layout."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from starft_cli.data.base import CheckReport, FileImageDataset
+from starft_cli.data.registry import register_dataset
+from starft_cli.images import is_image_name
+
+
+@cache
+def imagenet_classes() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The 1000 ImageNet wnids (sorted, the standard label order) and their OpenAI class names."""
+    text = resources.files("starft_cli.data").joinpath("assets", "imagenet_classes.tsv").read_text(encoding="utf-8")
+    rows = [line.split("\t") for line in text.splitlines()[1:] if line.strip()]
+    return tuple(r[0] for r in rows), tuple(r[1] for r in rows)
+
+
+def scan_wnid_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Images under ``root/<wnid>/``: paths, labels (ImageNet indices) and problems found."""
+    wnids, _ = imagenet_classes()
+    index = {w: i for i, w in enumerate(wnids)}
+    paths: list[Path] = []
+    labels: list[int] = []
+    problems: list[str] = []
+    if not root.is_dir():
+        return paths, labels, [f"missing folder {root}"]
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if folder.name not in index:
+            problems.append(f"{folder} is not an ImageNet wnid folder")
+            continue
+        files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p))
+        paths.extend(files)
+        labels.extend([index[folder.name]] * len(files))
+    if not paths and not problems:
+        problems.append(f"no images in wnid folders under {root}")
+    return paths, labels, problems
+
+
+@register_dataset(
+    "imagenet",
+    title="ImageNet (ILSVRC-2012)",
+    folder="imagenet",
+    layout="imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG (val sorted into wnid folders)",
+    source="https://image-net.org (registration required); sort val into wnid folders with the devkit labels",
+    splits=("train", "val"),
+    default_split="val",
+    templates="imagenet80",
+)
+class ImageNet:
+    def build(self, root: Path, split: str) -> FileImageDataset:
+        _, names = imagenet_classes()
+        paths, labels, _ = scan_wnid_folders(root / split)
+        return FileImageDataset(name="imagenet", classnames=names, labels=labels, paths=paths, templates="imagenet80")
+
+    def check(self, root: Path) -> CheckReport:
+        report = CheckReport(name="imagenet", root=root)
+        for split in ("train", "val"):
+            if not (root / split).is_dir():
+                if split == "val":
+                    report.problems.append(f"missing folder {root / split}")
+                continue
+            paths, labels, problems = scan_wnid_folders(root / split)
+            report.problems.extend(problems)
+            report.counts[f"{split} images"] = len(paths)
+            report.counts[f"{split} classes"] = len(set(labels))
+        return report

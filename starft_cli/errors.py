@@ -1,0 +1,69 @@
+"""The error hierarchy. Every error a user can cause is a ``StarftError`` with a hint.
+
+The CLI turns these into one line on stderr (see ``starft_cli.cli.app``); the core only raises.
+"""
+
+from __future__ import annotations
+
+
+class StarftError(Exception):
+    """An error the user can fix. ``hint`` says how."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = self.message.rstrip(".")
+        if self.hint:
+            text = f"{text}. {self.hint}"
+        return " ".join(text.split())
+
+
+class UsageError(StarftError):
+    """Bad flags or flag combinations (exit code 2, like click's usage errors)."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """An invalid configuration value or combination."""
+
+
+class ModelNotFoundError(StarftError):
+    """A model reference that names nothing we can load."""
+
+
+class WeightsUnavailableError(StarftError):
+    """Weights are neither in the local cache nor reachable."""
+
+
+class WrongArchitectureError(StarftError):
+    """A weights file does not fit the architecture it is loaded into."""
+
+
+class ImageError(StarftError):
+    """A missing, unreadable, corrupt or non-image input file."""
+
+
+class TemplateError(StarftError):
+    """A prompt template or spurious pool that is malformed."""
+
+
+class DataError(StarftError):
+    """A dataset that is missing, unknown or laid out wrongly."""
+
+
+class ZooError(StarftError):
+    """A zoo manifest, lookup, download or publish problem."""
+
+
+class ChecksumError(ZooError):
+    """A downloaded file whose sha256 does not match the manifest."""
+
+
+class CheckpointError(StarftError):
+    """A run directory or checkpoint that cannot be resumed or read."""

@@ -1,0 +1,689 @@
+"""Model references: one parser for every command, one loader, safe checkpoints.
+
+Reference forms (``--model`` / ``--backbone``):
+
+* ``ViT-B-16``                 the paper's default weights for that architecture (``laion400m_e31``)
+* ``ViT-B-16:laion400m_e32``   an architecture with an open_clip pretrained tag
+* ``ViT-B-16:none``            random initialisation (deterministic for a seed)
+* ``path/to/weights.safetensors`` (or ``.pt``/``.bin``/``.pth`` holding a state dict) with ``arch=`` or a
+  sidecar ``open_clip_config.json``
+* ``path/to/dir``              a directory with ``open_clip_config.json`` and weights (also ``local-dir:PATH``)
+* ``hf-hub:org/repo[@revision]``
+* a zoo name, resolved through the zoo manifest
+
+Nothing here unpickles arbitrary objects: safetensors, or ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starft_cli.errors import (
+    CheckpointError,
+    ModelNotFoundError,
+    UsageError,
+    WeightsUnavailableError,
+    WrongArchitectureError,
+)
+from starft_cli.paths import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+HF_WEIGHT_CANDIDATES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+RANDOM_TAGS = ("none", "random", "scratch")
+
+# The paper's weights: LAION-400M, as published through open_clip's pretrained registry.
+PAPER_DEFAULT_TAG = "laion400m_e31"
+# Project-registered pretrained tags (arch, tag) -> open_clip pretrained config dict.
+_PROJECT_PRETRAINED: dict[tuple[str, str], dict[str, Any]] = {}
+_CONFIGS_REGISTERED = False
+
+
+def register_builtin_configs() -> None:
+    """Register the project's tiny architectures (``starft-tiny``, ``starft-small``) with open_clip."""
+    global _CONFIGS_REGISTERED
+    if _CONFIGS_REGISTERED:
+        return
+    import open_clip
+
+    open_clip.add_model_config(Path(__file__).parent / "model_configs")
+    _CONFIGS_REGISTERED = True
+
+
+def register_pretrained(arch: str, tag: str, *, hf_hub: str = "", url: str = "", **extra: Any) -> None:
+    """Register a pretrained tag for an architecture, in open_clip's pretrained-config form.
+
+    ``hf_hub`` is ``org/repo/`` (default weights file) or ``org/repo/filename``. The weights are then
+    fetched by open_clip's own download code, exactly as for ``laion400m_e31``.
+    """
+    if not hf_hub and not url:
+        raise ValueError("register_pretrained needs hf_hub= or url=")
+    _PROJECT_PRETRAINED[(arch, tag)] = {"hf_hub": hf_hub, "url": url, **extra}
+
+
+def list_architectures() -> list[str]:
+    register_builtin_configs()
+    import open_clip
+
+    return list(open_clip.list_models())
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model reference. ``kind`` is one of pretrained, file, dir, hf-hub, zoo."""
+
+    raw: str
+    kind: str
+    arch: str | None = None
+    tag: str | None = None
+    path: Path | None = None
+    repo: str | None = None
+    revision: str | None = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind == "pretrained" and self.tag in RANDOM_TAGS
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        text.startswith((".", "/", "~"))
+        or os.sep in text
+        or text.lower().endswith(WEIGHT_SUFFIXES)
+        or (os.altsep is not None and os.altsep in text)
+    )
+
+
+def _zoo_lookup(name: str) -> Any | None:
+    try:
+        from starft_cli import zoo
+    except ImportError:  # the zoo is optional at this layer
+        return None
+    return zoo.find_entry(name)
+
+
+def _zoo_names() -> list[str]:
+    try:
+        from starft_cli import zoo
+    except ImportError:
+        return []
+    try:
+        return list(zoo.entry_names())
+    except Exception:  # a broken user manifest must not hide the real error
+        return []
+
+
+def parse_model_ref(ref: str, arch: str | None = None) -> ModelRef:
+    """Parse any supported model reference (see the module docstring)."""
+    ref = (ref or "").strip()
+    if not ref:
+        raise UsageError("empty model reference", "Pass e.g. --model ViT-B-16")
+    if ref.startswith("hf-hub:"):
+        repo, _, revision = ref[len("hf-hub:") :].partition("@")
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            raise UsageError(f"malformed Hub reference '{ref}'", "Use hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
+        return ModelRef(raw=ref, kind="hf-hub", repo=repo, revision=revision or None, arch=arch)
+    if ref.startswith("local-dir:"):
+        return _path_ref(ref, Path(ref[len("local-dir:") :]).expanduser(), arch, must_be_dir=True)
+    if ref.startswith("zoo:"):
+        return _zoo_ref(ref, ref[len("zoo:") :])
+    candidate = Path(ref).expanduser()
+    if candidate.exists() or _looks_like_path(ref):
+        return _path_ref(ref, candidate, arch)
+
+    name, sep, tag = ref.partition(":")
+    archs = list_architectures()
+    if name in archs:
+        if sep and not tag:
+            raise UsageError(f"empty pretrained tag in '{ref}'", f"Use {name}:TAG or {name}:none")
+        return ModelRef(raw=ref, kind="pretrained", arch=name, tag=tag or _default_tag(name))
+    if not sep and _zoo_lookup(ref) is not None:
+        return _zoo_ref(ref, ref)
+    choices = archs + _zoo_names()
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    hint = f"Did you mean {', '.join(close)}? " if close else ""
+    raise ModelNotFoundError(
+        f"unknown model '{ref}'",
+        hint + "See `starft zoo list` for named models; architectures are open_clip's (e.g. ViT-B-16)",
+    )
+
+
+def _zoo_ref(raw: str, name: str) -> ModelRef:
+    if _zoo_lookup(name) is None:
+        close = difflib.get_close_matches(name, _zoo_names(), n=3)
+        hint = f"Did you mean {', '.join(close)}? " if close else ""
+        raise ModelNotFoundError(f"unknown zoo model '{name}'", hint + "See `starft zoo list`")
+    return ModelRef(raw=raw, kind="zoo", tag=name)
+
+
+def _default_tag(arch: str) -> str:
+    import open_clip
+
+    if arch.startswith("starft-"):
+        return "none"
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if PAPER_DEFAULT_TAG in tags:
+        return PAPER_DEFAULT_TAG
+    shown = ", ".join(tags[:6]) or "none published"
+    raise UsageError(
+        f"architecture '{arch}' has no default weights",
+        f"Name a pretrained tag, e.g. {arch}:{tags[0] if tags else 'none'} (tags: {shown})",
+    )
+
+
+def _path_ref(raw: str, path: Path, arch: str | None, must_be_dir: bool = False) -> ModelRef:
+    if not path.exists():
+        raise ModelNotFoundError(f"no such file or directory: {path}", "Check the path to the weights")
+    if path.is_dir():
+        return ModelRef(raw=raw, kind="dir", path=path, arch=arch)
+    if must_be_dir:
+        raise UsageError(f"'{raw}' is not a directory", "local-dir: takes a directory")
+    if path.suffix.lower() not in WEIGHT_SUFFIXES:
+        raise UsageError(
+            f"'{path}' is not a weights file",
+            f"Use a {'/'.join(WEIGHT_SUFFIXES)} file holding a state dict, or a model directory",
+        )
+    return ModelRef(raw=raw, kind="file", path=path, arch=arch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """A model with everything needed to use and save it."""
+
+    model: Any
+    preprocess_train: Callable[..., Any]
+    preprocess: Callable[..., Any]
+    tokenizer: Callable[..., Any]
+    model_cfg: dict[str, Any]
+    preprocess_cfg: dict[str, Any]
+    ref: ModelRef
+    arch: str | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return weights_fingerprint(self.model)
+
+
+def load_model(
+    ref: str | ModelRef, device: str | torch.device = "cpu", arch: str | None = None, seed: int = 0
+) -> tuple[Any, Callable[..., Any], Callable[..., Any]]:
+    """Load a model reference: returns ``(model, preprocess, tokenizer)``, the model in eval mode."""
+    loaded = load(ref, device=device, arch=arch, seed=seed)
+    return loaded.model, loaded.preprocess, loaded.tokenizer
+
+
+def load(
+    ref: str | ModelRef, device: str | torch.device = "cpu", arch: str | None = None, seed: int = 0
+) -> LoadedModel:
+    """Load a model reference with its transforms, tokenizer and configuration (eval mode)."""
+    register_builtin_configs()
+    parsed = ref if isinstance(ref, ModelRef) else parse_model_ref(ref, arch=arch)
+    if parsed.kind == "pretrained":
+        loaded = _load_pretrained(parsed, seed)
+    elif parsed.kind == "file":
+        loaded = _load_file(parsed, parsed.path, arch or parsed.arch, seed)
+    elif parsed.kind == "dir":
+        loaded = _load_dir(parsed, parsed.path, arch or parsed.arch, seed)
+    elif parsed.kind == "hf-hub":
+        loaded = _load_dir(parsed, _download_hf_repo(parsed), None, seed)
+    elif parsed.kind == "zoo":
+        loaded = _load_zoo(parsed, seed)
+    else:  # pragma: no cover - parse_model_ref only makes the kinds above
+        raise ModelNotFoundError(f"cannot load '{parsed.raw}'")
+    loaded.model.to(device)
+    loaded.model.eval()
+    return loaded
+
+
+def _pretrained_cfg(arch: str, tag: str) -> dict[str, Any] | None:
+    import open_clip
+
+    return _PROJECT_PRETRAINED.get((arch, tag)) or open_clip.get_pretrained_cfg(arch, tag) or None
+
+
+def _load_pretrained(ref: ModelRef, seed: int) -> LoadedModel:
+    import open_clip
+
+    arch, tag = ref.arch, ref.tag
+    assert arch is not None and tag is not None
+    if ref.is_random:
+        return _build(ref, arch, seed=seed, source=f"{arch} (random init, seed {seed})")
+    cfg = _pretrained_cfg(arch, tag)
+    if cfg is None:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        close = difflib.get_close_matches(tag, tags, n=3, cutoff=0.5)
+        hint = f"Did you mean {', '.join(close)}? " if close else ""
+        raise ModelNotFoundError(
+            f"unknown pretrained tag '{tag}' for {arch}",
+            hint + f"Known tags: {', '.join(tags) or 'none'}; or {arch}:none for random weights",
+        )
+    checkpoint = _fetch_pretrained(arch, tag, cfg)
+    loaded = _build(
+        ref,
+        arch,
+        seed=seed,
+        source=f"{arch}:{tag}",
+        quick_gelu=bool(cfg.get("quick_gelu", False)),
+        preprocess_overrides=cfg,
+    )
+    _apply_state_dict(loaded.model, read_state_dict(checkpoint), source=f"{arch}:{tag}")
+    return loaded
+
+
+def _hub_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _fetch_pretrained(arch: str, tag: str, cfg: Mapping[str, Any]) -> Path:
+    """Fetch (or find in the local cache) the weights of a pretrained tag with open_clip's downloader."""
+    import open_clip
+
+    where = cfg.get("hf_hub") or cfg.get("url") or "?"
+    try:
+        path = open_clip.download_pretrained(dict(cfg))
+    except Exception as exc:  # open_clip wraps hub and network errors in several types
+        raise WeightsUnavailableError(
+            f"weights for {arch}:{tag} ({where}) are not in the local cache ({_hub_cache_dir()}) and could "
+            f"not be downloaded ({_short(exc)})",
+            f"On a connected machine run `starft zoo download {arch}:{tag}` or any command with this model, "
+            "then copy the cache (HF_HOME) here; set HF_HUB_OFFLINE=1 to use only the cache",
+        ) from exc
+    if not path:
+        raise WeightsUnavailableError(f"no download source for {arch}:{tag}")
+    return Path(path)
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _download_hf_repo(ref: ModelRef) -> Path:
+    """Download ``open_clip_config.json`` and the weights of a Hub repo; return the snapshot folder."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    assert ref.repo is not None
+    where = f"{ref.repo}@{ref.revision}" if ref.revision else ref.repo
+    try:
+        config_path = Path(hf_hub_download(ref.repo, CONFIG_NAME, revision=ref.revision))
+        for name in HF_WEIGHT_CANDIDATES:
+            try:
+                hf_hub_download(ref.repo, name, revision=ref.revision)
+                break
+            except EntryNotFoundError:
+                continue
+        else:
+            raise ModelNotFoundError(
+                f"Hub repo {where} has no weights file ({' or '.join(HF_WEIGHT_CANDIDATES)})",
+                "Publish the model with `starft zoo publish`",
+            )
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise ModelNotFoundError(
+            f"Hub repo {where} not found ({_short(exc)})", "Check the repo name and revision"
+        ) from exc
+    except EntryNotFoundError as exc:
+        raise ModelNotFoundError(
+            f"Hub repo {where} has no {CONFIG_NAME}", "It is not an open_clip model repository"
+        ) from exc
+    except ModelNotFoundError:
+        raise
+    except Exception as exc:
+        raise WeightsUnavailableError(
+            f"model {where} is not in the local cache ({_hub_cache_dir()}) and could not be downloaded ({_short(exc)})",
+            "On a connected machine run any starft command with this model, then copy the cache (HF_HOME) "
+            "here; set HF_HUB_OFFLINE=1 to use only the cache",
+        ) from exc
+    return config_path.parent
+
+
+def _load_zoo(ref: ModelRef, seed: int) -> LoadedModel:
+    from starft_cli import zoo
+
+    assert ref.tag is not None
+    entry = zoo.find_entry(ref.tag)
+    resolved = zoo.resolve(entry)  # downloads and verifies when needed
+    if resolved.pretrained_tag is not None:
+        inner = ModelRef(raw=ref.raw, kind="pretrained", arch=resolved.arch, tag=resolved.pretrained_tag)
+        loaded = _load_pretrained(inner, seed)
+    else:
+        assert resolved.weights is not None
+        loaded = _build(
+            ref,
+            resolved.arch,
+            seed=seed,
+            source=f"zoo:{ref.tag}",
+            quick_gelu=resolved.quick_gelu,
+            preprocess_overrides=resolved.preprocess,
+        )
+        _apply_state_dict(loaded.model, read_state_dict(resolved.weights), source=f"zoo:{ref.tag}")
+    loaded.ref = ref
+    return loaded
+
+
+def _read_config(directory: Path) -> dict[str, Any] | None:
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"unreadable {path} ({_short(exc)})", "Fix or remove the file") from exc
+    if not isinstance(data, dict) or "model_cfg" not in data:
+        raise CheckpointError(f"{path} has no 'model_cfg'", "Write it with starft or open_clip's push_to_hf_hub")
+    return data
+
+
+def _load_file(ref: ModelRef, path: Path, arch: str | None, seed: int) -> LoadedModel:
+    config = _read_config(path.parent)
+    if arch:
+        loaded = _build(ref, _check_arch(arch), seed=seed, source=str(path))
+    elif config is not None:
+        loaded = _build_from_config(ref, config, seed=seed, source=str(path))
+    else:
+        raise UsageError(
+            f"cannot tell the architecture of {path}",
+            f"Pass --arch (e.g. --arch ViT-B-16), or put an {CONFIG_NAME} beside the file",
+        )
+    _apply_state_dict(loaded.model, read_state_dict(path), source=str(path))
+    return loaded
+
+
+def _load_dir(ref: ModelRef, directory: Path, arch: str | None, seed: int) -> LoadedModel:
+    config = _read_config(directory)
+    weights = find_weights(directory)
+    if weights is None:
+        raise ModelNotFoundError(
+            f"no weights file in {directory}", f"Expected {WEIGHTS_NAME} (or a .pt/.bin/.pth state dict)"
+        )
+    if arch:
+        loaded = _build(ref, _check_arch(arch), seed=seed, source=str(directory))
+    elif config is not None:
+        loaded = _build_from_config(ref, config, seed=seed, source=str(directory))
+    else:
+        raise UsageError(f"{directory} has no {CONFIG_NAME}", "Pass --arch, or save the model with starft")
+    _apply_state_dict(loaded.model, read_state_dict(weights), source=str(weights))
+    return loaded
+
+
+def find_weights(directory: Path) -> Path | None:
+    """The weights file of a model directory (safetensors preferred)."""
+    preferred = [WEIGHTS_NAME, "open_clip_pytorch_model.safetensors", "model.safetensors"]
+    preferred += ["open_clip_pytorch_model.bin", "pytorch_model.bin", "model.pt", "model.pth"]
+    for name in preferred:
+        if (directory / name).is_file():
+            return directory / name
+    found = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
+    found.sort(key=lambda p: p.suffix.lower() != ".safetensors")
+    return found[0] if found else None
+
+
+def _check_arch(arch: str) -> str:
+    archs = list_architectures()
+    if arch not in archs:
+        close = difflib.get_close_matches(arch, archs, n=3)
+        hint = f"Did you mean {', '.join(close)}?" if close else "See open_clip.list_models()"
+        raise ModelNotFoundError(f"unknown architecture '{arch}'", hint)
+    return arch
+
+
+def _build(
+    ref: ModelRef,
+    arch: str,
+    *,
+    seed: int,
+    source: str,
+    quick_gelu: bool = False,
+    preprocess_overrides: Mapping[str, Any] | None = None,
+) -> LoadedModel:
+    import open_clip
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _quiet(
+            open_clip.create_model,
+            arch,
+            pretrained=None,
+            force_quick_gelu=quick_gelu,
+            force_preprocess_cfg=dict(preprocess_overrides or {}),
+        )
+    model_cfg = dict(open_clip.get_model_config(arch))
+    if quick_gelu:
+        model_cfg["quick_gelu"] = True
+    return _finish(ref, model, open_clip.get_tokenizer(arch), model_cfg, arch=arch, source=source)
+
+
+def _build_from_config(ref: ModelRef, config: Mapping[str, Any], *, seed: int, source: str) -> LoadedModel:
+    import torch
+
+    model_cfg = dict(config["model_cfg"])
+    preprocess_cfg = dict(config.get("preprocess_cfg", {}))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = _quiet(_create_from_cfg, model_cfg, preprocess_cfg)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"invalid model_cfg in {CONFIG_NAME} ({_short(exc)})") from exc
+    tokenizer = _tokenizer_for_cfg(model_cfg)
+    arch = config.get("arch") if isinstance(config.get("arch"), str) else None
+    loaded = _finish(ref, model, tokenizer, model_cfg, arch=arch, source=source)
+    if "starft" in config:
+        loaded.extra["starft"] = config["starft"]
+    return loaded
+
+
+def _create_from_cfg(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any]) -> Any:
+    """Instantiate an open_clip model from a config dict, as open_clip does for ``local-dir:``."""
+    import tempfile
+
+    import open_clip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, CONFIG_NAME).write_text(
+            json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}), encoding="utf-8"
+        )
+        return open_clip.create_model(f"local-dir:{tmp}", load_weights=False)
+
+
+def _tokenizer_for_cfg(model_cfg: Mapping[str, Any]) -> Any:
+    import open_clip
+
+    text_cfg = model_cfg.get("text_cfg", {})
+    if "hf_tokenizer_name" in text_cfg:
+        return open_clip.get_tokenizer(
+            f"hf-hub:{text_cfg['hf_tokenizer_name']}", context_length=text_cfg.get("context_length")
+        )
+    return open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
+
+
+def _quiet(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run an open_clip factory without its root-logger warnings about random initialisation."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        root.setLevel(level)
+
+
+def _finish(
+    ref: ModelRef, model: Any, tokenizer: Any, model_cfg: dict[str, Any], *, arch: str | None, source: str
+) -> LoadedModel:
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    pp = PreprocessCfg(**model.visual.preprocess_cfg)
+    preprocess_cfg = dict(model.visual.preprocess_cfg)
+    return LoadedModel(
+        model=model,
+        preprocess_train=image_transform_v2(pp, is_train=True),
+        preprocess=image_transform_v2(pp, is_train=False),
+        tokenizer=tokenizer,
+        model_cfg=model_cfg,
+        preprocess_cfg={k: list(v) if isinstance(v, tuple) else v for k, v in preprocess_cfg.items()},
+        ref=ref,
+        arch=arch,
+        source=source,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# State dicts
+# ----------------------------------------------------------------------------------------------
+
+_PREFIXES = ("module.model.", "module.", "model.", "_orig_mod.")
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or a torch file, without unpickling arbitrary objects.
+
+    Accepts a bare state dict, one under ``state_dict`` (or ``model``), and strips the ``module.`` /
+    ``module.model.`` prefixes written by DataParallel research code.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"no such weights file: {path}")
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import load_file
+
+            data: Any = load_file(str(path), device="cpu")
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read weights from {path} ({_short(exc)})",
+            "Use a safetensors file or a torch file that holds only tensors (no pickled objects)",
+        ) from exc
+    if isinstance(data, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in data and isinstance(data[key], Mapping):
+                data = data[key]
+                break
+    if not isinstance(data, Mapping) or not data:
+        raise CheckpointError(f"{path} holds no state dict", "Save the model's state_dict()")
+    state = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    return _strip_prefixes(state)
+
+
+def _strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                changed = True
+                break
+    return state
+
+
+def _apply_state_dict(model: Any, state: dict[str, Any], source: str) -> None:
+    own = model.state_dict()
+    if "logit_scale" in state and "logit_scale" in own and state["logit_scale"].shape != own["logit_scale"].shape:
+        state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if wrong_shape:
+            k = wrong_shape[0]
+            parts.append(
+                f"{len(wrong_shape)} tensors of the wrong shape (e.g. {k}: {tuple(state[k].shape)} "
+                f"in the file, {tuple(own[k].shape)} expected)"
+            )
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise WrongArchitectureError(
+            f"weights in {source} do not fit the architecture: " + "; ".join(parts),
+            "Pass the architecture the weights were trained with (--arch), or check the file",
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A content fingerprint of a model's weights: cheap (one pass of sums) and stable across devices."""
+    import torch
+
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in sorted(model.state_dict().items()):
+            t = tensor.detach().to("cpu", torch.float64).flatten()
+            step = max(1, t.numel() // 1024)
+            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+            digest.update(f"{t.sum().item():.10e}|{t.abs().sum().item():.10e}|".encode())
+            digest.update(t[::step].to(torch.float32).numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def save_checkpoint(
+    model: Any,
+    directory: str | os.PathLike[str],
+    model_cfg: Mapping[str, Any],
+    preprocess_cfg: Mapping[str, Any] | None = None,
+    *,
+    arch: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save weights as safetensors plus ``open_clip_config.json``, both written atomically.
+
+    The folder loads with plain open_clip (``create_model_and_transforms(arch, pretrained=file)`` or
+    ``local-dir:``) and with every starft command.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(directory / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    config: dict[str, Any] = {"model_cfg": dict(model_cfg), "preprocess_cfg": dict(preprocess_cfg or {})}
+    if arch:
+        config["arch"] = arch
+    if metadata:
+        config["starft"] = dict(metadata)
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2, default=_json_default) + "\n")
+    return directory / WEIGHTS_NAME
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,65 @@
+"""Where starft keeps its caches and configuration (platformdirs; ``STARFT_HOME`` overrides)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "starft"
+
+
+def home() -> Path | None:
+    """``$STARFT_HOME`` if set: then caches live in ``$STARFT_HOME/cache``, config in ``$STARFT_HOME/config``."""
+    value = os.environ.get("STARFT_HOME")
+    return Path(value).expanduser() if value else None
+
+
+def cache_dir(*parts: str) -> Path:
+    """The cache directory (or a sub-directory of it), created on demand."""
+    root = home()
+    base = root / "cache" if root else Path(platformdirs.user_cache_dir(APP_NAME))
+    path = base.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def config_dir() -> Path:
+    """The user configuration directory (not created)."""
+    root = home()
+    return root / "config" if root else Path(platformdirs.user_config_dir(APP_NAME))
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it over ``target``.
+
+    A crash or an exception leaves ``target`` as it was (the temporary file is removed).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)

@@ -1,0 +1,170 @@
+"""Zero-shot heads (class names x templates -> class embeddings), their disk cache, and classification."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starft_cli.errors import UsageError
+from starft_cli.paths import atomic_path, cache_dir
+from starft_cli.prompts import fill, load_templates
+
+if TYPE_CHECKING:
+    import torch
+
+    from starft_cli.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+
+
+def validate_labels(labels: Sequence[str]) -> list[str]:
+    """Strip labels; refuse empty and duplicate ones."""
+    cleaned = [label.strip() for label in labels]
+    if not cleaned:
+        raise UsageError("no labels given", "Pass --labels a,b,c or --labels-file FILE")
+    if any(not label for label in cleaned):
+        raise UsageError("empty label in the label list", "Remove the empty entry (look for ',,' or a trailing comma)")
+    seen: set[str] = set()
+    dupes = sorted({label for label in cleaned if label in seen or seen.add(label)})
+    if dupes:
+        raise UsageError(f"duplicate labels: {', '.join(dupes)}", "Give each label once")
+    if len(cleaned) < 2:
+        raise UsageError("classification needs at least two labels", "Pass --labels a,b")
+    return cleaned
+
+
+def zero_shot_head(
+    model: Any,
+    tokenizer: Callable[..., Any],
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    device: str | torch.device | None = None,
+    scale: bool = True,
+) -> torch.Tensor:
+    """Class embeddings ``[C, D]``: each template filled with the class name, encoded, L2-normalised,
+    averaged over templates and renormalised; multiplied by ``exp(logit_scale)`` when ``scale``.
+
+    ``logits = normalize(image_features) @ head.T``.
+    """
+    import open_clip
+    import torch
+
+    if not classnames:
+        raise UsageError("no class names")
+    if not templates:
+        raise UsageError("no templates")
+    device = device if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            weights = open_clip.build_zero_shot_classifier(
+                model,
+                tokenizer,
+                classnames=list(classnames),
+                templates=[_template_fn(t) for t in templates],
+                num_classes_per_batch=max(1, 256 // len(templates)),
+                device=device,
+            )
+    finally:
+        model.train(was_training)
+    head = weights.T.contiguous().float()
+    if scale:
+        head = head * model.logit_scale.detach().exp().float()
+    return head
+
+
+def _template_fn(template: str) -> Callable[[str], str]:
+    return lambda classname: fill(template, classname)
+
+
+def head_cache_key(fingerprint: str, classnames: Sequence[str], templates: Sequence[str]) -> str:
+    """Cache key of a head: the weights fingerprint, the class names and the templates."""
+    payload = json.dumps({"w": fingerprint, "c": list(classnames), "t": list(templates)}, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:40]
+
+
+def cached_zero_shot_head(
+    loaded: LoadedModel,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    device: str | torch.device | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Like :func:`zero_shot_head` (scaled), cached on disk under ``<cache>/heads``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    device = device if device is not None else next(loaded.model.parameters()).device
+    scale = loaded.model.logit_scale.detach().exp().float().to(device)
+    path = cache_dir("heads") / f"{head_cache_key(loaded.fingerprint, classnames, templates)}.safetensors"
+    if use_cache and path.is_file():
+        try:
+            head = load_file(str(path))["head"]
+            if head.shape[0] == len(classnames):
+                return head.to(device) * scale
+        except Exception as exc:  # a damaged cache entry is rebuilt, never trusted
+            logger.warning("ignoring unreadable head cache %s (%s)", path, exc)
+    head = zero_shot_head(loaded.model, loaded.tokenizer, classnames, templates, device=device, scale=False)
+    if use_cache:
+        with atomic_path(path) as tmp:
+            save_file({"head": head.detach().to("cpu").contiguous()}, str(tmp))
+    return head.to(device) * scale if isinstance(head, torch.Tensor) else head
+
+
+def classify(
+    images: Sequence[str | Path],
+    labels: Sequence[str],
+    model: str | LoadedModel = "ViT-B-16",
+    templates: str | Sequence[str] = "ensemble",
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    top_k: int | None = None,
+    progress: ProgressFn | None = None,
+) -> list[dict[str, Any]]:
+    """Zero-shot classify image files. Returns, per image, ``{"image", "predictions": [{"label", "probability"}]}``
+    with predictions best first (all labels, or the ``top_k`` best); probabilities sum to 1 over all labels.
+    """
+    import torch
+
+    from starft_cli.images import open_image
+    from starft_cli.models import load
+
+    labels = validate_labels(labels)
+    if batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if top_k is not None and top_k < 1:
+        raise UsageError("--top-k must be at least 1")
+    template_list = load_templates(templates) if isinstance(templates, str | Path) else list(templates)
+    loaded = model if not isinstance(model, str) else load(model, device=device)
+    device = next(loaded.model.parameters()).device
+    head = cached_zero_shot_head(loaded, labels, template_list, device=device)
+    k = min(top_k or len(labels), len(labels))
+
+    results: list[dict[str, Any]] = []
+    paths = [Path(p) for p in images]
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        batch = torch.stack([loaded.preprocess(open_image(p)) for p in chunk]).to(device)
+        with torch.inference_mode():
+            features = loaded.model.encode_image(batch, normalize=True).float()
+            probs = (features @ head.T).softmax(dim=-1).cpu()
+        top = probs.topk(k, dim=-1)
+        for path, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
+            results.append(
+                {
+                    "image": str(path),
+                    "predictions": [
+                        {"label": labels[i], "probability": float(v)} for v, i in zip(values, indices, strict=True)
+                    ],
+                }
+            )
+        if progress is not None:
+            progress(min(start + batch_size, len(paths)), len(paths))
+    return results
