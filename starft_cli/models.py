@@ -314,8 +314,8 @@ def _fetch_pretrained(arch: str, tag: str, cfg: Mapping[str, Any]) -> Path:
         raise WeightsUnavailableError(
             f"weights for {arch}:{tag} ({where}) are not in the local cache ({_hub_cache_dir()}) and could "
             f"not be downloaded ({_short(exc)})",
-            f"On a connected machine run `starft zoo download {arch}:{tag}` or any command with this model, "
-            "then copy the cache (HF_HOME) here; set HF_HUB_OFFLINE=1 to use only the cache",
+            "Run the command once on a connected machine and copy its Hugging Face cache here (or point HF_HOME "
+            "at a cache that has them); HF_HUB_OFFLINE=1 makes every run use only the cache",
         ) from exc
     if not path:
         raise WeightsUnavailableError(f"no download source for {arch}:{tag}")
@@ -360,8 +360,8 @@ def _download_hf_repo(ref: ModelRef) -> Path:
     except Exception as exc:
         raise WeightsUnavailableError(
             f"model {where} is not in the local cache ({_hub_cache_dir()}) and could not be downloaded ({_short(exc)})",
-            "On a connected machine run any starft command with this model, then copy the cache (HF_HOME) "
-            "here; set HF_HUB_OFFLINE=1 to use only the cache",
+            "Run the command once on a connected machine and copy its Hugging Face cache here (or point HF_HOME "
+            "at a cache that has them); HF_HUB_OFFLINE=1 makes every run use only the cache",
         ) from exc
     return config_path.parent
 

@@ -10,7 +10,9 @@ from PIL import Image
 PALETTE = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 200, 30), (160, 40, 200), (30, 200, 200)]
 
 
-def make_image(path: Path, seed: int, size: tuple[int, int] = (48, 40), color: tuple[int, int, int] | None = None) -> Path:
+def make_image(
+    path: Path, seed: int, size: tuple[int, int] = (48, 40), color: tuple[int, int, int] | None = None
+) -> Path:
     """A small JPEG/PNG (by suffix): a class colour plus seeded noise."""
     rng = np.random.RandomState(seed)
     width, height = size

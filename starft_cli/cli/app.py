@@ -7,7 +7,6 @@ import sys
 import traceback
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -22,29 +21,29 @@ def _debug() -> bool:
 class StarftGroup(TyperGroup):
     """Runs a sub-command and maps every error to one line on stderr (a traceback only with STARFT_DEBUG=1)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, typer.TyperException):
             raise
         except StarftError as exc:
             if _debug():
                 traceback.print_exc()
-            click.echo(f"error: {exc.one_line()}", err=True)
-            ctx.exit(exc.exit_code)
+            typer.echo(f"error: {exc.one_line()}", err=True)
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
         except Exception as exc:
             if _debug():
                 traceback.print_exc()
             message = " ".join(str(exc).split()) or type(exc).__name__
-            click.echo(
+            typer.echo(
                 f"error: unexpected {type(exc).__name__}: {message} (rerun with STARFT_DEBUG=1 for the traceback "
                 "and report it)",
                 err=True,
             )
-            ctx.exit(1)
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(

@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from starft_cli.cli.app import app
+from starft_cli.models import WEIGHTS_NAME, save_checkpoint
+from tests.imagegen import make_image
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--model", "starft-tiny:none", "--device", "cpu"]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, *args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_table_lists_every_label_best_first(runner: CliRunner, images: list[Path]) -> None:
+    result = invoke(runner, "classify", *map(str, images), "--labels", "cat,dog,car", *TINY)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split() == ["image", "rank", "label", "probability"]
+    body = [line for line in lines[2:]]
+    assert len(body) == 3 * 3
+    probs = [float(line.split()[-1]) for line in body]
+    for i in range(3):
+        chunk = probs[3 * i : 3 * i + 3]
+        assert chunk == sorted(chunk, reverse=True)
+        assert sum(chunk) == pytest.approx(1.0, abs=2e-4)
+
+
+def test_json_is_strict_and_sums_to_one(runner: CliRunner, images: list[Path]) -> None:
+    result = invoke(runner, "classify", str(images[0].parent), "--labels", "cat,dog,car", "--format", "json", *TINY)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert [Path(d["image"]).name for d in data] == ["0.jpg", "1.jpg", "2.jpg"]
+    for item in data:
+        probs = [p["probability"] for p in item["predictions"]]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-6)
+        assert probs == sorted(probs, reverse=True)
+        assert {p["label"] for p in item["predictions"]} == {"cat", "dog", "car"}
+
+
+def test_top_k_and_csv(runner: CliRunner, images: list[Path], tmp_path: Path) -> None:
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("cat\ndog\n\ncar\n")
+    pattern = str(images[0].parent / "*.jpg")
+    result = invoke(
+        runner, "classify", pattern, "--labels-file", str(labels_file), "--top-k", "2", "--format", "csv", *TINY
+    )
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(rows) == 3 * 2
+    assert [r["rank"] for r in rows[:2]] == ["1", "2"]
+
+
+def test_templates_change_the_head(runner: CliRunner, images: list[Path], tmp_path: Path) -> None:
+    custom = tmp_path / "t.txt"
+    custom.write_text("a sketch of {c}.\n")
+    outs = []
+    for templates in ("single", str(custom)):
+        result = invoke(
+            runner, "classify", str(images[0]), "-l", "cat,dog", "--templates", templates, "--format", "json", *TINY
+        )
+        assert result.exit_code == 0, result.output
+        outs.append(json.loads(result.stdout)[0]["predictions"][0]["probability"])
+    assert outs[0] != outs[1]
+
+
+def _corrupt(tmp_path: Path) -> Path:
+    good = make_image(tmp_path / "good.jpg", seed=1, size=(64, 64))
+    bad = tmp_path / "truncated.jpg"
+    bad.write_bytes(good.read_bytes()[:200])
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("case", "exit_code", "needle"),
+    [
+        ("missing", 1, "no such file or directory"),
+        ("empty_dir", 1, "holds no images"),
+        ("truncated", 1, "corrupt or truncated"),
+        ("not_image", 1, "is not an image"),
+        ("empty_label", 2, "empty label"),
+        ("duplicate_label", 2, "duplicate labels: cat"),
+        ("both_label_flags", 2, "exactly one of --labels and --labels-file"),
+        ("unknown_model", 1, "unknown model 'ViT-B-61'"),
+        ("wrong_arch", 1, "do not fit the architecture"),
+        ("bad_device", 2, "unknown device"),
+        ("bad_template", 1, "exactly one slot"),
+    ],
+)
+def test_errors_are_one_line(
+    runner: CliRunner, tmp_path: Path, images: list[Path], case: str, exit_code: int, needle: str
+) -> None:
+    image = str(images[0])
+    labels = ["--labels", "cat,dog"]
+    model = TINY
+    args: list[str]
+    if case == "missing":
+        args = [str(tmp_path / "nope.jpg"), *labels]
+    elif case == "empty_dir":
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "notes.txt").write_text("x")
+        args = [str(tmp_path / "empty"), *labels]
+    elif case == "truncated":
+        args = [str(_corrupt(tmp_path)), *labels]
+    elif case == "not_image":
+        text = tmp_path / "fake.jpg"
+        text.write_text("hello, not a jpeg")
+        args = [str(text), *labels]
+    elif case == "empty_label":
+        args = [image, "--labels", "cat,,dog"]
+    elif case == "duplicate_label":
+        args = [image, "--labels", "cat,dog,cat"]
+    elif case == "both_label_flags":
+        args = [image, "--labels", "a,b", "--labels-file", str(tmp_path / "x")]
+    elif case == "unknown_model":
+        args, model = [image, *labels], ["--model", "ViT-B-61"]
+    elif case == "wrong_arch":
+        from starft_cli.models import load
+
+        small = load("starft-small:none")
+        save_checkpoint(small.model, tmp_path / "small", small.model_cfg, small.preprocess_cfg)
+        args, model = [image, *labels], ["--model", str(tmp_path / "small" / WEIGHTS_NAME), "--arch", "starft-tiny"]
+    elif case == "bad_device":
+        args, model = [image, *labels], ["--model", "starft-tiny:none", "--device", "tpu"]
+    else:
+        bad = tmp_path / "bad.txt"
+        bad.write_text("a photo of {} and {}.\n")
+        args = [image, *labels, "--templates", str(bad)]
+    result = runner.invoke(app, ["classify", *args, *model])
+    assert result.exit_code == exit_code, result.output
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), result.stderr
+    assert needle in err[0]
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    env = {**os.environ, "STARFT_DEBUG": "1", "PYTHONPATH": str(REPO), "STARFT_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "starft_cli", "classify", str(tmp_path / "nope.jpg"), "--labels", "a,b"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "ImageError" in done.stderr
+
+
+def test_help_and_version_do_not_import_torch() -> None:
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from starft_cli.cli.app import app\n"
+        "r = CliRunner()\n"
+        "for args in (['--help'], ['classify', '--help'], ['--version']):\n"
+        "    res = r.invoke(app, args)\n"
+        "    assert res.exit_code == 0, res.output\n"
+        "heavy = sorted(m for m in ('torch', 'open_clip', 'pandas', 'torchvision') if m in sys.modules)\n"
+        "print(','.join(heavy) or 'none')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "none"
+
+
+def test_python_dash_m_entry_point() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "starft_cli", "--version"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
+    assert done.returncode == 0
+    from starft_cli import __version__
+
+    assert done.stdout.strip() == f"starft {__version__}"
