@@ -637,17 +637,23 @@ def _apply_state_dict(model: Any, state: dict[str, Any], source: str) -> None:
 
 
 def weights_fingerprint(model: Any) -> str:
-    """A content fingerprint of a model's weights: cheap (one pass of sums) and stable across devices."""
+    """A content fingerprint of a model's weights, cheap enough to compute on every load.
+
+    Per tensor: name, shape, dtype, the float64 sum and a strided sample of at most ~1024 values.
+    """
     import torch
 
     digest = hashlib.sha256()
     with torch.no_grad():
         for name, tensor in sorted(model.state_dict().items()):
-            t = tensor.detach().to("cpu", torch.float64).flatten()
-            step = max(1, t.numel() // 1024)
+            flat = tensor.detach().reshape(-1)
+            step = max(1, flat.numel() // 1024)
             digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-            digest.update(f"{t.sum().item():.10e}|{t.abs().sum().item():.10e}|".encode())
-            digest.update(t[::step].to(torch.float32).numpy().tobytes())
+            if flat.is_floating_point() or flat.is_complex():
+                digest.update(f"{torch.sum(flat, dtype=torch.float64).item():.12e}|".encode())
+            else:
+                digest.update(f"{int(flat.sum().item())}|".encode())
+            digest.update(flat[::step].to("cpu", torch.float64).numpy().tobytes())
     return digest.hexdigest()[:32]
 
 
