@@ -68,8 +68,11 @@ class HubServer:
             return digest
 
     def file_requests(self, filename: str, method: str | None = None) -> list[Request]:
-        return [r for r in self.requests if "/resolve/" in r.path and r.path.endswith("/" + filename)
-                and (method is None or r.method == method)]
+        return [
+            r
+            for r in self.requests
+            if "/resolve/" in r.path and r.path.endswith("/" + filename) and (method is None or r.method == method)
+        ]
 
     # -- life cycle ------------------------------------------------------------------------------
 
@@ -117,7 +120,12 @@ class _Handler(BaseHTTPRequestHandler):
         hub = self.server_state
         with hub._lock:
             hub.requests.append(
-                Request(self.command, unquote(urlsplit(self.path).path), {k.lower(): v for k, v in self.headers.items()}, body)
+                Request(
+                    self.command,
+                    unquote(urlsplit(self.path).path),
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                )
             )
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
@@ -244,7 +252,9 @@ class _Handler(BaseHTTPRequestHandler):
                     message = "You already created this model repo"
                     self._json(409, {"error": message, "url": f"{hub.url}/{repo_id}"}, {"X-Error-Message": message})
                     return
-                hub.repos[repo_id] = Repo(private=payload.get("visibility") == "private" or bool(payload.get("private")))
+                hub.repos[repo_id] = Repo(
+                    private=payload.get("visibility") == "private" or bool(payload.get("private"))
+                )
             self._json(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id})
             return
         if path == "/api/validate-yaml":
@@ -303,7 +313,11 @@ def hub(tmp_path, monkeypatch) -> Iterator[HubServer]:
         monkeypatch.setenv("HF_HUB_CACHE", str(cache))
         monkeypatch.setenv("HF_TOKEN", "hf_test_token")
         monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        # What constants computed from HF_ENDPOINT at import time (as in a fresh process with HF_ENDPOINT set).
         monkeypatch.setattr(constants, "ENDPOINT", server.url)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         yield server

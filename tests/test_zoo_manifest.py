@@ -44,7 +44,11 @@ def _base(**fields: object) -> dict[str, object]:
 # -- validation -------------------------------------------------------------------------------------
 
 BAD_ENTRIES = [
-    ("path traversal in the Hub file name", {"source": f"hf-hub:org/model/../../etc/passwd.safetensors@{COMMIT}"}, "unsafe file name"),
+    (
+        "path traversal in the Hub file name",
+        {"source": f"hf-hub:org/model/../../etc/passwd.safetensors@{COMMIT}"},
+        "unsafe file name",
+    ),
     ("absolute file name", {"source": f"hf-hub:org/model//abs.safetensors@{COMMIT}"}, "unsafe file name"),
     ("dot segment", {"source": f"hf-hub:org/model/./w.safetensors@{COMMIT}"}, "unsafe file name"),
     ("backslash", {"source": f"hf-hub:org/model/a\\\\b.safetensors@{COMMIT}"}, "unsafe file name"),
@@ -68,7 +72,11 @@ BAD_ENTRIES = [
     ("preprocess unknown key", {"preprocess": {"colour": 1}}, "unknown preprocess key 'colour'"),
     ("preprocess bad mean", {"preprocess": {"mean": [0.5, 0.5]}}, "preprocess 'mean'"),
     ("metric without source", {"metrics": [{"suite": "s", "dataset": "d", "metric": "m", "value": 1.0}]}, "'source'"),
-    ("metric value not a number", {"metrics": [{"suite": "s", "dataset": "d", "metric": "m", "value": "x", "source": "p"}]}, "'value' must be a finite number"),
+    (
+        "metric value not a number",
+        {"metrics": [{"suite": "s", "dataset": "d", "metric": "m", "value": "x", "source": "p"}]},
+        "'value' must be a finite number",
+    ),
 ]
 
 
@@ -126,7 +134,7 @@ def test_manifest_schema_and_toml_errors_name_the_file(tmp_path: Path) -> None:
         parse_manifest("schema = = 1", origin="user", path=tmp_path / "z.toml")
     with pytest.raises(ZooError, match="unknown top-level key 'model'"):
         parse_manifest("schema = 1\n[model.a]\narch='x'\n", origin="user")
-    with pytest.raises(ZooError, match="entry 'bad'.*missing 'sha256'"):
+    with pytest.raises(ZooError, match=r"entry 'bad'.*missing 'sha256'"):
         parse_manifest(manifest_text({"bad": _base(sha256=None)}), origin="user", path=tmp_path / "z.toml")
 
 
@@ -159,7 +167,12 @@ def test_shipped_manifest_lists_the_paper_bases_through_open_clip() -> None:
     for name, (arch, tag) in expected.items():
         entry = entries[name]
         assert (entry.arch, entry.source.kind, entry.source.tag) == (arch, "open_clip", tag)
-        assert (entry.kind, entry.license, entry.training_data, entry.origin) == ("zero-shot", "MIT", "LAION-400M", "shipped")
+        assert (entry.kind, entry.license, entry.training_data, entry.origin) == (
+            "zero-shot",
+            "MIT",
+            "LAION-400M",
+            "shipped",
+        )
     # No StarFT checkpoint is published anywhere: the shipped zoo must not claim one.
     assert not [e for e in entries.values() if e.kind == "starft"]
     assert shipped_manifest_path() == Path(__file__).resolve().parents[1] / "zoo" / "manifest.toml"

@@ -128,11 +128,12 @@ def verify_command(
 ) -> None:
     """Re-hash downloaded models against the manifest; a mismatching file is deleted (exit 1)."""
     from starft_cli.zoo import entries, get_entry, verify
+    from starft_cli.zoo.hub import verify_all
 
-    targets = [get_entry(name)] if name else sorted(entries().values(), key=lambda e: e.name)
-    results = [verify(e) for e in targets]
-    if name is None:
-        results = [r for r in results if r.status != "missing"]
+    if name:
+        results = [verify(get_entry(name))]
+    else:
+        results = verify_all(sorted(entries().values(), key=lambda e: e.name))
         if not results:
             typer.echo("no zoo model is downloaded")
             return
@@ -149,8 +150,8 @@ def verify_command(
         raise ZooError(f"zoo model '{name}' is not downloaded", f"Run `starft zoo download {name}`")
     if bad:
         raise ZooError(
-            f"{len(bad)} zoo model(s) failed verification and were deleted: {', '.join(r.name for r in bad)}",
-            "Download them again with `starft zoo download NAME`",
+            f"{len(bad)} zoo model(s) failed verification: {', '.join(r.name for r in bad)}",
+            "Mismatching files were deleted; download them again with `starft zoo download NAME`, or fix the entry",
         )
 
 
@@ -200,9 +201,7 @@ def add_command(
     name: NameArg,
     source: Annotated[
         str,
-        typer.Option(
-            "--source", help="open_clip:TAG, hf-hub:ORG/NAME[/FILE.safetensors]@COMMIT or an https:// URL."
-        ),
+        typer.Option("--source", help="open_clip:TAG, hf-hub:ORG/NAME[/FILE.safetensors]@COMMIT or an https:// URL."),
     ],
     arch: Annotated[str, typer.Option("--arch", help="open_clip architecture, e.g. ViT-B-16.")],
     sha256: Annotated[str | None, typer.Option("--sha256", help="sha256 of the weights file.")] = None,

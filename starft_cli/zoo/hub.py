@@ -364,6 +364,34 @@ def verify(entry: ZooEntry) -> VerifyResult:
     return VerifyResult(entry.name, "ok", path, entry.sha256, actual)
 
 
+def verify_all(entries: list[ZooEntry]) -> list[VerifyResult]:
+    """Verify every downloaded entry. A file two entries share is deleted only if it matches neither's sha256
+    (an entry with a wrong hash must not destroy the file another, correct entry uses)."""
+    located = [(e, cached_path(e)) for e in entries]
+    by_path: dict[Path, list[ZooEntry]] = {}
+    for entry, path in located:
+        if path is not None:
+            by_path.setdefault(path.resolve(), []).append(entry)
+    results = []
+    for entry, path in located:
+        if path is None:
+            continue
+        sharing = by_path[path.resolve()]
+        pinned = {e.sha256 for e in sharing if e.sha256}
+        if len(sharing) > 1 and entry.sha256 and len(pinned) > 1:
+            actual = sha256_file(path)
+            if actual in pinned and actual != entry.sha256:
+                owner = next(e.name for e in sharing if e.sha256 == actual)
+                message = (
+                    f"the manifest pins sha256 {entry.sha256} but the file (shared with '{owner}', which it matches) "
+                    f"has {actual}; fix the entry in {entry.manifest or entry.origin}"
+                )
+                results.append(VerifyResult(entry.name, "mismatch", path, entry.sha256, actual, message))
+                continue
+        results.append(verify(entry))
+    return results
+
+
 def remove(entry: ZooEntry) -> list[Path]:
     """Delete the entry's cached weights; returns what was deleted (empty when nothing was cached)."""
     path = cached_path(entry)

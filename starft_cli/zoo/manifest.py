@@ -185,7 +185,9 @@ def parse_source(text: str, *, where: str = "source") -> Source:
     if text.startswith("open_clip:"):
         tag = text[len("open_clip:") :]
         if not _TAG_RE.match(tag):
-            raise ZooError(f"{where}: malformed open_clip tag '{tag}'", "Use open_clip:TAG, e.g. open_clip:laion400m_e31")
+            raise ZooError(
+                f"{where}: malformed open_clip tag '{tag}'", "Use open_clip:TAG, e.g. open_clip:laion400m_e31"
+            )
         return Source(kind="open_clip", tag=tag)
     if text.startswith("hf-hub:"):
         body = text[len("hf-hub:") :]
@@ -393,7 +395,9 @@ def read_manifest(path: Path, *, origin: str) -> dict[str, ZooEntry]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ZooError(f"cannot read zoo manifest {path} ({exc.strerror})", f"Check the file (or unset {ENV_VAR})") from exc
+        raise ZooError(
+            f"cannot read zoo manifest {path} ({exc.strerror})", f"Check the file (or unset {ENV_VAR})"
+        ) from exc
     return parse_manifest(text, origin=origin, path=path)
 
 

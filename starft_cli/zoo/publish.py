@@ -109,7 +109,7 @@ def plan(path: Path, repo: str, *, license: str = "mit", name: str | None = None
     if not isinstance(arch, str) or not arch:
         raise CheckpointError(
             f"{checkpoint / CONFIG_NAME} does not name its architecture ('arch')",
-            "Add \"arch\": \"ViT-B-16\" (the open_clip architecture) to the file",
+            'Add "arch": "ViT-B-16" (the open_clip architecture) to the file',
         )
     run_config = None
     results: list[dict[str, Any]] = []
@@ -185,7 +185,7 @@ def model_card(p: PublishPlan, revision_hint: str = "<COMMIT>") -> str:
     tags = ["clip", "open_clip", "starft", "zero-shot-image-classification"]
     front = ["---", "library_name: open_clip", f"license: {p.license}", "pipeline_tag: zero-shot-image-classification"]
     front += ["tags:"] + [f"- {t}" for t in tags] + ["---", ""]
-    lines = front + [f"# {p.name}", ""]
+    lines = [*front, f"# {p.name}", ""]
     lines.append(
         f"An open_clip `{p.arch}` model fine-tuned with **{method}**"
         + (f" from `{base}`" if base else "")
