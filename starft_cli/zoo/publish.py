@@ -189,7 +189,7 @@ def model_card(p: PublishPlan, revision_hint: str = "<COMMIT>") -> str:
     lines.append(
         f"An open_clip `{p.arch}` model fine-tuned with **{method}**"
         + (f" from `{base}`" if base else "")
-        + " using [starft](https://pypi.org/project/starft/)."
+        + " using the starft command-line tool."
     )
     lines += ["", f"- weights: `{WEIGHTS_NAME}` (safetensors), sha256 `{p.sha256}`", f"- architecture: `{p.arch}`"]
     if base:
