@@ -302,3 +302,17 @@ def test_open_clip_entry_unreachable_hub_is_one_line(hub: HubServer) -> None:  #
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: weights for ViT-L-14:laion400m_e31")
     assert "HF_HUB_OFFLINE=1" in lines[0]
+
+
+def test_classify_with_a_shipped_zoo_name_offline_fails_in_one_line(
+    hub: HubServer,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _go_offline(monkeypatch)
+    image = make_image(tmp_path / "img.jpg", seed=2)
+    result = runner.invoke(app, ["classify", str(image), "--labels", "a,b", "--model", "vit-b-16-laion400m-e31"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: weights for ViT-B-16:laion400m_e31")
+    assert "not in the local cache" in lines[0] and hub.requests == []
