@@ -316,3 +316,45 @@ def test_classify_with_a_shipped_zoo_name_offline_fails_in_one_line(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: weights for ViT-B-16:laion400m_e31")
     assert "not in the local cache" in lines[0] and hub.requests == []
+
+
+def test_url_source_download_is_verified_cached_and_atomic(served, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.file_download as fd
+
+    from starft_cli.zoo.manifest import Source, ZooEntry
+
+    # Manifests accept https only; the entry is built directly to run the URL code path against the local server.
+    url = f"{served.hub.url}/{REPO}/resolve/{served.commit}/{WEIGHTS}"
+    source = Source(kind="url", url=url, filename=WEIGHTS)
+    entry = ZooEntry(
+        name="by-url", arch="starft-tiny", source=source, kind="baseline", license="MIT", sha256=served.sha
+    )
+    path = zoo.fetch(entry)
+    assert path.read_bytes() == served.weights and path.name == WEIGHTS
+    assert path.is_relative_to(Path(os.environ["STARFT_HOME"]))
+    before = len(served.hub.requests)
+    assert zoo.fetch(entry) == path and len(served.hub.requests) == before
+    assert zoo.remove(entry) == [path] and not path.exists()
+
+    wrong = ZooEntry(name="by-url", arch="starft-tiny", source=source, kind="baseline", license="MIT", sha256="1" * 64)
+    with pytest.raises(ChecksumError):
+        zoo.fetch(wrong)
+    assert not path.exists()
+
+    monkeypatch.setattr(fd, "time", types.SimpleNamespace(sleep=lambda s: None))
+    served.hub.drop[WEIGHTS] = -1
+    with pytest.raises(WeightsUnavailableError) as info:
+        zoo.fetch(entry)
+    assert "no partial file was kept" in info.value.one_line()
+    assert [p.name for p in path.parent.iterdir()] == []
+
+
+def test_download_with_a_branch_revision_still_checks_the_hash(served) -> None:
+    result = runner.invoke(app, ["zoo", "download", "tiny-zoo", "--revision", "main"])
+    assert result.exit_code == 0, result.output
+    assert Path(result.stdout.strip()).read_bytes() == served.weights
+    assert f"/resolve/main/{WEIGHTS}" in served.hub.file_requests(WEIGHTS, "HEAD")[0].path
+    wrong = runner.invoke(app, ["zoo", "download", "tiny-wrong-hash", "--revision", "main"])
+    assert wrong.exit_code == 1 and "checksum mismatch" in wrong.stderr
+    tag = runner.invoke(app, ["zoo", "download", "vit-b-16-laion400m-e31", "--revision", "main"])
+    assert tag.exit_code == 2 and "--revision applies to Hub sources only" in tag.stderr
