@@ -358,3 +358,14 @@ def test_download_with_a_branch_revision_still_checks_the_hash(served) -> None:
     assert wrong.exit_code == 1 and "checksum mismatch" in wrong.stderr
     tag = runner.invoke(app, ["zoo", "download", "vit-b-16-laion400m-e31", "--revision", "main"])
     assert tag.exit_code == 2 and "--revision applies to Hub sources only" in tag.stderr
+
+
+def test_unknown_architecture_is_refused_before_any_download(served) -> None:
+    from starft_cli.errors import ModelNotFoundError
+
+    entry = zoo.validate_entry("typo", hub_entry(REPO, served.commit, served.sha, arch="starft-tinny"))
+    with pytest.raises(ModelNotFoundError) as info:
+        zoo.resolve(entry)
+    assert "unknown architecture 'starft-tinny'" in info.value.one_line()
+    assert "Did you mean starft-tiny" in info.value.one_line()
+    assert served.hub.requests == []

@@ -328,3 +328,12 @@ def test_parse_source_rejects_non_https() -> None:
         with pytest.raises(ZooError) as info:
             parse_source(text)
         assert "is not allowed" in info.value.one_line() and "https only" in info.value.one_line()
+
+
+def test_a_name_twice_in_one_manifest_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "z.toml"
+    path.write_text(manifest_text({"twice": _base()}) + manifest_text({"twice": _base()}).replace("schema = 1\n", ""))
+    monkeypatch.setenv("STARFT_ZOO", str(path))
+    with pytest.raises(ZooError) as info:
+        zoo.entries()
+    assert f"zoo manifest {path} is not valid TOML" in info.value.one_line()

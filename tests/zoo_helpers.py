@@ -56,8 +56,7 @@ def hub_entry(repo: str, revision: str, sha256: str, filename: str | None = None
         "sha256": sha256,
         "kind": "baseline",
         "license": "MIT",
-        **extra,
-    }
+    } | extra
 
 
 def write_zoo(path: Path, entries: dict[str, dict[str, object]]) -> Path:

@@ -229,6 +229,7 @@ def fetch(entry: ZooEntry, *, revision: str | None = None, tqdm_class: Any = Non
 def _fetch_hub(entry: ZooEntry, *, revision: str | None, tqdm_class: Any) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
+        HfHubHTTPError,
         LocalEntryNotFoundError,
         RemoteEntryNotFoundError,
         RepositoryNotFoundError,
@@ -267,8 +268,19 @@ def _fetch_hub(entry: ZooEntry, *, revision: str | None, tqdm_class: Any) -> Pat
             f"The manifest entry ({entry.manifest or entry.origin}) is wrong or the repository is private "
             "(log in with `hf auth login`)",
         ) from exc
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status in (401, 403):
+            raise ZooError(
+                f"zoo model '{entry.name}': access to {where} denied (HTTP {status})",
+                "The repository is private or gated: log in with `hf auth login` (or set HF_TOKEN)",
+            ) from exc
+        raise WeightsUnavailableError(
+            f"download of zoo model '{entry.name}' from {where} failed ({_short(exc)})",
+            f"Run `starft zoo download {entry.name}` again; no partial file was kept in the cache",
+        ) from exc
     except (OSError, ValueError) as exc:
-        # Interrupted beyond huggingface_hub's retries, size mismatch, HTTP errors: nothing partial is kept.
+        # Interrupted beyond huggingface_hub's retries, size mismatch: nothing partial is kept.
         raise WeightsUnavailableError(
             f"download of zoo model '{entry.name}' from {where} failed ({_short(exc)})",
             f"Run `starft zoo download {entry.name}` again; no partial file was kept in the cache",
@@ -323,10 +335,30 @@ def _fetch_open_clip(entry: ZooEntry) -> Path:
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_arch(entry: ZooEntry) -> None:
+    import difflib
+
+    from starft_cli.errors import ModelNotFoundError
+    from starft_cli.models import list_architectures
+
+    archs = list_architectures()
+    if entry.arch not in archs:
+        close = difflib.get_close_matches(entry.arch, archs, n=3)
+        hint = f"Did you mean {', '.join(close)}? " if close else ""
+        raise ModelNotFoundError(
+            f"zoo model '{entry.name}' names an unknown architecture '{entry.arch}'",
+            hint + f"Fix the entry in {entry.manifest or entry.origin} (architectures are open_clip's)",
+        )
+
+
 def resolve(entry: ZooEntry) -> Resolved:
-    """What to load for ``entry``: an open_clip pretrained tag, or a verified local safetensors file."""
+    """What to load for ``entry``: an open_clip pretrained tag, or a verified local safetensors file.
+
+    The architecture is checked before anything is downloaded.
+    """
     if entry is None:
         raise ZooError("resolve() needs a zoo entry", "Look it up with find_entry(name)")
+    _check_arch(entry)
     if entry.source.kind == "open_clip":
         return Resolved(
             arch=entry.arch,
