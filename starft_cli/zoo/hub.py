@@ -1,0 +1,430 @@
+"""Fetching, verifying and removing zoo weights.
+
+``hf-hub`` sources go through ``huggingface_hub.hf_hub_download`` (its cache, its resume and retry logic, its
+offline mode and progress bars); ``https`` sources through huggingface_hub's ``http_get`` into the starft cache;
+``open_clip`` sources through open_clip's own pretrained downloader (which also uses the Hugging Face cache).
+Every file with a manifest sha256 is hashed after download and before its first use; a mismatch deletes the
+file and raises ``ChecksumError`` with both hashes. A verified file is remembered (path, size, mtime) so that
+later runs do not hash it again; ``verify`` always re-hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starft_cli.errors import ChecksumError, WeightsUnavailableError, ZooError
+from starft_cli.paths import atomic_path, atomic_write_text, cache_dir
+from starft_cli.zoo.manifest import ZooEntry
+
+logger = logging.getLogger(__name__)
+
+_TRUE = ("1", "on", "yes", "true")
+
+
+@dataclass
+class Resolved:
+    """What ``starft_cli.models`` needs to load a zoo entry."""
+
+    arch: str
+    pretrained_tag: str | None = None
+    weights: Path | None = None
+    quick_gelu: bool = False
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+
+def offline() -> bool:
+    """``HF_HUB_OFFLINE`` (read now, not only when huggingface_hub was imported)."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE")
+    if value is not None:
+        return value.strip().lower() in _TRUE
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def endpoint() -> str:
+    """The Hub endpoint (``HF_ENDPOINT``, read now)."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_cache() -> Path:
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _offline_hint(name: str) -> str:
+    return (
+        f"Connect and run `starft zoo download {name}`, or copy the Hugging Face cache (HF_HOME) from a machine "
+        "that has the model; with HF_HUB_OFFLINE=1 only the cache is used"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Verification records
+# ----------------------------------------------------------------------------------------------
+
+
+def _marker(path: Path) -> Path:
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+    return cache_dir("zoo", "verified") / f"{key}.json"
+
+
+def _stat_key(path: Path) -> dict[str, int]:
+    st = path.resolve().stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _known_good(path: Path, sha256: str) -> bool:
+    marker = _marker(path)
+    try:
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        return record.get("sha256") == sha256 and record.get("stat") == _stat_key(path)
+    except (OSError, ValueError):
+        return False
+
+
+def _remember(path: Path, sha256: str) -> None:
+    atomic_write_text(_marker(path), json.dumps({"sha256": sha256, "stat": _stat_key(path)}))
+
+
+def _delete(path: Path) -> list[Path]:
+    """Delete a cached file: a Hub snapshot link and the blob it points to (or a plain file)."""
+    removed = []
+    real = path.resolve()
+    marker = _marker(path) if path.exists() else None
+    for item in (path, real):
+        if item.is_symlink() or item.exists():
+            item.unlink()
+            removed.append(item)
+    if marker is not None and marker.exists():
+        marker.unlink()
+    return removed
+
+
+def check_file(entry: ZooEntry, path: Path, *, force: bool = False) -> str | None:
+    """Check ``path`` against the entry's sha256 (re-hash when ``force``); delete and raise on mismatch.
+
+    Returns the file's sha256 (None when the entry has no sha256 and nothing was hashed).
+    """
+    if entry.sha256 is None:
+        return sha256_file(path) if force else None
+    if not force and _known_good(path, entry.sha256):
+        return entry.sha256
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        _delete(path)
+        raise ChecksumError(
+            f"checksum mismatch for zoo model '{entry.name}' ({entry.source}): expected sha256 {entry.sha256}, "
+            f"got {actual}; the file was deleted",
+            f"Run `starft zoo download {entry.name}` again; if it fails again the manifest entry "
+            f"({entry.manifest or entry.origin}) or the published file is wrong",
+        )
+    _remember(path, actual)
+    return actual
+
+
+# ----------------------------------------------------------------------------------------------
+# Where a source lives in the cache (no network)
+# ----------------------------------------------------------------------------------------------
+
+
+def _url_cache_path(entry: ZooEntry) -> Path:
+    assert entry.source.url is not None and entry.source.filename is not None
+    key = hashlib.sha256(entry.source.url.encode()).hexdigest()[:16]
+    return cache_dir("zoo", "url", key) / entry.source.filename
+
+
+def _open_clip_cfg(entry: ZooEntry) -> dict[str, Any]:
+    from starft_cli.errors import ModelNotFoundError
+    from starft_cli.models import _pretrained_cfg, register_builtin_configs
+
+    register_builtin_configs()
+    cfg = _pretrained_cfg(entry.arch, str(entry.source.tag))
+    if not cfg:
+        raise ModelNotFoundError(
+            f"zoo model '{entry.name}': open_clip has no pretrained tag '{entry.source.tag}' for {entry.arch}",
+            f"Fix the entry in {entry.manifest or entry.origin} (see open_clip.list_pretrained())",
+        )
+    return dict(cfg)
+
+
+def _open_clip_hub_file(cfg: dict[str, Any]) -> tuple[str, list[str]] | None:
+    hub = str(cfg.get("hf_hub") or "")
+    if not hub:
+        return None
+    parts = hub.strip("/").split("/")
+    repo = "/".join(parts[:2])
+    if len(parts) > 2:
+        return repo, ["/".join(parts[2:])]
+    return repo, ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+
+
+def cached_path(entry: ZooEntry, revision: str | None = None) -> Path | None:
+    """The entry's weights in the local cache, or None. Makes no request."""
+    from huggingface_hub import try_to_load_from_cache
+
+    source = entry.source
+    if source.kind == "hf-hub":
+        assert source.repo is not None and source.filename is not None
+        found = try_to_load_from_cache(
+            source.repo, source.filename, cache_dir=hub_cache(), revision=revision or source.revision
+        )
+        return Path(found) if isinstance(found, str) else None
+    if source.kind == "url":
+        path = _url_cache_path(entry)
+        return path if path.is_file() else None
+    hub = _open_clip_hub_file(_open_clip_cfg(entry))
+    if hub is not None:
+        repo, names = hub
+        for name in names:
+            found = try_to_load_from_cache(repo, name, cache_dir=hub_cache())
+            if isinstance(found, str):
+                return Path(found)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Fetching
+# ----------------------------------------------------------------------------------------------
+
+
+def fetch(entry: ZooEntry, *, revision: str | None = None, tqdm_class: Any = None) -> Path:
+    """The entry's verified weights, downloaded once (progress bars) and cached.
+
+    For an ``open_clip`` source the file is fetched through open_clip's pretrained downloader.
+    """
+    source = entry.source
+    if source.kind == "hf-hub":
+        path = _fetch_hub(entry, revision=revision, tqdm_class=tqdm_class)
+    elif source.kind == "url":
+        path = _fetch_url(entry, tqdm_class=tqdm_class)
+    else:
+        path = _fetch_open_clip(entry)
+    check_file(entry, path)
+    return path
+
+
+def _fetch_hub(entry: ZooEntry, *, revision: str | None, tqdm_class: Any) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    source = entry.source
+    assert source.repo is not None and source.filename is not None
+    rev = revision or source.revision
+    where = f"{source.repo}/{source.filename}@{rev} on {endpoint()}"
+    try:
+        return Path(
+            hf_hub_download(
+                source.repo,
+                source.filename,
+                revision=rev,
+                cache_dir=hub_cache(),
+                endpoint=endpoint(),
+                local_files_only=offline(),
+                tqdm_class=tqdm_class,
+            )
+        )
+    except LocalEntryNotFoundError as exc:
+        raise WeightsUnavailableError(
+            f"zoo model '{entry.name}' is not in the local cache ({hub_cache()}) and could not be downloaded "
+            f"from {where}" + (" (HF_HUB_OFFLINE is set)" if offline() else f" ({_short(exc.__cause__ or exc)})"),
+            _offline_hint(entry.name),
+        ) from exc
+    except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError) as exc:
+        what = {
+            RevisionNotFoundError: "revision",
+            RemoteEntryNotFoundError: "file",
+        }.get(type(exc), "repository")
+        raise ZooError(
+            f"zoo model '{entry.name}': {what} not found on the Hub ({where})",
+            f"The manifest entry ({entry.manifest or entry.origin}) is wrong or the repository is private "
+            "(log in with `hf auth login`)",
+        ) from exc
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status in (401, 403):
+            raise ZooError(
+                f"zoo model '{entry.name}': access to {where} denied (HTTP {status})",
+                "The repository is private or gated: log in with `hf auth login` (or set HF_TOKEN)",
+            ) from exc
+        raise WeightsUnavailableError(
+            f"download of zoo model '{entry.name}' from {where} failed ({_short(exc)})",
+            f"Run `starft zoo download {entry.name}` again; no partial file was kept in the cache",
+        ) from exc
+    except (OSError, ValueError) as exc:
+        # Interrupted beyond huggingface_hub's retries, size mismatch: nothing partial is kept.
+        raise WeightsUnavailableError(
+            f"download of zoo model '{entry.name}' from {where} failed ({_short(exc)})",
+            f"Run `starft zoo download {entry.name}` again; no partial file was kept in the cache",
+        ) from exc
+    except Exception as exc:  # httpx transport errors are not OSErrors
+        raise WeightsUnavailableError(
+            f"download of zoo model '{entry.name}' from {where} failed ({type(exc).__name__}: {_short(exc)})",
+            f"Run `starft zoo download {entry.name}` again; no partial file was kept in the cache",
+        ) from exc
+
+
+def _fetch_url(entry: ZooEntry, *, tqdm_class: Any) -> Path:
+    from huggingface_hub.file_download import http_get
+
+    target = _url_cache_path(entry)
+    if target.is_file():
+        return target
+    if offline():
+        raise WeightsUnavailableError(
+            f"zoo model '{entry.name}' is not in the local cache ({target.parent}) and HF_HUB_OFFLINE is set",
+            _offline_hint(entry.name),
+        )
+    try:
+        with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+            http_get(str(entry.source.url), handle, displayed_filename=target.name, tqdm_class=tqdm_class)
+    except Exception as exc:
+        raise WeightsUnavailableError(
+            f"download of zoo model '{entry.name}' from {entry.source.url} failed ({_short(exc)})",
+            f"Run `starft zoo download {entry.name}` again; no partial file was kept in the cache",
+        ) from exc
+    return target
+
+
+def _fetch_open_clip(entry: ZooEntry) -> Path:
+    from starft_cli.models import _fetch_pretrained
+
+    cfg = _open_clip_cfg(entry)
+    if offline():
+        found = cached_path(entry)
+        if found is not None:
+            return found
+        raise WeightsUnavailableError(
+            f"weights of zoo model '{entry.name}' ({entry.arch}:{entry.source.tag}) are not in the local cache "
+            f"({hub_cache()}) and HF_HUB_OFFLINE is set",
+            _offline_hint(entry.name),
+        )
+    return _fetch_pretrained(entry.arch, str(entry.source.tag), cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolve, verify, remove
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_arch(entry: ZooEntry) -> None:
+    import difflib
+
+    from starft_cli.errors import ModelNotFoundError
+    from starft_cli.models import list_architectures
+
+    archs = list_architectures()
+    if entry.arch not in archs:
+        close = difflib.get_close_matches(entry.arch, archs, n=3)
+        hint = f"Did you mean {', '.join(close)}? " if close else ""
+        raise ModelNotFoundError(
+            f"zoo model '{entry.name}' names an unknown architecture '{entry.arch}'",
+            hint + f"Fix the entry in {entry.manifest or entry.origin} (architectures are open_clip's)",
+        )
+
+
+def resolve(entry: ZooEntry) -> Resolved:
+    """What to load for ``entry``: an open_clip pretrained tag, or a verified local safetensors file.
+
+    The architecture is checked before anything is downloaded.
+    """
+    if entry is None:
+        raise ZooError("resolve() needs a zoo entry", "Look it up with find_entry(name)")
+    _check_arch(entry)
+    if entry.source.kind == "open_clip":
+        return Resolved(
+            arch=entry.arch,
+            pretrained_tag=entry.source.tag,
+            quick_gelu=entry.quick_gelu,
+            preprocess=dict(entry.preprocess),
+        )
+    return Resolved(
+        arch=entry.arch, weights=fetch(entry), quick_gelu=entry.quick_gelu, preprocess=dict(entry.preprocess)
+    )
+
+
+@dataclass
+class VerifyResult:
+    name: str
+    status: str  # ok, mismatch, missing, unpinned
+    path: Path | None
+    expected: str | None
+    actual: str | None
+    message: str = ""
+
+
+def verify(entry: ZooEntry) -> VerifyResult:
+    """Re-hash the entry's cached file (no download). A mismatch deletes the file."""
+    path = cached_path(entry)
+    if path is None:
+        return VerifyResult(entry.name, "missing", None, entry.sha256, None, "not downloaded")
+    if entry.sha256 is None:
+        actual = sha256_file(path)
+        return VerifyResult(entry.name, "unpinned", path, None, actual, "no sha256 in the manifest")
+    try:
+        actual = check_file(entry, path, force=True)
+    except ChecksumError as exc:
+        return VerifyResult(entry.name, "mismatch", path, entry.sha256, None, exc.one_line())
+    return VerifyResult(entry.name, "ok", path, entry.sha256, actual)
+
+
+def verify_all(entries: list[ZooEntry]) -> list[VerifyResult]:
+    """Verify every downloaded entry. A file two entries share is deleted only if it matches neither's sha256
+    (an entry with a wrong hash must not destroy the file another, correct entry uses)."""
+    located = [(e, cached_path(e)) for e in entries]
+    by_path: dict[Path, list[ZooEntry]] = {}
+    for entry, path in located:
+        if path is not None:
+            by_path.setdefault(path.resolve(), []).append(entry)
+    results = []
+    for entry, path in located:
+        if path is None:
+            continue
+        sharing = by_path[path.resolve()]
+        pinned = {e.sha256 for e in sharing if e.sha256}
+        if len(sharing) > 1 and entry.sha256 and len(pinned) > 1:
+            actual = sha256_file(path)
+            if actual in pinned and actual != entry.sha256:
+                owner = next(e.name for e in sharing if e.sha256 == actual)
+                message = (
+                    f"the manifest pins sha256 {entry.sha256} but the file (shared with '{owner}', which it matches) "
+                    f"has {actual}; fix the entry in {entry.manifest or entry.origin}"
+                )
+                results.append(VerifyResult(entry.name, "mismatch", path, entry.sha256, actual, message))
+                continue
+        results.append(verify(entry))
+    return results
+
+
+def remove(entry: ZooEntry) -> list[Path]:
+    """Delete the entry's cached weights; returns what was deleted (empty when nothing was cached)."""
+    path = cached_path(entry)
+    return _delete(path) if path is not None else []
