@@ -262,7 +262,8 @@ def load(
     return loaded
 
 
-def _pretrained_cfg(arch: str, tag: str) -> dict[str, Any] | None:
+def pretrained_cfg(arch: str, tag: str) -> dict[str, Any] | None:
+    """open_clip's pretrained config of ``arch:tag`` (or one registered with :func:`register_pretrained`)."""
     import open_clip
 
     return _PROJECT_PRETRAINED.get((arch, tag)) or open_clip.get_pretrained_cfg(arch, tag) or None
@@ -275,7 +276,7 @@ def _load_pretrained(ref: ModelRef, seed: int) -> LoadedModel:
     assert arch is not None and tag is not None
     if ref.is_random:
         return _build(ref, arch, seed=seed, source=f"{arch} (random init, seed {seed})")
-    cfg = _pretrained_cfg(arch, tag)
+    cfg = pretrained_cfg(arch, tag)
     if cfg is None:
         tags = open_clip.list_pretrained_tags_by_model(arch)
         close = difflib.get_close_matches(tag, tags, n=3, cutoff=0.5)
@@ -284,7 +285,7 @@ def _load_pretrained(ref: ModelRef, seed: int) -> LoadedModel:
             f"unknown pretrained tag '{tag}' for {arch}",
             hint + f"Known tags: {', '.join(tags) or 'none'}; or {arch}:none for random weights",
         )
-    checkpoint = _fetch_pretrained(arch, tag, cfg)
+    checkpoint = fetch_pretrained(arch, tag, cfg)
     loaded = _build(
         ref,
         arch,
@@ -303,7 +304,7 @@ def _hub_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def _fetch_pretrained(arch: str, tag: str, cfg: Mapping[str, Any]) -> Path:
+def fetch_pretrained(arch: str, tag: str, cfg: Mapping[str, Any]) -> Path:
     """Fetch (or find in the local cache) the weights of a pretrained tag with open_clip's downloader."""
     import open_clip
 

@@ -158,10 +158,10 @@ def _url_cache_path(entry: ZooEntry) -> Path:
 
 def _open_clip_cfg(entry: ZooEntry) -> dict[str, Any]:
     from starft_cli.errors import ModelNotFoundError
-    from starft_cli.models import _pretrained_cfg, register_builtin_configs
+    from starft_cli.models import pretrained_cfg, register_builtin_configs
 
     register_builtin_configs()
-    cfg = _pretrained_cfg(entry.arch, str(entry.source.tag))
+    cfg = pretrained_cfg(entry.arch, str(entry.source.tag))
     if not cfg:
         raise ModelNotFoundError(
             f"zoo model '{entry.name}': open_clip has no pretrained tag '{entry.source.tag}' for {entry.arch}",
@@ -315,7 +315,7 @@ def _fetch_url(entry: ZooEntry, *, tqdm_class: Any) -> Path:
 
 
 def _fetch_open_clip(entry: ZooEntry) -> Path:
-    from starft_cli.models import _fetch_pretrained
+    from starft_cli.models import fetch_pretrained
 
     cfg = _open_clip_cfg(entry)
     if offline():
@@ -327,7 +327,7 @@ def _fetch_open_clip(entry: ZooEntry) -> Path:
             f"({hub_cache()}) and HF_HUB_OFFLINE is set",
             _offline_hint(entry.name),
         )
-    return _fetch_pretrained(entry.arch, str(entry.source.tag), cfg)
+    return fetch_pretrained(entry.arch, str(entry.source.tag), cfg)
 
 
 # ----------------------------------------------------------------------------------------------
