@@ -198,3 +198,11 @@ def test_python_dash_m_entry_point() -> None:
     from starft_cli import __version__
 
     assert done.stdout.strip() == f"starft {__version__}"
+
+
+def test_core_warnings_reach_stderr_as_one_line(runner: CliRunner, images: list[Path], tmp_path: Path) -> None:
+    templates = tmp_path / "t.txt"
+    templates.write_text("a photo of a {}.\na photo of a {}.\n")
+    result = runner.invoke(app, ["classify", str(images[0]), "-l", "a,b", "--templates", str(templates), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "warning: " in result.stderr and "duplicate template" in result.stderr

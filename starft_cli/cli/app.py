@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -68,6 +69,38 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
     """Robust fine-tuning of zero-shot image-text models with StarFT."""
+    _setup_logging()
+
+
+def _setup_logging() -> None:
+    """Warnings from the core as ``warning: ...`` lines on stderr; libraries' retry chatter only with STARFT_DEBUG."""
+    level = logging.DEBUG if _debug() else logging.WARNING
+    if not _debug():
+        # read by huggingface_hub when it is first imported (it is not imported yet: --help stays light)
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_LowerLevelFormatter("%(levelname)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+class _LowerLevelFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (so captured output in tests stays right)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 def _register() -> None:
