@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,13 @@ class ImageDataset(torch.utils.data.Dataset):
         """A human-readable name of the ``index``-th sample (its file path where it has one)."""
         return f"{self.name}[{index}]"
 
+    def fingerprint(self) -> str:
+        """A content key of the samples (which images, in which order, with which labels): it changes when the
+        data change. Subclasses hash what identifies their images; this base hashes name and labels only."""
+        digest = hashlib.sha256(f"{type(self).__name__}|{self.name}|".encode())
+        digest.update(_ints_bytes(self.labels))
+        return digest.hexdigest()[:32]
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image = self.get_image(index)
         if self.transform is not None:
@@ -83,6 +91,59 @@ class FileImageDataset(ImageDataset):
 
     def describe(self, index: int) -> str:
         return str(self.paths[index])
+
+    def fingerprint(self) -> str:
+        """Hash of every file's path, size and modification time, and the labels (no file is read)."""
+        digest = hashlib.sha256(f"files|{len(self.paths)}|".encode())
+        for path in self.paths:
+            try:
+                stat = path.stat()
+                digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{path}|missing\n".encode())
+        digest.update(_ints_bytes(self.labels))
+        return digest.hexdigest()[:32]
+
+
+class ArrayImageDataset(ImageDataset):
+    """An :class:`ImageDataset` over a ``uint8`` array ``[N, H, W, 3]`` (CIFAR, STL10 binaries).
+
+    ``sources`` are the files the array was read from; their paths, sizes and times key the fingerprint.
+    """
+
+    def __init__(self, *, images: Any, sources: Sequence[str | Path] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.images = images
+        self.sources = [Path(p) for p in sources]
+        if len(self.images) != len(self.labels):
+            raise ValueError("images and labels differ in length")
+
+    def get_image(self, index: int) -> Any:
+        from PIL import Image
+
+        return Image.fromarray(self.images[index]).convert("RGB")
+
+    def fingerprint(self) -> str:
+        import numpy as np
+
+        digest = hashlib.sha256(f"array|{self.name}|{tuple(self.images.shape)}|".encode())
+        for path in self.sources:
+            try:
+                stat = path.stat()
+                digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            except OSError:
+                digest.update(f"{path}|missing\n".encode())
+        # a strided sample of the pixels as well, so that arrays built in memory are keyed by content too
+        flat = np.ascontiguousarray(self.images).reshape(-1)
+        digest.update(flat[:: max(1, flat.size // 65536)].tobytes())
+        digest.update(_ints_bytes(self.labels))
+        return digest.hexdigest()[:32]
+
+
+def _ints_bytes(values: Sequence[int]) -> bytes:
+    import numpy as np
+
+    return np.asarray(values, dtype=np.int64).tobytes()
 
 
 @dataclass

@@ -1,0 +1,111 @@
+"""``starft data``'s core: describe, check and download registered datasets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starft_cli.data.base import CheckReport
+from starft_cli.data.registry import dataset_root, get_builder
+from starft_cli.errors import DataError, ImageError
+
+logger = logging.getLogger(__name__)
+
+
+def check_dataset(
+    name: str, data_root: str | Path | None, deep: bool = False, progress: Callable[[int, int], None] | None = None
+) -> CheckReport:
+    """Check a registered dataset's layout under ``data_root``; with ``deep``, also decode every image of
+    every split and report the unreadable ones."""
+    builder = get_builder(name)
+    root = dataset_root(name, data_root)
+    if not root.exists():
+        report = CheckReport(name=name, root=root)
+        report.problems.append(f"missing folder {root}")
+        return report
+    report = builder.check(root)
+    if deep and report.ok:
+        for split in builder.info.splits:
+            try:
+                ds = builder.build(root, split)
+            except DataError as exc:
+                report.problems.append(f"{split}: {exc.message}")
+                continue
+            bad: list[str] = []
+            for index in range(len(ds)):
+                try:
+                    ds.get_image(index)
+                except ImageError as exc:
+                    bad.append(exc.message)
+                if progress is not None:
+                    progress(index + 1, len(ds))
+            report.counts[f"{split} unreadable"] = len(bad)
+            if bad:
+                report.problems.append(f"{split}: {len(bad)} unreadable image(s), e.g. {bad[0]}")
+    return report
+
+
+@dataclass
+class DownloadResult:
+    name: str
+    root: Path
+    downloaded: bool
+    instructions: list[str] = field(default_factory=list)
+
+
+def _tv_download(cls_name: str, **kwargs: Any) -> Callable[[Path], None]:
+    def run(data_root: Path) -> None:
+        import torchvision.datasets as tvd
+
+        getattr(tvd, cls_name)(str(data_root), download=True, **kwargs)
+
+    return run
+
+
+def _flowers_download(data_root: Path) -> None:
+    from torchvision.datasets import Flowers102
+
+    # torchvision's constructor reads the labels with scipy after downloading; only its download step is needed
+    reader = object.__new__(Flowers102)
+    reader._base_folder = data_root / "flowers-102"
+    reader._images_folder = reader._base_folder / "jpg"
+    reader.download()
+
+
+DOWNLOADERS: dict[str, Callable[[Path], None]] = {
+    "cifar10": _tv_download("CIFAR10", train=False),
+    "cifar100": _tv_download("CIFAR100", train=False),
+    "stl10": _tv_download("STL10", split="test"),
+    "caltech101": _tv_download("Caltech101"),
+    "flowers102": _flowers_download,
+}
+
+
+def instructions(name: str, data_root: str | Path | None) -> list[str]:
+    """Where to get a dataset and how to lay it out."""
+    info = get_builder(name).info
+    where = Path(data_root).expanduser() / info.folder if data_root else Path("DATA_ROOT") / info.folder
+    return [f"{info.title}", f"get it from: {info.source}", f"lay it out as: {info.layout}", f"expected at: {where}"]
+
+
+def download_dataset(name: str, data_root: str | Path) -> DownloadResult:
+    """Fetch a dataset with torchvision's downloader (checksummed) where a public, stable source exists;
+    otherwise return instructions and download nothing."""
+    get_builder(name)
+    root = Path(data_root).expanduser()
+    target = root / get_builder(name).info.folder
+    downloader = DOWNLOADERS.get(name)
+    if downloader is None:
+        return DownloadResult(name=name, root=target, downloaded=False, instructions=instructions(name, data_root))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        downloader(root)
+    except Exception as exc:  # network and checksum failures from torchvision's downloader
+        raise DataError(
+            f"downloading {name} failed ({' '.join(str(exc).split())[:200]})",
+            "Check the network, or get it by hand: " + "; ".join(instructions(name, data_root)[1:]),
+        ) from exc
+    return DownloadResult(name=name, root=target, downloaded=True)
