@@ -185,7 +185,7 @@ def _matrix(name: str, value: Any) -> bytes:
         for record in value:
             for f in fields:
                 body += _element(14, _matrix("", record[f]))
-    elif isinstance(value, list):
+    elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         mx, dims = 1, (1, len(value))
         body = b"".join(_element(14, _matrix("", v)) for v in value)
     else:
