@@ -247,6 +247,7 @@ def test_cli_data_check_good_and_broken(tmp_path: Path):
     assert bad.exit_code == 1
     assert "problem: missing" in bad.stdout and "metadata.csv" in bad.stdout
     assert "get it from:" in bad.stdout
+    assert bad.stderr.strip() == "error: waterbirds is not laid out right (1 problem(s) above)"
 
 
 def test_cli_data_check_unknown_name(tmp_path: Path):

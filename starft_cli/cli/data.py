@@ -93,7 +93,9 @@ def check_command(
             for line in instructions(name, data_root)[1:]:
                 typer.echo(f"  {line}")
     if not report.ok:
-        raise typer.Exit(1)
+        from starft_cli.errors import DataError
+
+        raise DataError(f"{name} is not laid out right ({len(report.problems)} problem(s) above)")
 
 
 @app.command("download")
