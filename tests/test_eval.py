@@ -321,3 +321,19 @@ def test_evaluate_python_api(tiny, data_root: Path):
     assert frame.attrs["missing"] == []
     with pytest.raises(UsageError, match="needs --data-root"):
         evaluate([tiny], "group-shift", None)
+
+
+def test_cli_warns_about_skipped_images_and_strict_fails(tmp_path: Path):
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "f", ["cat", "dog"], per_class=2, size=(32, 32))
+    (root / "cat" / "0.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    args = ["eval", "--data", f"folder:{root}", "-m", TINY, "--workers", "0", "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "warning: starft-tiny:none on folder:" in result.stderr and "1 unreadable image(s) skipped" in result.stderr
+    assert "1 unreadable image(s) skipped" in (tmp_path / "out" / "leaderboard.md").read_text()
+    assert _records(tmp_path / "out")[0]["num_skipped"] == 1
+    strict = runner.invoke(app, [*args, "--strict"])
+    assert strict.exit_code == 1
+    assert "0.jpg" in strict.stderr and "without --strict" in strict.stderr

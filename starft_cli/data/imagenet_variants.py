@@ -22,7 +22,8 @@ V2_FOLDER = "imagenetv2-matched-frequency-format-val"
     title="ImageNet-V2 (matched frequency)",
     folder=V2_FOLDER,
     layout=f"{V2_FOLDER}/<class index 0..999>/*.jpeg (the archive as published, folder per class index)",
-    source="huggingface.co/datasets/vaishaal/ImageNetV2 (imagenetv2-matched-frequency.tar.gz); extract it",
+    source="huggingface.co/datasets/vaishaal/ImageNetV2 (imagenetv2-matched-frequency.tar.gz); "
+    "`starft data download imagenet-v2` fetches and extracts it",
     splits=("test",),
     default_split="test",
     templates="imagenet80",

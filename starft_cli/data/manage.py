@@ -75,7 +75,16 @@ def _flowers_download(data_root: Path) -> None:
     reader.download()
 
 
+def _imagenet_v2_download(data_root: Path) -> None:
+    from huggingface_hub import hf_hub_download
+    from torchvision.datasets.utils import extract_archive
+
+    archive = hf_hub_download("vaishaal/ImageNetV2", "imagenetv2-matched-frequency.tar.gz", repo_type="dataset")
+    extract_archive(archive, str(data_root))  # -> imagenetv2-matched-frequency-format-val/<class index>/
+
+
 DOWNLOADERS: dict[str, Callable[[Path], None]] = {
+    "imagenet-v2": _imagenet_v2_download,
     "cifar10": _tv_download("CIFAR10", train=False),
     "cifar100": _tv_download("CIFAR100", train=False),
     "stl10": _tv_download("STL10", split="test"),
@@ -92,8 +101,8 @@ def instructions(name: str, data_root: str | Path | None) -> list[str]:
 
 
 def download_dataset(name: str, data_root: str | Path) -> DownloadResult:
-    """Fetch a dataset with torchvision's downloader (checksummed) where a public, stable source exists;
-    otherwise return instructions and download nothing."""
+    """Fetch a dataset where a public, stable source exists (torchvision's checksummed downloaders; ImageNet-V2
+    from its Hugging Face dataset repository); otherwise return instructions and download nothing."""
     get_builder(name)
     root = Path(data_root).expanduser()
     target = root / get_builder(name).info.folder

@@ -167,7 +167,10 @@ def compute_features(
     done = 0
     was_training = model.training
     model.eval()
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    autocast = None
+    if device.type == "cuda":  # mixed precision on GPU only; features are normalised in float32 afterwards
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        autocast = torch.autocast(device_type="cuda", dtype=dtype)
     try:
         with torch.inference_mode():
             for images, indices, bad in loader:
