@@ -261,3 +261,16 @@ def test_cli_data_download_without_source_prints_instructions(tmp_path: Path):
     assert result.exit_code == 0
     assert "get it from:" in result.stdout and "metadata.csv" in result.stdout
     assert not any(tmp_path.iterdir())  # nothing fetched, nothing created
+
+
+def test_cli_data_check_generic_folder_and_csv(tmp_path: Path):
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "mine", ["cat", "dog"], per_class=2, size=(32, 32))
+    good = runner.invoke(app, ["data", "check", f"folder:{root}", "--deep"])
+    assert good.exit_code == 0, good.output
+    assert "images: 4" in good.stdout and "class cat: 2" in good.stdout and "unreadable: 0" in good.stdout
+    (tmp_path / "list.csv").write_text("filepath,label\nmine/cat/0.jpg,cat\nmine/cat/9.jpg,cat\n")
+    bad = runner.invoke(app, ["data", "check", f"csv:{tmp_path / 'list.csv'}"])
+    assert bad.exit_code == 1
+    assert "problem: 1 listed image(s) are missing" in bad.stdout and "9.jpg" in bad.stdout

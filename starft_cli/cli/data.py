@@ -57,7 +57,9 @@ def list_command(
 
 @app.command("check")
 def check_command(
-    name: Annotated[str, typer.Argument(help="A registered dataset (see `starft data list`).")],
+    name: Annotated[
+        str, typer.Argument(help="A registered dataset (see `starft data list`), folder:PATH or csv:PATH.")
+    ],
     data_root: DataRootOpt = None,
     deep: Annotated[bool, typer.Option("--deep", help="Also decode every image and report unreadable ones.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -67,8 +69,10 @@ def check_command(
     from starft_cli.data.registry import get_builder
     from starft_cli.errors import UsageError
 
-    get_builder(name)  # unknown names fail with suggestions
-    if data_root is None:
+    generic = name.startswith(("folder:", "csv:"))
+    if not generic:
+        get_builder(name)  # unknown names fail with suggestions
+    if data_root is None and not generic:
         raise UsageError("data check needs --data-root", "Point it at the folder holding the datasets")
     report = check_dataset(name, data_root, deep=deep)
     if as_json:
@@ -89,7 +93,7 @@ def check_command(
             typer.echo(f"  note: {note}")
         for problem in report.problems:
             typer.echo(f"  problem: {problem}")
-        if not report.ok:
+        if not report.ok and not generic:
             for line in instructions(name, data_root)[1:]:
                 typer.echo(f"  {line}")
     if not report.ok:

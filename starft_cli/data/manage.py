@@ -20,6 +20,8 @@ def check_dataset(
 ) -> CheckReport:
     """Check a registered dataset's layout under ``data_root``; with ``deep``, also decode every image of
     every split and report the unreadable ones."""
+    if name.startswith(("folder:", "csv:")):
+        return _check_generic(name, deep, progress)
     builder = get_builder(name)
     root = dataset_root(name, data_root)
     if not root.exists():
@@ -45,6 +47,40 @@ def check_dataset(
             report.counts[f"{split} unreadable"] = len(bad)
             if bad:
                 report.problems.append(f"{split}: {len(bad)} unreadable image(s), e.g. {bad[0]}")
+    return report
+
+
+def _check_generic(ref: str, deep: bool, progress: Callable[[int, int], None] | None) -> CheckReport:
+    """``folder:PATH`` / ``csv:PATH``: loadable, every listed file present, counts per class."""
+    from collections import Counter
+
+    from starft_cli.data.registry import load_dataset
+
+    report = CheckReport(name=ref, root=Path(ref.split(":", 1)[1]).expanduser())
+    try:
+        ds = load_dataset(ref)
+    except DataError as exc:
+        report.problems.append(exc.message)
+        return report
+    report.counts["images"] = len(ds)
+    report.counts["classes"] = len(ds.classnames)
+    for label, count in sorted(Counter(ds.labels).items()):
+        report.counts[f"class {ds.classnames[label]}"] = count
+    absent = [p for p in ds.paths if not p.is_file()]
+    if absent:
+        report.problems.append(f"{len(absent)} listed image(s) are missing (e.g. {absent[0]})")
+    if deep and not absent:
+        bad = []
+        for index in range(len(ds)):
+            try:
+                ds.get_image(index)
+            except ImageError as exc:
+                bad.append(exc.message)
+            if progress is not None:
+                progress(index + 1, len(ds))
+        report.counts["unreadable"] = len(bad)
+        if bad:
+            report.problems.append(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")
     return report
 
 
