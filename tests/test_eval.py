@@ -297,6 +297,7 @@ def test_data_option_with_classnames_and_templates(tmp_path: Path):
         (["-m", TINY, "--suite", "zero-shot", "--classnames", "x.txt"], "apply to --data"),
         (["-m", TINY, "--data", "pacs", "--format", "xml"], "unknown format 'xml'"),
         (["-m", TINY, "--data", "pacs", "--metric", "f2"], "unknown metric 'f2'"),
+        (["-m", TINY, "--data", "pacs", "--split", "train"], "dataset 'pacs' has no split 'train'"),
     ],
 )
 def test_eval_usage_errors(args: list[str], message: str, tmp_path: Path):

@@ -66,7 +66,7 @@ def plan(
     listed in ``Plan.missing`` when ``skip_missing``; otherwise the first problem raises :class:`DataError`
     naming all of them."""
     from starft_cli.data.manage import check_dataset
-    from starft_cli.data.registry import get_builder, load_dataset
+    from starft_cli.data.registry import dataset_root, get_builder, load_dataset
     from starft_cli.prompts import load_templates
 
     suite = suite if isinstance(suite, Suite) else get_suite(suite)
@@ -77,17 +77,24 @@ def plan(
             builder = get_builder(entry.dataset)
             if data_root is None:
                 raise UsageError(f"dataset '{entry.dataset}' needs --data-root", "Point it at the folder holding them")
+            split = entry.split or builder.info.default_split
+            if split not in builder.info.splits:
+                raise UsageError(
+                    f"dataset '{entry.dataset}' has no split '{split}'", f"Use one of {', '.join(builder.info.splits)}"
+                )
             report = check_dataset(entry.dataset, data_root)
             if not report.ok:
                 result.missing.append(_missing_line(entry, data_root, report.problems[0]))
                 continue
-            split = entry.split or builder.info.default_split
         else:
             split = entry.split or "test"
         try:
-            ds = load_dataset(
-                entry.dataset, data_root, entry.split, classnames_file=entry.classnames or classnames_file
-            )
+            if registered:  # checked above: build it without checking the layout a second time
+                ds = builder.build(dataset_root(entry.dataset, data_root), split)
+            else:
+                ds = load_dataset(
+                    entry.dataset, data_root, entry.split, classnames_file=entry.classnames or classnames_file
+                )
         except DataError as exc:
             if registered:
                 result.missing.append(_missing_line(entry, data_root, exc.message))
