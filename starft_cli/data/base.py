@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,12 +96,7 @@ class FileImageDataset(ImageDataset):
     def fingerprint(self) -> str:
         """Hash of every file's path, size and modification time, and the labels (no file is read)."""
         digest = hashlib.sha256(f"files|{len(self.paths)}|".encode())
-        for path in self.paths:
-            try:
-                stat = path.stat()
-                digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-            except OSError:
-                digest.update(f"{path}|missing\n".encode())
+        _hash_file_stats(digest, self.paths)
         digest.update(_ints_bytes(self.labels))
         return digest.hexdigest()[:32]
 
@@ -127,17 +123,23 @@ class ArrayImageDataset(ImageDataset):
         import numpy as np
 
         digest = hashlib.sha256(f"array|{self.name}|{tuple(self.images.shape)}|".encode())
-        for path in self.sources:
-            try:
-                stat = path.stat()
-                digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-            except OSError:
-                digest.update(f"{path}|missing\n".encode())
+        _hash_file_stats(digest, self.sources)
         # a strided sample of the pixels as well, so that arrays built in memory are keyed by content too
         flat = np.ascontiguousarray(self.images).reshape(-1)
         digest.update(flat[:: max(1, flat.size // 65536)].tobytes())
         digest.update(_ints_bytes(self.labels))
         return digest.hexdigest()[:32]
+
+
+def _hash_file_stats(digest: Any, paths: Sequence[Path]) -> None:
+    """Absolute path, size and modification time of each file (a missing file hashes as missing)."""
+    for path in paths:
+        name = os.path.abspath(path)
+        try:
+            stat = os.stat(name)
+            digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{name}|missing\n".encode())
 
 
 def _ints_bytes(values: Sequence[int]) -> bytes:

@@ -103,11 +103,13 @@ def input_size(loaded: LoadedModel) -> int:
     return int(max(size) if isinstance(size, list | tuple) else size)
 
 
-def feature_cache_key(loaded: LoadedModel, dataset: ImageDataset, decode: str) -> str:
+def feature_cache_key(
+    loaded: LoadedModel, dataset: ImageDataset, decode: str, data_fingerprint: str | None = None
+) -> str:
     payload = {
         "v": CACHE_VERSION,
         "weights": loaded.fingerprint,
-        "data": dataset.fingerprint(),
+        "data": data_fingerprint or dataset.fingerprint(),
         "preprocess": loaded.preprocess_cfg,
         "decode": decode,
     }
@@ -124,18 +126,20 @@ def compute_features(
     use_cache: bool = True,
     fast_decode: bool = True,
     progress: ProgressFn | None = None,
+    data_fingerprint: str | None = None,
 ) -> Features:
     """Features of every image of ``dataset`` (cached; see the module docstring).
 
     An unreadable image is skipped with a warning and listed in ``Features.skipped``; with ``strict`` it raises
-    :class:`~starft_cli.errors.ImageError`. Mixed precision (autocast) is used on CUDA only.
+    :class:`~starft_cli.errors.ImageError`. Mixed precision (autocast) is used on CUDA only. ``data_fingerprint``
+    saves recomputing ``dataset.fingerprint()`` when the caller has it.
     """
     import torch
     from safetensors.torch import load_file, save_file
 
     min_side = 2 * input_size(loaded) if fast_decode else None
     decode = f"draft>={min_side}" if min_side else "full"
-    path = cache_dir("features") / f"{feature_cache_key(loaded, dataset, decode)}.safetensors"
+    path = cache_dir("features") / f"{feature_cache_key(loaded, dataset, decode, data_fingerprint)}.safetensors"
     if use_cache and path.is_file():
         try:
             stored = load_file(str(path))

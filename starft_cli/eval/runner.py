@@ -4,6 +4,7 @@ dataset, build zero-shot heads from the head cache, and turn logits into flat re
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -158,6 +159,7 @@ def logits_for(features: torch.Tensor, head: torch.Tensor, class_subset: Sequenc
     return logits
 
 
+@functools.cache
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -192,12 +194,13 @@ def evaluate_model(
     from starft_cli.zeroshot import cached_zero_shot_head
 
     torch.manual_seed(seed)
-    info = versions()
+    info = dict(versions())
     date = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
     records: list[dict[str, Any]] = []
     for item in prepared.datasets:
         ds = item.dataset
         report = None if progress is None else (lambda done, total, n=ds.name: progress(n, done, total))
+        data_fingerprint = ds.fingerprint()
         feats = compute_features(
             loaded,
             ds,
@@ -207,6 +210,7 @@ def evaluate_model(
             strict=strict,
             use_cache=use_cache,
             progress=report,
+            data_fingerprint=data_fingerprint,
         )
         head = cached_zero_shot_head(loaded, ds.classnames, item.templates, device=device)
         valid = feats.valid
@@ -224,7 +228,7 @@ def evaluate_model(
             "num_samples": int(valid.sum()),
             "num_skipped": len(feats.skipped),
             "num_classes": len(ds.class_subset or ds.classnames),
-            "data_fingerprint": ds.fingerprint(),
+            "data_fingerprint": data_fingerprint,
             "templates": item.templates_name,
             "suite": prepared.suite.name,
             "seed": seed,
