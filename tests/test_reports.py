@@ -86,6 +86,8 @@ def test_renderers(tmp_path: Path):
     frame = load_results([write(tmp_path / "r.json", DOMAIN + GROUPS)])
     table = render(frame, "table")
     assert "ft" in table and "80.00 (+10.00)" in table and "(-2.50)" in table
+    zs_row = next(line for line in table.splitlines() if line.startswith("zs "))
+    assert zs_row.split()[1:3] == ["70.00", "60.00"]  # two decimals even without a delta
     assert "group_acc[" not in table  # per-group values stay in results.json and the plot
     assert "zs on waterbirds: 2 unreadable image(s) skipped" in table
     md = render(frame, "md")

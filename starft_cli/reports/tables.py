@@ -119,7 +119,7 @@ def render(
     headers = ["model", *board.columns]
     notes = footnotes(frame, missing, description)
     if fmt == "md":
-        text = tabulate(rows, headers=headers, tablefmt="github")
+        text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
         return text + "\n\n" + "".join(f"- {n}\n" for n in notes)
-    text = tabulate(rows, headers=headers, tablefmt="simple")
+    text = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
     return text + "\n" + "".join(f"* {n}\n" for n in notes)
