@@ -71,7 +71,7 @@ def _image_files_under(folder: Path) -> list[Path]:
     found = []
     for dirpath, _, filenames in os.walk(folder):
         found.extend(os.path.join(dirpath, f) for f in filenames if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
-    return [Path(p) for p in sorted(found)]
+    return sorted(Path(p) for p in found)  # the same order as sorting rglob's paths
 
 
 def _pick(header: list[str], options: tuple[str, ...], what: str, path: Path) -> str | None:
