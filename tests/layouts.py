@@ -278,9 +278,11 @@ def make_fmow(data_root: Path) -> Path:
     root = data_root / "fmow_v1.1"
     countries = [("USA", "Americas"), ("FRA", "Europe"), ("KEN", "Africa")]
     rows = []
-    plan = [("train", "2010"), ("val", "2011"), ("test", "2012"), ("train", "2014"), ("test", "2017"), ("seq", "2017")]
+    # (original split, year): 2014 train and 2017 val rows belong to no split; ATA is not mapped: region Other
+    plan = [("train", "2010"), ("val", "2011"), ("test", "2012"), ("train", "2014"), ("val", "2014")]
+    plan += [("val", "2017"), ("test", "2017"), ("seq", "2017")]
     for split, year in plan:
-        for cc, _ in countries:
+        for cc in [c for c, _ in countries] + (["ATA"] if (split, year) == ("test", "2017") else []):
             for category in ("airport", "zoo"):
                 rows.append(
                     {

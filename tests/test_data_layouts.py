@@ -35,7 +35,7 @@ EXPECTED = {
     "flowers102": (6, 102, None, None),
     "stanford-cars": (6, 3, None, None),
     "iwildcam": (6, 3, None, None),
-    "fmow": (6, 62, 6, None),
+    "fmow": (8, 62, 6, None),
 }
 
 
@@ -274,3 +274,16 @@ def test_cli_data_check_generic_folder_and_csv(tmp_path: Path):
     bad = runner.invoke(app, ["data", "check", f"csv:{tmp_path / 'list.csv'}"])
     assert bad.exit_code == 1
     assert "problem: 1 listed image(s) are missing" in bad.stdout and "9.jpg" in bad.stdout
+
+
+def test_fmow_splits_follow_wilds_time_rule(tmp_path: Path):
+    LAYOUTS["fmow"](tmp_path)
+    sizes = {
+        split: len(load_dataset("fmow", tmp_path, split)) for split in ("train", "id_val", "id_test", "val", "test")
+    }
+    assert sizes == {"train": 6, "id_val": 6, "id_test": 6, "val": 6, "test": 8}
+    test = load_dataset("fmow", tmp_path, "test")
+    regions = {test.group_names[g] for g in test.groups}
+    assert regions == {"Americas", "Europe", "Africa", "Other"}
+    # images are numbered by their row in rgb_metadata.csv, sequestered and unused rows included
+    assert [p.name for p in test.paths][:2] == ["rgb_img_36.png", "rgb_img_37.png"]

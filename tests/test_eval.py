@@ -215,6 +215,10 @@ def test_suites_end_to_end(suite: str, datasets: set[str], data_root: Path, tmp_
     if suite == "transfer":
         metrics = {(r["dataset"], r["metric"]) for r in records}
         assert {("iwildcam", "macro_f1"), ("fmow", "worst_region_acc"), ("fmow", "region_acc[Europe]")} <= metrics
+        fmow = {r["metric"]: r["value"] for r in records if r["dataset"] == "fmow"}
+        regions = {m: v for m, v in fmow.items() if m.startswith("region_acc[") and m != "region_acc[Other]"}
+        assert "region_acc[Other]" in fmow and len(regions) == 3
+        assert fmow["worst_region_acc"] == pytest.approx(min(regions.values()))  # "Other" left out, as in WILDS
 
 
 def test_suite_all_runs_what_is_present_and_says_what_is_missing(tmp_path: Path):

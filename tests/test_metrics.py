@@ -50,6 +50,7 @@ def test_group_metrics_by_hand():
     assert M.worst_group_accuracy(PREDS, LABELS, GROUPS) == pytest.approx(0.5)
     assert M.mean_group_accuracy(PREDS, LABELS, GROUPS) == pytest.approx((2 / 3 + 2 / 3 + 0.5) / 3)
     assert M.worst_region_accuracy(PREDS, LABELS, GROUPS) == pytest.approx(0.5)
+    assert M.worst_region_accuracy(PREDS, LABELS, GROUPS, ignore=[2]) == pytest.approx(2 / 3)  # e.g. "Other"
 
 
 def test_groups_without_samples_do_not_count():

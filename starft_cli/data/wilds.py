@@ -93,13 +93,17 @@ FMOW_SPLITS = ("train", "id_val", "id_test", "val", "test")
 
 
 def _fmow_split(row: dict[str, str]) -> str | None:
-    """WILDS' time-based split: before 2013 in-distribution (by the original split), 2013-2015 val, 2016+ test."""
+    """WILDS' official time split: before 2013 the original train/val/test become train/id_val/id_test;
+    original val images from 2013-2015 are the OOD val split, original test images from 2016 on the OOD test
+    split; every other row (and the sequestered 'seq' rows) belongs to no split."""
     if row["split"] == "seq":
         return None
     year = int(row["timestamp"][:4])
     if year < 2013:
         return {"train": "train", "val": "id_val", "test": "id_test"}.get(row["split"])
-    return "val" if year < 2016 else "test"
+    if year < 2016:
+        return "val" if row["split"] == "val" else None
+    return "test" if row["split"] == "test" else None
 
 
 @register_dataset(
@@ -108,8 +112,8 @@ def _fmow_split(row: dict[str, str]) -> str | None:
     folder=FMOW_FOLDER,
     layout=f"{FMOW_FOLDER}/rgb_metadata.csv (split, category, country_code, timestamp, ...), "
     f"{FMOW_FOLDER}/country_code_mapping.csv (alpha-3, region), {FMOW_FOLDER}/images/rgb_img_<row>.png "
-    "(row = 0-based row of rgb_metadata.csv). Splits as in WILDS: train/id_val/id_test before 2013, val "
-    "2013-2015, test from 2016",
+    "(row = 0-based row of rgb_metadata.csv). Splits as in WILDS: train/id_val/id_test before 2013, val = "
+    "original val 2013-2015, test = original test from 2016; worst-region accuracy leaves out region 'Other'",
     source="the WILDS package (`wilds` on PyPI, get_dataset('fmow', download=True)) or worksheets.codalab.org; "
     "keep the extracted fmow_v1.1/ folder as is",
     splits=FMOW_SPLITS,

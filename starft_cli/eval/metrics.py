@@ -101,9 +101,13 @@ def macro_f1(preds: ArrayLike, labels: ArrayLike, num_classes: int | None = None
     return float(np.mean(scores))
 
 
-def worst_region_accuracy(preds: ArrayLike, labels: ArrayLike, regions: ArrayLike) -> float | None:
-    """The lowest accuracy over the regions that have samples (FMoW's worst-region accuracy)."""
-    return worst_group_accuracy(preds, labels, regions)
+def worst_region_accuracy(
+    preds: ArrayLike, labels: ArrayLike, regions: ArrayLike, ignore: Sequence[int] = ()
+) -> float | None:
+    """The lowest accuracy over the regions that have samples, leaving out the regions in ``ignore`` (FMoW
+    leaves out its catch-all region "Other")."""
+    accs = {k: v for k, v in group_accuracies(preds, labels, regions).items() if k not in set(ignore)}
+    return min(accs.values()) if accs else None
 
 
 def expected_calibration_error(logits: np.ndarray, labels: ArrayLike, n_bins: int = 15) -> float | None:

@@ -144,10 +144,13 @@ def _metric_values(
             accs = M.group_accuracies(preds, labels, groups)
             if name == "mean_group_acc":
                 out.append((name, M.mean_group_accuracy(preds, labels, groups)))
+            elif name == "worst_region_acc":
+                other = [g for g, n in enumerate(group_names) if n == "Other"]  # left out, as WILDS does
+                out.append((name, M.worst_region_accuracy(preds, labels, groups, ignore=other)))
+                out.extend((f"region_acc[{group_names[g]}]", acc) for g, acc in accs.items())
             else:
                 out.append((name, M.worst_group_accuracy(preds, labels, groups)))
-                prefix = "region_acc" if name == "worst_region_acc" else "group_acc"
-                out.extend((f"{prefix}[{group_names[g]}]", acc) for g, acc in accs.items())
+                out.extend((f"group_acc[{group_names[g]}]", acc) for g, acc in accs.items())
     return [(n, float(v)) for n, v in out if v is not None]
 
 
