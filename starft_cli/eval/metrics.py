@@ -79,20 +79,22 @@ def mean_group_accuracy(preds: ArrayLike, labels: ArrayLike, groups: ArrayLike) 
     return float(np.mean(list(accs.values()))) if accs else None
 
 
-def macro_f1(preds: ArrayLike, labels: ArrayLike, num_classes: int | None = None) -> float | None:
-    """Unweighted mean of per-class F1 over the classes that occur in ``labels`` or ``preds``.
+def macro_f1(preds: ArrayLike, labels: ArrayLike, over: str = "true") -> float | None:
+    """Unweighted mean of per-class F1.
 
-    A class that is predicted but never true has F1 0 and counts; classes that occur in neither are left out
-    (the convention of scikit-learn's ``f1_score(average="macro")`` without a ``labels`` argument).
-    ``num_classes`` is only checked against the indices.
+    ``over="true"`` (default) averages over the classes that occur in ``labels``, the convention of the WILDS
+    iWildCam benchmark (scikit-learn's ``f1_score(average="macro", labels=unique(y_true))``): a wrongly predicted
+    absent class does not enter the mean, but still lowers the recall of the true class.
+    ``over="union"`` also counts classes that are only predicted (their F1 is 0), like scikit-learn's default.
     """
     p, y = _ints(preds), _ints(labels)
     if _check_same_length(p, y) == 0:
         return None
-    if num_classes is not None and (max(p.max(), y.max()) >= num_classes or min(p.min(), y.min()) < 0):
-        raise ValueError("class index outside 0..num_classes-1")
+    if over not in ("true", "union"):
+        raise ValueError("over must be 'true' or 'union'")
+    classes = np.unique(y) if over == "true" else np.union1d(np.unique(y), np.unique(p))
     scores = []
-    for c in np.union1d(np.unique(y), np.unique(p)):
+    for c in classes:
         tp = float(np.sum((p == c) & (y == c)))
         fp = float(np.sum((p == c) & (y != c)))
         fn = float(np.sum((p != c) & (y == c)))

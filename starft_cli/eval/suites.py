@@ -13,7 +13,7 @@ METRICS = {
     "top1": "top-1 accuracy over all test samples (each sample counts once)",
     "top5": "top-5 accuracy (absent for datasets with fewer than 5 classes)",
     "mean_per_class_recall": "unweighted mean over classes of each class's recall",
-    "macro_f1": "unweighted mean over classes of each class's F1",
+    "macro_f1": "unweighted mean of per-class F1 over the classes present in the labels (as WILDS reports it)",
     "mean_group_acc": "unweighted mean over groups of each group's accuracy",
     "worst_group_acc": "lowest accuracy over the groups",
     "worst_region_acc": "lowest accuracy over the regions (FMoW)",
