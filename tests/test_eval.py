@@ -342,3 +342,22 @@ def test_cli_warns_about_skipped_images_and_strict_fails(tmp_path: Path):
     strict = runner.invoke(app, [*args, "--strict"])
     assert strict.exit_code == 1
     assert "0.jpg" in strict.stderr and "without --strict" in strict.stderr
+
+
+def test_evaluation_checks_only_the_split_it_reads(tiny, tmp_path: Path):
+    from starft_cli.eval.runner import evaluate
+    from tests.layouts import make_imagenet
+
+    make_imagenet(tmp_path)
+    (tmp_path / "imagenet" / "train" / "not-a-wnid").mkdir()  # a broken training set does not block evaluation
+    frame = evaluate([tiny], _suite("imagenet", "val"), tmp_path, templates="single")
+    assert set(frame["dataset"]) == {"imagenet"}
+    from starft_cli.data.manage import check_dataset
+
+    assert not check_dataset("imagenet", tmp_path).ok  # `starft data check` still checks every split
+
+
+def _suite(dataset: str, split: str):
+    from starft_cli.eval.suites import Suite, SuiteEntry
+
+    return Suite("custom", (SuiteEntry(dataset, ("top1",), split=split),))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,10 +17,15 @@ logger = logging.getLogger(__name__)
 
 
 def check_dataset(
-    name: str, data_root: str | Path | None, deep: bool = False, progress: Callable[[int, int], None] | None = None
+    name: str,
+    data_root: str | Path | None,
+    deep: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    splits: tuple[str, ...] | None = None,
 ) -> CheckReport:
     """Check a registered dataset's layout under ``data_root``; with ``deep``, also decode every image of
-    every split and report the unreadable ones."""
+    every split and report the unreadable ones. ``splits`` narrows the check where a builder supports it
+    (ImageNet: evaluation need not scan the training set)."""
     if name.startswith(("folder:", "csv:")):
         return _check_generic(name, deep, progress)
     builder = get_builder(name)
@@ -28,9 +34,12 @@ def check_dataset(
         report = CheckReport(name=name, root=root)
         report.problems.append(f"missing folder {root}")
         return report
-    report = builder.check(root)
+    if splits is not None and "splits" in inspect.signature(builder.check).parameters:
+        report = builder.check(root, splits=splits)
+    else:
+        report = builder.check(root)
     if deep and report.ok:
-        for split in builder.info.splits:
+        for split in splits or builder.info.splits:
             try:
                 ds = builder.build(root, split)
             except DataError as exc:

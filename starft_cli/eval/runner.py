@@ -83,7 +83,7 @@ def plan(
                 raise UsageError(
                     f"dataset '{entry.dataset}' has no split '{split}'", f"Use one of {', '.join(builder.info.splits)}"
                 )
-            report = check_dataset(entry.dataset, data_root)
+            report = check_dataset(entry.dataset, data_root, splits=(split,))
             if not report.ok:
                 result.missing.append(_missing_line(entry, data_root, report.problems[0]))
                 continue
