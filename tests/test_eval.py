@@ -361,3 +361,13 @@ def _suite(dataset: str, split: str):
     from starft_cli.eval.suites import Suite, SuiteEntry
 
     return Suite("custom", (SuiteEntry(dataset, ("top1",), split=split),))
+
+
+def test_a_second_head_over_the_same_images_reuses_the_features(tiny, data_root: Path, starft_home: Path):
+    from starft_cli.eval.runner import evaluate
+
+    first = evaluate([tiny], _suite("pacs", "test"), data_root, templates="single")
+    second = evaluate([tiny], _suite("pacs", "test"), data_root, templates="ensemble")
+    assert len(list((starft_home / "cache" / "features").glob("*.safetensors"))) == 1  # computed once
+    assert len(list((starft_home / "cache" / "heads").glob("*.safetensors"))) == 2  # one head per template set
+    assert first["templates"].iloc[0] == "single" and second["templates"].iloc[0] == "ensemble"
