@@ -371,3 +371,17 @@ def test_a_second_head_over_the_same_images_reuses_the_features(tiny, data_root:
     assert len(list((starft_home / "cache" / "features").glob("*.safetensors"))) == 1  # computed once
     assert len(list((starft_home / "cache" / "heads").glob("*.safetensors"))) == 2  # one head per template set
     assert first["templates"].iloc[0] == "single" and second["templates"].iloc[0] == "ensemble"
+
+
+def test_reduced_scale_decoding_stays_close_to_full_decoding(tiny, tmp_path: Path):
+    """Large JPEGs are decoded at a reduced DCT scale (>= 2x the input size): features barely move."""
+    from starft_cli.data.registry import load_dataset
+    from starft_cli.eval.features import compute_features
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "big", ["a", "b"], per_class=2, size=(320, 256))
+    ds = load_dataset(f"folder:{root}")
+    fast = compute_features(tiny, ds, use_cache=False).features
+    full = compute_features(tiny, ds, use_cache=False, fast_decode=False).features
+    cosine = (fast * full).sum(dim=-1)
+    assert cosine.min().item() > 0.99
