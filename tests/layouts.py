@@ -52,9 +52,16 @@ def make_imagenet_sketch(data_root: Path) -> Path:
     return make_wnid_folders(data_root / "imagenet-sketch" / "sketch").parent
 
 
+def subset_wnids(name: str) -> tuple[str, ...]:
+    """The first two of the published classes of ImageNet-R / ImageNet-A."""
+    from starft_cli.data.checks import asset_lines
+
+    return asset_lines(f"{name.replace('-', '_')}_wnids.txt")[:2]
+
+
 def make_imagenet_r(data_root: Path, name: str = "imagenet-r") -> Path:
-    # two of the three classes: the subset must come from the folders present
-    return make_wnid_folders(data_root / name, wnids=WNIDS[1:], suffix=".jpg")
+    # two of the 200 classes: the subset must come from the folders present
+    return make_wnid_folders(data_root / name, wnids=subset_wnids(name), suffix=".jpg")
 
 
 def make_waterbirds(data_root: Path, per_group: int = 2) -> Path:

@@ -23,7 +23,7 @@ EXPECTED = {
     "imagenet-v2": (6, 1000, None, None),
     "imagenet-sketch": (6, 1000, None, None),
     "imagenet-r": (4, 1000, None, [1, 2]),
-    "imagenet-a": (4, 1000, None, [1, 2]),
+    "imagenet-a": (4, 1000, None, [6, 11]),  # n01498041 stingray, n01531178 goldfinch
     "waterbirds": (8, 2, 4, None),
     "pacs": (28, 7, 28, None),
     "cifar10": (10, 10, None, None),
@@ -133,12 +133,26 @@ def test_unknown_dataset_suggests_close_names():
 
 
 def test_imagenet_r_subset_follows_the_folders_present(tmp_path: Path):
-    from tests.layouts import WNIDS, make_wnid_folders
+    from tests.layouts import make_wnid_folders
 
-    make_wnid_folders(tmp_path / "imagenet-r", wnids=(WNIDS[2], WNIDS[0]), suffix=".jpg")
+    make_wnid_folders(tmp_path / "imagenet-r", wnids=("n01494475", "n01443537"), suffix=".jpg")
     ds = load_dataset("imagenet-r", tmp_path)
-    assert ds.class_subset == [0, 2]  # ImageNet order, whatever the creation order
-    assert sorted(set(ds.labels)) == [0, 2]
+    assert ds.class_subset == [1, 4]  # ImageNet order, whatever the creation order
+    assert sorted(set(ds.labels)) == [1, 4]
+
+
+def test_imagenet_a_refuses_classes_outside_its_published_list(tmp_path: Path):
+    from starft_cli.data.manage import check_dataset
+    from tests.layouts import make_wnid_folders
+
+    make_wnid_folders(tmp_path / "imagenet-a", wnids=("n01498041", "n01440764"), suffix=".jpg")  # tench is not in A
+    report = check_dataset("imagenet-a", tmp_path)
+    assert report.problems == [
+        f"{tmp_path / 'imagenet-a'} has wnid folder(s) that are not among ImageNet-A's 200 classes: n01440764"
+    ]
+    from starft_cli.data.checks import asset_lines
+
+    assert len(asset_lines("imagenet_a_wnids.txt")) == len(asset_lines("imagenet_r_wnids.txt")) == 200
 
 
 def test_cifar_reader_refuses_pickles_that_would_run_code(tmp_path: Path):

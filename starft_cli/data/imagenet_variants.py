@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from starft_cli.data.base import CheckReport, FileImageDataset
-from starft_cli.data.checks import count_into, image_files, subfolders
+from starft_cli.data.checks import asset_lines, count_into, image_files, subfolders
 from starft_cli.data.imagenet import imagenet_classes, scan_wnid_folders
 from starft_cli.data.registry import register_dataset
 
@@ -91,9 +91,12 @@ class ImageNetSketch:
 
 
 class ImageNetSubset:
-    """ImageNet-R and ImageNet-A: wnid folders covering (up to) 200 ImageNet classes."""
+    """ImageNet-R and ImageNet-A: wnid folders covering (up to) 200 ImageNet classes. The published class list
+    (an asset file) is used to check the folders; the subset evaluated is the folders actually present."""
 
     name = ""
+    title = ""
+    wnids_asset = ""
     expected = 200
 
     def build(self, root: Path, split: str) -> FileImageDataset:
@@ -108,6 +111,15 @@ class ImageNetSubset:
         report = CheckReport(name=self.name, root=root)
         paths, labels, problems = scan_wnid_folders(root)
         report.problems.extend(problems)
+        wnids = imagenet_classes()[0]
+        allowed = set(asset_lines(self.wnids_asset))
+        foreign = sorted({wnids[y] for y in labels} - allowed)
+        if foreign:
+            report.problems.append(
+                f"{root} has wnid folder(s) that are not among {self.title}'s {self.expected} classes: "
+                + ", ".join(foreign[:5])
+                + (" ..." if len(foreign) > 5 else "")
+            )
         if paths:
             report.counts["test images"] = len(paths)
             classes = len(set(labels))
@@ -132,6 +144,8 @@ class ImageNetSubset:
 )
 class ImageNetR(ImageNetSubset):
     name = "imagenet-r"
+    title = "ImageNet-R"
+    wnids_asset = "imagenet_r_wnids.txt"
 
 
 @register_dataset(
@@ -146,3 +160,5 @@ class ImageNetR(ImageNetSubset):
 )
 class ImageNetA(ImageNetSubset):
     name = "imagenet-a"
+    title = "ImageNet-A"
+    wnids_asset = "imagenet_a_wnids.txt"
