@@ -161,3 +161,10 @@ def test_cli_report_errors(tmp_path: Path):
     write(tmp_path / "r.json", DOMAIN)
     bad = runner.invoke(app, ["report", str(tmp_path / "r.json"), "--baseline", "x"])
     assert bad.exit_code == 2 and "baseline 'x'" in bad.stderr
+
+
+def test_a_dataset_on_two_splits_gets_a_column_per_split(tmp_path: Path):
+    records = [rec("zs", "waterbirds", "top1", 0.9), {**rec("zs", "waterbirds", "top1", 0.8), "split": "val"}]
+    board = leaderboard(load_results([write(tmp_path / "r.json", records)]))
+    assert list(board.columns) == ["waterbirds[test] top1", "waterbirds[val] top1"]
+    assert board.loc["zs"].tolist() == [0.9, 0.8]

@@ -33,9 +33,16 @@ def leaderboard(
 
     from starft_cli.errors import UsageError
 
-    data = frame[frame["metric"].map(_is_headline)]
+    data = frame[frame["metric"].map(_is_headline)].copy()
     if metrics is not None:
         data = data[data["metric"].isin(metrics)]
+    if "split" in data.columns:
+        # a dataset measured on several splits gets one column group per split: "waterbirds[val] top1"
+        splits = data.groupby("dataset", sort=False)["split"].nunique()
+        several = set(splits[splits > 1].index)
+        data["dataset"] = [
+            f"{d}[{s}]" if d in several else d for d, s in zip(data["dataset"], data["split"], strict=True)
+        ]
     models = list(dict.fromkeys(data["model"]))
     order_ds = list(dict.fromkeys(data["dataset"]))
     metric_rank = {m: i for i, m in enumerate(HEADLINE)}
