@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,13 @@ class ImageDataset(torch.utils.data.Dataset):
         """A human-readable name of the ``index``-th sample (its file path where it has one)."""
         return f"{self.name}[{index}]"
 
+    def fingerprint(self) -> str:
+        """A content key of the samples (which images, in which order, with which labels): it changes when the
+        data change. Subclasses hash what identifies their images; this base hashes name and labels only."""
+        digest = hashlib.sha256(f"{type(self).__name__}|{self.name}|".encode())
+        digest.update(_ints_bytes(self.labels))
+        return digest.hexdigest()[:32]
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image = self.get_image(index)
         if self.transform is not None:
@@ -83,6 +92,60 @@ class FileImageDataset(ImageDataset):
 
     def describe(self, index: int) -> str:
         return str(self.paths[index])
+
+    def fingerprint(self) -> str:
+        """Hash of every file's path, size and modification time, and the labels (no file is read)."""
+        digest = hashlib.sha256(f"files|{len(self.paths)}|".encode())
+        _hash_file_stats(digest, self.paths)
+        digest.update(_ints_bytes(self.labels))
+        return digest.hexdigest()[:32]
+
+
+class ArrayImageDataset(ImageDataset):
+    """An :class:`ImageDataset` over a ``uint8`` array ``[N, H, W, 3]`` (CIFAR, STL10 binaries).
+
+    ``sources`` are the files the array was read from; their paths, sizes and times key the fingerprint.
+    """
+
+    def __init__(self, *, images: Any, sources: Sequence[str | Path] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.images = images
+        self.sources = [Path(p) for p in sources]
+        if len(self.images) != len(self.labels):
+            raise ValueError("images and labels differ in length")
+
+    def get_image(self, index: int) -> Any:
+        from PIL import Image
+
+        return Image.fromarray(self.images[index]).convert("RGB")
+
+    def fingerprint(self) -> str:
+        import numpy as np
+
+        digest = hashlib.sha256(f"array|{self.name}|{tuple(self.images.shape)}|".encode())
+        _hash_file_stats(digest, self.sources)
+        # a strided sample of the pixels as well, so that arrays built in memory are keyed by content too
+        flat = np.ascontiguousarray(self.images).reshape(-1)
+        digest.update(flat[:: max(1, flat.size // 65536)].tobytes())
+        digest.update(_ints_bytes(self.labels))
+        return digest.hexdigest()[:32]
+
+
+def _hash_file_stats(digest: Any, paths: Sequence[Path]) -> None:
+    """Absolute path, size and modification time of each file (a missing file hashes as missing)."""
+    for path in paths:
+        name = os.path.abspath(path)
+        try:
+            stat = os.stat(name)
+            digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{name}|missing\n".encode())
+
+
+def _ints_bytes(values: Sequence[int]) -> bytes:
+    import numpy as np
+
+    return np.asarray(values, dtype=np.int64).tobytes()
 
 
 @dataclass

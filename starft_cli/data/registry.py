@@ -15,7 +15,15 @@ from typing import Any, Protocol
 from starft_cli.errors import DataError
 
 # Modules that register datasets; imported on first use of the registry.
-DATASET_MODULES = ("starft_cli.data.imagenet", "starft_cli.data.generic")
+DATASET_MODULES = (
+    "starft_cli.data.imagenet",
+    "starft_cli.data.generic",
+    "starft_cli.data.imagenet_variants",
+    "starft_cli.data.groups",
+    "starft_cli.data.cifar",
+    "starft_cli.data.transfer",
+    "starft_cli.data.wilds",
+)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,125 @@
+"""``starft data list | check NAME | download NAME``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Benchmark datasets: list them, check their layout, download where a public source exists.",
+    no_args_is_help=True,
+)
+
+DataRootOpt = Annotated[
+    Path | None, typer.Option("--data-root", envvar="STARFT_DATA_ROOT", help="Folder holding the datasets.")
+]
+
+
+@app.command("list")
+def list_command(
+    data_root: DataRootOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the registered datasets (with --data-root: whether each is present)."""
+    from starft_cli.data.manage import DOWNLOADERS
+    from starft_cli.data.registry import dataset_root, get_builder, list_datasets
+
+    rows = []
+    for name in list_datasets():
+        info = get_builder(name).info
+        row = {
+            "name": name,
+            "title": info.title,
+            "folder": info.folder,
+            "splits": list(info.splits),
+            "download": "yes" if name in DOWNLOADERS else "manual",
+        }
+        if data_root is not None:
+            row["present"] = dataset_root(name, data_root).exists()
+        rows.append(row)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from tabulate import tabulate
+
+    headers = ["name", "title", "folder", "splits", "download"] + (["present"] if data_root is not None else [])
+    table = [
+        [r["name"], r["title"], r["folder"] + "/", ",".join(r["splits"]), r["download"]]
+        + (["yes" if r["present"] else "no"] if data_root is not None else [])
+        for r in rows
+    ]
+    typer.echo(tabulate(table, headers=headers, tablefmt="simple"))
+    typer.echo("\nAlso: folder:PATH (one folder per class) and csv:PATH (filepath,label[,caption]).")
+
+
+@app.command("check")
+def check_command(
+    name: Annotated[
+        str, typer.Argument(help="A registered dataset (see `starft data list`), folder:PATH or csv:PATH.")
+    ],
+    data_root: DataRootOpt = None,
+    deep: Annotated[bool, typer.Option("--deep", help="Also decode every image and report unreadable ones.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check a dataset's layout: counts per split/class/group, and each problem with how to fix it."""
+    from starft_cli.data.manage import check_dataset, instructions
+    from starft_cli.data.registry import get_builder
+    from starft_cli.errors import UsageError
+
+    generic = name.startswith(("folder:", "csv:"))
+    if not generic:
+        get_builder(name)  # unknown names fail with suggestions
+    if data_root is None and not generic:
+        raise UsageError("data check needs --data-root", "Point it at the folder holding the datasets")
+    report = check_dataset(name, data_root, deep=deep)
+    if as_json:
+        payload = {
+            "name": name,
+            "root": str(report.root),
+            "ok": report.ok,
+            "problems": report.problems,
+            "counts": report.counts,
+            "notes": report.notes,
+        }
+        typer.echo(json.dumps(payload, indent=2))
+    else:
+        typer.echo(f"{name} at {report.root}: {'OK' if report.ok else 'PROBLEMS'}")
+        for key, value in report.counts.items():
+            typer.echo(f"  {key}: {value}")
+        for note in report.notes:
+            typer.echo(f"  note: {note}")
+        for problem in report.problems:
+            typer.echo(f"  problem: {problem}")
+        if not report.ok and not generic:
+            for line in instructions(name, data_root)[1:]:
+                typer.echo(f"  {line}")
+    if not report.ok:
+        from starft_cli.errors import DataError
+
+        raise DataError(f"{name} is not laid out right ({len(report.problems)} problem(s) above)")
+
+
+@app.command("download")
+def download_command(
+    name: Annotated[str, typer.Argument(help="A registered dataset (see `starft data list`).")],
+    data_root: DataRootOpt = None,
+) -> None:
+    """Download a dataset through torchvision where a public, stable source exists; otherwise say where to get it
+    and how to lay it out."""
+    from starft_cli.data.manage import DOWNLOADERS, download_dataset, instructions
+    from starft_cli.data.registry import get_builder
+    from starft_cli.errors import UsageError
+
+    get_builder(name)
+    if name not in DOWNLOADERS:
+        typer.echo(f"{name} has no public, stable download source that starft can fetch; get it by hand:")
+        for line in instructions(name, data_root):
+            typer.echo(f"  {line}")
+        return
+    if data_root is None:
+        raise UsageError("data download needs --data-root", "Name the folder to download into")
+    result = download_dataset(name, data_root)
+    typer.echo(f"downloaded {name} to {result.root}")

@@ -1,0 +1,217 @@
+"""``starft eval`` (suites or datasets, several models -> leaderboard and result files) and ``starft report``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from starft_cli.cli.options import BatchSizeOpt, DeviceOpt
+from starft_cli.errors import UsageError
+
+EVAL_HELP = "Evaluate models on a benchmark suite or datasets: leaderboard, results.json/md/csv."
+REPORT_HELP = "Merge result files into one leaderboard, with deltas against a baseline and optional plots."
+FORMATS = ("table", "md", "csv", "json")
+PROGRESS_THRESHOLD = 256
+
+
+def _check_format(value: str) -> str:
+    if value not in FORMATS:
+        raise UsageError(f"unknown format '{value}'", f"Use one of {', '.join(FORMATS)}")
+    return value
+
+
+def eval_command(
+    model: Annotated[
+        list[str],
+        typer.Option("--model", "-m", help="Model reference (repeatable): ARCH[:TAG], weights file/folder, hf-hub:..."),
+    ],
+    suite: Annotated[
+        str | None,
+        typer.Option(
+            "--suite", "-s", help="domain-shift, group-shift, zero-shot, transfer, all, or a suite .toml file."
+        ),
+    ] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option("--data", "-d", help="A dataset instead of a suite (repeatable): NAME, folder:PATH or csv:PATH."),
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", envvar="STARFT_DATA_ROOT", help="Folder holding the datasets.")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Split for --data datasets (default: their own).")
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", help="Metric for --data datasets (repeatable; default top1, top5, ece)."),
+    ] = None,
+    classnames: Annotated[
+        Path | None, typer.Option("--classnames", help="Class names file (one per line) for folder:/csv: data.")
+    ] = None,
+    templates: Annotated[
+        str | None, typer.Option("--templates", help="Template set name or file (default: each dataset's own).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write results.json, leaderboard.md/.csv here.")
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="Leaderboard on stdout: table, md, csv, json.")
+    ] = "table",
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="Model the deltas refer to (default: first).")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="An unreadable image is an error (default: skip, count).")
+    ] = False,
+    skip_missing: Annotated[
+        bool | None,
+        typer.Option("--skip-missing/--no-skip-missing", help="Skip absent datasets (default: only for --suite all)."),
+    ] = None,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use the on-disk feature cache.")] = True,
+    device: DeviceOpt = "auto",
+    batch_size: BatchSizeOpt = 64,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed recorded with the results.")] = 0,
+) -> None:
+    """Evaluate models on a benchmark suite or datasets: leaderboard, results.json/md/csv."""
+    _check_format(output_format)
+    if (suite is None) == (not data):
+        raise UsageError("give exactly one of --suite and --data", "e.g. --suite group-shift, or --data folder:PATH")
+    if (classnames is not None or split is not None or metric) and not data:
+        raise UsageError("--classnames, --split and --metric apply to --data datasets", "Drop them or use --data")
+    from starft_cli.eval.suites import Suite, SuiteEntry, get_suite
+
+    if data:
+        entries = tuple(
+            SuiteEntry(
+                dataset=d,
+                metrics=tuple(metric or ("top1", "top5", "ece")),
+                split=split,
+                classnames=str(classnames) if classnames else None,
+                templates=templates,
+            )
+            for d in data
+        )
+        resolved = Suite("custom", entries)
+    else:
+        assert suite is not None
+        resolved = get_suite(suite)
+
+    from starft_cli.device import resolve_device
+    from starft_cli.eval.runner import evaluate, plan
+    from starft_cli.models import parse_model_ref
+
+    for ref in model:
+        parse_model_ref(ref)  # a typo in a model reference fails before any data is read
+    skip = resolved.name == "all" if skip_missing is None else skip_missing
+    prepared = plan(resolved, data_root, templates, classnames, skip)  # data checked before any model is loaded
+    for line in prepared.missing:
+        typer.echo(f"skipped (not present): {line}", err=True)
+    resolved_device = resolve_device(device)
+    with _progress() as progress:
+        frame = evaluate(
+            model,
+            prepared,
+            data_root,
+            device=resolved_device,
+            batch_size=batch_size,
+            workers=workers,
+            strict=strict,
+            use_cache=cache,
+            skip_missing=skip,
+            templates=templates,
+            classnames_file=classnames,
+            seed=seed,
+            progress=progress,
+        )
+    for line in frame.attrs.get("skipped", []):
+        typer.echo(f"warning: {line}", err=True)
+    from starft_cli.reports import write_report
+    from starft_cli.reports.tables import render
+
+    missing = frame.attrs.get("missing", [])
+    shown = frame
+    if out is not None:
+        written = write_report(out, frame, baseline, missing, resolved.description)
+        shown = written["frame"]
+        note = f" ({written['replaced']} earlier record(s) replaced)" if written["replaced"] else ""
+        typer.echo(f"wrote {', '.join(str(p) for p in written['paths'])}{note}", err=True)
+    typer.echo(render(shown, output_format, baseline, missing, resolved.description), nl=False)
+
+
+class _progress:
+    """A rich progress bar on stderr for datasets large enough to need one."""
+
+    def __enter__(self) -> Any:
+        self.bar: Any = None
+        self.tasks: dict[str, Any] = {}
+        return self.update
+
+    def update(self, name: str, done: int, total: int) -> None:
+        if total < PROGRESS_THRESHOLD or not sys.stderr.isatty():
+            return
+        if self.bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            columns = (
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+            )
+            self.bar = Progress(*columns, transient=True, console=Console(stderr=True))
+            self.bar.start()
+        if name not in self.tasks:
+            self.tasks[name] = self.bar.add_task(name, total=total)
+        self.bar.update(self.tasks[name], completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def report_command(
+    results: Annotated[
+        list[Path], typer.Argument(help="results.json files, or folders holding one (eval output or run dirs).")
+    ],
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="Model the deltas refer to (default: first).")
+    ] = None,
+    output_format: Annotated[str, typer.Option("--format", help="table, md, csv or json.")] = "table",
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also write an ID-vs-OOD and per-group PNG here.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the rendering to this file, not stdout.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out or --plot file.")] = False,
+) -> None:
+    """Merge result files into one leaderboard, with deltas against a baseline and optional plots."""
+    _check_format(output_format)
+    for target in (out, plot):
+        if target is not None and target.exists() and not force:
+            raise UsageError(f"{target} exists", "Pass --force to overwrite it, or choose another name")
+    from starft_cli.reports import load_results
+    from starft_cli.reports.tables import render
+
+    frame = load_results(results)
+    if frame.empty:
+        raise UsageError("the results hold no records")
+    text = render(frame, output_format, baseline)
+    if plot is not None:
+        from starft_cli.reports.plots import plot as make_plot
+
+        make_plot(frame, plot)
+        typer.echo(f"wrote {plot}", err=True)
+    if out is not None:
+        from starft_cli.paths import atomic_write_text
+
+        atomic_write_text(out, text)
+        typer.echo(f"wrote {out}", err=True)
+    else:
+        typer.echo(text, nl=False)
+
+
+COMMANDS = [("eval", eval_command, EVAL_HELP), ("report", report_command, REPORT_HELP)]

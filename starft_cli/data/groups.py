@@ -1,0 +1,152 @@
+"""Group-shift benchmarks: Waterbirds (label x place) and PACS (domain x class)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from starft_cli.data.base import CheckReport, FileImageDataset
+from starft_cli.data.checks import count_groups, count_into, image_files
+from starft_cli.data.registry import register_dataset
+
+WATERBIRDS_FOLDER = "waterbird_complete95_forest2water2"
+WATERBIRDS_CLASSES = ("landbird", "waterbird")
+WATERBIRDS_PLACES = ("land", "water")
+WATERBIRDS_SPLITS = {"train": "0", "val": "1", "test": "2"}
+WATERBIRDS_COLUMNS = ("img_filename", "y", "split", "place")
+
+
+def _waterbirds_rows(root: Path, problems: list[str]) -> list[dict[str, str]]:
+    meta = root / "metadata.csv"
+    if not meta.is_file():
+        problems.append(f"missing {meta}")
+        return []
+    with meta.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in WATERBIRDS_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            problems.append(f"{meta} lacks the column(s) {', '.join(missing)}")
+            return []
+        rows = list(reader)
+    for number, row in enumerate(rows, start=2):
+        if row["y"] not in ("0", "1") or row["place"] not in ("0", "1") or row["split"] not in ("0", "1", "2"):
+            problems.append(f"{meta}, line {number}: y and place must be 0/1 and split 0/1/2")
+            return []
+    return rows
+
+
+@register_dataset(
+    "waterbirds",
+    title="Waterbirds (CUB birds on Places backgrounds)",
+    folder=WATERBIRDS_FOLDER,
+    layout=f"{WATERBIRDS_FOLDER}/metadata.csv (img_id,img_filename,y,split,place,place_filename; y: 0 landbird "
+    "1 waterbird; place: 0 land 1 water; split: 0 train 1 val 2 test) and the images at img_filename",
+    source="github.com/kohpangwei/group_DRO (waterbird_complete95_forest2water2.tar.gz, linked from its README); "
+    "extract it under the data root",
+    splits=("train", "val", "test"),
+    default_split="test",
+    templates="waterbirds",
+)
+class Waterbirds:
+    group_names = tuple(f"{c} on {p}" for c in WATERBIRDS_CLASSES for p in WATERBIRDS_PLACES)
+
+    def build(self, root: Path, split: str) -> FileImageDataset:
+        rows = [r for r in _waterbirds_rows(root, []) if r["split"] == WATERBIRDS_SPLITS[split]]
+        labels = [int(r["y"]) for r in rows]
+        return FileImageDataset(
+            name="waterbirds",
+            classnames=WATERBIRDS_CLASSES,
+            labels=labels,
+            paths=[root / r["img_filename"] for r in rows],
+            groups=[2 * int(r["y"]) + int(r["place"]) for r in rows],
+            group_names=self.group_names,
+            templates="waterbirds",
+        )
+
+    def check(self, root: Path) -> CheckReport:
+        report = CheckReport(name="waterbirds", root=root)
+        rows = _waterbirds_rows(root, report.problems)
+        if not rows:
+            if not report.problems:
+                report.problems.append(f"{root / 'metadata.csv'} has no rows")
+            return report
+        absent = [r["img_filename"] for r in rows if not (root / r["img_filename"]).is_file()]
+        if absent:
+            report.problems.append(f"{len(absent)} images listed in metadata.csv are missing (e.g. {root / absent[0]})")
+        for split, code in WATERBIRDS_SPLITS.items():
+            chosen = [r for r in rows if r["split"] == code]
+            if not chosen:
+                report.problems.append(f"metadata.csv has no {split} rows (split={code})")
+                continue
+            count_into(report, split, [int(r["y"]) for r in chosen], WATERBIRDS_CLASSES)
+            if split == "test":
+                count_groups(report, split, [2 * int(r["y"]) + int(r["place"]) for r in chosen], self.group_names)
+        return report
+
+
+PACS_DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
+PACS_CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
+
+
+@register_dataset(
+    "pacs",
+    title="PACS (photo, art painting, cartoon, sketch)",
+    folder="PACS",
+    layout="PACS/<domain>/<class>/*.jpg with domains art_painting, cartoon, photo, sketch and classes dog, "
+    "elephant, giraffe, guitar, horse, house, person (the DomainBed layout)",
+    source="the PACS authors' release (domaingeneralization.github.io), or DomainBed's download script; "
+    "huggingface.co/datasets/flwrlabs/pacs holds a copy. Lay it out as PACS/<domain>/<class>/",
+    splits=("test",),
+    default_split="test",
+    templates="pacs",
+)
+class PACS:
+    group_names = tuple(f"{d}/{c}" for d in PACS_DOMAINS for c in PACS_CLASSES)
+
+    def _scan(self, root: Path, problems: list[str]) -> tuple[list[Path], list[int], list[int]]:
+        paths: list[Path] = []
+        labels: list[int] = []
+        groups: list[int] = []
+        if not root.is_dir():
+            problems.append(f"missing folder {root}")
+            return paths, labels, groups
+        extra = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in PACS_DOMAINS)
+        if extra:
+            problems.append(f"{root} has unexpected domain folder(s) {', '.join(extra)} (expected {PACS_DOMAINS})")
+        for d, domain in enumerate(PACS_DOMAINS):
+            if not (root / domain).is_dir():
+                problems.append(f"missing domain folder {root / domain}")
+                continue
+            unknown = sorted(p.name for p in (root / domain).iterdir() if p.is_dir() and p.name not in PACS_CLASSES)
+            if unknown:
+                problems.append(f"{root / domain} has unexpected class folder(s) {', '.join(unknown)}")
+            for c, name in enumerate(PACS_CLASSES):
+                folder = root / domain / name
+                if not folder.is_dir():
+                    problems.append(f"missing class folder {folder}")
+                    continue
+                files = image_files(folder)
+                paths.extend(files)
+                labels.extend([c] * len(files))
+                groups.extend([d * len(PACS_CLASSES) + c] * len(files))
+        return paths, labels, groups
+
+    def build(self, root: Path, split: str) -> FileImageDataset:
+        paths, labels, groups = self._scan(root, [])
+        return FileImageDataset(
+            name="pacs",
+            classnames=PACS_CLASSES,
+            labels=labels,
+            paths=paths,
+            groups=groups,
+            group_names=self.group_names,
+            templates="pacs",
+        )
+
+    def check(self, root: Path) -> CheckReport:
+        report = CheckReport(name="pacs", root=root)
+        paths, labels, groups = self._scan(root, report.problems)
+        if paths:
+            count_into(report, "test", labels, PACS_CLASSES)
+            count_groups(report, "test", groups, self.group_names)
+        return report

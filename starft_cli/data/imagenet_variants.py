@@ -1,0 +1,164 @@
+"""ImageNet's distribution shifts: ImageNet-V2, ImageNet-Sketch, and ImageNet-R / ImageNet-A (one builder).
+
+All share ImageNet's 1000-class label space and class names. ImageNet-R and ImageNet-A cover 200 classes
+each; their subset is derived from the wnid folders present (in ImageNet order) and stored as
+``class_subset``, so the evaluation restricts the 1000-way logits to those classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starft_cli.data.base import CheckReport, FileImageDataset
+from starft_cli.data.checks import asset_lines, count_into, image_files, subfolders
+from starft_cli.data.imagenet import imagenet_classes, scan_wnid_folders
+from starft_cli.data.registry import register_dataset
+
+V2_FOLDER = "imagenetv2-matched-frequency-format-val"
+
+
+@register_dataset(
+    "imagenet-v2",
+    title="ImageNet-V2 (matched frequency)",
+    folder=V2_FOLDER,
+    layout=f"{V2_FOLDER}/<class index 0..999>/*.jpeg (the archive as published, folder per class index)",
+    source="huggingface.co/datasets/vaishaal/ImageNetV2 (imagenetv2-matched-frequency.tar.gz); "
+    "`starft data download imagenet-v2` fetches and extracts it",
+    splits=("test",),
+    default_split="test",
+    templates="imagenet80",
+)
+class ImageNetV2:
+    def _scan(self, root: Path) -> tuple[list[Path], list[int], list[str]]:
+        paths: list[Path] = []
+        labels: list[int] = []
+        problems: list[str] = []
+        if not root.is_dir():
+            return paths, labels, [f"missing folder {root}"]
+        for folder in subfolders(root):
+            if not folder.name.isdigit() or not 0 <= int(folder.name) < 1000:
+                problems.append(f"{folder} is not a class-index folder (0..999)")
+                continue
+            files = image_files(folder)
+            paths.extend(files)
+            labels.extend([int(folder.name)] * len(files))
+        if not paths and not problems:
+            problems.append(f"no images in class-index folders under {root}")
+        return paths, labels, problems
+
+    def build(self, root: Path, split: str) -> FileImageDataset:
+        _, names = imagenet_classes()
+        paths, labels, _ = self._scan(root)
+        return FileImageDataset(name="imagenet-v2", classnames=names, labels=labels, paths=paths)
+
+    def check(self, root: Path) -> CheckReport:
+        report = CheckReport(name="imagenet-v2", root=root)
+        paths, labels, problems = self._scan(root)
+        report.problems.extend(problems)
+        if paths:
+            count_into(report, "test", labels, imagenet_classes()[1])
+        return report
+
+
+@register_dataset(
+    "imagenet-sketch",
+    title="ImageNet-Sketch",
+    folder="imagenet-sketch",
+    layout="imagenet-sketch/sketch/<wnid>/*.JPEG (or imagenet-sketch/<wnid>/*.JPEG)",
+    source="github.com/HaohanWang/ImageNet-Sketch (ImageNet-Sketch.zip; also huggingface.co/datasets/"
+    "imagenet_sketch); extract it so that the wnid folders sit under imagenet-sketch/sketch/",
+    splits=("test",),
+    default_split="test",
+    templates="imagenet80",
+)
+class ImageNetSketch:
+    @staticmethod
+    def _base(root: Path) -> Path:
+        return root / "sketch" if (root / "sketch").is_dir() else root
+
+    def build(self, root: Path, split: str) -> FileImageDataset:
+        _, names = imagenet_classes()
+        paths, labels, _ = scan_wnid_folders(self._base(root))
+        return FileImageDataset(name="imagenet-sketch", classnames=names, labels=labels, paths=paths)
+
+    def check(self, root: Path) -> CheckReport:
+        report = CheckReport(name="imagenet-sketch", root=root)
+        paths, labels, problems = scan_wnid_folders(self._base(root))
+        report.problems.extend(problems)
+        if paths:
+            count_into(report, "test", labels, imagenet_classes()[1])
+        return report
+
+
+class ImageNetSubset:
+    """ImageNet-R and ImageNet-A: wnid folders covering (up to) 200 ImageNet classes. The published class list
+    (an asset file) is used to check the folders; the subset evaluated is the folders actually present."""
+
+    name = ""
+    title = ""
+    wnids_asset = ""
+    expected = 200
+
+    def build(self, root: Path, split: str) -> FileImageDataset:
+        _, names = imagenet_classes()
+        paths, labels, _ = scan_wnid_folders(root)
+        subset = sorted(set(labels))
+        return FileImageDataset(
+            name=self.name, classnames=names, labels=labels, paths=paths, class_subset=subset, templates="imagenet80"
+        )
+
+    def check(self, root: Path) -> CheckReport:
+        report = CheckReport(name=self.name, root=root)
+        paths, labels, problems = scan_wnid_folders(root)
+        report.problems.extend(problems)
+        wnids = imagenet_classes()[0]
+        allowed = set(asset_lines(self.wnids_asset))
+        foreign = sorted({wnids[y] for y in labels} - allowed)
+        if foreign:
+            report.problems.append(
+                f"{root} has wnid folder(s) that are not among {self.title}'s {self.expected} classes: "
+                + ", ".join(foreign[:5])
+                + (" ..." if len(foreign) > 5 else "")
+            )
+        if paths:
+            report.counts["test images"] = len(paths)
+            classes = len(set(labels))
+            report.counts["test classes"] = classes
+            if classes != self.expected:
+                report.notes.append(
+                    f"{classes} wnid folders hold images; the published set has {self.expected}. The logits are "
+                    f"restricted to the {classes} present, so scores are not comparable to published ones"
+                )
+        return report
+
+
+@register_dataset(
+    "imagenet-r",
+    title="ImageNet-R (renditions, 200 classes)",
+    folder="imagenet-r",
+    layout="imagenet-r/<wnid>/*.jpg (200 wnid folders, as in imagenet-r.tar)",
+    source="github.com/hendrycks/imagenet-r (imagenet-r.tar); extract it under the data root",
+    splits=("test",),
+    default_split="test",
+    templates="imagenet80",
+)
+class ImageNetR(ImageNetSubset):
+    name = "imagenet-r"
+    title = "ImageNet-R"
+    wnids_asset = "imagenet_r_wnids.txt"
+
+
+@register_dataset(
+    "imagenet-a",
+    title="ImageNet-A (natural adversarial examples, 200 classes)",
+    folder="imagenet-a",
+    layout="imagenet-a/<wnid>/*.jpg (200 wnid folders, as in imagenet-a.tar)",
+    source="github.com/hendrycks/natural-adv-examples (imagenet-a.tar); extract it under the data root",
+    splits=("test",),
+    default_split="test",
+    templates="imagenet80",
+)
+class ImageNetA(ImageNetSubset):
+    name = "imagenet-a"
+    title = "ImageNet-A"
+    wnids_asset = "imagenet_a_wnids.txt"

@@ -1,0 +1,165 @@
+"""``starft data``'s core: describe, check and download registered datasets."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starft_cli.data.base import CheckReport
+from starft_cli.data.registry import dataset_root, get_builder
+from starft_cli.errors import DataError, ImageError
+
+logger = logging.getLogger(__name__)
+
+
+def check_dataset(
+    name: str,
+    data_root: str | Path | None,
+    deep: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    splits: tuple[str, ...] | None = None,
+) -> CheckReport:
+    """Check a registered dataset's layout under ``data_root``; with ``deep``, also decode every image of
+    every split and report the unreadable ones. ``splits`` narrows the check where a builder supports it
+    (ImageNet: evaluation need not scan the training set)."""
+    if name.startswith(("folder:", "csv:")):
+        return _check_generic(name, deep, progress)
+    builder = get_builder(name)
+    root = dataset_root(name, data_root)
+    if not root.exists():
+        report = CheckReport(name=name, root=root)
+        report.problems.append(f"missing folder {root}")
+        return report
+    if splits is not None and "splits" in inspect.signature(builder.check).parameters:
+        report = builder.check(root, splits=splits)
+    else:
+        report = builder.check(root)
+    if deep and report.ok:
+        for split in splits or builder.info.splits:
+            try:
+                ds = builder.build(root, split)
+            except DataError as exc:
+                report.problems.append(f"{split}: {exc.message}")
+                continue
+            bad: list[str] = []
+            for index in range(len(ds)):
+                try:
+                    ds.get_image(index)
+                except ImageError as exc:
+                    bad.append(exc.message)
+                if progress is not None:
+                    progress(index + 1, len(ds))
+            report.counts[f"{split} unreadable"] = len(bad)
+            if bad:
+                report.problems.append(f"{split}: {len(bad)} unreadable image(s), e.g. {bad[0]}")
+    return report
+
+
+def _check_generic(ref: str, deep: bool, progress: Callable[[int, int], None] | None) -> CheckReport:
+    """``folder:PATH`` / ``csv:PATH``: loadable, every listed file present, counts per class."""
+    from collections import Counter
+
+    from starft_cli.data.registry import load_dataset
+
+    report = CheckReport(name=ref, root=Path(ref.split(":", 1)[1]).expanduser())
+    try:
+        ds = load_dataset(ref)
+    except DataError as exc:
+        report.problems.append(exc.message)
+        return report
+    report.counts["images"] = len(ds)
+    report.counts["classes"] = len(ds.classnames)
+    for label, count in sorted(Counter(ds.labels).items()):
+        report.counts[f"class {ds.classnames[label]}"] = count
+    absent = [p for p in ds.paths if not p.is_file()]
+    if absent:
+        report.problems.append(f"{len(absent)} listed image(s) are missing (e.g. {absent[0]})")
+    if deep and not absent:
+        bad = []
+        for index in range(len(ds)):
+            try:
+                ds.get_image(index)
+            except ImageError as exc:
+                bad.append(exc.message)
+            if progress is not None:
+                progress(index + 1, len(ds))
+        report.counts["unreadable"] = len(bad)
+        if bad:
+            report.problems.append(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")
+    return report
+
+
+@dataclass
+class DownloadResult:
+    name: str
+    root: Path
+    downloaded: bool
+    instructions: list[str] = field(default_factory=list)
+
+
+def _tv_download(cls_name: str, **kwargs: Any) -> Callable[[Path], None]:
+    def run(data_root: Path) -> None:
+        import torchvision.datasets as tvd
+
+        getattr(tvd, cls_name)(str(data_root), download=True, **kwargs)
+
+    return run
+
+
+def _flowers_download(data_root: Path) -> None:
+    from torchvision.datasets import Flowers102
+
+    # torchvision's constructor reads the labels with scipy after downloading; only its download step is needed
+    reader = object.__new__(Flowers102)
+    reader._base_folder = data_root / "flowers-102"
+    reader._images_folder = reader._base_folder / "jpg"
+    reader.download()
+
+
+def _imagenet_v2_download(data_root: Path) -> None:
+    from huggingface_hub import hf_hub_download
+    from torchvision.datasets.utils import extract_archive
+
+    archive = hf_hub_download("vaishaal/ImageNetV2", "imagenetv2-matched-frequency.tar.gz", repo_type="dataset")
+    extract_archive(archive, str(data_root))  # -> imagenetv2-matched-frequency-format-val/<class index>/
+
+
+DOWNLOADERS: dict[str, Callable[[Path], None]] = {
+    "imagenet-v2": _imagenet_v2_download,
+    "cifar10": _tv_download("CIFAR10", train=False),
+    "cifar100": _tv_download("CIFAR100", train=False),
+    "stl10": _tv_download("STL10", split="test"),
+    "caltech101": _tv_download("Caltech101"),
+    "flowers102": _flowers_download,
+}
+
+
+def instructions(name: str, data_root: str | Path | None) -> list[str]:
+    """Where to get a dataset and how to lay it out."""
+    info = get_builder(name).info
+    where = Path(data_root).expanduser() / info.folder if data_root else Path("DATA_ROOT") / info.folder
+    return [f"{info.title}", f"get it from: {info.source}", f"lay it out as: {info.layout}", f"expected at: {where}"]
+
+
+def download_dataset(name: str, data_root: str | Path) -> DownloadResult:
+    """Fetch a dataset where a public, stable source exists (torchvision's checksummed downloaders; ImageNet-V2
+    from its Hugging Face dataset repository); otherwise return instructions and download nothing."""
+    get_builder(name)
+    root = Path(data_root).expanduser()
+    target = root / get_builder(name).info.folder
+    downloader = DOWNLOADERS.get(name)
+    if downloader is None:
+        return DownloadResult(name=name, root=target, downloaded=False, instructions=instructions(name, data_root))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        downloader(root)
+    except Exception as exc:  # network and checksum failures from torchvision's downloader
+        raise DataError(
+            f"downloading {name} failed ({' '.join(str(exc).split())[:200]})",
+            "Check the network, or get it by hand: " + "; ".join(instructions(name, data_root)[1:]),
+        ) from exc
+    return DownloadResult(name=name, root=target, downloaded=True)

@@ -1,0 +1,190 @@
+"""iWildCam and FMoW in the WILDS on-disk layout (``iwildcam_v2.0/``, ``fmow_v1.1/``), read from their CSVs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from starft_cli.data.base import CheckReport, FileImageDataset
+from starft_cli.data.checks import asset_lines, count_into
+from starft_cli.data.registry import register_dataset
+from starft_cli.errors import DataError
+
+IWILDCAM_FOLDER = "iwildcam_v2.0"
+IWILDCAM_SPLITS = ("train", "val", "test", "id_val", "id_test")
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise DataError(f"missing {path}")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path} lacks the column(s) {', '.join(missing)}")
+        return list(reader)
+
+
+def _iwildcam_classes(root: Path, num: int) -> list[str]:
+    path = root / "categories.csv"
+    names = {}
+    if path.is_file():
+        for row in _read_csv(path, ("y", "name")):
+            names[int(row["y"])] = row["name"].strip()
+    return [names.get(i, f"class {i}") for i in range(num)]
+
+
+@register_dataset(
+    "iwildcam",
+    title="iWildCam (WILDS v2.0)",
+    folder=IWILDCAM_FOLDER,
+    layout=f"{IWILDCAM_FOLDER}/metadata.csv (split, y, filename, location_remapped, ...), "
+    f"{IWILDCAM_FOLDER}/categories.csv (y, name), {IWILDCAM_FOLDER}/train/<filename>",
+    source="the WILDS package (`wilds` on PyPI, get_dataset('iwildcam', download=True)) or worksheets.codalab.org; "
+    "keep the extracted iwildcam_v2.0/ folder as is",
+    splits=IWILDCAM_SPLITS,
+    default_split="test",
+    templates="iwildcam",
+)
+class IWildCam:
+    def _rows(self, root: Path) -> list[dict[str, str]]:
+        return _read_csv(root / "metadata.csv", ("split", "y", "filename"))
+
+    def build(self, root: Path, split: str) -> FileImageDataset:
+        rows = self._rows(root)
+        num = max(int(r["y"]) for r in rows) + 1
+        chosen = [r for r in rows if r["split"] == split]
+        return FileImageDataset(
+            name="iwildcam",
+            classnames=_iwildcam_classes(root, num),
+            labels=[int(r["y"]) for r in chosen],
+            paths=[root / "train" / r["filename"] for r in chosen],
+            templates="iwildcam",
+        )
+
+    def check(self, root: Path) -> CheckReport:
+        report = CheckReport(name="iwildcam", root=root)
+        try:
+            rows = self._rows(root)
+        except DataError as exc:
+            report.problems.append(exc.message)
+            return report
+        if not rows:
+            report.problems.append(f"{root / 'metadata.csv'} has no rows")
+            return report
+        if not (root / "categories.csv").is_file():
+            report.notes.append(f"no {root / 'categories.csv'}: classes are named 'class N'")
+        classes = _iwildcam_classes(root, max(int(r["y"]) for r in rows) + 1)
+        for split in IWILDCAM_SPLITS:
+            chosen = [r for r in rows if r["split"] == split]
+            absent = [r["filename"] for r in chosen if not (root / "train" / r["filename"]).is_file()]
+            if absent:
+                report.problems.append(f"{split}: {len(absent)} images are missing (e.g. {root / 'train' / absent[0]})")
+            if chosen:
+                count_into(report, split, [int(r["y"]) for r in chosen], classes)
+        if "test images" not in report.counts:
+            report.problems.append("metadata.csv has no 'test' rows")
+        return report
+
+
+FMOW_FOLDER = "fmow_v1.1"
+FMOW_REGIONS = ("Asia", "Europe", "Africa", "Americas", "Oceania", "Other")
+FMOW_SPLITS = ("train", "id_val", "id_test", "val", "test")
+
+
+def _fmow_split(row: dict[str, str]) -> str | None:
+    """WILDS' official time split: before 2013 the original train/val/test become train/id_val/id_test;
+    original val images from 2013-2015 are the OOD val split, original test images from 2016 on the OOD test
+    split; every other row (and the sequestered 'seq' rows) belongs to no split."""
+    if row["split"] == "seq":
+        return None
+    year = int(row["timestamp"][:4])
+    if year < 2013:
+        return {"train": "train", "val": "id_val", "test": "id_test"}.get(row["split"])
+    if year < 2016:
+        return "val" if row["split"] == "val" else None
+    return "test" if row["split"] == "test" else None
+
+
+@register_dataset(
+    "fmow",
+    title="FMoW (WILDS v1.1, worst-region accuracy)",
+    folder=FMOW_FOLDER,
+    layout=f"{FMOW_FOLDER}/rgb_metadata.csv (split, category, country_code, timestamp, ...), "
+    f"{FMOW_FOLDER}/country_code_mapping.csv (alpha-3, region), {FMOW_FOLDER}/images/rgb_img_<row>.png "
+    "(row = 0-based row of rgb_metadata.csv). Splits as in WILDS: train/id_val/id_test before 2013, val = "
+    "original val 2013-2015, test = original test from 2016; worst-region accuracy leaves out region 'Other'",
+    source="the WILDS package (`wilds` on PyPI, get_dataset('fmow', download=True)) or worksheets.codalab.org; "
+    "keep the extracted fmow_v1.1/ folder as is",
+    splits=FMOW_SPLITS,
+    default_split="test",
+    templates="fmow",
+)
+class FMoW:
+    group_names = FMOW_REGIONS
+
+    def _rows(self, root: Path) -> list[tuple[int, dict[str, str], str]]:
+        rows = _read_csv(root / "rgb_metadata.csv", ("split", "category", "country_code", "timestamp"))
+        out = []
+        for index, row in enumerate(rows):
+            try:
+                split = _fmow_split(row)
+            except ValueError:
+                raise DataError(
+                    f"{root / 'rgb_metadata.csv'}, row {index}: bad timestamp '{row['timestamp']}'"
+                ) from None
+            if split is not None:
+                out.append((index, row, split))
+        return out
+
+    def _dataset(self, root: Path, split: str) -> FileImageDataset:
+        classes = list(asset_lines("fmow_classes.txt"))
+        index = {c: i for i, c in enumerate(classes)}
+        mapping = {
+            r["alpha-3"]: r["region"] for r in _read_csv(root / "country_code_mapping.csv", ("alpha-3", "region"))
+        }
+        paths, labels, groups = [], [], []
+        for row_index, row, row_split in self._rows(root):
+            if row_split != split:
+                continue
+            name = row["category"].replace("_", " ")
+            if name not in index:
+                raise DataError(f"{root / 'rgb_metadata.csv'}, row {row_index}: unknown category '{row['category']}'")
+            region = mapping.get(row["country_code"], "Other")
+            paths.append(root / "images" / f"rgb_img_{row_index}.png")
+            labels.append(index[name])
+            groups.append(FMOW_REGIONS.index(region) if region in FMOW_REGIONS else FMOW_REGIONS.index("Other"))
+        return FileImageDataset(
+            name="fmow",
+            classnames=classes,
+            labels=labels,
+            paths=paths,
+            groups=groups,
+            group_names=FMOW_REGIONS,
+            templates="fmow",
+        )
+
+    def build(self, root: Path, split: str) -> FileImageDataset:
+        return self._dataset(root, split)
+
+    def check(self, root: Path) -> CheckReport:
+        report = CheckReport(name="fmow", root=root)
+        for split in FMOW_SPLITS:
+            try:
+                ds = self._dataset(root, split)
+            except DataError as exc:
+                report.problems.append(exc.message)
+                return report
+            absent = [p for p in ds.paths if not p.is_file()]
+            if absent:
+                report.problems.append(f"{split}: {len(absent)} images are missing (e.g. {absent[0]})")
+            if ds.labels:
+                count_into(report, split, ds.labels, ds.classnames)
+                if split == "test":
+                    present = [FMOW_REGIONS[g] for g in sorted(set(ds.groups or []))]
+                    report.counts.update(
+                        {f"test region {r}": (ds.groups or []).count(FMOW_REGIONS.index(r)) for r in present}
+                    )
+        if "test images" not in report.counts:
+            report.problems.append("rgb_metadata.csv has no rows in the test split (2016 or later)")
+        return report

@@ -1,0 +1,212 @@
+"""Image features of a dataset under a model, computed once and cached on disk.
+
+The cache key is the model's weights fingerprint, the dataset's content fingerprint (file paths, sizes and
+modification times, or array contents), the preprocessing configuration and the decode mode: change any of
+them and the features are recomputed. Entries are safetensors files under ``<cache>/features``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starft_cli.errors import ImageError
+from starft_cli.images import open_image
+from starft_cli.paths import atomic_path, cache_dir
+
+if TYPE_CHECKING:
+    import torch
+
+    from starft_cli.data.base import ImageDataset
+    from starft_cli.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class Features:
+    """L2-normalised image features ``[N, D]`` (float32, CPU) with the indices of unreadable images."""
+
+    features: torch.Tensor
+    skipped: list[int] = field(default_factory=list)
+    skipped_names: list[str] = field(default_factory=list)
+    from_cache: bool = False
+
+    @property
+    def valid(self) -> torch.Tensor:
+        import torch
+
+        mask = torch.ones(len(self.features), dtype=torch.bool)
+        if self.skipped:
+            mask[torch.tensor(self.skipped)] = False
+        return mask
+
+
+def open_for_eval(path: Path, min_side: int | None) -> Any:
+    """Open an image as RGB. A JPEG larger than needed is decoded at a reduced scale (libjpeg's DCT scaling) that
+    keeps its shorter side at least ``min_side``: the preprocessing's own resize still does the final
+    downscaling, and a large photo decodes several times faster."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if min_side and img.format == "JPEG":
+                img.draft("RGB", (min_side, min_side))
+            img.load()
+            return img.convert("RGB")
+    except Exception:
+        return open_image(path)  # raises the standard ImageError naming the problem (or reads it plainly)
+
+
+class _EvalView:
+    """What the DataLoader iterates: ``(tensor or None, index)``; an unreadable image yields None."""
+
+    def __init__(self, dataset: ImageDataset, transform: Callable[[Any], Any], min_side: int | None) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.min_side = min_side
+        self.paths = getattr(dataset, "paths", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, str]:
+        try:
+            if self.paths is not None:
+                image = open_for_eval(self.paths[index], self.min_side)
+            else:
+                image = self.dataset.get_image(index)
+        except ImageError as exc:
+            return None, index, exc.message
+        return self.transform(image), index, ""
+
+
+def _collate(batch: list[tuple[Any, int, str]]) -> tuple[Any, list[int], list[tuple[int, str]]]:
+    import torch
+
+    good = [(x, i) for x, i, _ in batch if x is not None]
+    bad = [(i, msg) for x, i, msg in batch if x is None]
+    images = torch.stack([x for x, _ in good]) if good else None
+    return images, [i for _, i in good], bad
+
+
+def input_size(loaded: LoadedModel) -> int:
+    size = loaded.preprocess_cfg.get("size", 224)
+    return int(max(size) if isinstance(size, list | tuple) else size)
+
+
+def feature_cache_key(
+    loaded: LoadedModel, dataset: ImageDataset, decode: str, data_fingerprint: str | None = None
+) -> str:
+    payload = {
+        "v": CACHE_VERSION,
+        "weights": loaded.fingerprint,
+        "data": data_fingerprint or dataset.fingerprint(),
+        "preprocess": loaded.preprocess_cfg,
+        "decode": decode,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:40]
+
+
+def compute_features(
+    loaded: LoadedModel,
+    dataset: ImageDataset,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    workers: int = 0,
+    strict: bool = False,
+    use_cache: bool = True,
+    fast_decode: bool = True,
+    progress: ProgressFn | None = None,
+    data_fingerprint: str | None = None,
+) -> Features:
+    """Features of every image of ``dataset`` (cached; see the module docstring).
+
+    An unreadable image is skipped with a warning and listed in ``Features.skipped``; with ``strict`` it raises
+    :class:`~starft_cli.errors.ImageError`. Mixed precision (autocast) is used on CUDA only. ``data_fingerprint``
+    saves recomputing ``dataset.fingerprint()`` when the caller has it.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    min_side = 2 * input_size(loaded) if fast_decode else None
+    decode = f"draft>={min_side}" if min_side else "full"
+    path = cache_dir("features") / f"{feature_cache_key(loaded, dataset, decode, data_fingerprint)}.safetensors"
+    if use_cache and path.is_file():
+        try:
+            stored = load_file(str(path))
+            meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+            features = stored["features"]
+            if features.shape[0] == len(dataset) and not (strict and meta["skipped"]):
+                if progress is not None:
+                    progress(len(dataset), len(dataset))
+                return Features(features, list(meta["skipped"]), list(meta["names"]), from_cache=True)
+        except Exception as exc:  # a damaged entry is recomputed, never trusted
+            logger.warning("ignoring unreadable feature cache %s (%s)", path, exc)
+
+    device = torch.device(device)
+    model = loaded.model
+    view = _EvalView(dataset, loaded.preprocess, min_side)
+    loader = torch.utils.data.DataLoader(
+        view,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    dim = int(loaded.model_cfg.get("embed_dim", 0)) or None
+    out: torch.Tensor | None = None
+    skipped: list[int] = []
+    names: list[str] = []
+    done = 0
+    was_training = model.training
+    model.eval()
+    autocast = None
+    if device.type == "cuda":  # mixed precision on GPU only; features are normalised in float32 afterwards
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        autocast = torch.autocast(device_type="cuda", dtype=dtype)
+    try:
+        with torch.inference_mode():
+            for images, indices, bad in loader:
+                for index, message in bad:
+                    if strict:
+                        raise ImageError(message, "Remove or replace the file, or run without --strict to skip it")
+                    logger.warning("skipping unreadable image: %s", message)
+                    skipped.append(index)
+                    names.append(dataset.describe(index))
+                if images is not None:
+                    images = images.to(device, non_blocking=True)
+                    if autocast is not None:
+                        with autocast:
+                            feats = model.encode_image(images)
+                    else:
+                        feats = model.encode_image(images)
+                    feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
+                    if out is None:
+                        out = torch.zeros(len(dataset), dim or feats.shape[1], dtype=torch.float32)
+                    out[torch.tensor(indices)] = feats
+                done += len(indices) + len(bad)
+                if progress is not None:
+                    progress(done, len(dataset))
+    finally:
+        model.train(was_training)
+    if out is None:
+        out = torch.zeros(len(dataset), dim or 1, dtype=torch.float32)
+    pairs = sorted(zip(skipped, names, strict=True))
+    result = Features(out, [i for i, _ in pairs], [n for _, n in pairs])
+    if use_cache:
+        with atomic_path(path.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps({"skipped": result.skipped, "names": result.skipped_names}), encoding="utf-8")
+        with atomic_path(path) as tmp:
+            save_file({"features": out.contiguous()}, str(tmp))
+    return result

@@ -1,0 +1,189 @@
+"""Benchmark suites: which datasets, splits and metrics; built-in ones and user TOML files."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from starft_cli.errors import ConfigError
+
+# metric name -> what it means (the runner computes each from the logits, labels and groups)
+METRICS = {
+    "top1": "top-1 accuracy over all test samples (each sample counts once)",
+    "top5": "top-5 accuracy (absent for datasets with fewer than 5 classes)",
+    "mean_per_class_recall": "unweighted mean over classes of each class's recall",
+    "macro_f1": "unweighted mean of per-class F1 over the classes present in the labels (as WILDS reports it)",
+    "mean_group_acc": "unweighted mean over groups of each group's accuracy",
+    "worst_group_acc": "lowest accuracy over the groups",
+    "worst_region_acc": "lowest accuracy over the regions (FMoW)",
+    "ece": "expected calibration error, 15 equal-width confidence bins",
+}
+GROUP_METRICS = ("mean_group_acc", "worst_group_acc", "worst_region_acc")
+
+
+@dataclass(frozen=True)
+class SuiteEntry:
+    """One dataset of a suite: ``dataset`` is a registered name, ``folder:PATH`` or ``csv:PATH``."""
+
+    dataset: str
+    metrics: tuple[str, ...]
+    split: str | None = None
+    classnames: str | None = None  # class-names file for folder:/csv: data
+    templates: str | None = None  # template set name or file; default: the dataset's own
+    role: str = ""  # "id" / "ood" in domain-shift suites
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise ConfigError(f"unknown metric '{unknown[0]}' for {self.dataset}", f"Use any of {', '.join(METRICS)}")
+        if not self.metrics:
+            raise ConfigError(f"no metrics for {self.dataset}")
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    entries: tuple[SuiteEntry, ...]
+    description: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _e(dataset: str, *metrics: str, split: str | None = None, role: str = "") -> SuiteEntry:
+    return SuiteEntry(dataset=dataset, metrics=metrics, split=split, role=role)
+
+
+CALIBRATED = ("top1", "top5", "ece")
+GROUPED = ("top1", "mean_group_acc", "worst_group_acc", "ece")
+
+BUILTIN_SUITES: dict[str, Suite] = {
+    "domain-shift": Suite(
+        "domain-shift",
+        (
+            _e("imagenet", *CALIBRATED, split="val", role="id"),
+            _e("imagenet-v2", *CALIBRATED, role="ood"),
+            _e("imagenet-r", *CALIBRATED, role="ood"),
+            _e("imagenet-a", *CALIBRATED, role="ood"),
+            _e("imagenet-sketch", *CALIBRATED, role="ood"),
+        ),
+        "ImageNet val (ID) and four distribution shifts; avg OOD = mean top-1 over the four shifts. ImageNet-R/A "
+        "logits are restricted to the classes whose wnid folders are present.",
+    ),
+    "group-shift": Suite(
+        "group-shift",
+        (_e("waterbirds", *GROUPED), _e("pacs", *GROUPED), _e("cifar10.02", *GROUPED)),
+        "Waterbirds (label x place), PACS (domain x class), CIFAR-10.02 (class x source). Average accuracy = "
+        "top-1 over all test samples (sample-weighted); mean_group_acc = unweighted mean of the group accuracies; "
+        "worst_group_acc = the lowest group accuracy.",
+    ),
+    "zero-shot": Suite(
+        "zero-shot",
+        (
+            _e("cifar10", *CALIBRATED),
+            _e("cifar100", *CALIBRATED),
+            _e("caltech101", *CALIBRATED),
+            _e("stl10", *CALIBRATED),
+        ),
+        "Zero-shot classification, top-1 (also top-5 and ECE).",
+    ),
+    "transfer": Suite(
+        "transfer",
+        (
+            _e("caltech101", "top1", "mean_per_class_recall"),
+            _e("stanford-cars", "top1", "mean_per_class_recall"),
+            _e("flowers102", "top1", "mean_per_class_recall"),
+            _e("imagenet", "top1", "top5", split="val"),
+            _e("iwildcam", "macro_f1", "top1"),
+            _e("fmow", "worst_region_acc", "top1"),
+        ),
+        "Transfer targets: top-1; iWildCam macro-F1; FMoW worst-region accuracy.",
+    ),
+}
+
+
+def _merge_all() -> Suite:
+    merged: dict[tuple[str, str | None], SuiteEntry] = {}
+    for suite in BUILTIN_SUITES.values():
+        for entry in suite.entries:
+            key = (entry.dataset, entry.split)
+            if key in merged:
+                old = merged[key]
+                metrics = old.metrics + tuple(m for m in entry.metrics if m not in old.metrics)
+                merged[key] = SuiteEntry(entry.dataset, metrics, entry.split, role=old.role or entry.role)
+            else:
+                merged[key] = entry
+    return Suite("all", tuple(merged.values()), "Every built-in suite; datasets that are not present are skipped.")
+
+
+def suite_names() -> list[str]:
+    return [*BUILTIN_SUITES, "all"]
+
+
+def get_suite(name_or_file: str | Path) -> Suite:
+    """A built-in suite by name, or a user suite from a TOML file."""
+    text = str(name_or_file)
+    if text == "all":
+        return _merge_all()
+    if text in BUILTIN_SUITES:
+        return BUILTIN_SUITES[text]
+    path = Path(text).expanduser()
+    if path.suffix.lower() == ".toml" or path.is_file():
+        return load_suite_file(path)
+    import difflib
+
+    close = difflib.get_close_matches(text, suite_names(), n=3, cutoff=0.5)
+    hint = f"Did you mean {', '.join(close)}? " if close else ""
+    raise ConfigError(f"unknown suite '{text}'", hint + f"Use one of {', '.join(suite_names())} or a TOML file")
+
+
+def load_suite_file(path: Path) -> Suite:
+    """A suite file::
+
+    name = "my-suite"
+    [[datasets]]
+    name = "waterbirds"                 # registered name, folder:PATH or csv:PATH
+    metrics = ["top1", "worst_group_acc"]
+    split = "test"                      # optional
+    classnames = "names.txt"            # optional, for folder:/csv: (relative to the suite file)
+    templates = "waterbirds"            # optional: template set name or file
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"no such suite file: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read suite file {path} ({exc})") from exc
+    items = data.get("datasets")
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{path} has no [[datasets]] tables", "Add [[datasets]] with name = ... and metrics = [...]")
+    entries = []
+    for number, item in enumerate(items, start=1):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ConfigError(f"{path}: dataset #{number} has no name")
+        unknown = sorted(set(item) - {"name", "metrics", "split", "classnames", "templates"})
+        if unknown:
+            raise ConfigError(f"{path}: dataset #{number} has unknown key(s) {', '.join(unknown)}")
+        metrics = item.get("metrics", ["top1"])
+        if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
+            raise ConfigError(f"{path}: metrics of {item['name']} must be a list of names")
+
+        def rel(value: object) -> str | None:
+            if value is None:
+                return None
+            candidate = path.parent / str(value)
+            return str(candidate) if candidate.exists() else str(value)
+
+        name = item["name"]
+        for prefix in ("folder:", "csv:"):
+            if name.startswith(prefix) and not Path(name[len(prefix) :]).is_absolute():
+                name = prefix + str(path.parent / name[len(prefix) :])
+        entries.append(
+            SuiteEntry(
+                dataset=name,
+                metrics=tuple(metrics),
+                split=item.get("split"),
+                classnames=rel(item.get("classnames")),
+                templates=rel(item.get("templates")),
+            )
+        )
+    return Suite(str(data.get("name") or path.stem), tuple(entries), str(data.get("description", "")))

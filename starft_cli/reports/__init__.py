@@ -1,0 +1,59 @@
+"""Result records, leaderboards (pandas + tabulate) and plots (matplotlib, optional)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starft_cli.paths import atomic_write_text
+from starft_cli.reports.schema import (
+    FIELDS,
+    RESULTS_NAME,
+    load_results,
+    merge_records,
+    read_records,
+    to_records,
+    write_results_json,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["FIELDS", "RESULTS_NAME", "load_results", "merge_records", "read_records", "to_records", "write_report"]
+
+
+def write_report(
+    out_dir: str | Path,
+    frame: pd.DataFrame,
+    baseline: str | None = None,
+    missing: list[str] | None = None,
+    description: str = "",
+) -> dict[str, Any]:
+    """Write ``results.json`` (merged with the one already there: only records with the same (model, dataset,
+    split, metric) are replaced), ``leaderboard.md`` and ``leaderboard.csv`` (of the merged records).
+
+    Returns ``{"paths": [...], "replaced": n, "added": n, "frame": merged DataFrame}``.
+    """
+    import pandas as pd
+
+    from starft_cli.reports.schema import record_key
+    from starft_cli.reports.tables import render
+
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / RESULTS_NAME
+    old = read_records(target) if target.exists() else []
+    new = to_records(frame)
+    old_keys = {record_key(r) for r in old}
+    replaced = sum(record_key(r) in old_keys for r in new)
+    merged = merge_records(old, new)
+    merged_frame = pd.DataFrame.from_records(merged)
+    write_results_json(target, merged)
+    atomic_write_text(out / "leaderboard.md", render(merged_frame, "md", baseline, missing, description))
+    atomic_write_text(out / "leaderboard.csv", render(merged_frame, "csv", baseline))
+    return {
+        "paths": [target, out / "leaderboard.md", out / "leaderboard.csv"],
+        "replaced": replaced,
+        "added": len(new) - replaced,
+        "frame": merged_frame,
+    }

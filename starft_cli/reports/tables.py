@@ -1,0 +1,132 @@
+"""Leaderboards from result records: one row per model, headline metrics per dataset, deltas to a baseline."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+FORMATS = ("table", "md", "csv", "json")
+# The headline metrics shown in leaderboards, best first; per-group records stay in results.json.
+HEADLINE = ("top1", "worst_group_acc", "mean_group_acc", "macro_f1", "worst_region_acc", "mean_per_class_recall")
+LOWER_IS_BETTER = {"ece"}
+DOMAIN_SHIFTS = ("imagenet-v2", "imagenet-r", "imagenet-a", "imagenet-sketch")
+AVG_OOD = "avg OOD"
+# what the terminal and Markdown leaderboards show (CSV and JSON carry every metric)
+SHOWN = ("top1", "worst_group_acc", "macro_f1", "worst_region_acc")
+
+
+def _is_headline(metric: str) -> bool:
+    return "[" not in metric
+
+
+def leaderboard(
+    frame: pd.DataFrame, baseline: str | None = None, metrics: tuple[str, ...] | None = None
+) -> pd.DataFrame:
+    """Wide table: index = model (in order of first appearance), columns = ``dataset metric`` (plus ``avg OOD
+    top1`` when all four ImageNet shifts are present), values as fractions. ``attrs["deltas"]`` holds the
+    differences to ``baseline`` (default: the first model)."""
+    import pandas as pd
+
+    from starft_cli.errors import UsageError
+
+    data = frame[frame["metric"].map(_is_headline)].copy()
+    if metrics is not None:
+        data = data[data["metric"].isin(metrics)]
+    if "split" in data.columns:
+        # a dataset measured on several splits gets one column group per split: "waterbirds[val] top1"
+        splits = data.groupby("dataset", sort=False)["split"].nunique()
+        several = set(splits[splits > 1].index)
+        data["dataset"] = [
+            f"{d}[{s}]" if d in several else d for d, s in zip(data["dataset"], data["split"], strict=True)
+        ]
+    models = list(dict.fromkeys(data["model"]))
+    order_ds = list(dict.fromkeys(data["dataset"]))
+    metric_rank = {m: i for i, m in enumerate(HEADLINE)}
+    columns: list[tuple[str, str]] = []
+    for ds in order_ds:
+        present = list(dict.fromkeys(data.loc[data["dataset"] == ds, "metric"]))
+        present.sort(key=lambda m: metric_rank.get(m, len(HEADLINE)))
+        columns.extend((ds, m) for m in present)
+    table = pd.DataFrame(index=pd.Index(models, name="model"))
+    for ds, metric in columns:
+        rows = data[(data["dataset"] == ds) & (data["metric"] == metric)]
+        table[f"{ds} {metric}"] = rows.groupby("model", sort=False)["value"].last().reindex(models)
+    shift_cols = [f"{ds} top1" for ds in DOMAIN_SHIFTS]
+    if all(c in table.columns for c in shift_cols):
+        table[f"{AVG_OOD} top1"] = table[shift_cols].mean(axis=1, skipna=False)
+    base = baseline if baseline is not None else (models[0] if models else None)
+    if base is not None and base not in table.index:
+        raise UsageError(f"baseline '{base}' is not among the models", f"Use one of: {', '.join(models)}")
+    table.attrs["baseline"] = base
+    table.attrs["deltas"] = table - table.loc[base] if base is not None else table * 0
+    return table
+
+
+def _fmt(value: Any, delta: Any, is_base: bool, show_delta: bool) -> str:
+    import math
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    text = f"{100 * value:.2f}"
+    if show_delta and not is_base and delta is not None and not (isinstance(delta, float) and math.isnan(delta)):
+        text += f" ({100 * delta:+.2f})"
+    return text
+
+
+def footnotes(frame: pd.DataFrame, missing: list[str] | None = None, description: str = "") -> list[str]:
+    notes = []
+    if description:
+        notes.append(description)
+    notes.append(
+        "Values in %. top1 = accuracy over all test samples (sample-weighted: this is the 'average accuracy'); "
+        "mean_group_acc = unweighted mean of group accuracies; worst_group_acc / worst_region_acc = the lowest; "
+        "deltas in parentheses are against the baseline (first) model."
+    )
+    if "num_skipped" in frame.columns:
+        skipped = frame.drop_duplicates(["model", "dataset"]).query("num_skipped > 0")
+        for _, row in skipped.iterrows():
+            notes.append(f"{row['model']} on {row['dataset']}: {int(row['num_skipped'])} unreadable image(s) skipped")
+    for line in missing or []:
+        notes.append(f"not evaluated: {line}")
+    return notes
+
+
+def render(
+    frame: pd.DataFrame,
+    fmt: str = "table",
+    baseline: str | None = None,
+    missing: list[str] | None = None,
+    description: str = "",
+) -> str:
+    """Render records as a leaderboard (``table``, ``md``, ``csv``) or as the records themselves (``json``)."""
+    from starft_cli.reports.schema import to_records
+
+    if fmt == "json":
+        return json.dumps(to_records(frame), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+    board = leaderboard(frame, baseline, None if fmt == "csv" else SHOWN)
+    deltas = board.attrs["deltas"]
+    base = board.attrs["baseline"]
+    if fmt == "csv":
+        out = board.copy()
+        for column in board.columns:
+            out[f"{column} delta"] = deltas[column]
+        buffer = io.StringIO()
+        out.reset_index().to_csv(buffer, index=False, float_format="%.6f", lineterminator="\n")
+        return buffer.getvalue()
+    from tabulate import tabulate
+
+    rows = []
+    for model in board.index:
+        cells = [_fmt(board.at[model, c], deltas.at[model, c], model == base, True) for c in board.columns]
+        rows.append([model, *cells])
+    headers = ["model", *board.columns]
+    notes = footnotes(frame, missing, description)
+    if fmt == "md":
+        text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+        return text + "\n\n" + "".join(f"- {n}\n" for n in notes)
+    text = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+    return text + "\n" + "".join(f"* {n}\n" for n in notes)

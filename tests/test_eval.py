@@ -1,0 +1,387 @@
+"""The evaluation engine, suites and `starft eval` end to end, on generated layouts and the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from starft_cli.cli.app import app
+from starft_cli.errors import ImageError, UsageError
+from tests.layouts import LAYOUTS
+
+runner = CliRunner()
+TINY = "starft-tiny:none"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every benchmark's layout under one data root (read-only for the tests)."""
+    root = tmp_path_factory.mktemp("data")
+    for make in LAYOUTS.values():
+        make(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def perturbed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved copy of the tiny model with perturbed weights (a second, different model)."""
+    import torch
+
+    from starft_cli.models import load, save_checkpoint
+
+    loaded = load(TINY)
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            p.add_(0.05 * torch.randn_like(p, generator=torch.Generator().manual_seed(1)))
+    folder = tmp_path_factory.mktemp("models") / "perturbed"
+    save_checkpoint(loaded.model, folder, loaded.model_cfg, loaded.preprocess_cfg, arch="starft-tiny")
+    return folder
+
+
+def _records(out: Path) -> list[dict]:
+    return json.loads((out / "results.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Engine
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_feature_cache_is_reused_and_invalidated(tiny, tmp_path: Path):
+    from starft_cli.data.registry import load_dataset
+    from starft_cli.eval.features import compute_features
+    from starft_cli.models import load
+    from tests.imagegen import make_class_folders, make_image
+
+    root = make_class_folders(tmp_path / "f", ["a", "b"], per_class=3, size=(32, 32))
+    ds = load_dataset(f"folder:{root}")
+    first = compute_features(tiny, ds)
+    again = compute_features(tiny, ds)
+    assert not first.from_cache and again.from_cache
+    assert first.features.shape == (6, 32)
+    assert np.allclose(first.features.norm(dim=-1).numpy(), 1.0, atol=1e-5)
+    assert np.array_equal(first.features.numpy(), again.features.numpy())
+
+    other_weights = load(TINY, seed=1)
+    assert not compute_features(other_weights, ds).from_cache  # weights changed
+
+    make_image(root / "a" / "0.jpg", seed=99, size=(32, 32), color=(0, 0, 0))  # data changed
+    changed = load_dataset(f"folder:{root}")
+    fresh = compute_features(tiny, changed)
+    assert not fresh.from_cache
+    assert not np.allclose(fresh.features[0].numpy(), first.features[0].numpy())
+    assert np.allclose(fresh.features[1:].numpy(), first.features[1:].numpy(), atol=1e-6)
+
+
+def test_features_match_a_plain_encode(tiny, tmp_path: Path):
+    """Cached features are the model's normalised image features of the preprocessed images."""
+    import torch
+
+    from starft_cli.data.registry import load_dataset
+    from starft_cli.eval.features import compute_features
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "f", ["a", "b"], per_class=2, size=(32, 32))
+    ds = load_dataset(f"folder:{root}")
+    ours = compute_features(tiny, ds, batch_size=3).features
+    with torch.inference_mode():
+        batch = torch.stack([tiny.preprocess(ds.get_image(i)) for i in range(len(ds))])
+        plain = tiny.model.encode_image(batch, normalize=True)
+    assert torch.allclose(ours, plain, atol=1e-5)
+
+
+def test_corrupt_image_is_skipped_and_counted(tiny, tmp_path: Path):
+    from starft_cli.eval.runner import evaluate
+    from starft_cli.eval.suites import Suite, SuiteEntry
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "f", ["cat", "dog"], per_class=3, size=(32, 32))
+    victim = root / "dog" / "1.jpg"
+    victim.write_bytes(victim.read_bytes()[:50])
+    suite = Suite("custom", (SuiteEntry(f"folder:{root}", ("top1",)),))
+    frame = evaluate([tiny], suite, None)
+    row = frame.iloc[0]
+    assert (row["num_samples"], row["num_skipped"]) == (5, 1)
+    assert "1.jpg" in frame.attrs["skipped"][0]
+    with pytest.raises(ImageError, match=r"1\.jpg"):
+        evaluate([tiny], suite, None, strict=True)
+
+
+def test_imagenet_r_logits_are_restricted_to_the_present_classes(tiny, data_root: Path):
+    import torch
+
+    from starft_cli.eval.runner import evaluate, logits_for
+
+    features = torch.eye(3, 4)
+    head = torch.arange(20, dtype=torch.float32).reshape(5, 4)
+    assert logits_for(features, head, [1, 3]).tolist() == [[4.0, 12.0], [5.0, 13.0], [6.0, 14.0]]
+
+    frame = evaluate([tiny], "domain-shift", data_root, templates="single")  # one template: a fast 1000-class head
+    r = frame[frame["dataset"] == "imagenet-r"].set_index("metric")
+    assert r.loc["top1", "num_classes"] == 2  # the two wnid folders present, out of 1000 head rows
+    assert "top5" not in r.index  # fewer than 5 classes once restricted: absent, not NaN
+    assert frame[frame["dataset"] == "imagenet"].set_index("metric").loc["top5", "num_classes"] == 1000
+
+
+def test_layout_is_checked_before_any_model_is_loaded(tmp_path: Path):
+    (tmp_path / "broken.safetensors").write_bytes(b"not weights")  # loading this model would fail
+    LAYOUTS["waterbirds"](tmp_path)
+    (tmp_path / "waterbird_complete95_forest2water2" / "metadata.csv").unlink()
+    model = str(tmp_path / "broken.safetensors")
+    result = runner.invoke(app, ["eval", "--suite", "group-shift", "-m", model, "--data-root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "waterbirds: missing" in result.stderr and "metadata.csv" in result.stderr
+    assert "pacs: missing folder" in result.stderr  # every missing dataset is named, with where it belongs
+    assert "weights" not in result.stderr.split("Layout")[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Suites end to end through `starft eval`
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_group_shift_two_models_leaderboard_and_files(data_root: Path, perturbed: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    args = ["eval", "--suite", "group-shift", "-m", TINY, "-m", str(perturbed), "--data-root", str(data_root)]
+    result = runner.invoke(app, [*args, "--out", str(out), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["model", "waterbirds", "top1"]
+    assert "waterbirds worst_group_acc" in lines[0] and "cifar10.02 worst_group_acc" in lines[0]
+    rows = [line for line in lines if line.startswith((TINY, str(perturbed)))]
+    assert len(rows) == 2
+    assert "(" not in rows[0]  # the baseline has no deltas
+    assert "(+" in rows[1] or "(-" in rows[1]
+    assert "sample-weighted" in result.stdout  # how "average" is computed is stated
+
+    records = _records(out)
+    keys = {(r["model"], r["dataset"], r["metric"]) for r in records}
+    for model in (TINY, str(perturbed)):
+        for ds in ("waterbirds", "pacs", "cifar10.02"):
+            assert {(model, ds, "top1"), (model, ds, "worst_group_acc"), (model, ds, "ece")} <= keys
+    wb = {r["metric"]: r for r in records if r["model"] == TINY and r["dataset"] == "waterbirds"}
+    groups = [r["value"] for m, r in wb.items() if m.startswith("group_acc[")]
+    assert len(groups) == 4 and wb["worst_group_acc"]["value"] == pytest.approx(min(groups))
+    assert wb["top1"]["num_samples"] == 8 and wb["top1"]["split"] == "test"
+    for field in ("weights_fingerprint", "data_fingerprint", "seed", "date", "torch_version", "open_clip_version"):
+        assert field in wb["top1"]
+    fingerprints = {r["model"]: r["weights_fingerprint"] for r in records}
+    assert fingerprints[TINY] != fingerprints[str(perturbed)]
+    assert (out / "leaderboard.md").read_text().startswith("| model")
+    csv_header = (out / "leaderboard.csv").read_text().splitlines()[0]
+    assert csv_header.startswith("model,waterbirds top1,") and "waterbirds top1 delta" in csv_header
+
+
+def test_rerun_replaces_only_identical_records(data_root: Path, perturbed: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    base = ["eval", "--data", "pacs", "--data-root", str(data_root), "--out", str(out), "--workers", "0"]
+    assert runner.invoke(app, [*base, "-m", TINY]).exit_code == 0
+    first = _records(out)
+    assert runner.invoke(app, [*base, "-m", str(perturbed)]).exit_code == 0
+    both = _records(out)
+    assert len(both) == 2 * len(first)
+    again = runner.invoke(app, [*base, "-m", TINY])
+    assert again.exit_code == 0
+    assert f"{len(first)} earlier record(s) replaced" in again.stderr
+    final = _records(out)
+    assert len(final) == len(both)
+    assert [r for r in final if r["model"] == str(perturbed)] == [r for r in both if r["model"] == str(perturbed)]
+
+
+@pytest.mark.parametrize(
+    ("suite", "datasets"),
+    [
+        ("domain-shift", {"imagenet", "imagenet-v2", "imagenet-r", "imagenet-a", "imagenet-sketch"}),
+        ("zero-shot", {"cifar10", "cifar100", "caltech101", "stl10"}),
+        ("transfer", {"caltech101", "stanford-cars", "flowers102", "imagenet", "iwildcam", "fmow"}),
+    ],
+)
+def test_suites_end_to_end(suite: str, datasets: set[str], data_root: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    args = ["eval", "--suite", suite, "-m", TINY, "--data-root", str(data_root), "--out", str(out), "--workers", "0"]
+    # one template keeps ImageNet's 1000-class head fast on CPU
+    result = runner.invoke(app, [*args, "--format", "md", "--templates", "single"])
+    assert result.exit_code == 0, result.output
+    records = _records(out)
+    assert {r["dataset"] for r in records} == datasets
+    assert all(0.0 <= r["value"] <= 1.0 for r in records)
+    assert {"leaderboard.md", "leaderboard.csv", "results.json"} <= {p.name for p in out.iterdir()}
+    if suite == "domain-shift":
+        assert "avg OOD top1" in result.stdout
+    if suite == "transfer":
+        metrics = {(r["dataset"], r["metric"]) for r in records}
+        assert {("iwildcam", "macro_f1"), ("fmow", "worst_region_acc"), ("fmow", "region_acc[Europe]")} <= metrics
+        fmow = {r["metric"]: r["value"] for r in records if r["dataset"] == "fmow"}
+        regions = {m: v for m, v in fmow.items() if m.startswith("region_acc[") and m != "region_acc[Other]"}
+        assert "region_acc[Other]" in fmow and len(regions) == 3
+        assert fmow["worst_region_acc"] == pytest.approx(min(regions.values()))  # "Other" left out, as in WILDS
+
+
+def test_suite_all_runs_what_is_present_and_says_what_is_missing(tmp_path: Path):
+    LAYOUTS["waterbirds"](tmp_path)
+    LAYOUTS["cifar10"](tmp_path)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["eval", "--suite", "all", "-m", TINY, "--data-root", str(tmp_path), "--out", str(out), "--workers", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert {r["dataset"] for r in _records(out)} == {"waterbirds", "cifar10"}
+    assert f"skipped (not present): pacs: missing folder {tmp_path / 'PACS'}" in result.stderr
+    assert "imagenet-r: missing folder" in result.stderr and "Source:" in result.stderr
+    assert "not evaluated: stl10" in (out / "leaderboard.md").read_text()
+
+
+def test_user_suite_file(data_root: Path, tmp_path: Path):
+    (tmp_path / "names.txt").write_text("red thing\ngreen thing\n")
+    folder = tmp_path / "mine"
+    from tests.imagegen import make_class_folders
+
+    make_class_folders(folder, ["r", "g"], per_class=2, size=(32, 32))
+    suite = tmp_path / "suite.toml"
+    suite.write_text(
+        'name = "my-suite"\n'
+        '[[datasets]]\nname = "waterbirds"\nmetrics = ["worst_group_acc", "macro_f1"]\nsplit = "val"\n'
+        '[[datasets]]\nname = "folder:mine"\nclassnames = "names.txt"\ntemplates = "single"\nmetrics = ["top1"]\n'
+    )
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["eval", "--suite", str(suite), "-m", TINY, "--data-root", str(data_root), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    records = _records(out)
+    got = {(r["dataset"], r["metric"], r.get("split")) for r in records if "[" not in r["metric"]}
+    assert got == {
+        ("waterbirds", "worst_group_acc", "val"),
+        ("waterbirds", "macro_f1", "val"),
+        (f"folder:{folder}", "top1", "test"),
+    }
+    assert all(r["suite"] == "my-suite" for r in records)
+
+
+def test_data_option_with_classnames_and_templates(tmp_path: Path):
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "mine", ["r", "g", "b"], per_class=2, size=(32, 32))
+    (tmp_path / "names.txt").write_text("red\ngreen\nblue\n")
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--data",
+            f"folder:{root}",
+            "--classnames",
+            str(tmp_path / "names.txt"),
+            "--templates",
+            "single",
+            "-m",
+            TINY,
+            "--format",
+            "json",
+            "--metric",
+            "top1",
+            "--metric",
+            "macro_f1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert {r["metric"] for r in records} == {"top1", "macro_f1"}
+    assert records[0]["num_classes"] == 3 and records[0]["templates"] == "single"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-m", TINY], "exactly one of --suite and --data"),
+        (["-m", TINY, "--suite", "group-shfit"], "Did you mean group-shift"),
+        (["-m", TINY, "--suite", "zero-shot", "--classnames", "x.txt"], "apply to --data"),
+        (["-m", TINY, "--data", "pacs", "--format", "xml"], "unknown format 'xml'"),
+        (["-m", TINY, "--data", "pacs", "--metric", "f2"], "unknown metric 'f2'"),
+        (["-m", TINY, "--data", "pacs", "--split", "train"], "dataset 'pacs' has no split 'train'"),
+    ],
+)
+def test_eval_usage_errors(args: list[str], message: str, tmp_path: Path):
+    result = runner.invoke(app, ["eval", *args, "--data-root", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+
+
+def test_missing_data_of_a_named_suite_is_an_error(tmp_path: Path):
+    LAYOUTS["pacs"](tmp_path)
+    result = runner.invoke(app, ["eval", "--suite", "group-shift", "-m", TINY, "--data-root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "2 dataset(s) of suite 'group-shift' are missing" in result.stderr
+    assert "--suite all" in result.stderr
+
+
+def test_evaluate_python_api(tiny, data_root: Path):
+    from starft_cli.eval import evaluate
+
+    frame = evaluate([tiny], "group-shift", data_root)
+    assert set(frame["dataset"]) == {"waterbirds", "pacs", "cifar10.02"}
+    assert frame.attrs["missing"] == []
+    with pytest.raises(UsageError, match="needs --data-root"):
+        evaluate([tiny], "group-shift", None)
+
+
+def test_cli_warns_about_skipped_images_and_strict_fails(tmp_path: Path):
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "f", ["cat", "dog"], per_class=2, size=(32, 32))
+    (root / "cat" / "0.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    args = ["eval", "--data", f"folder:{root}", "-m", TINY, "--workers", "0", "--out", str(tmp_path / "out")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "warning: starft-tiny:none on folder:" in result.stderr and "1 unreadable image(s) skipped" in result.stderr
+    assert "1 unreadable image(s) skipped" in (tmp_path / "out" / "leaderboard.md").read_text()
+    assert _records(tmp_path / "out")[0]["num_skipped"] == 1
+    strict = runner.invoke(app, [*args, "--strict"])
+    assert strict.exit_code == 1
+    assert "0.jpg" in strict.stderr and "without --strict" in strict.stderr
+
+
+def test_evaluation_checks_only_the_split_it_reads(tiny, tmp_path: Path):
+    from starft_cli.eval.runner import evaluate
+    from tests.layouts import make_imagenet
+
+    make_imagenet(tmp_path)
+    (tmp_path / "imagenet" / "train" / "not-a-wnid").mkdir()  # a broken training set does not block evaluation
+    frame = evaluate([tiny], _suite("imagenet", "val"), tmp_path, templates="single")
+    assert set(frame["dataset"]) == {"imagenet"}
+    from starft_cli.data.manage import check_dataset
+
+    assert not check_dataset("imagenet", tmp_path).ok  # `starft data check` still checks every split
+
+
+def _suite(dataset: str, split: str):
+    from starft_cli.eval.suites import Suite, SuiteEntry
+
+    return Suite("custom", (SuiteEntry(dataset, ("top1",), split=split),))
+
+
+def test_a_second_head_over_the_same_images_reuses_the_features(tiny, data_root: Path, starft_home: Path):
+    from starft_cli.eval.runner import evaluate
+
+    first = evaluate([tiny], _suite("pacs", "test"), data_root, templates="single")
+    second = evaluate([tiny], _suite("pacs", "test"), data_root, templates="ensemble")
+    assert len(list((starft_home / "cache" / "features").glob("*.safetensors"))) == 1  # computed once
+    assert len(list((starft_home / "cache" / "heads").glob("*.safetensors"))) == 2  # one head per template set
+    assert first["templates"].iloc[0] == "single" and second["templates"].iloc[0] == "ensemble"
+
+
+def test_reduced_scale_decoding_stays_close_to_full_decoding(tiny, tmp_path: Path):
+    """Large JPEGs are decoded at a reduced DCT scale (>= 2x the input size): features barely move."""
+    from starft_cli.data.registry import load_dataset
+    from starft_cli.eval.features import compute_features
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "big", ["a", "b"], per_class=2, size=(320, 256))
+    ds = load_dataset(f"folder:{root}")
+    fast = compute_features(tiny, ds, use_cache=False).features
+    full = compute_features(tiny, ds, use_cache=False, fast_decode=False).features
+    cosine = (fast * full).sum(dim=-1)
+    assert cosine.min().item() > 0.99

@@ -1,0 +1,99 @@
+"""Metrics on hand-made arrays, against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from starft_cli.eval import metrics as M
+
+# A fixed prediction table (8 samples, 3 classes, 3 groups); the expected values are worked out in comments.
+LABELS = [0, 0, 1, 1, 1, 2, 2, 0]
+PREDS = [0, 1, 1, 1, 0, 2, 0, 0]
+GROUPS = [0, 0, 0, 1, 1, 1, 2, 2]
+# correct:  1  0  1  1  0  1  0  1   -> 5 / 8
+
+
+def one_hot_logits(preds: list[int], classes: int) -> np.ndarray:
+    logits = np.zeros((len(preds), classes))
+    logits[np.arange(len(preds)), preds] = 1.0
+    return logits
+
+
+def test_top1_from_logits_and_preds():
+    assert M.top_k_accuracy(one_hot_logits(PREDS, 3), LABELS, 1) == pytest.approx(5 / 8)
+    assert M.accuracy(PREDS, LABELS) == pytest.approx(5 / 8)
+
+
+def test_top5_absent_with_fewer_than_five_classes():
+    assert M.top_k_accuracy(one_hot_logits(PREDS, 3), LABELS, 5) is None
+
+
+def test_top5_counts_labels_among_the_five_best():
+    # 6 classes; sample 0: label 5 ranks 6th (miss); sample 1: label 0 ranks 5th (hit)
+    logits = np.array([[6, 5, 4, 3, 2, 1], [2, 6, 5, 4, 3, 1]], dtype=float)
+    assert M.top_k_accuracy(logits, [5, 0], 5) == pytest.approx(0.5)
+    assert M.top_k_accuracy(logits, [5, 0], 1) == 0.0
+
+
+def test_mean_per_class_recall():
+    # class 0: 2/3, class 1: 2/3, class 2: 1/2
+    assert M.per_class_recall(PREDS, LABELS) == pytest.approx({0: 2 / 3, 1: 2 / 3, 2: 1 / 2})
+    assert M.mean_per_class_recall(PREDS, LABELS) == pytest.approx((2 / 3 + 2 / 3 + 1 / 2) / 3)
+
+
+def test_group_metrics_by_hand():
+    # group 0 = samples 0,1,2 -> 2/3; group 1 = samples 3,4,5 -> 2/3; group 2 = samples 6,7 -> 1/2
+    assert M.group_accuracies(PREDS, LABELS, GROUPS) == pytest.approx({0: 2 / 3, 1: 2 / 3, 2: 0.5})
+    assert M.worst_group_accuracy(PREDS, LABELS, GROUPS) == pytest.approx(0.5)
+    assert M.mean_group_accuracy(PREDS, LABELS, GROUPS) == pytest.approx((2 / 3 + 2 / 3 + 0.5) / 3)
+    assert M.worst_region_accuracy(PREDS, LABELS, GROUPS) == pytest.approx(0.5)
+    assert M.worst_region_accuracy(PREDS, LABELS, GROUPS, ignore=[2]) == pytest.approx(2 / 3)  # e.g. "Other"
+
+
+def test_groups_without_samples_do_not_count():
+    assert M.group_accuracies([1, 1], [1, 0], [3, 7]) == {3: 1.0, 7: 0.0}
+
+
+def test_macro_f1_by_hand():
+    # class 0: tp 2, fp 2, fn 1 -> 4/7; class 1: tp 2, fp 1, fn 1 -> 4/6; class 2: tp 1, fp 0, fn 1 -> 2/3
+    assert M.macro_f1(PREDS, LABELS) == pytest.approx((4 / 7 + 4 / 6 + 2 / 3) / 3)
+
+
+def test_macro_f1_over_true_classes_or_the_union():
+    # class 0: tp 1, fn 1 -> 2/3; class 1 never true, predicted once -> F1 0
+    assert M.macro_f1([0, 1], [0, 0]) == pytest.approx(2 / 3)  # WILDS: classes present in the labels
+    assert M.macro_f1([0, 1], [0, 0], over="union") == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_ece_by_hand():
+    # confidences 0.85, 0.85, 0.65, 0.65; correct: yes, no, yes, yes (two classes)
+    def row(p: float, first: bool) -> list[float]:
+        return [math.log(p), math.log(1 - p)] if first else [math.log(1 - p), math.log(p)]
+
+    logits = np.array([row(0.85, True), row(0.85, True), row(0.65, False), row(0.65, False)])
+    labels = [0, 1, 1, 1]
+    # bin (0.8, 0.9]: accuracy 0.5, confidence 0.85 -> 2/4 * 0.35; bin (0.6, 0.7]: 1.0 vs 0.65 -> 2/4 * 0.35
+    assert M.expected_calibration_error(logits, labels, n_bins=10) == pytest.approx(0.35)
+
+
+def test_ece_is_zero_for_a_perfectly_calibrated_certain_model():
+    logits = np.array([[50.0, 0.0], [0.0, 50.0]])
+    assert M.expected_calibration_error(logits, [0, 1]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_empty_inputs_give_none_not_nan():
+    empty = np.zeros((0, 3))
+    assert M.top_k_accuracy(empty, [], 1) is None
+    assert M.accuracy([], []) is None
+    assert M.mean_per_class_recall([], []) is None
+    assert M.worst_group_accuracy([], [], []) is None
+    assert M.macro_f1([], []) is None
+    assert M.expected_calibration_error(empty, []) is None
+
+
+def test_length_mismatch_is_an_error():
+    with pytest.raises(ValueError):
+        M.worst_group_accuracy([0, 1], [0], [0, 0])

@@ -1,0 +1,170 @@
+"""Result schema, merging, leaderboards, plots and `starft report`, on hand-made records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from starft_cli.cli.app import app
+from starft_cli.errors import DataError, UsageError
+from starft_cli.reports import load_results, merge_records, write_report
+from starft_cli.reports.tables import leaderboard, render
+
+runner = CliRunner()
+
+
+def rec(model: str, dataset: str, metric: str, value: float, **extra) -> dict:
+    return {"model": model, "dataset": dataset, "split": "test", "metric": metric, "value": value, **extra}
+
+
+DOMAIN = [
+    rec("zs", "imagenet", "top1", 0.70),
+    rec("zs", "imagenet-v2", "top1", 0.60),
+    rec("zs", "imagenet-r", "top1", 0.80),
+    rec("zs", "imagenet-a", "top1", 0.40),
+    rec("zs", "imagenet-sketch", "top1", 0.50),
+    rec("ft", "imagenet", "top1", 0.80),
+    rec("ft", "imagenet-v2", "top1", 0.70),
+    rec("ft", "imagenet-r", "top1", 0.70),
+    rec("ft", "imagenet-a", "top1", 0.30),
+    rec("ft", "imagenet-sketch", "top1", 0.50),
+]
+GROUPS = [
+    rec("zs", "waterbirds", "top1", 0.90, num_skipped=2),
+    rec("zs", "waterbirds", "worst_group_acc", 0.40, num_skipped=2),
+    rec("zs", "waterbirds", "group_acc[landbird on land]", 0.95),
+    rec("zs", "waterbirds", "group_acc[waterbird on land]", 0.40),
+    rec("ft", "waterbirds", "top1", 0.93),
+    rec("ft", "waterbirds", "worst_group_acc", 0.55),
+    rec("ft", "waterbirds", "group_acc[landbird on land]", 0.97),
+    rec("ft", "waterbirds", "group_acc[waterbird on land]", 0.55),
+]
+
+
+def write(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_merge_replaces_only_identical_keys():
+    old = [rec("a", "pacs", "top1", 0.1), rec("a", "pacs", "ece", 0.2), rec("b", "pacs", "top1", 0.3)]
+    new = [rec("a", "pacs", "top1", 0.9), rec("a", "waterbirds", "top1", 0.5)]
+    merged = merge_records(old, new)
+    assert [(r["model"], r["dataset"], r["metric"], r["value"]) for r in merged] == [
+        ("a", "pacs", "top1", 0.9),
+        ("a", "pacs", "ece", 0.2),
+        ("b", "pacs", "top1", 0.3),
+        ("a", "waterbirds", "top1", 0.5),
+    ]
+
+
+def test_avg_ood_and_deltas_by_hand(tmp_path: Path):
+    frame = load_results([write(tmp_path / "r.json", DOMAIN)])
+    board = leaderboard(frame)
+    # zs: (0.6 + 0.8 + 0.4 + 0.5) / 4 = 0.575; ft: (0.7 + 0.7 + 0.3 + 0.5) / 4 = 0.55
+    assert board.loc["zs", "avg OOD top1"] == pytest.approx(0.575)
+    assert board.loc["ft", "avg OOD top1"] == pytest.approx(0.55)
+    deltas = board.attrs["deltas"]
+    assert deltas.loc["ft", "imagenet top1"] == pytest.approx(0.10)
+    assert deltas.loc["ft", "avg OOD top1"] == pytest.approx(-0.025)
+    other = leaderboard(frame, baseline="ft")
+    assert other.attrs["deltas"].loc["zs", "imagenet top1"] == pytest.approx(-0.10)
+    with pytest.raises(UsageError, match="baseline 'nope'"):
+        leaderboard(frame, baseline="nope")
+
+
+def test_avg_ood_absent_without_all_four_shifts(tmp_path: Path):
+    frame = load_results([write(tmp_path / "r.json", [r for r in DOMAIN if r["dataset"] != "imagenet-a"])])
+    assert "avg OOD top1" not in leaderboard(frame).columns
+
+
+def test_renderers(tmp_path: Path):
+    frame = load_results([write(tmp_path / "r.json", DOMAIN + GROUPS)])
+    table = render(frame, "table")
+    assert "ft" in table and "80.00 (+10.00)" in table and "(-2.50)" in table
+    zs_row = next(line for line in table.splitlines() if line.startswith("zs "))
+    assert zs_row.split()[1:3] == ["70.00", "60.00"]  # two decimals even without a delta
+    assert "group_acc[" not in table  # per-group values stay in results.json and the plot
+    assert "zs on waterbirds: 2 unreadable image(s) skipped" in table
+    md = render(frame, "md")
+    assert md.startswith("| model") and "| ft " in md
+    csv_text = render(frame, "csv")
+    header, first, second = csv_text.splitlines()[:3]
+    assert header.split(",")[:2] == ["model", "imagenet top1"]
+    assert "imagenet top1 delta" in header
+    assert first.startswith("zs,0.700000") and second.startswith("ft,0.800000")
+    records = json.loads(render(frame, "json"))
+    assert len(records) == len(DOMAIN + GROUPS)
+
+
+def test_strict_json_and_required_fields(tmp_path: Path):
+    (tmp_path / "nan.json").write_text('[{"model": "a", "dataset": "d", "metric": "top1", "value": NaN}]')
+    with pytest.raises(DataError, match="strict JSON"):
+        load_results([tmp_path / "nan.json"])
+    write(tmp_path / "nokey.json", [{"model": "a", "metric": "top1", "value": 0.5}])
+    with pytest.raises(DataError, match="lacks dataset"):
+        load_results([tmp_path / "nokey.json"])
+
+
+def test_write_report_merges_with_existing_results(tmp_path: Path):
+    import pandas as pd
+
+    first = write_report(tmp_path, pd.DataFrame(GROUPS[:4]))
+    assert (first["added"], first["replaced"]) == (4, 0)
+    changed = [dict(GROUPS[0], value=0.5), *GROUPS[4:]]
+    second = write_report(tmp_path, pd.DataFrame(changed))
+    assert (second["added"], second["replaced"]) == (4, 1)
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert len(stored) == 8
+    assert next(r for r in stored if r["model"] == "zs" and r["metric"] == "top1")["value"] == 0.5
+    assert "num_skipped" not in next(r for r in stored if r["metric"] == "group_acc[landbird on land]")  # no NaN fill
+    assert (tmp_path / "leaderboard.md").read_text().count("\n| ") == 2  # the two model rows
+
+
+def test_plot_writes_a_png(tmp_path: Path):
+    pytest.importorskip("matplotlib", reason="plots need the optional matplotlib extra")
+    from starft_cli.reports.plots import plot
+
+    frame = load_results([write(tmp_path / "r.json", DOMAIN + GROUPS)])
+    path = plot(frame, tmp_path / "p.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    only_groups = load_results([write(tmp_path / "g.json", GROUPS)])
+    assert plot(only_groups, tmp_path / "g.png").stat().st_size > 1000
+    with pytest.raises(UsageError, match="PNG"):
+        plot(frame, tmp_path / "p.jpg")
+
+
+def test_cli_report_merges_runs_with_baseline_and_plot(tmp_path: Path):
+    a = write(tmp_path / "run1" / "eval" / "results.json", DOMAIN)
+    b = write(tmp_path / "two.json", GROUPS)
+    result = runner.invoke(app, ["report", str(tmp_path / "run1"), str(b), "--baseline", "ft", "--format", "md"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "| zs " in result.stdout and "70.00 (-10.00)" in result.stdout and "waterbirds worst_group_acc" in result.stdout
+    )
+    out, png = tmp_path / "board.csv", tmp_path / "board.png"
+    args = ["report", str(a), str(b), "--format", "csv", "--out", str(out), "--plot", str(png)]
+    assert runner.invoke(app, args).exit_code == 0
+    assert out.read_text().startswith("model,") and png.stat().st_size > 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "exists" in again.stderr and "--force" in again.stderr
+    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
+
+
+def test_cli_report_errors(tmp_path: Path):
+    result = runner.invoke(app, ["report", str(tmp_path / "none.json")])
+    assert result.exit_code == 1 and "no such results file" in result.stderr
+    write(tmp_path / "r.json", DOMAIN)
+    bad = runner.invoke(app, ["report", str(tmp_path / "r.json"), "--baseline", "x"])
+    assert bad.exit_code == 2 and "baseline 'x'" in bad.stderr
+
+
+def test_a_dataset_on_two_splits_gets_a_column_per_split(tmp_path: Path):
+    records = [rec("zs", "waterbirds", "top1", 0.9), {**rec("zs", "waterbirds", "top1", 0.8), "split": "val"}]
+    board = leaderboard(load_results([write(tmp_path / "r.json", records)]))
+    assert list(board.columns) == ["waterbirds[test] top1", "waterbirds[val] top1"]
+    assert board.loc["zs"].tolist() == [0.9, 0.8]
