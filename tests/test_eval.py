@@ -134,9 +134,11 @@ def test_layout_is_checked_before_any_model_is_loaded(tmp_path: Path):
     model = str(tmp_path / "broken.safetensors")
     result = runner.invoke(app, ["eval", "--suite", "group-shift", "-m", model, "--data-root", str(tmp_path)])
     assert result.exit_code == 1
-    assert "waterbirds: missing" in result.stderr and "metadata.csv" in result.stderr
-    assert "pacs: missing folder" in result.stderr  # every missing dataset is named, with where it belongs
-    assert "weights" not in result.stderr.split("Layout")[0]
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "waterbirds (missing" in result.stderr and "metadata.csv" in result.stderr
+    assert "pacs (missing folder" in result.stderr  # every missing dataset is named, with where it belongs
+    assert "starft data check NAME" in result.stderr
+    assert "weights" not in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -44,6 +44,12 @@ class Plan:
     suite: Suite
     datasets: list[PreparedDataset] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # one line per missing dataset: what, where, how
+    missing_short: list[str] = field(default_factory=list)  # the same, as "name (problem)"
+
+
+def _add_missing(plan: Plan, entry: SuiteEntry, data_root: str | Path | None, problem: str) -> None:
+    plan.missing.append(_missing_line(entry, data_root, problem))
+    plan.missing_short.append(f"{entry.dataset} ({problem})")
 
 
 def _missing_line(entry: SuiteEntry, data_root: str | Path | None, problem: str) -> str:
@@ -85,7 +91,7 @@ def plan(
                 )
             report = check_dataset(entry.dataset, data_root, splits=(split,))
             if not report.ok:
-                result.missing.append(_missing_line(entry, data_root, report.problems[0]))
+                _add_missing(result, entry, data_root, report.problems[0])
                 continue
         else:
             split = entry.split or "test"
@@ -98,24 +104,26 @@ def plan(
                 )
         except DataError as exc:
             if registered:
-                result.missing.append(_missing_line(entry, data_root, exc.message))
+                _add_missing(result, entry, data_root, exc.message)
                 continue
             raise
         if len(ds) == 0:
-            result.missing.append(_missing_line(entry, data_root, f"the '{split}' split holds no images"))
+            _add_missing(result, entry, data_root, f"the '{split}' split holds no images")
             continue
         name = entry.templates or templates or ds.templates
         result.datasets.append(PreparedDataset(entry, ds, split, load_templates(name), Path(str(name)).name))
     if result.missing and not skip_missing:
         raise DataError(
             f"{len(result.missing)} dataset(s) of suite '{suite.name}' are missing or broken: "
-            + " | ".join(result.missing),
-            "Fix the layout (`starft data check NAME --data-root DIR`) or run `--suite all` to skip missing ones",
+            + "; ".join(result.missing_short),
+            "`starft data check NAME --data-root DIR` shows each one's layout and source; `--skip-missing` (or "
+            "`--suite all`) runs the datasets that are present",
         )
     if not result.datasets:
         raise DataError(
             f"no dataset of suite '{suite.name}' is present under {data_root}",
-            "`starft data list` shows where each should be; " + " | ".join(result.missing),
+            "`starft data list` shows where each should be and `starft data check NAME --data-root DIR` what is "
+            "wrong with one",
         )
     return result
 
