@@ -10,11 +10,30 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
+    # models and zero-shot classification
     "load_model": "starft_cli.models",
     "parse_model_ref": "starft_cli.models",
     "save_checkpoint": "starft_cli.models",
     "zero_shot_head": "starft_cli.zeroshot",
     "classify": "starft_cli.zeroshot",
+    # evaluation, metrics, reports
+    "evaluate": "starft_cli.eval.runner",
+    "load_results": "starft_cli.reports",
+    "top_k_accuracy": "starft_cli.eval.metrics",
+    "accuracy": "starft_cli.eval.metrics",
+    "per_class_recall": "starft_cli.eval.metrics",
+    "mean_per_class_recall": "starft_cli.eval.metrics",
+    "group_accuracies": "starft_cli.eval.metrics",
+    "worst_group_accuracy": "starft_cli.eval.metrics",
+    "mean_group_accuracy": "starft_cli.eval.metrics",
+    "macro_f1": "starft_cli.eval.metrics",
+    "worst_region_accuracy": "starft_cli.eval.metrics",
+    "expected_calibration_error": "starft_cli.eval.metrics",
+    # datasets
+    "load_dataset": "starft_cli.data.registry",
+    "list_datasets": "starft_cli.data.registry",
+    "register_dataset": "starft_cli.data.registry",
+    # errors
     "StarftError": "starft_cli.errors",
 }
 

@@ -206,3 +206,12 @@ def test_core_warnings_reach_stderr_as_one_line(runner: CliRunner, images: list[
     result = runner.invoke(app, ["classify", str(images[0]), "-l", "a,b", "--templates", str(templates), *TINY])
     assert result.exit_code == 0, result.output
     assert "warning: " in result.stderr and "duplicate template" in result.stderr
+
+
+def test_public_api_names_resolve() -> None:
+    import starft_cli
+
+    for name in starft_cli.__all__:
+        assert getattr(starft_cli, name) is not None, name
+    with pytest.raises(AttributeError):
+        starft_cli.no_such_name  # noqa: B018
