@@ -214,4 +214,4 @@ def test_public_api_names_resolve() -> None:
     for name in starft_cli.__all__:
         assert getattr(starft_cli, name) is not None, name
     with pytest.raises(AttributeError):
-        starft_cli.no_such_name  # noqa: B018
+        starft_cli.no_such_name
