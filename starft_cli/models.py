@@ -35,6 +35,15 @@ from starft_cli.errors import (
     WrongArchitectureError,
 )
 from starft_cli.paths import atomic_path, atomic_write_text
+from starft_cli.pretrained import (
+    PAPER_DEFAULT_TAG,
+    fetch_pretrained,
+    hub_cache_dir,
+    list_architectures,
+    pretrained_cfg,
+    register_builtin_configs,
+    short_error,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -46,42 +55,6 @@ CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
 HF_WEIGHT_CANDIDATES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 RANDOM_TAGS = ("none", "random", "scratch")
-
-# The paper's weights: LAION-400M, as published through open_clip's pretrained registry.
-PAPER_DEFAULT_TAG = "laion400m_e31"
-# Project-registered pretrained tags (arch, tag) -> open_clip pretrained config dict.
-_PROJECT_PRETRAINED: dict[tuple[str, str], dict[str, Any]] = {}
-_CONFIGS_REGISTERED = False
-
-
-def register_builtin_configs() -> None:
-    """Register the project's tiny architectures (``starft-tiny``, ``starft-small``) with open_clip."""
-    global _CONFIGS_REGISTERED
-    if _CONFIGS_REGISTERED:
-        return
-    import open_clip
-
-    open_clip.add_model_config(Path(__file__).parent / "model_configs")
-    _CONFIGS_REGISTERED = True
-
-
-def register_pretrained(arch: str, tag: str, *, hf_hub: str = "", url: str = "", **extra: Any) -> None:
-    """Register a pretrained tag for an architecture, in open_clip's pretrained-config form.
-
-    ``hf_hub`` is ``org/repo/`` (default weights file) or ``org/repo/filename``. The weights are then
-    fetched by open_clip's own download code, exactly as for ``laion400m_e31``.
-    """
-    if not hf_hub and not url:
-        raise ValueError("register_pretrained needs hf_hub= or url=")
-    _PROJECT_PRETRAINED[(arch, tag)] = {"hf_hub": hf_hub, "url": url, **extra}
-
-
-def list_architectures() -> list[str]:
-    register_builtin_configs()
-    import open_clip
-
-    return list(open_clip.list_models())
-
 
 # ----------------------------------------------------------------------------------------------
 # Parsing
@@ -262,13 +235,6 @@ def load(
     return loaded
 
 
-def pretrained_cfg(arch: str, tag: str) -> dict[str, Any] | None:
-    """open_clip's pretrained config of ``arch:tag`` (or one registered with :func:`register_pretrained`)."""
-    import open_clip
-
-    return _PROJECT_PRETRAINED.get((arch, tag)) or open_clip.get_pretrained_cfg(arch, tag) or None
-
-
 def _load_pretrained(ref: ModelRef, seed: int) -> LoadedModel:
     import open_clip
 
@@ -298,36 +264,6 @@ def _load_pretrained(ref: ModelRef, seed: int) -> LoadedModel:
     return loaded
 
 
-def _hub_cache_dir() -> str:
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
-
-
-def fetch_pretrained(arch: str, tag: str, cfg: Mapping[str, Any]) -> Path:
-    """Fetch (or find in the local cache) the weights of a pretrained tag with open_clip's downloader."""
-    import open_clip
-
-    where = cfg.get("hf_hub") or cfg.get("url") or "?"
-    try:
-        path = open_clip.download_pretrained(dict(cfg))
-    except Exception as exc:  # open_clip wraps hub and network errors in several types
-        raise WeightsUnavailableError(
-            f"weights for {arch}:{tag} ({where}) are not in the local cache ({_hub_cache_dir()}) and could "
-            f"not be downloaded ({_short(exc)})",
-            "Run the command once on a connected machine and copy its Hugging Face cache here (or point HF_HOME "
-            "at a cache that has them); HF_HUB_OFFLINE=1 makes every run use only the cache",
-        ) from exc
-    if not path:
-        raise WeightsUnavailableError(f"no download source for {arch}:{tag}")
-    return Path(path)
-
-
-def _short(exc: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _download_hf_repo(ref: ModelRef) -> Path:
     """Download ``open_clip_config.json`` and the weights of a Hub repo; return the snapshot folder."""
     from huggingface_hub import hf_hub_download
@@ -350,7 +286,7 @@ def _download_hf_repo(ref: ModelRef) -> Path:
             )
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise ModelNotFoundError(
-            f"Hub repo {where} not found ({_short(exc)})", "Check the repo name and revision"
+            f"Hub repo {where} not found ({short_error(exc)})", "Check the repo name and revision"
         ) from exc
     except EntryNotFoundError as exc:
         raise ModelNotFoundError(
@@ -360,7 +296,8 @@ def _download_hf_repo(ref: ModelRef) -> Path:
         raise
     except Exception as exc:
         raise WeightsUnavailableError(
-            f"model {where} is not in the local cache ({_hub_cache_dir()}) and could not be downloaded ({_short(exc)})",
+            f"model {where} is not in the local cache ({hub_cache_dir()}) and could not be downloaded "
+            f"({short_error(exc)})",
             "Run the command once on a connected machine and copy its Hugging Face cache here (or point HF_HOME "
             "at a cache that has them); HF_HUB_OFFLINE=1 makes every run use only the cache",
         ) from exc
@@ -398,7 +335,7 @@ def _read_config(directory: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"unreadable {path} ({_short(exc)})", "Fix or remove the file") from exc
+        raise CheckpointError(f"unreadable {path} ({short_error(exc)})", "Fix or remove the file") from exc
     if not isinstance(data, dict) or "model_cfg" not in data:
         raise CheckpointError(f"{path} has no 'model_cfg'", "Write it with starft or open_clip's push_to_hf_hub")
     return data
@@ -494,7 +431,7 @@ def _build_from_config(ref: ModelRef, config: Mapping[str, Any], *, seed: int, s
         try:
             model = _quiet(_create_from_cfg, model_cfg, preprocess_cfg)
         except (TypeError, KeyError, ValueError) as exc:
-            raise CheckpointError(f"invalid model_cfg in {CONFIG_NAME} ({_short(exc)})") from exc
+            raise CheckpointError(f"invalid model_cfg in {CONFIG_NAME} ({short_error(exc)})") from exc
     tokenizer = _tokenizer_for_cfg(model_cfg)
     arch = config.get("arch") if isinstance(config.get("arch"), str) else None
     loaded = _finish(ref, model, tokenizer, model_cfg, arch=arch, source=source)
@@ -585,7 +522,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
-            f"cannot read weights from {path} ({_short(exc)})",
+            f"cannot read weights from {path} ({short_error(exc)})",
             "Use a safetensors file or a torch file that holds only tensors (no pickled objects)",
         ) from exc
     if isinstance(data, Mapping):

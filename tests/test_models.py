@@ -186,7 +186,8 @@ def test_pretrained_tag_loads_offline_from_the_hf_cache(tmp_path: Path, tiny) ->
     hf_home = tmp_path / "hf"
     _write_hf_cache(hf_home, "starft-test/tiny-weights", {"open_clip_model.safetensors": source / WEIGHTS_NAME})
     code = (
-        "from starft_cli.models import register_pretrained, load\n"
+        "from starft_cli.pretrained import register_pretrained\n"
+        "from starft_cli.models import load\n"
         "register_pretrained('starft-tiny', 'cached', hf_hub='starft-test/tiny-weights/')\n"
         "print(load('starft-tiny:cached').fingerprint)\n"
     )

@@ -20,6 +20,7 @@ from typing import Any
 
 from starft_cli.errors import ChecksumError, WeightsUnavailableError, ZooError
 from starft_cli.paths import atomic_path, atomic_write_text, cache_dir
+from starft_cli.pretrained import short_error
 from starft_cli.zoo.manifest import ZooEntry
 
 logger = logging.getLogger(__name__)
@@ -67,11 +68,6 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _short(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _offline_hint(name: str) -> str:
@@ -158,7 +154,7 @@ def _url_cache_path(entry: ZooEntry) -> Path:
 
 def _open_clip_cfg(entry: ZooEntry) -> dict[str, Any]:
     from starft_cli.errors import ModelNotFoundError
-    from starft_cli.models import pretrained_cfg, register_builtin_configs
+    from starft_cli.pretrained import pretrained_cfg, register_builtin_configs
 
     register_builtin_configs()
     cfg = pretrained_cfg(entry.arch, str(entry.source.tag))
@@ -255,7 +251,7 @@ def _fetch_hub(entry: ZooEntry, *, revision: str | None, tqdm_class: Any) -> Pat
     except LocalEntryNotFoundError as exc:
         raise WeightsUnavailableError(
             f"zoo model '{entry.name}' is not in the local cache ({hub_cache()}) and could not be downloaded "
-            f"from {where}" + (" (HF_HUB_OFFLINE is set)" if offline() else f" ({_short(exc.__cause__ or exc)})"),
+            f"from {where}" + (" (HF_HUB_OFFLINE is set)" if offline() else f" ({short_error(exc.__cause__ or exc)})"),
             _offline_hint(entry.name),
         ) from exc
     except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError) as exc:
@@ -276,18 +272,18 @@ def _fetch_hub(entry: ZooEntry, *, revision: str | None, tqdm_class: Any) -> Pat
                 "The repository is private or gated: log in with `hf auth login` (or set HF_TOKEN)",
             ) from exc
         raise WeightsUnavailableError(
-            f"download of zoo model '{entry.name}' from {where} failed ({_short(exc)})",
+            f"download of zoo model '{entry.name}' from {where} failed ({short_error(exc)})",
             f"Run `starft zoo download {entry.name}` again; no partial file was kept in the cache",
         ) from exc
     except (OSError, ValueError) as exc:
         # Interrupted beyond huggingface_hub's retries, size mismatch: nothing partial is kept.
         raise WeightsUnavailableError(
-            f"download of zoo model '{entry.name}' from {where} failed ({_short(exc)})",
+            f"download of zoo model '{entry.name}' from {where} failed ({short_error(exc)})",
             f"Run `starft zoo download {entry.name}` again; no partial file was kept in the cache",
         ) from exc
     except Exception as exc:  # httpx transport errors are not OSErrors
         raise WeightsUnavailableError(
-            f"download of zoo model '{entry.name}' from {where} failed ({type(exc).__name__}: {_short(exc)})",
+            f"download of zoo model '{entry.name}' from {where} failed ({type(exc).__name__}: {short_error(exc)})",
             f"Run `starft zoo download {entry.name}` again; no partial file was kept in the cache",
         ) from exc
 
@@ -308,14 +304,14 @@ def _fetch_url(entry: ZooEntry, *, tqdm_class: Any) -> Path:
             http_get(str(entry.source.url), handle, displayed_filename=target.name, tqdm_class=tqdm_class)
     except Exception as exc:
         raise WeightsUnavailableError(
-            f"download of zoo model '{entry.name}' from {entry.source.url} failed ({_short(exc)})",
+            f"download of zoo model '{entry.name}' from {entry.source.url} failed ({short_error(exc)})",
             f"Run `starft zoo download {entry.name}` again; no partial file was kept in the cache",
         ) from exc
     return target
 
 
 def _fetch_open_clip(entry: ZooEntry) -> Path:
-    from starft_cli.models import fetch_pretrained
+    from starft_cli.pretrained import fetch_pretrained
 
     cfg = _open_clip_cfg(entry)
     if offline():
@@ -339,7 +335,7 @@ def _check_arch(entry: ZooEntry) -> None:
     import difflib
 
     from starft_cli.errors import ModelNotFoundError
-    from starft_cli.models import list_architectures
+    from starft_cli.pretrained import list_architectures
 
     archs = list_architectures()
     if entry.arch not in archs:
