@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import pickle
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -170,53 +168,20 @@ def make_caltech101(
     return root
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# A minimal MATLAB level-5 writer (numeric double arrays, char rows, cell rows of chars, struct rows)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _element(kind: int, payload: bytes) -> bytes:
-    return struct.pack("<II", kind, len(payload)) + payload + b"\0" * (-len(payload) % 8)
-
-
-def _matrix(name: str, value: Any) -> bytes:
-    if isinstance(value, str):
-        mx, dims = 4, (1, len(value))
-        body = _element(4, np.array([ord(ch) for ch in value], dtype="<u2").tobytes())
-    elif isinstance(value, list) and value and isinstance(value[0], dict):
-        mx, dims = 2, (1, len(value))
-        fields = list(value[0])
-        length = 32
-        body = _element(5, struct.pack("<i", length))
-        body += _element(1, b"".join(f.encode().ljust(length, b"\0") for f in fields))
-        for record in value:
-            for f in fields:
-                body += _element(14, _matrix("", record[f]))
-    elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        mx, dims = 1, (1, len(value))
-        body = b"".join(_element(14, _matrix("", v)) for v in value)
-    else:
-        array = np.atleast_2d(np.asarray(value, dtype="<f8"))
-        mx, dims = 6, array.shape
-        body = _element(9, array.tobytes(order="F"))
-    head = _element(6, struct.pack("<II", mx, 0)) + _element(5, np.array(dims, dtype="<i4").tobytes())
-    head += _element(1, name.encode())
-    return head + body
-
-
 def write_mat(path: Path, variables: dict[str, Any], compress: bool = False) -> Path:
-    header = b"MATLAB 5.0 MAT-file, written by the starft tests".ljust(116, b" ") + b"\0" * 8
-    header += struct.pack("<H", 0x0100) + b"IM"
-    body = b""
-    for name, value in variables.items():
-        element = _element(14, _matrix(name, value))
-        if compress:
-            packed = zlib.compress(element)
-            element = struct.pack("<II", 15, len(packed)) + packed
-        body += element
+    """A MATLAB 5 file: numpy arrays as matrices, object arrays of str as cell arrays, structured arrays as structs."""
+    from scipy.io import savemat
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(header + body)
+    savemat(path, variables, do_compression=compress)
     return path
+
+
+def cars_annotations(fnames: list[str], classes: list[int]) -> np.ndarray:
+    """A 1xN struct array like the Stanford Cars annotation files (bounding box, 1-based class, file name)."""
+    fields = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
+    rows = [(1.0, 1.0, 30.0, 30.0, float(c), f) for f, c in zip(fnames, classes, strict=True)]
+    return np.array(rows, dtype=[(f, object) for f in fields]).reshape(1, -1)
 
 
 def make_flowers102(data_root: Path, classes: int = 3, per_split: int = 2) -> Path:
@@ -231,34 +196,25 @@ def make_flowers102(data_root: Path, classes: int = 3, per_split: int = 2) -> Pa
                 labels.append(c + 1)
                 setid[key].append(image_id)
                 image_id += 1
-    write_mat(root / "imagelabels.mat", {"labels": [labels]}, compress=True)
-    write_mat(root / "setid.mat", {k: [v] for k, v in setid.items()})
+    write_mat(root / "imagelabels.mat", {"labels": np.array([labels], dtype=float)}, compress=True)
+    write_mat(root / "setid.mat", {k: np.array([v], dtype=float) for k, v in setid.items()})
     return root
 
 
 def make_stanford_cars(data_root: Path, per_class: int = 2) -> Path:
     root = data_root / "stanford_cars"
     classes = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Audi TT RS Coupe 2012"]
-    write_mat(root / "devkit" / "cars_meta.mat", {"class_names": classes})
+    write_mat(root / "devkit" / "cars_meta.mat", {"class_names": np.array([classes], dtype=object)})
     for k, (split, annos) in enumerate(
         (("train", root / "devkit" / "cars_train_annos.mat"), ("test", root / "cars_test_annos_withlabels.mat"))
     ):
-        records = []
+        fnames, labels = [], []
         for c in range(len(classes)):
             for i in range(per_class):
-                fname = f"{c * per_class + i + 1:05d}.jpg"
-                _img(root / f"cars_{split}" / fname, 800 + 50 * k + 10 * c + i, c)
-                records.append(
-                    {
-                        "bbox_x1": 1.0,
-                        "bbox_y1": 1.0,
-                        "bbox_x2": 30.0,
-                        "bbox_y2": 30.0,
-                        "class": float(c + 1),
-                        "fname": fname,
-                    }
-                )
-        write_mat(annos, {"annotations": records}, compress=k == 1)
+                fnames.append(f"{c * per_class + i + 1:05d}.jpg")
+                labels.append(c + 1)
+                _img(root / f"cars_{split}" / fnames[-1], 800 + 50 * k + 10 * c + i, c)
+        write_mat(annos, {"annotations": cars_annotations(fnames, labels)}, compress=k == 1)
     return root
 
 

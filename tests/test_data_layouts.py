@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from starft_cli.cli.app import app
 from starft_cli.data.registry import list_datasets, load_dataset
 from starft_cli.errors import DataError
-from tests.layouts import LAYOUTS, write_mat
+from tests.layouts import LAYOUTS, cars_annotations, write_mat
 
 runner = CliRunner()
 
@@ -196,27 +196,28 @@ def test_official_cifar_files_go_through_torchvision(tmp_path: Path, monkeypatch
     assert np.array_equal(np.asarray(ours.get_image(0)), images[0])
 
 
-def test_mat_reader_reads_numeric_char_cell_and_struct(tmp_path: Path):
-    from starft_cli.data.matfile import load_mat
+def test_mat_labels_map_to_zero_based_classes_and_bad_files_are_named(tmp_path: Path):
+    from starft_cli.data.manage import check_dataset
 
-    path = write_mat(
-        tmp_path / "x.mat",
-        {
-            "labels": [[3, 1, 2]],
-            "names": ["alpha", "beta"],
-            "annos": [{"class": 2.0, "fname": "a.jpg"}, {"class": 1.0, "fname": "b.jpg"}],
-            "scalar": 7,
-        },
-        compress=True,
-    )
-    data = load_mat(path)
-    assert data["labels"].tolist() == [3, 1, 2]
-    assert data["names"] == ["alpha", "beta"]
-    assert data["annos"] == [{"class": 2.0, "fname": "a.jpg"}, {"class": 1.0, "fname": "b.jpg"}]
-    assert data["scalar"] == 7
-    (tmp_path / "bad.mat").write_bytes(b"not a mat file")
-    with pytest.raises(DataError, match="not a MATLAB 5"):
-        load_mat(tmp_path / "bad.mat")
+    root = LAYOUTS["stanford-cars"](tmp_path)
+    # one annotation only: MATLAB stores a 1x1 struct, which loads as a scalar
+    write_mat(root / "cars_test_annos_withlabels.mat", {"annotations": cars_annotations(["00005.jpg"], [3])})
+    cars = load_dataset("stanford-cars", tmp_path, "test")
+    assert [p.name for p in cars.paths] == ["00005.jpg"] and cars.labels == [2]
+    assert cars.classnames[2] == "Audi TT RS Coupe 2012"
+    assert load_dataset("stanford-cars", tmp_path, "train").labels == [0, 0, 1, 1, 2, 2]
+
+    flowers = LAYOUTS["flowers102"](tmp_path)
+    write_mat(flowers / "setid.mat", {"trnid": np.array([[1.0, 3.0]]), "valid": np.array([[7.0]]), "tstid": 18.0})
+    assert load_dataset("flowers102", tmp_path, "val").paths == [flowers / "jpg" / "image_00007.jpg"]
+    assert load_dataset("flowers102", tmp_path, "val").labels == [0]
+    assert load_dataset("flowers102", tmp_path, "test").labels == [2]  # imagelabels.mat holds 1..3
+
+    write_mat(flowers / "setid.mat", {"trnid": np.array([[1.0]]), "valid": np.array([[2.0]])})
+    assert any("setid.mat has no variable 'tstid'" in p for p in check_dataset("flowers102", tmp_path).problems)
+    (root / "devkit" / "cars_meta.mat").write_bytes(b"not a mat file")
+    problems = check_dataset("stanford-cars", tmp_path).problems
+    assert len(problems) == 1 and problems[0].startswith(f"cannot read {root / 'devkit' / 'cars_meta.mat'}")
 
 
 def test_caltech_train_and_test_splits_partition_the_images(tmp_path: Path):

@@ -110,16 +110,6 @@ def _tv_download(cls_name: str, **kwargs: Any) -> Callable[[Path], None]:
     return run
 
 
-def _flowers_download(data_root: Path) -> None:
-    from torchvision.datasets import Flowers102
-
-    # torchvision's constructor reads the labels with scipy after downloading; only its download step is needed
-    reader = object.__new__(Flowers102)
-    reader._base_folder = data_root / "flowers-102"
-    reader._images_folder = reader._base_folder / "jpg"
-    reader.download()
-
-
 def _imagenet_v2_download(data_root: Path) -> None:
     from huggingface_hub import hf_hub_download
     from torchvision.datasets.utils import extract_archive
@@ -134,7 +124,7 @@ DOWNLOADERS: dict[str, Callable[[Path], None]] = {
     "cifar100": _tv_download("CIFAR100", train=False),
     "stl10": _tv_download("STL10", split="test"),
     "caltech101": _tv_download("Caltech101"),
-    "flowers102": _flowers_download,
+    "flowers102": _tv_download("Flowers102", split="test"),
 }
 
 

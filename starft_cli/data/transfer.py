@@ -1,20 +1,19 @@
 """Transfer benchmarks: Caltech101 (class folders), Flowers102 and Stanford Cars (MATLAB label files).
 
-Caltech101's index is built by torchvision's Caltech101 reader (its images are then opened by us, since its
-``__getitem__`` imports scipy even for class labels). Flowers102 and Stanford Cars keep labels in ``.mat``
-files: torchvision reads them with scipy when scipy is installed and the files are the official ones (md5
-checked where torchvision knows the sums); otherwise :mod:`starft_cli.data.matfile` reads them.
+Caltech101's index is built by torchvision's Caltech101 reader; its images are opened by our FileImageDataset.
+Flowers102 and Stanford Cars keep labels in ``.mat`` files, read here with ``scipy.io.loadmat`` (as torchvision's
+readers do), so that a malformed file becomes a ``check`` problem rather than a traceback.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+
+import numpy as np
 
 from starft_cli.data.base import CheckReport, FileImageDataset
 from starft_cli.data.checks import asset_lines, asset_table, count_into, require_files
-from starft_cli.data.matfile import load_mat
 from starft_cli.data.registry import register_dataset
 from starft_cli.errors import DataError
 
@@ -23,14 +22,6 @@ logger = logging.getLogger(__name__)
 CALTECH_IMAGES = "101_ObjectCategories"
 CALTECH_BACKGROUND = "BACKGROUND_Google"
 CALTECH_TRAIN_PER_CLASS = 30
-
-
-def _scipy_available() -> bool:
-    try:
-        import scipy.io  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @register_dataset(
@@ -99,35 +90,27 @@ FLOWERS_FOLDER = "flowers-102"
 FLOWERS_SPLITS = {"train": "trnid", "val": "valid", "test": "tstid"}
 
 
-def _flowers_official(root: Path) -> bool:
-    from torchvision.datasets import Flowers102 as TV
-    from torchvision.datasets.utils import check_integrity
+def _load_mat(path: Path, name: str) -> np.ndarray:
+    """One variable of a MATLAB file, flattened to a 1-D array (a struct array keeps its named fields)."""
+    from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
-    return all(check_integrity(str(root / TV._file_dict[k][0]), TV._file_dict[k][1]) for k in ("label", "setid"))
+    try:
+        data = loadmat(path, squeeze_me=True)
+    except (MatReadError, OSError, ValueError, NotImplementedError) as exc:
+        raise DataError(f"cannot read {path}: {exc}", "Re-extract the dataset's .mat files") from exc
+    if name not in data:
+        raise DataError(f"{path} has no variable '{name}'", "Re-extract the dataset's .mat files")
+    return np.atleast_1d(data[name]).reshape(-1)
 
 
 def _flowers_index(root: Path, split: str) -> tuple[list[Path], list[int]]:
-    if _scipy_available() and _flowers_official(root):
-        from torchvision.datasets import Flowers102 as TV
-
-        tv = TV(str(root.parent), split=split, download=False)
-        return [Path(p) for p in tv._image_files], [int(y) for y in tv._labels]
-    setid = load_mat(root / "setid.mat")
-    labels_all = load_mat(root / "imagelabels.mat").get("labels")
     key = FLOWERS_SPLITS[split]
-    if key not in setid or labels_all is None:
-        raise DataError(f"{root}: setid.mat needs '{key}' and imagelabels.mat 'labels'")
-    ids = [int(i) for i in _as_list(setid[key])]
-    labels_all = [int(v) for v in _as_list(labels_all)]
+    ids = [int(i) for i in _load_mat(root / "setid.mat", key)]
+    labels_all = [int(v) for v in _load_mat(root / "imagelabels.mat", "labels")]
     if ids and not 1 <= min(ids) <= max(ids) <= len(labels_all):
         raise DataError(f"{root / 'setid.mat'}: image ids outside 1..{len(labels_all)}")
     return [root / "jpg" / f"image_{i:05d}.jpg" for i in ids], [labels_all[i - 1] - 1 for i in ids]
-
-
-def _as_list(value: Any) -> list[Any]:
-    import numpy as np
-
-    return np.atleast_1d(np.asarray(value)).reshape(-1).tolist()
 
 
 @register_dataset(
@@ -185,21 +168,12 @@ CARS_FILES = {
 
 def _cars_index(root: Path, split: str) -> tuple[list[str], list[Path], list[int]]:
     annos_file, images = CARS_FILES[split]
-    if _scipy_available():
-        from torchvision.datasets import StanfordCars as TV
-
-        tv = TV(str(root.parent), split=split, download=False)
-        return list(tv.classes), [Path(p) for p, _ in tv._samples], [int(y) for _, y in tv._samples]
-    classes = load_mat(root / "devkit" / "cars_meta.mat").get("class_names")
-    annotations = load_mat(root / annos_file).get("annotations")
-    if classes is None or annotations is None:
-        raise DataError(f"{root}: cars_meta.mat needs 'class_names' and {annos_file} 'annotations'")
-    classes = [classes] if isinstance(classes, str) else list(classes)
-    records = [annotations] if isinstance(annotations, dict) else list(annotations)
+    classes = _load_mat(root / "devkit" / "cars_meta.mat", "class_names")
+    annotations = _load_mat(root / annos_file, "annotations")
     try:
-        paths = [root / images / str(r["fname"]) for r in records]
-        labels = [int(r["class"]) - 1 for r in records]
-    except (KeyError, TypeError, ValueError) as exc:
+        paths = [root / images / str(f) for f in annotations["fname"]]
+        labels = [int(c) - 1 for c in annotations["class"]]
+    except (IndexError, TypeError, ValueError) as exc:
         raise DataError(f"{root / annos_file}: annotations need 'fname' and 'class' ({exc})") from exc
     return [str(c) for c in classes], paths, labels
 
