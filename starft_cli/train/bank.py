@@ -65,11 +65,13 @@ def encode_texts(model: Any, tokenizer: Callable[..., Any], texts: Sequence[str]
     """L2-normalised float32 text features of ``texts`` (no autograd, in chunks)."""
     import torch
 
+    from starft_cli.train.step import encode_text
+
     out = []
     with torch.no_grad():  # not inference_mode: the bank is later saved for backward by the loss
         for start in range(0, len(texts), ENCODE_CHUNK):
             tokens = tokenizer(list(texts[start : start + ENCODE_CHUNK])).to(device)
-            out.append(model.encode_text(tokens, normalize=True).float())
+            out.append(encode_text(model, tokens, normalize=True).float())
     return torch.cat(out, dim=0)
 
 

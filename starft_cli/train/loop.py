@@ -196,7 +196,7 @@ class _Trainer:
 
         from starft_cli.train.step import StarStep, Towers
 
-        towers: Any = Towers(student, head).to(device)
+        towers: Any = Towers(student, head, trim=cfg.step_impl == "efficient").to(device)
         params = [(n, p) for n, p in towers.named_parameters() if p.requires_grad]
         decay = [p for n, p in params if not _no_decay(n, p)]
         no_decay = [p for n, p in params if _no_decay(n, p)]
