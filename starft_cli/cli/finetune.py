@@ -63,6 +63,9 @@ def finetune_command(
         str | None, typer.Option("--val-data", help="ID validation data; selects checkpoints/best.")
     ] = None,
     val_split: Annotated[str | None, typer.Option("--val-split", help="Split of --val-data (e.g. val).")] = None,
+    val_templates: Annotated[
+        str | None, typer.Option("--val-templates", help="Template set for the validation head (default: the data's).")
+    ] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps.")] = None,
     tensorboard: Annotated[
         bool | None, typer.Option("--tensorboard/--no-tensorboard", help="Also log to RUN/tensorboard.")
@@ -98,6 +101,7 @@ def finetune_command(
         "out": out,
         "val_data": val_data,
         "val_split": val_split,
+        "val_templates": val_templates,
         "max_steps": max_steps,
         "tensorboard": tensorboard,
         "arch": arch,

@@ -8,6 +8,7 @@ on the number of workers or processes and a resumed run sees the same crops.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,16 @@ DEFAULT_SCALE = (0.9, 1.0)
 
 def decode_file(path: str | Path) -> torch.Tensor:
     """An image file as a ``uint8`` RGB tensor ``[3, H, W]``."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.io import ImageReadMode, decode_image
 
     try:
-        data = read_file(str(path))
-    except RuntimeError:
-        raise ImageError(f"no such file or unreadable: {path}", "Check the dataset files") from None
+        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+    except OSError as exc:
+        raise ImageError(f"cannot read {path} ({exc.strerror})", "Check the dataset files") from None
     try:
-        return decode_image(data, mode=ImageReadMode.RGB)
+        with warnings.catch_warnings():  # torchvision >= 0.29 marks its decoders deprecated (torchcodec later)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_image(data, mode=ImageReadMode.RGB)
     except RuntimeError:
         # torchvision cannot decode it (an unusual format): let PIL try, with its error messages.
         from torchvision.transforms.v2.functional import pil_to_tensor

@@ -174,7 +174,7 @@ class _Trainer:
 
         captions = dataset.captions
         class_caps = captions is None
-        from starft_cli.train.bank import cached_bank, class_captions
+        from starft_cli.train.bank import class_captions
 
         default_captions = class_captions(dataset.classnames, cfg.caption_template)
         bank = None
@@ -183,16 +183,7 @@ class _Trainer:
             and cfg.step_impl == "efficient"
             and ((cfg.reg != "none" and class_caps) or (cfg.freeze_text and class_caps))
         ):
-            source = teacher if teacher is not None else student
-            bank = cached_bank(
-                source,
-                base.tokenizer,
-                models.weights_fingerprint(source),
-                dataset.classnames,
-                cfg.caption_template,
-                self.p.pool or ["{}"],
-                device,
-            )
+            bank = self._bank(teacher if teacher is not None else student, base.tokenizer, dataset)
 
         from starft_cli.train.step import StarStep, Towers
 
@@ -329,6 +320,27 @@ class _Trainer:
         barrier(env)
         self.progress({"kind": "done", "step": step, "run_dir": str(self.run_dir.root), "best": best})
         return self.run_dir.root
+
+    def _bank(self, source: Any, tokenizer: Any, dataset: Any) -> Any:
+        """The teacher's text bank for the classes present in the training data (rows of absent classes are 0)."""
+        import torch
+
+        from starft_cli import models
+        from starft_cli.train.bank import TextBank, cached_bank
+
+        present = sorted(set(dataset.labels))
+        names = [dataset.classnames[c] for c in present]
+        pool = self.p.pool or ["{}"]
+        part = cached_bank(
+            source, tokenizer, models.weights_fingerprint(source), names, self.cfg.caption_template, pool, self.device
+        )
+        if len(present) == len(dataset.classnames):
+            return part
+        rows = torch.as_tensor(present, device=self.device)
+        spurious = part.spurious.new_zeros((len(dataset.classnames), *part.spurious.shape[1:]))
+        captions = part.captions.new_zeros((len(dataset.classnames), part.captions.shape[1]))
+        spurious[rows], captions[rows] = part.spurious, part.captions
+        return TextBank(spurious=spurious, captions=captions)
 
     def _after_epoch(self, epoch: int, step: int, best: float | None) -> float | None:
         """ID validation at the end of an epoch; a new best accuracy writes checkpoints/best."""
