@@ -98,7 +98,11 @@ def contrastive_loss(
     Across processes the features are gathered with gradients and each process computes the loss of its
     own rows, so the averaged gradients equal one process's on the whole batch.
     """
+    import warnings
+
     from open_clip.loss import ClipLoss
 
     loss = ClipLoss(local_loss=world_size > 1, gather_with_grad=world_size > 1, rank=rank, world_size=world_size)
-    return loss(image_features, text_features, logit_scale)
+    with warnings.catch_warnings():  # torch marks the autograd all_gather ClipLoss uses as deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        return loss(image_features, text_features, logit_scale)

@@ -105,3 +105,35 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path, impl: str, freeze_
     assert two["grads"].keys() == grads.keys()
     for name, g in grads.items():
         torch.testing.assert_close(two["grads"][name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path: Path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.imagegen import make_class_folders
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this Python")
+    data = make_class_folders(tmp_path / "data", ["cat", "dog", "car"], per_class=4)
+    run = tmp_path / "run"
+    cmd = [
+        torchrun, "--nproc-per-node", "2", "--master-port", str(_free_port()), "-m", "starft_cli", "finetune",
+        "--backbone", "starft-tiny:none", "--data", f"folder:{data}", "--batch-size", "4", "--epochs", "1",
+        "--warmup", "1", "--workers", "0", "--device", "cpu", "--out", str(run),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(run)]  # printed once, by rank 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # 12 images / global batch 4, each step logged once
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 4
+    state = torch.load(run / "checkpoints" / "last" / "training_state.pt", weights_only=True)
+    assert state["world_size"] == 2 and state["step"] == 3

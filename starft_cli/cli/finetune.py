@@ -123,11 +123,17 @@ def finetune_command(
 
     with _Progress() as bar:
         run_dir = finetune(cfg, progress=bar)
-    typer.echo(str(run_dir))
+    if bar.rank == 0:
+        typer.echo(str(run_dir))
 
 
 def _setup_logging() -> None:
+    import os
+
     root = logging.getLogger("starft_cli")
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks
+        root.setLevel(logging.WARNING)
+        return
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))

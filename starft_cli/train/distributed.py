@@ -70,10 +70,14 @@ def gather_with_grad(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     """Concatenate every process's ``tensor`` in rank order; gradients flow back to each process's part."""
     if not env.distributed:
         return tensor
+    import warnings
+
     import torch
     import torch.distributed.nn as dist_nn
 
-    return torch.cat(dist_nn.all_gather(tensor), dim=0)
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the documented autograd gather
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(dist_nn.all_gather(tensor), dim=0)
 
 
 def gather_no_grad(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
