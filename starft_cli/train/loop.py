@@ -77,6 +77,16 @@ def prepare(config: TrainConfig) -> Prepared:
     val = None
     if config.val_data:
         val = load_dataset(config.val_data, config.val_data_root or config.data_root, config.val_split)
+    if config.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "--tensorboard needs the tensorboard package", "pip install 'starft[tensorboard]', or drop the flag"
+            ) from None
+    from starft_cli.models import parse_model_ref
+
+    parse_model_ref(config.backbone, arch=config.arch)  # a bad reference fails here, before any loading
     return Prepared(config, run, dataset, val, pool, resume_from)
 
 
@@ -227,14 +237,19 @@ class _Trainer:
             step, epoch, in_epoch = resume_state["step"], resume_state["epoch"], resume_state["step_in_epoch"]
             best = resume_state.get("best")
             torch.set_rng_state(resume_state["rng_cpu"])
-            if env.is_main:
-                self.run_dir.truncate_metrics(step)
             logger.info("resuming %s at step %d (epoch %d, step %d of it)", self.run_dir.root, step, epoch, in_epoch)
 
+        if cfg.resume and env.is_main:
+            self.run_dir.truncate_metrics(step)  # steps after the checkpoint are redone (all of them if none)
         samples = TrainSamples(dataset, train_transform(base.preprocess_cfg), seed=cfg.seed)
         sampler = ResumableSampler(len(dataset), world, env.rank, cfg.seed)
         self.progress({"kind": "start", "total_steps": total_steps, "step": step, "run_dir": str(self.run_dir.root)})
         stall_at = int(os.environ.get(STALL_ENV, "0") or 0)
+        tb = None
+        if cfg.tensorboard and env.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(self.run_dir.root / "tensorboard"))
         self.towers, self.optimizer, self.scaler, self.head = towers, optimizer, scaler, head
 
         while epoch < cfg.epochs and step < total_steps:
@@ -300,6 +315,9 @@ class _Trainer:
                 }
                 if env.is_main and (step % cfg.log_every == 0 or step == total_steps):
                     self.run_dir.append_metrics(record)
+                    if tb is not None:
+                        for key in ("loss", "contrastive", "reg", "lambda", "lr", "images_per_s"):
+                            tb.add_scalar(f"train/{key}", record[key], step)
                 self.progress({"kind": "step", "total_steps": total_steps, **record})
                 epoch_end = in_epoch >= steps_per_epoch
                 if epoch_end:
@@ -317,6 +335,8 @@ class _Trainer:
             del batches, loader
         from starft_cli.train.distributed import barrier
 
+        if tb is not None:
+            tb.close()
         barrier(env)
         self.progress({"kind": "done", "step": step, "run_dir": str(self.run_dir.root), "best": best})
         return self.run_dir.root
