@@ -30,6 +30,7 @@ def test_finetune_folder_writes_the_run_directory(tmp_path: Path, class_folders:
     result = _finetune("--data", f"folder:{class_folders}", "--batch-size", "4", "--epochs", "2", "--out", str(run))
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().endswith(str(run))
+    assert "6 steps" in result.stderr and "step 1/6 epoch 0 loss" in result.stderr  # plain progress lines
     config = json.loads((run / "config.json").read_text())
     assert config["reg"] == "star" and config["pool"] == "background" and config["epochs"] == 2
     assert config["batch_size"] == 4 and config["wd"] == 0.1  # METHOD.md default kept

@@ -24,7 +24,9 @@ STEP_IMPLS = ("efficient", "straightforward")
 DEFAULT_CAPTION = "a photo of a {}."
 
 # Keys that may differ between a run's stored config and the flags given with --resume.
-RESUME_MUTABLE = frozenset({"device", "workers", "resume", "out", "log_every", "tensorboard", "config_file"})
+RESUME_MUTABLE = frozenset(
+    {"device", "workers", "resume", "out", "log_every", "tensorboard", "config_file", "data_root", "val_data_root"}
+)
 
 
 @dataclass(frozen=True)

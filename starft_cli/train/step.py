@@ -16,21 +16,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import torch
+import torch.nn as nn
 
 from starft_cli.train.bank import TextBank, spurious_text
 from starft_cli.train.distributed import DistEnv, gather_no_grad, gather_with_grad
-
-if TYPE_CHECKING:
-    import torch
-
-try:  # the module must import without torch for `starft --help`; the classes below need it
-    import torch
-    import torch.nn as nn
-
-    _Module: Any = nn.Module
-except ImportError:  # pragma: no cover
-    _Module = object
 
 
 def encode_text(model: Any, tokens: torch.Tensor, normalize: bool = True, trim: bool = True) -> torch.Tensor:
@@ -74,7 +66,7 @@ def _trimmable(model: Any) -> bool:
     )
 
 
-class Towers(_Module):
+class Towers(nn.Module):
     """The trainable model as DDP sees it: ``forward(images, *token_batches)`` returns the normalised
     image features, one normalised text-feature tensor per token batch, and ``exp(logit_scale)``.
 
