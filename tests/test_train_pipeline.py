@@ -55,3 +55,15 @@ def test_workers_give_the_same_batches_as_the_main_process(class_folders: Path):
         loader = torch.utils.data.DataLoader(samples, batch_size=4, num_workers=workers)
         batches.append(torch.cat([b[0] for b in loader]))
     assert torch.equal(batches[0], batches[1])
+
+
+def test_batch_normalisation_equals_per_sample_normalisation(class_folders: Path):
+    from starft_cli.data.pipeline import batch_normalizer
+
+    ds = load_dataset(f"folder:{class_folders}")
+    cfg = {"size": [32, 32], "mean": MEAN, "std": STD}
+    per_sample = TrainSamples(ds, train_transform(cfg), seed=1)
+    raw = TrainSamples(ds, train_transform(cfg, normalize=False), seed=1)
+    crops = torch.stack([raw[i][0] for i in range(4)])
+    assert crops.dtype == torch.uint8
+    torch.testing.assert_close(batch_normalizer(cfg)(crops), torch.stack([per_sample[i][0] for i in range(4)]))

@@ -128,7 +128,7 @@ class _Trainer:
         import torch
 
         from starft_cli import models
-        from starft_cli.data.pipeline import TrainSamples, train_transform
+        from starft_cli.data.pipeline import TrainSamples, batch_normalizer, train_transform
         from starft_cli.train.sampling import ResumableSampler
 
         cfg, env, device = self.cfg, self.env, self.device
@@ -241,7 +241,9 @@ class _Trainer:
 
         if cfg.resume and env.is_main:
             self.run_dir.truncate_metrics(step)  # steps after the checkpoint are redone (all of them if none)
-        samples = TrainSamples(dataset, train_transform(base.preprocess_cfg), seed=cfg.seed)
+        # Workers hand over uint8 crops; scaling and normalisation run on the batch, on the device.
+        samples = TrainSamples(dataset, train_transform(base.preprocess_cfg, normalize=False), seed=cfg.seed)
+        normalize = batch_normalizer(base.preprocess_cfg)
         sampler = ResumableSampler(len(dataset), world, env.rank, cfg.seed)
         self.progress({"kind": "start", "total_steps": total_steps, "step": step, "run_dir": str(self.run_dir.root)})
         stall_at = int(os.environ.get(STALL_ENV, "0") or 0)
@@ -277,7 +279,7 @@ class _Trainer:
                 sums = [0.0, 0.0, 0.0]
                 for m in range(accum):
                     images, labels, index = next(batches)
-                    images = images.to(device, non_blocking=True)
+                    images = normalize(images.to(device, non_blocking=True))
                     labels = labels.to(device)
                     sync = m == accum - 1 or not env.distributed
                     ctx = wrapped.no_sync() if not sync else _null()
