@@ -91,16 +91,15 @@ def gather_no_grad(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def mean_over_ranks(values: list[float], env: DistEnv, device: torch.device) -> list[float]:
-    """Average a few scalars across processes (for logging)."""
-    if not env.distributed:
-        return values
-    import torch
-    import torch.distributed as dist
+def mean_over_ranks(values: torch.Tensor, env: DistEnv) -> list[float]:
+    """Average a small tensor of scalars across processes (for logging); one device sync."""
+    if env.distributed:
+        import torch.distributed as dist
 
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return (t / env.world_size).tolist()
+        values = values.clone()
+        dist.all_reduce(values)
+        values /= env.world_size
+    return [float(v) for v in values.tolist()]
 
 
 def barrier(env: DistEnv) -> None:

@@ -202,7 +202,9 @@ class _Trainer:
         decay = [p for n, p in params if not _no_decay(n, p)]
         no_decay = [p for n, p in params if _no_decay(n, p)]
         optimizer = torch.optim.AdamW(
-            [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": cfg.wd}], lr=cfg.lr
+            [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": cfg.wd}],
+            lr=cfg.lr,
+            fused=device.type == "cuda" or None,
         )
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         wrapped = towers
@@ -276,7 +278,7 @@ class _Trainer:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
-                sums = [0.0, 0.0, 0.0]
+                sums = torch.zeros(3, dtype=torch.float64, device=device)
                 for m in range(accum):
                     images, labels, index = next(batches)
                     images = normalize(images.to(device, non_blocking=True))
@@ -294,16 +296,14 @@ class _Trainer:
                             tidx = _templates(cfg.seed, step, m, micro * world, len(step_fn.pool), env)
                             out = step_fn(images, labels, caps, tidx.to(device), lam, class_caps)
                         scaler.scale(out.loss / accum).backward()
-                    sums[0] += float(out.loss.detach()) / accum
-                    sums[1] += float(out.contrastive) / accum
-                    sums[2] += float(out.reg) / accum
+                    sums += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype) / accum
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
                 in_epoch += 1
                 from starft_cli.train.distributed import mean_over_ranks
 
-                loss, con, reg = mean_over_ranks(sums, env, device)
+                loss, con, reg = mean_over_ranks(sums, env)
                 elapsed = time.perf_counter() - started
                 record = {
                     "step": step,
