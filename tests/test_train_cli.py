@@ -202,3 +202,18 @@ def test_bf16_grad_accum_and_grad_checkpointing_run(tmp_path: Path, class_folder
     records = _metrics(run)
     assert [r["step"] for r in records] == [1, 2]
     assert all(r["loss"] == r["loss"] and r["reg"] >= -1e-6 for r in records)  # finite, no NaN
+
+
+def test_python_api(tmp_path: Path, class_folders: Path):
+    from starft_cli.train import TrainConfig, finetune
+
+    config = TrainConfig(
+        backbone="starft-tiny:none", data=f"folder:{class_folders}", batch_size=6, epochs=1, warmup=1,
+        workers=0, device="cpu", reg="none", out=str(tmp_path / "run"),
+    )  # fmt: skip
+    events = []
+    run = finetune(config, progress=events.append)
+    assert run == tmp_path / "run"
+    assert [e["kind"] for e in events][:2] == ["start", "step"] and events[-1]["kind"] == "done"
+    meta = json.loads((run / "checkpoints" / "last" / "open_clip_config.json").read_text())["starft"]
+    assert meta["method"] == "flyp" and all(r["reg"] == 0 for r in _metrics(run))

@@ -90,3 +90,34 @@ def test_template_draws_do_not_depend_on_process_count():
     halves = torch.cat([template_indices(7, 11, 0, 8, 58, DistEnv(rank=r, world_size=2)) for r in range(2)])
     assert torch.equal(whole, halves)
     assert not torch.equal(whole, template_indices(7, 12, 0, 8, 58, DistEnv()))
+
+
+def test_spurious_bank_is_cached_by_teacher_classes_and_pool(starft_home):
+    from starft_cli.models import weights_fingerprint
+    from starft_cli.paths import cache_dir
+    from starft_cli.train.bank import cached_bank
+
+    loaded = load("starft-tiny:none")
+    pool = ["{} at night.", "{} in the rain."]
+    fp = weights_fingerprint(loaded.model)
+    first = cached_bank(loaded.model, loaded.tokenizer, fp, CLASSES, "a photo of a {}.", pool, torch.device("cpu"))
+    files = sorted(cache_dir("spurious_bank").glob("*.safetensors"))
+    assert len(files) == 1 and first.spurious.shape == (4, 2, 32) and first.captions.shape == (4, 32)
+    torch.testing.assert_close(first.spurious.norm(dim=-1), torch.ones(4, 2))
+    again = cached_bank(loaded.model, loaded.tokenizer, fp, CLASSES, "a photo of a {}.", pool, torch.device("cpu"))
+    assert torch.equal(again.spurious, first.spurious)  # read back exactly
+    cached_bank(loaded.model, loaded.tokenizer, fp, CLASSES, "a photo of a {}.", pool[:1], torch.device("cpu"))
+    cached_bank(loaded.model, loaded.tokenizer, "other-teacher", CLASSES, "a photo of a {}.", pool, torch.device("cpu"))
+    assert len(list(cache_dir("spurious_bank").glob("*.safetensors"))) == 3
+    files[0].write_bytes(b"damaged")
+    rebuilt = cached_bank(loaded.model, loaded.tokenizer, fp, CLASSES, "a photo of a {}.", pool, torch.device("cpu"))
+    torch.testing.assert_close(rebuilt.spurious, first.spurious)
+
+
+def test_trimmed_text_encoding_equals_open_clip_encode_text():
+    from starft_cli.train.step import encode_text
+
+    loaded = load("starft-tiny:none")
+    tokens = loaded.tokenizer(["a photo of a cat.", "a photo of a very small dog in the snow at night."])
+    full = loaded.model.encode_text(tokens, normalize=True)
+    torch.testing.assert_close(encode_text(loaded.model, tokens), full, atol=1e-6, rtol=1e-5)
