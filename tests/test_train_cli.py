@@ -39,6 +39,8 @@ def test_finetune_folder_writes_the_run_directory(tmp_path: Path, class_folders:
     for key in ("step", "epoch", "loss", "contrastive", "reg", "lambda", "lr", "images_per_s"):
         assert key in records[0]
     assert [r["lambda"] for r in records] == [0.25] * 3 + [0.0] * 3  # 0.5 * (1 - (e + 1) / 2)
+    assert all(r["reg"] > -1e-6 for r in records[:3]) and records[2]["reg"] > 0
+    assert all(r["reg"] is None for r in records[3:])  # weight 0: skipped, not computed
     assert records[0]["lr"] == pytest.approx(5e-5)  # warm-up step 1 of 2
     last = run / "checkpoints" / "last"
     assert {p.name for p in last.iterdir()} == {
@@ -196,7 +198,7 @@ def test_bf16_grad_accum_and_grad_checkpointing_run(tmp_path: Path, class_folder
     run = tmp_path / "run"
     result = _finetune(
         "--data", f"folder:{class_folders}", "--batch-size", "6", "--epochs", "1", "--precision", "bf16",
-        "--grad-accum", "2", "--grad-checkpointing", "--out", str(run),
+        "--grad-accum", "2", "--grad-checkpointing", "--lambda-schedule", "constant", "--out", str(run),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     records = _metrics(run)

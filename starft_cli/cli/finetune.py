@@ -186,10 +186,8 @@ class _Progress:
             else:
                 typer.echo(f"training {event['run_dir']}: {event['total_steps']} steps", err=True)
         elif kind == "step":
-            stats = (
-                f"loss {event['loss']:.4f} reg {event['reg']:.4f} lr {event['lr']:.2e} "
-                f"{event['images_per_s']:.1f} img/s"
-            )
+            reg = "-" if event["reg"] is None else f"{event['reg']:.4f}"
+            stats = f"loss {event['loss']:.4f} reg {reg} lr {event['lr']:.2e} {event['images_per_s']:.1f} img/s"
             if self.bar is not None:
                 self.bar.update(self.task, completed=event["step"], stats=stats)
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -310,7 +311,7 @@ class _Trainer:
                     "epoch": epoch,
                     "loss": loss,
                     "contrastive": con,
-                    "reg": reg,
+                    "reg": None if math.isnan(reg) else reg,  # None: skipped, its weight is 0
                     "lambda": lam,
                     "lr": lr,
                     "images_per_s": cfg.batch_size / max(elapsed, 1e-9),

@@ -135,6 +135,10 @@ class StarStep:
         from starft_cli.losses import contrastive_loss, star_regularizer
 
         use_reg = self.reg != "none" and self.teacher is not None
+        # With a zero weight (the last epoch of the linear schedule) the regulariser cannot change the gradient:
+        # the efficient step skips it, teacher forward included, and reports it as not computed (NaN).
+        skipped = use_reg and lam == 0.0 and self.impl == "efficient"
+        use_reg = use_reg and not skipped
         spurious = [spurious_text(self.pool[int(k)], c) for k, c in zip(template_idx.tolist(), captions, strict=True)]
         if self.impl == "straightforward":
             img, cap, s_sp, scale, t_img, t_sp = self._straightforward(images, captions, spurious, use_reg)
@@ -145,8 +149,8 @@ class StarStep:
         env = self.env
         l_con = contrastive_loss(img.float(), cap.float(), scale.float(), rank=env.rank, world_size=env.world_size)
         if not use_reg:
-            zero = l_con.new_zeros(())
-            return StepOutput(loss=l_con, contrastive=l_con.detach(), reg=zero)
+            reg = l_con.new_full((), float("nan")) if skipped else l_con.new_zeros(())
+            return StepOutput(loss=l_con, contrastive=l_con.detach(), reg=reg)
         columns_student = gather_with_grad(s_sp, env) if s_sp.requires_grad else gather_no_grad(s_sp, env)
         l_reg = star_regularizer(
             t_img,
