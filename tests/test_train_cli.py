@@ -169,6 +169,8 @@ def test_toml_config_and_flags_win(tmp_path: Path, class_folders: Path):
         (["--pool", "nosuchpool"], "unknown spurious pool"),
         (["--data", "folder:/no/such/dir"], "no such folder"),
         (["--epochs", "0"], "--epochs"),
+        (["--reg", "none", "--pool", "texture"], "--pool has no effect with --reg none"),
+        (["--val-split", "val"], "--val-split is given without --val-data"),
     ],
 )
 def test_invalid_settings_are_refused_before_loading_a_model(tmp_path: Path, class_folders: Path, args, message):

@@ -107,6 +107,7 @@ def finetune_command(
         "arch": arch,
         "device": device if device != "auto" else None,
     }
+    _refuse_pointless(overrides, config)
     if resume:
         if not out:
             raise UsageError("--resume needs --out RUN_DIR", "Name the run directory to continue")
@@ -125,6 +126,28 @@ def finetune_command(
         run_dir = finetune(cfg, progress=bar)
     if bar.rank == 0:
         typer.echo(str(run_dir))
+
+
+def _refuse_pointless(overrides: dict[str, Any], config_file: Path | None) -> None:
+    """Flags that would silently do nothing are refused (before anything is loaded)."""
+    reg = overrides.get("reg")
+    if reg is None and config_file is not None:
+        from starft_cli.train.config import read_toml
+
+        reg = read_toml(config_file).get("reg")
+    if reg == "none":
+        given = [flag for key, flag in _REG_ONLY.items() if overrides.get(key) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} has no effect with --reg none", "Drop it, or use --reg star")
+    for key, flag in (("val_split", "--val-split"), ("val_templates", "--val-templates")):
+        if overrides.get(key) is not None and overrides.get("val_data") is None:
+            from starft_cli.train.config import read_toml
+
+            if config_file is None or read_toml(config_file).get("val_data") is None:
+                raise UsageError(f"{flag} is given without --val-data", "Add --val-data DATA")
+
+
+_REG_ONLY = {"pool": "--pool", "reg_lambda": "--lambda", "lambda_schedule": "--lambda-schedule"}
 
 
 def _setup_logging() -> None:
