@@ -5,6 +5,7 @@ runs is compared. Memory: peak CUDA allocation on a GPU; on CPU the bytes autogr
 (the activation memory a step holds at its peak).
 
     python benchmarks/train_step.py [--arch starft-small] [--batch 64] [--classes 100] [--runs 7] [--device cpu]
+        [--context-length 77]
 """
 
 from __future__ import annotations
@@ -56,6 +57,25 @@ def make(arch: str, impl: str, freeze_text: bool, classes: list[str], device: to
     return step, torch.optim.AdamW(params, lr=1e-5, weight_decay=0.1), loaded
 
 
+def with_context_length(arch: str, context_length: int) -> str:
+    """Register a copy of ``arch`` whose text tower has another context length; return its name."""
+    import json
+    import tempfile
+
+    import open_clip
+
+    from starft_cli.models import register_builtin_configs
+
+    register_builtin_configs()
+    cfg = json.loads(json.dumps(open_clip.get_model_config(arch)))
+    cfg["text_cfg"]["context_length"] = context_length
+    name = f"{arch}-ctx{context_length}"
+    folder = Path(tempfile.mkdtemp())
+    (folder / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(folder)
+    return name
+
+
 def one_step(step, opt, images, labels, captions, tidx) -> int:
     saved = 0
 
@@ -80,7 +100,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--steps", type=int, default=3, help="steps per timed run")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--context-length",
+        type=int,
+        default=None,
+        help="give the architecture this text context (real CLIP models have 77; starft-small has 32)",
+    )
     args = ap.parse_args()
+    if args.context_length is not None:
+        args.arch = with_context_length(args.arch, args.context_length)
     device = torch.device(args.device)
     classes = [f"class number {i}" for i in range(args.classes)]
     g = torch.Generator().manual_seed(0)
