@@ -239,6 +239,14 @@ class _Trainer:
                 scaler.load_state_dict(resume_state["scaler"])
             step, epoch, in_epoch = resume_state["step"], resume_state["epoch"], resume_state["step_in_epoch"]
             best = resume_state.get("best")
+            if resume_state.get("world_size", 1) != world and in_epoch:
+                logger.warning(
+                    "resuming with %d processes a run saved with %d: the rest of epoch %d is drawn for the new "
+                    "process count, so it is not bitwise the run an unchanged setup would give",
+                    world,
+                    resume_state.get("world_size", 1),
+                    epoch,
+                )
             torch.set_rng_state(resume_state["rng_cpu"])
             logger.info("resuming %s at step %d (epoch %d, step %d of it)", self.run_dir.root, step, epoch, in_epoch)
 
