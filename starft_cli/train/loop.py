@@ -264,6 +264,13 @@ class _Trainer:
 
             tb = SummaryWriter(str(self.run_dir.root / "tensorboard"))
         self.towers, self.optimizer, self.scaler, self.head = towers, optimizer, scaler, head
+        self.wrapped, self.step_fn, self.normalize, self.autocast_dtype = wrapped, step_fn, normalize, autocast_dtype
+        self.captions, self.default_captions, self.class_caps, self.micro = (
+            captions,
+            default_captions,
+            class_caps,
+            micro,
+        )
 
         while epoch < cfg.epochs and step < total_steps:
             from starft_cli.train.schedules import cosine_lr, reg_lambda
@@ -286,28 +293,7 @@ class _Trainer:
                 lr = cosine_lr(step, cfg.lr, cfg.warmup, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                sums = torch.zeros(3, dtype=torch.float64, device=device)
-                for m in range(accum):
-                    images, labels, index = next(batches)
-                    images = normalize(images.to(device, non_blocking=True))
-                    labels = labels.to(device)
-                    sync = m == accum - 1 or not env.distributed
-                    ctx = wrapped.no_sync() if not sync else _null()
-                    with ctx:
-                        if cfg.loss == "ce":
-                            out = self._ce_loss(wrapped, images, labels, autocast_dtype)
-                        else:
-                            caps = [
-                                captions[i] if captions else default_captions[y]
-                                for i, y in zip(index.tolist(), labels.tolist(), strict=True)
-                            ]
-                            tidx = _templates(cfg.seed, step, m, micro * world, len(step_fn.pool), env)
-                            out = step_fn(images, labels, caps, tidx.to(device), lam, class_caps)
-                        scaler.scale(out.loss / accum).backward()
-                    sums += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype) / accum
-                scaler.step(optimizer)
-                scaler.update()
+                sums = self._optimizer_step(batches, step, lam)
                 step += 1
                 in_epoch += 1
                 from starft_cli.train.distributed import mean_over_ranks
@@ -351,6 +337,36 @@ class _Trainer:
         barrier(env)
         self.progress({"kind": "done", "step": step, "run_dir": str(self.run_dir.root), "best": best})
         return self.run_dir.root
+
+    def _optimizer_step(self, batches: Any, step: int, lam: float) -> Any:
+        """Forward and backward ``grad_accum`` micro-batches and step the optimizer; return the micro-batch
+        mean of (loss, contrastive, reg) as a tensor."""
+        import torch
+
+        cfg, env, device = self.cfg, self.env, self.device
+        accum = cfg.grad_accum
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        for m in range(accum):
+            images, labels, index = next(batches)
+            images = self.normalize(images.to(device, non_blocking=True))
+            labels = labels.to(device)
+            last = m == accum - 1 or not env.distributed
+            with self.wrapped.no_sync() if not last else _null():  # gradients are all-reduced once per step
+                if cfg.loss == "ce":
+                    out = self._ce_loss(self.wrapped, images, labels, self.autocast_dtype)
+                else:
+                    caps = [
+                        self.captions[i] if self.captions else self.default_captions[y]
+                        for i, y in zip(index.tolist(), labels.tolist(), strict=True)
+                    ]
+                    tidx = _templates(cfg.seed, step, m, self.micro * env.world_size, len(self.step_fn.pool), env)
+                    out = self.step_fn(images, labels, caps, tidx.to(device), lam, self.class_caps)
+                self.scaler.scale(out.loss / accum).backward()
+            sums += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype) / accum
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return sums
 
     def _bank(self, source: Any, tokenizer: Any, dataset: Any) -> Any:
         """The teacher's text bank for the classes present in the training data (rows of absent classes are 0)."""
