@@ -1,0 +1,258 @@
+"""``starft finetune`` (StarFT, FLYP, KL ablation, CE baseline) and ``starft wise`` (WiSE-FT interpolation)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from starft_cli.cli.options import ArchOpt, DeviceOpt
+from starft_cli.errors import UsageError
+
+HELP = "Fine-tune a CLIP model with StarFT (or FLYP, the KL ablation, or the CE baseline)."
+WISE_HELP = "WiSE-FT: interpolate a zero-shot and a fine-tuned model's weights for one or more alphas."
+
+_P = "Training"
+
+
+def finetune_command(
+    backbone: Annotated[
+        str | None, typer.Option("--backbone", help="Model to fine-tune (any model reference).")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Training data: a dataset name, folder:PATH or csv:PATH.")
+    ] = None,
+    data_root: Annotated[str | None, typer.Option("--data-root", help="Folder holding the named datasets.")] = None,
+    classnames: Annotated[
+        str | None, typer.Option("--classnames", help="Class-names file (one per line) for folder:/csv: data.")
+    ] = None,
+    reg: Annotated[
+        str | None, typer.Option("--reg", help="Regulariser: star (StarFT), kl (unmasked), none (FLYP).")
+    ] = None,
+    pool: Annotated[
+        str | None, typer.Option("--pool", help="Spurious pool: background, texture, resolution or a file.")
+    ] = None,
+    reg_lambda: Annotated[float | None, typer.Option("--lambda", help="Regulariser weight (default 0.5).")] = None,
+    lambda_schedule: Annotated[str | None, typer.Option("--lambda-schedule", help="linear or constant.")] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="contrastive (FLYP) or ce (baseline).")] = None,
+    freeze_text: Annotated[
+        bool | None, typer.Option("--freeze-text/--train-text", help="Freeze the text tower.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (default 10).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default 1e-5).")] = None,
+    wd: Annotated[float | None, typer.Option("--wd", help="AdamW weight decay (default 0.1).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Global batch size (default 512).")] = None,
+    warmup: Annotated[int | None, typer.Option("--warmup", help="Linear warm-up steps (default 500).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Data-loading processes (default 4).")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32, bf16 or fp16.")] = None,
+    grad_accum: Annotated[int | None, typer.Option("--grad-accum", help="Micro-batches per step.")] = None,
+    grad_checkpointing: Annotated[
+        bool | None, typer.Option("--grad-checkpointing/--no-grad-checkpointing", help="Trade compute for memory.")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option("--checkpoint-every", help="Save checkpoints/last every N steps (0: epoch ends).")
+    ] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Run directory (default runs/METHOD-TIME).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML file of settings (flags win).")] = None,
+    val_data: Annotated[
+        str | None, typer.Option("--val-data", help="ID validation data; selects checkpoints/best.")
+    ] = None,
+    val_split: Annotated[str | None, typer.Option("--val-split", help="Split of --val-data (e.g. val).")] = None,
+    val_templates: Annotated[
+        str | None, typer.Option("--val-templates", help="Template set for the validation head (default: the data's).")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps.")] = None,
+    tensorboard: Annotated[
+        bool | None, typer.Option("--tensorboard/--no-tensorboard", help="Also log to RUN/tensorboard.")
+    ] = None,
+    arch: ArchOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Fine-tune a CLIP model with StarFT (or FLYP, the KL ablation, or the CE baseline)."""
+    from starft_cli.train.config import build_config, config_from_json, merge_for_resume
+
+    overrides: dict[str, Any] = {
+        "backbone": backbone,
+        "data": data,
+        "data_root": data_root,
+        "classnames": classnames,
+        "reg": reg,
+        "pool": pool,
+        "reg_lambda": reg_lambda,
+        "lambda_schedule": lambda_schedule,
+        "loss": loss,
+        "freeze_text": freeze_text,
+        "epochs": epochs,
+        "lr": lr,
+        "wd": wd,
+        "batch_size": batch_size,
+        "warmup": warmup,
+        "seed": seed,
+        "workers": workers,
+        "precision": precision,
+        "grad_accum": grad_accum,
+        "grad_checkpointing": grad_checkpointing,
+        "checkpoint_every": checkpoint_every,
+        "out": out,
+        "val_data": val_data,
+        "val_split": val_split,
+        "val_templates": val_templates,
+        "max_steps": max_steps,
+        "tensorboard": tensorboard,
+        "arch": arch,
+        "device": device if device != "auto" else None,
+    }
+    _refuse_pointless(overrides, config)
+    if resume:
+        if not out:
+            raise UsageError("--resume needs --out RUN_DIR", "Name the run directory to continue")
+        stored = Path(out) / "config.json"
+        if stored.is_file():
+            base = config_from_json(stored.read_text(encoding="utf-8"), str(stored))
+            cfg = merge_for_resume(base, overrides)
+        else:
+            cfg = build_config({**overrides, "resume": True}, config)
+    else:
+        cfg = build_config(overrides, config)
+    _setup_logging()
+    from starft_cli.train import finetune
+
+    with _Progress() as bar:
+        run_dir = finetune(cfg, progress=bar)
+    if bar.rank == 0:
+        typer.echo(str(run_dir))
+
+
+def _refuse_pointless(overrides: dict[str, Any], config_file: Path | None) -> None:
+    """Flags that would silently do nothing are refused (before anything is loaded)."""
+    reg = overrides.get("reg")
+    if reg is None and config_file is not None:
+        from starft_cli.train.config import read_toml
+
+        reg = read_toml(config_file).get("reg")
+    if reg == "none":
+        given = [flag for key, flag in _REG_ONLY.items() if overrides.get(key) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} has no effect with --reg none", "Drop it, or use --reg star")
+    for key, flag in (("val_split", "--val-split"), ("val_templates", "--val-templates")):
+        if overrides.get(key) is not None and overrides.get("val_data") is None:
+            from starft_cli.train.config import read_toml
+
+            if config_file is None or read_toml(config_file).get("val_data") is None:
+                raise UsageError(f"{flag} is given without --val-data", "Add --val-data DATA")
+
+
+_REG_ONLY = {"pool": "--pool", "reg_lambda": "--lambda", "lambda_schedule": "--lambda-schedule"}
+
+
+def _setup_logging() -> None:
+    import os
+
+    root = logging.getLogger("starft_cli")
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks
+        root.setLevel(logging.WARNING)
+        return
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+
+
+class _Progress:
+    """A rich progress bar on a terminal (rank 0 only); plain log lines on stderr otherwise."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.live = sys.stderr.isatty() and self.rank == 0
+        self.bar: Any = None
+        self.task: Any = None
+        self.last_line = 0.0
+
+    def __enter__(self) -> _Progress:
+        if self.live:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        import time
+
+        if self.rank != 0:
+            return
+        kind = event.get("kind")
+        if kind == "start":
+            if self.bar is not None:
+                self.task = self.bar.add_task("training", total=event["total_steps"], completed=event["step"], stats="")
+            else:
+                typer.echo(f"training {event['run_dir']}: {event['total_steps']} steps", err=True)
+        elif kind == "step":
+            reg = "-" if event["reg"] is None else f"{event['reg']:.4f}"
+            stats = f"loss {event['loss']:.4f} reg {reg} lr {event['lr']:.2e} {event['images_per_s']:.1f} img/s"
+            if self.bar is not None:
+                self.bar.update(self.task, completed=event["step"], stats=stats)
+            else:
+                now = time.monotonic()
+                if now - self.last_line >= 10 or event["step"] == event["total_steps"] or event["step"] == 1:
+                    self.last_line = now
+                    typer.echo(f"step {event['step']}/{event['total_steps']} epoch {event['epoch']} {stats}", err=True)
+        elif kind == "validation":
+            typer.echo(f"epoch {event['epoch']}: validation accuracy {event['accuracy']:.4f}", err=True)
+
+
+def wise_command(
+    zero_shot: Annotated[str, typer.Option("--zero-shot", help="The zero-shot (pre-fine-tuning) model.")],
+    fine_tuned: Annotated[str, typer.Option("--fine-tuned", help="The fine-tuned model (e.g. RUN/checkpoints/best).")],
+    alpha: Annotated[
+        str, typer.Option("--alpha", help="Weight of the fine-tuned model: one value or a comma list (0..1).")
+    ] = "0.5",
+    out: Annotated[Path, typer.Option("--out", help="Output folder: one model folder per alpha.")] = Path("wise"),
+    arch: ArchOpt = None,
+) -> None:
+    """WiSE-FT: interpolate a zero-shot and a fine-tuned model's weights for one or more alphas."""
+    alphas = parse_alphas(alpha)
+    from starft_cli.wise import write_wise
+
+    for path in write_wise(zero_shot, fine_tuned, alphas, out, arch=arch):
+        typer.echo(str(path))
+
+
+def parse_alphas(text: str) -> list[float]:
+    values: list[float] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            value = float(part)
+        except ValueError:
+            raise UsageError(f"--alpha '{part}' is not a number", "e.g. --alpha 0,0.5,1") from None
+        if not 0.0 <= value <= 1.0:
+            raise UsageError(f"--alpha {value} is outside 0..1", "0 is the zero-shot model, 1 the fine-tuned one")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise UsageError("--alpha lists a value twice")
+    return values
+
+
+COMMANDS = [("finetune", finetune_command, HELP), ("wise", wise_command, WISE_HELP)]

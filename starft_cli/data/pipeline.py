@@ -1,0 +1,140 @@
+"""The training input pipeline: decode JPEG/PNG straight to tensors and augment on tensors.
+
+It is the tensor equivalent of open_clip's train transform (RandomResizedCrop with scale 0.9-1.0 and bicubic
+resampling, then the CLIP mean/std normalisation), but decodes with torchvision's decoder instead of PIL and
+never builds a PIL image. Each sample's augmentation is seeded by (seed, epoch, index), so it does not depend
+on the number of workers or processes and a resumed run sees the same crops.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.utils.data
+
+from starft_cli.errors import ImageError
+
+DEFAULT_SCALE = (0.9, 1.0)
+
+
+def decode_file(path: str | Path) -> torch.Tensor:
+    """An image file as a ``uint8`` RGB tensor ``[3, H, W]``."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+    except OSError as exc:
+        raise ImageError(f"cannot read {path} ({exc.strerror})", "Check the dataset files") from None
+    try:
+        with warnings.catch_warnings():  # torchvision >= 0.29 marks its decoders deprecated (torchcodec later)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_image(data, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        # torchvision cannot decode it (an unusual format): let PIL try, with its error messages.
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        from starft_cli.images import open_image
+
+        return pil_to_tensor(open_image(path))
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class Normalize:
+    """``uint8 [..., 3, H, W]`` -> ``float32``: scale to [0, 1] and normalise with mean/std. Applied to whole
+    batches on the training device, so the workers hand over 4x smaller ``uint8`` tensors."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        # (x / 255 - mean) / std as one multiply and one add per element: x * a + b.
+        std_t = torch.tensor(list(std), dtype=torch.float32)
+        self.a = (1.0 / (255.0 * std_t)).view(3, 1, 1)
+        self.b = (-torch.tensor(list(mean), dtype=torch.float32) / std_t).view(3, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        a, b = self.a.to(images.device), self.b.to(images.device)
+        return images.to(torch.float32).mul_(a).add_(b)
+
+
+class TensorTrainTransform:
+    """``uint8 [3, H, W]`` -> random resized crop (bicubic, antialiased) -> ``uint8 [3, S, S]``, then, when
+    ``normalize``, scaled to [0, 1] and normalised (``float32``)."""
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+        scale: tuple[float, float] = DEFAULT_SCALE,
+        interpolation: str = "bicubic",
+        normalize: bool = True,
+    ) -> None:
+        from torchvision.transforms import v2
+
+        mode = v2.InterpolationMode.BILINEAR if interpolation == "bilinear" else v2.InterpolationMode.BICUBIC
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        self.crop = v2.RandomResizedCrop(size, scale=scale, interpolation=mode, antialias=True)
+        self.finish = Normalize(mean, std) if normalize else None
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        out = self.crop(image)
+        return self.finish(out) if self.finish is not None else out
+
+
+def train_transform(preprocess_cfg: Mapping[str, Any], normalize: bool = True) -> TensorTrainTransform:
+    """The tensor train transform for a model's preprocess config (size, mean, std, interpolation)."""
+    return TensorTrainTransform(
+        size=preprocess_cfg.get("size", 224),
+        mean=preprocess_cfg.get("mean", CLIP_MEAN),
+        std=preprocess_cfg.get("std", CLIP_STD),
+        interpolation=str(preprocess_cfg.get("interpolation", "bicubic")),
+        normalize=normalize,
+    )
+
+
+def batch_normalizer(preprocess_cfg: Mapping[str, Any]) -> Normalize:
+    """The normalisation that :func:`train_transform` with ``normalize=False`` leaves to the batch."""
+    return Normalize(preprocess_cfg.get("mean", CLIP_MEAN), preprocess_cfg.get("std", CLIP_STD))
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch * 1_000_000_007 + index * 7919) % (2**63 - 1)
+
+
+class TrainSamples(torch.utils.data.Dataset):
+    """``(image tensor, label, index)`` of an :class:`~starft_cli.data.base.ImageDataset`, augmented with a
+    per-sample seed. Set :attr:`epoch` before creating each epoch's iterator."""
+
+    def __init__(self, dataset: Any, transform: Any, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self.paths = getattr(dataset, "paths", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def load(self, index: int) -> torch.Tensor:
+        if self.paths is not None:
+            return decode_file(self.paths[index])
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        return pil_to_tensor(self.dataset.get_image(index).convert("RGB"))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        image = self.load(index)
+        seed = sample_seed(self.seed, self.epoch, index)
+        if torch.utils.data.get_worker_info() is not None:
+            torch.manual_seed(seed)
+            out = self.transform(image)
+        else:  # in the main process: leave the global generator as it was
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                out = self.transform(image)
+        return out, self.dataset.labels[index], index

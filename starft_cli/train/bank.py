@@ -1,0 +1,121 @@
+"""The teacher's spurious-text bank: features of every (class, template) spurious text, computed once.
+
+The spurious text of a sample depends only on its class and the template drawn, so the frozen teacher's
+features of all of them fit in a ``[classes, templates, dim]`` tensor. The bank (and the teacher's caption
+features ``[classes, dim]``) is cached on disk, keyed by the teacher's weights fingerprint, the class names,
+the caption template and the pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from starft_cli.paths import atomic_path, cache_dir
+from starft_cli.prompts import fill
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+ENCODE_CHUNK = 1024
+
+
+def strip_period(caption: str) -> str:
+    """The caption without its final period: the text that fills a spurious template's slot."""
+    caption = caption.rstrip()
+    return caption[:-1] if caption.endswith(".") else caption
+
+
+def spurious_text(template: str, caption: str) -> str:
+    """``"{} in snowy landscapes."`` + ``"a photo of a goldfish."``
+    -> ``"a photo of a goldfish in snowy landscapes."``"""
+    return fill(template, strip_period(caption))
+
+
+def class_captions(classnames: Sequence[str], caption_template: str) -> list[str]:
+    return [fill(caption_template, name) for name in classnames]
+
+
+@dataclass
+class TextBank:
+    """``spurious[c, k]``: teacher features of template ``k`` filled with class ``c``'s caption;
+    ``captions[c]``: teacher features of class ``c``'s caption. Both L2-normalised, float32."""
+
+    spurious: torch.Tensor
+    captions: torch.Tensor
+
+    def to(self, device: torch.device) -> TextBank:
+        return TextBank(self.spurious.to(device), self.captions.to(device))
+
+
+def bank_key(fingerprint: str, classnames: Sequence[str], caption_template: str, pool: Sequence[str]) -> str:
+    payload = json.dumps(
+        {"w": fingerprint, "c": list(classnames), "cap": caption_template, "pool": list(pool)}, ensure_ascii=False
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:40]
+
+
+def encode_texts(model: Any, tokenizer: Callable[..., Any], texts: Sequence[str], device: torch.device) -> torch.Tensor:
+    """L2-normalised float32 text features of ``texts`` (no autograd, in chunks)."""
+    import torch
+
+    from starft_cli.train.step import encode_text
+
+    out = []
+    with torch.no_grad():  # not inference_mode: the bank is later saved for backward by the loss
+        for start in range(0, len(texts), ENCODE_CHUNK):
+            tokens = tokenizer(list(texts[start : start + ENCODE_CHUNK])).to(device)
+            out.append(encode_text(model, tokens, normalize=True).float())
+    return torch.cat(out, dim=0)
+
+
+def build_bank(
+    model: Any,
+    tokenizer: Callable[..., Any],
+    classnames: Sequence[str],
+    caption_template: str,
+    pool: Sequence[str],
+    device: torch.device,
+) -> TextBank:
+    captions = class_captions(classnames, caption_template)
+    texts = [spurious_text(t, cap) for cap in captions for t in pool]
+    spurious = encode_texts(model, tokenizer, texts, device).view(len(classnames), len(pool), -1)
+    return TextBank(spurious=spurious, captions=encode_texts(model, tokenizer, captions, device))
+
+
+def cached_bank(
+    model: Any,
+    tokenizer: Callable[..., Any],
+    fingerprint: str,
+    classnames: Sequence[str],
+    caption_template: str,
+    pool: Sequence[str],
+    device: torch.device,
+    use_cache: bool = True,
+) -> TextBank:
+    """:func:`build_bank`, cached under ``<cache>/spurious_bank``."""
+    from safetensors.torch import load_file, save_file
+
+    path = cache_dir("spurious_bank") / f"{bank_key(fingerprint, classnames, caption_template, pool)}.safetensors"
+    if use_cache and path.is_file():
+        try:
+            data = load_file(str(path))
+            bank = TextBank(spurious=data["spurious"], captions=data["captions"])
+            if tuple(bank.spurious.shape[:2]) == (len(classnames), len(pool)):
+                logger.info("spurious bank read from %s", path)
+                return bank.to(device)
+        except Exception as exc:  # a damaged cache entry is rebuilt, never trusted
+            logger.warning("ignoring unreadable spurious bank %s (%s)", path, exc)
+    bank = build_bank(model, tokenizer, classnames, caption_template, pool, device)
+    if use_cache:
+        with atomic_path(path) as tmp:
+            save_file(
+                {"spurious": bank.spurious.cpu().contiguous(), "captions": bank.captions.cpu().contiguous()}, str(tmp)
+            )
+    return bank

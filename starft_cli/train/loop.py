@@ -1,0 +1,520 @@
+"""``finetune(config) -> run_dir``: StarFT / FLYP / KL / CE fine-tuning, single- or multi-process."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from starft_cli.errors import CheckpointError, ConfigError, DataError
+from starft_cli.train.checkpoint import RunDir, load_training_state, save_training_checkpoint
+from starft_cli.train.config import RESUME_MUTABLE, TrainConfig, config_from_json
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[dict[str, Any]], None]
+METHOD_NAMES = {"star": "starft", "kl": "kl", "none": "flyp"}
+# Test hook: stop (sleep until killed) right after the checkpoint of this step is written.
+STALL_ENV = "_STARFT_TEST_STALL_AT_STEP"
+
+
+def method_name(config: TrainConfig) -> str:
+    return "ce" if config.loss == "ce" else METHOD_NAMES[config.reg]
+
+
+def default_out(config: TrainConfig) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return str(Path("runs") / f"{method_name(config)}-{stamp}")
+
+
+@dataclass
+class Prepared:
+    """What is checked and loaded before any model: data, pools, run directory."""
+
+    config: TrainConfig
+    run: RunDir
+    dataset: Any
+    val_dataset: Any | None
+    pool: list[str]
+    resume_from: Path | None
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """Validate everything that needs no model: the run directory, the data, the pool."""
+    from starft_cli.data.registry import load_dataset
+    from starft_cli.prompts import load_pool
+
+    if config.out is None:
+        config = config.replace(out=default_out(config))
+    run = RunDir(config.out)
+    resume_from = None
+    if config.resume:
+        if run.config.is_file():
+            stored = config_from_json(run.config.read_text(encoding="utf-8"), str(run.config))
+            diff = sorted(k for k, v in config.to_dict().items() if k not in RESUME_MUTABLE and getattr(stored, k) != v)
+            if diff:
+                raise ConfigError(
+                    f"--resume: settings differ from the run's config.json: {', '.join(diff)}",
+                    "Resume with the run's own settings",
+                )
+            resume_from = run.find_checkpoint("last")
+        elif run.root.exists() and any(run.root.iterdir()):
+            raise CheckpointError(f"{run.root} is not a starft run (no config.json)", "Check --out")
+    elif run.config.is_file():
+        raise CheckpointError(
+            f"{run.root} already holds a run", "Pass --resume to continue it, or choose another --out"
+        )
+    dataset = load_dataset(config.data, config.data_root, config.split, classnames_file=config.classnames)
+    if len(dataset.classnames) < 2 and config.reg == "star":
+        raise DataError("StarReg needs at least two classes", "Use --reg none or add classes")
+    pool = load_pool(config.pool) if config.reg != "none" else []
+    val = None
+    if config.val_data:
+        val = load_dataset(config.val_data, config.val_data_root or config.data_root, config.val_split)
+    if config.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "--tensorboard needs the tensorboard package", "pip install 'starft[tensorboard]', or drop the flag"
+            ) from None
+    from starft_cli.models import parse_model_ref
+
+    parse_model_ref(config.backbone, arch=config.arch)  # a bad reference fails here, before any loading
+    return Prepared(config, run, dataset, val, pool, resume_from)
+
+
+def finetune(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
+    """Fine-tune as ``config`` says; return the run directory. Under torchrun every process calls this."""
+    from starft_cli.device import resolve_device
+    from starft_cli.train.distributed import (
+        destroy_process_group,
+        device_for,
+        env_from_environment,
+        init_process_group,
+    )
+
+    prepared = prepare(config)
+    env = env_from_environment()
+    device = device_for(env, resolve_device(prepared.config.device))
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(device)
+    init_process_group(env, device)
+    try:
+        return _Trainer(prepared, env, device, progress).run()
+    finally:
+        destroy_process_group()
+
+
+class _Trainer:
+    def __init__(self, prepared: Prepared, env: Any, device: Any, progress: ProgressFn | None) -> None:
+        self.p = prepared
+        self.cfg = prepared.config
+        self.env = env
+        self.device = device
+        self.progress = progress or (lambda event: None)
+        self.run_dir = prepared.run
+
+    # -------------------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        import torch
+
+        from starft_cli import models
+        from starft_cli.data.pipeline import TrainSamples, batch_normalizer, train_transform
+        from starft_cli.train.sampling import ResumableSampler
+
+        cfg, env, device = self.cfg, self.env, self.device
+        world, accum = env.world_size, cfg.grad_accum
+        if cfg.batch_size % (world * accum):
+            raise ConfigError(
+                f"--batch-size {cfg.batch_size} is not divisible by {world} processes x --grad-accum {accum}",
+                "The global batch is split evenly over processes and micro-batches",
+            )
+        micro = cfg.batch_size // (world * accum)
+        dataset = self.p.dataset
+        per_rank = -(-len(dataset) // world)
+        steps_per_epoch = per_rank // (micro * accum)
+        if steps_per_epoch == 0:
+            raise DataError(
+                f"{cfg.data} has {len(dataset)} images, fewer than one batch of {cfg.batch_size}",
+                "Lower --batch-size",
+            )
+        total_steps = cfg.epochs * steps_per_epoch
+        if cfg.max_steps is not None:
+            total_steps = min(total_steps, cfg.max_steps)
+
+        torch.manual_seed(cfg.seed)
+        base = models.load(cfg.backbone, device=device, arch=cfg.arch, seed=cfg.seed)
+        student = base.model
+        teacher = None
+        if cfg.reg != "none":
+            teacher = copy.deepcopy(student).eval()
+            for param in teacher.parameters():
+                param.requires_grad_(False)
+        self.base = base
+        resume_state = None
+        if self.p.resume_from is not None:
+            weights = models.read_state_dict(self.p.resume_from / models.WEIGHTS_NAME)
+            student.load_state_dict(weights, strict=True)
+            resume_state = load_training_state(self.p.resume_from)
+        if env.is_main and not self.run_dir.config.is_file():
+            self.run_dir.write_config(cfg.to_json())
+
+        if cfg.freeze_text or cfg.loss == "ce":
+            for name, param in student.named_parameters():
+                if not (name.startswith("visual.") or name.startswith("logit_")):
+                    param.requires_grad_(False)
+        if cfg.grad_checkpointing:
+            student.set_grad_checkpointing(True)
+        student.train()
+
+        head = None
+        if cfg.loss == "ce":
+            head = self._make_head(student, base.tokenizer, dataset)
+            if resume_state is not None and "head" in resume_state:
+                head.weight.data.copy_(resume_state["head"])
+
+        captions = dataset.captions
+        class_caps = captions is None
+        from starft_cli.train.bank import class_captions
+
+        default_captions = class_captions(dataset.classnames, cfg.caption_template)
+        bank = None
+        if (
+            cfg.loss == "contrastive"
+            and cfg.step_impl == "efficient"
+            and ((cfg.reg != "none" and class_caps) or (cfg.freeze_text and class_caps))
+        ):
+            bank = self._bank(teacher if teacher is not None else student, base.tokenizer, dataset)
+
+        from starft_cli.train.step import StarStep, Towers
+
+        towers: Any = Towers(student, head, trim=cfg.step_impl == "efficient").to(device)
+        params = [(n, p) for n, p in towers.named_parameters() if p.requires_grad]
+        decay = [p for n, p in params if not _no_decay(n, p)]
+        no_decay = [p for n, p in params if _no_decay(n, p)]
+        optimizer = torch.optim.AdamW(
+            [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": cfg.wd}],
+            lr=cfg.lr,
+            fused=device.type == "cuda" or None,
+        )
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        wrapped = towers
+        if env.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            wrapped = DistributedDataParallel(
+                towers, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            )
+        autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        teacher_scale = float(teacher.logit_scale.exp().item()) if teacher is not None else 0.0
+        step_fn = StarStep(
+            towers=wrapped,
+            clip=student,
+            teacher=teacher,
+            tokenizer=base.tokenizer,
+            pool=self.p.pool or ["{}"],
+            teacher_scale=teacher_scale,
+            reg=cfg.reg,
+            freeze_text=cfg.freeze_text,
+            impl=cfg.step_impl,
+            bank=bank,
+            env=env,
+            autocast_dtype=autocast_dtype,
+        )
+
+        step, epoch, in_epoch, best = 0, 0, 0, None
+        if resume_state is not None:
+            optimizer.load_state_dict(resume_state["optimizer"])
+            if "scaler" in resume_state and cfg.precision == "fp16":
+                scaler.load_state_dict(resume_state["scaler"])
+            step, epoch, in_epoch = resume_state["step"], resume_state["epoch"], resume_state["step_in_epoch"]
+            best = resume_state.get("best")
+            if resume_state.get("world_size", 1) != world and in_epoch:
+                logger.warning(
+                    "resuming with %d processes a run saved with %d: the rest of epoch %d is drawn for the new "
+                    "process count, so it is not bitwise the run an unchanged setup would give",
+                    world,
+                    resume_state.get("world_size", 1),
+                    epoch,
+                )
+            torch.set_rng_state(resume_state["rng_cpu"])
+            logger.info("resuming %s at step %d (epoch %d, step %d of it)", self.run_dir.root, step, epoch, in_epoch)
+
+        if cfg.resume and env.is_main:
+            self.run_dir.truncate_metrics(step)  # steps after the checkpoint are redone (all of them if none)
+        # Workers hand over uint8 crops; scaling and normalisation run on the batch, on the device.
+        samples = TrainSamples(dataset, train_transform(base.preprocess_cfg, normalize=False), seed=cfg.seed)
+        normalize = batch_normalizer(base.preprocess_cfg)
+        sampler = ResumableSampler(len(dataset), world, env.rank, cfg.seed)
+        self.progress({"kind": "start", "total_steps": total_steps, "step": step, "run_dir": str(self.run_dir.root)})
+        stall_at = int(os.environ.get(STALL_ENV, "0") or 0)
+        tb = None
+        if cfg.tensorboard and env.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(self.run_dir.root / "tensorboard"))
+        self.towers, self.optimizer, self.scaler, self.head = towers, optimizer, scaler, head
+        self.wrapped, self.step_fn, self.normalize, self.autocast_dtype = wrapped, step_fn, normalize, autocast_dtype
+        self.captions, self.default_captions, self.class_caps, self.micro = (
+            captions,
+            default_captions,
+            class_caps,
+            micro,
+        )
+
+        while epoch < cfg.epochs and step < total_steps:
+            from starft_cli.train.schedules import cosine_lr, reg_lambda
+
+            lam = reg_lambda(epoch, cfg.epochs, cfg.reg_lambda, cfg.lambda_schedule) if cfg.reg != "none" else 0.0
+            samples.epoch = epoch
+            sampler.set_position(epoch, in_epoch * accum * micro)
+            loader = torch.utils.data.DataLoader(
+                samples,
+                batch_size=micro,
+                sampler=sampler,
+                num_workers=cfg.workers,
+                drop_last=True,
+                pin_memory=device.type == "cuda",
+                persistent_workers=False,
+            )
+            batches = iter(loader)
+            while in_epoch < steps_per_epoch and step < total_steps:
+                started = time.perf_counter()
+                lr = cosine_lr(step, cfg.lr, cfg.warmup, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                sums = self._optimizer_step(batches, step, lam)
+                step += 1
+                in_epoch += 1
+                from starft_cli.train.distributed import mean_over_ranks
+
+                loss, con, reg = mean_over_ranks(sums, env)
+                elapsed = time.perf_counter() - started
+                record = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": loss,
+                    "contrastive": con,
+                    "reg": None if math.isnan(reg) else reg,  # None: skipped, its weight is 0
+                    "lambda": lam,
+                    "lr": lr,
+                    "images_per_s": cfg.batch_size / max(elapsed, 1e-9),
+                }
+                if env.is_main and (step % cfg.log_every == 0 or step == total_steps):
+                    self.run_dir.append_metrics(record)
+                    if tb is not None:
+                        for key in ("loss", "contrastive", "reg", "lambda", "lr", "images_per_s"):
+                            tb.add_scalar(f"train/{key}", record[key], step)
+                self.progress({"kind": "step", "total_steps": total_steps, **record})
+                epoch_end = in_epoch >= steps_per_epoch
+                if epoch_end:
+                    epoch, in_epoch = epoch + 1, 0
+                    if self.p.val_dataset is not None:
+                        best = self._after_epoch(epoch - 1, step, best)
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or epoch_end or step >= total_steps:
+                    self._save("last", step, epoch, in_epoch, best)
+                if stall_at and step == stall_at:
+                    logger.warning("%s=%d: stalling for the test harness", STALL_ENV, stall_at)
+                    while True:
+                        time.sleep(60)
+                if epoch_end:
+                    break
+            del batches, loader
+        from starft_cli.train.distributed import barrier
+
+        if tb is not None:
+            tb.close()
+        barrier(env)
+        self.progress({"kind": "done", "step": step, "run_dir": str(self.run_dir.root), "best": best})
+        return self.run_dir.root
+
+    def _optimizer_step(self, batches: Any, step: int, lam: float) -> Any:
+        """Forward and backward ``grad_accum`` micro-batches and step the optimizer; return the micro-batch
+        mean of (loss, contrastive, reg) as a tensor."""
+        import torch
+
+        cfg, env, device = self.cfg, self.env, self.device
+        accum = cfg.grad_accum
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        for m in range(accum):
+            images, labels, index = next(batches)
+            images = self.normalize(images.to(device, non_blocking=True))
+            labels = labels.to(device)
+            last = m == accum - 1 or not env.distributed
+            with self.wrapped.no_sync() if not last else _null():  # gradients are all-reduced once per step
+                if cfg.loss == "ce":
+                    out = self._ce_loss(self.wrapped, images, labels, self.autocast_dtype)
+                else:
+                    caps = [
+                        self.captions[i] if self.captions else self.default_captions[y]
+                        for i, y in zip(index.tolist(), labels.tolist(), strict=True)
+                    ]
+                    tidx = _templates(cfg.seed, step, m, self.micro * env.world_size, len(self.step_fn.pool), env)
+                    out = self.step_fn(images, labels, caps, tidx.to(device), lam, self.class_caps)
+                self.scaler.scale(out.loss / accum).backward()
+            sums += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype) / accum
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return sums
+
+    def _bank(self, source: Any, tokenizer: Any, dataset: Any) -> Any:
+        """The teacher's text bank for the classes present in the training data (rows of absent classes are 0)."""
+        import torch
+
+        from starft_cli import models
+        from starft_cli.train.bank import TextBank, cached_bank
+
+        present = sorted(set(dataset.labels))
+        names = [dataset.classnames[c] for c in present]
+        pool = self.p.pool or ["{}"]
+        part = cached_bank(
+            source, tokenizer, models.weights_fingerprint(source), names, self.cfg.caption_template, pool, self.device
+        )
+        if len(present) == len(dataset.classnames):
+            return part
+        rows = torch.as_tensor(present, device=self.device)
+        spurious = part.spurious.new_zeros((len(dataset.classnames), *part.spurious.shape[1:]))
+        captions = part.captions.new_zeros((len(dataset.classnames), part.captions.shape[1]))
+        spurious[rows], captions[rows] = part.spurious, part.captions
+        return TextBank(spurious=spurious, captions=captions)
+
+    def _after_epoch(self, epoch: int, step: int, best: float | None) -> float | None:
+        """ID validation at the end of an epoch; a new best accuracy writes checkpoints/best."""
+        accuracy = self._validate()
+        self.progress({"kind": "validation", "epoch": epoch, "accuracy": accuracy, "step": step})
+        if self.env.is_main:
+            self.run_dir.append_metrics({"step": step, "epoch": epoch, "val_accuracy": accuracy})
+        if best is None or accuracy > best:
+            best = accuracy
+            self._save("best", step, epoch + 1, 0, best, with_state=False, extra={"val_accuracy": accuracy})
+        return best
+
+    # -------------------------------------------------------------------------------------------------
+    def _save(
+        self,
+        name: str,
+        step: int,
+        epoch: int,
+        in_epoch: int,
+        best: float | None,
+        with_state: bool = True,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        import torch
+
+        if not self.env.is_main:
+            return
+        state = None
+        if with_state:
+            state = {
+                "format": 1,
+                "step": step,
+                "epoch": epoch,
+                "step_in_epoch": in_epoch,
+                "best": best,
+                "world_size": self.env.world_size,
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+            }
+            if self.head is not None:
+                state["head"] = self.head.weight.detach().cpu()
+        metadata = {
+            "method": method_name(self.cfg),
+            "base_model": self.cfg.backbone,
+            "step": step,
+            "epoch": epoch,
+            "hyperparameters": self.cfg.to_dict(),
+            **(extra or {}),
+        }
+        if self.head is not None:
+            metadata["head_classnames"] = list(self.p.dataset.classnames)
+        save_training_checkpoint(
+            self.run_dir,
+            name,
+            self.towers.clip,
+            self.base.model_cfg,
+            self.base.preprocess_cfg,
+            arch=self.base.arch,
+            metadata=metadata,
+            state=state,
+            head=None if self.head is None else self.head.weight,
+        )
+        self.progress({"kind": "checkpoint", "name": name, "step": step})
+
+    def _make_head(self, student: Any, tokenizer: Any, dataset: Any) -> Any:
+        import torch
+
+        from starft_cli.prompts import load_templates
+        from starft_cli.zeroshot import zero_shot_head
+
+        templates = load_templates(self.cfg.val_templates or getattr(dataset, "templates", None) or "imagenet80")
+        weights = zero_shot_head(student, tokenizer, dataset.classnames, templates, device=self.device, scale=True)
+        head = torch.nn.Linear(weights.shape[1], weights.shape[0], bias=False).to(self.device)
+        with torch.no_grad():
+            head.weight.copy_(weights)
+        return head
+
+    def _ce_loss(self, wrapped: Any, images: Any, labels: Any, autocast_dtype: Any) -> Any:
+        import contextlib
+
+        import torch
+        import torch.nn.functional as F
+
+        from starft_cli.train.step import StepOutput
+
+        ctx = torch.autocast(self.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        with ctx:
+            (logits,) = wrapped(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        return StepOutput(loss=loss, contrastive=loss.detach(), reg=loss.new_zeros(()))
+
+    def _validate(self) -> float:
+        from starft_cli.train.validate import accuracy
+
+        clip = self.towers.clip
+        clip.eval()
+        try:
+            return accuracy(
+                clip,
+                self.base.tokenizer,
+                self.base.preprocess,
+                self.p.val_dataset,
+                templates=self.cfg.val_templates,
+                device=self.device,
+                batch_size=max(1, self.cfg.batch_size // max(1, self.env.world_size)),
+                workers=self.cfg.workers,
+                head=self.head,
+                env=self.env,
+            )
+        finally:
+            clip.train()
+
+
+def _no_decay(name: str, param: Any) -> bool:
+    return param.ndim < 2 or "bias" in name or "ln" in name or "bn" in name or "logit_scale" in name
+
+
+def _templates(seed: int, step: int, micro: int, global_batch: int, pool_size: int, env: Any) -> Any:
+    from starft_cli.train.step import template_indices
+
+    return template_indices(seed, step, micro, global_batch, pool_size, env)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

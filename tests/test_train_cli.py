@@ -1,0 +1,223 @@
+"""`starft finetune` end to end on generated data: run directory, checkpoints, config, data layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from starft_cli.cli.app import app
+from tests.imagegen import make_class_folders
+
+runner = CliRunner()
+FAST = ["--backbone", "starft-tiny:none", "--workers", "0", "--warmup", "2", "--lr", "1e-4", "--device", "cpu"]
+
+
+def _finetune(*args: str):
+    return runner.invoke(app, ["finetune", *FAST, *args])
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_finetune_folder_writes_the_run_directory(tmp_path: Path, class_folders: Path):
+    run = tmp_path / "run"
+    result = _finetune("--data", f"folder:{class_folders}", "--batch-size", "4", "--epochs", "2", "--out", str(run))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().endswith(str(run))
+    assert "6 steps" in result.stderr and "step 1/6 epoch 0 loss" in result.stderr  # plain progress lines
+    config = json.loads((run / "config.json").read_text())
+    assert config["reg"] == "star" and config["pool"] == "background" and config["epochs"] == 2
+    assert config["batch_size"] == 4 and config["wd"] == 0.1  # METHOD.md default kept
+    records = [r for r in _metrics(run) if "loss" in r]
+    assert [r["step"] for r in records] == list(range(1, 7))  # 12 images / 4 = 3 steps x 2 epochs
+    for key in ("step", "epoch", "loss", "contrastive", "reg", "lambda", "lr", "images_per_s"):
+        assert key in records[0]
+    assert [r["lambda"] for r in records] == [0.25] * 3 + [0.0] * 3  # 0.5 * (1 - (e + 1) / 2)
+    assert all(r["reg"] > -1e-6 for r in records[:3]) and records[2]["reg"] > 0
+    assert all(r["reg"] is None for r in records[3:])  # weight 0: skipped, not computed
+    assert records[0]["lr"] == pytest.approx(5e-5)  # warm-up step 1 of 2
+    last = run / "checkpoints" / "last"
+    assert {p.name for p in last.iterdir()} == {
+        "open_clip_model.safetensors",
+        "open_clip_config.json",
+        "training_state.pt",
+    }
+    meta = json.loads((last / "open_clip_config.json").read_text())["starft"]
+    assert meta["method"] == "starft" and meta["base_model"] == "starft-tiny:none" and meta["step"] == 6
+    state = torch.load(last / "training_state.pt", weights_only=True)
+    assert state["step"] == 6 and state["epoch"] == 2
+    assert not list((run / "checkpoints").glob(".*"))  # no partial or old folder left behind
+
+
+def test_checkpoint_loads_with_plain_open_clip_and_starft(tmp_path: Path, class_folders: Path):
+    run = tmp_path / "run"
+    assert (
+        _finetune(
+            "--data", f"folder:{class_folders}", "--batch-size", "6", "--epochs", "1", "--out", str(run)
+        ).exit_code
+        == 0
+    )
+    last = run / "checkpoints" / "last"
+    import open_clip
+
+    from starft_cli.models import load, register_builtin_configs
+
+    register_builtin_configs()
+    model, _, _ = open_clip.create_model_and_transforms(
+        "starft-tiny", pretrained=str(last / "open_clip_model.safetensors")
+    )
+    saved = load_file(str(last / "open_clip_model.safetensors"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    base = load("starft-tiny:none")
+    assert any(not torch.equal(v, saved[k]) for k, v in base.model.state_dict().items())  # it did train
+    ours = load(str(last))
+    assert ours.extra["starft"]["method"] == "starft"
+
+
+def test_csv_with_captions_and_kl_and_freeze_text(tmp_path: Path, class_folders: Path):
+    rows = ["filepath,caption,label"]
+    for c in ("cat", "dog", "car"):
+        for i in range(4):
+            rows.append(f"{class_folders}/{c}/{i}.jpg,a {c} seen in picture {i}.,{c}")
+    csv = tmp_path / "train.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    result = _finetune(
+        "--data", f"csv:{csv}", "--reg", "kl", "--freeze-text", "--batch-size", "6", "--epochs", "1", "--out", str(run)
+    )
+    assert result.exit_code == 0, result.output
+    from starft_cli.models import load
+
+    base = load("starft-tiny:none").model.state_dict()
+    saved = load_file(str(run / "checkpoints" / "last" / "open_clip_model.safetensors"))
+    text_keys = [k for k in saved if not k.startswith("visual.") and not k.startswith("logit_")]
+    assert text_keys and all(torch.equal(saved[k], base[k]) for k in text_keys)  # the text tower is frozen
+    assert any(not torch.equal(saved[k], base[k]) for k in saved if k.startswith("visual."))
+    assert json.loads((run / "config.json").read_text())["reg"] == "kl"
+
+
+def test_imagenet_train_layout_and_val_selection(tmp_path: Path):
+    root = tmp_path / "root"
+    wnids = ["n01440764", "n01443537", "n01484850"]  # tench, goldfish, great white shark
+    for split in ("train", "val"):
+        make_class_folders(root / "imagenet" / split, wnids, per_class=4)
+    run = tmp_path / "run"
+    pool = tmp_path / "pool.txt"
+    pool.write_text("{} in the sea.\n{} on grass.\n")
+    result = _finetune(
+        "--data", "imagenet", "--data-root", str(root), "--batch-size", "6", "--epochs", "2",
+        "--val-data", "imagenet", "--val-split", "val", "--val-templates", "single", "--pool", str(pool),
+        "--out", str(run),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    vals = [r for r in _metrics(run) if "val_accuracy" in r]
+    assert [v["epoch"] for v in vals] == [0, 1]
+    best = json.loads((run / "checkpoints" / "best" / "open_clip_config.json").read_text())["starft"]
+    assert best["val_accuracy"] == max(v["val_accuracy"] for v in vals)
+    assert "validation accuracy" in result.stderr
+
+
+def test_cross_entropy_baseline(tmp_path: Path, class_folders: Path):
+    run = tmp_path / "run"
+    result = _finetune(
+        "--data",
+        f"folder:{class_folders}",
+        "--loss",
+        "ce",
+        "--reg",
+        "none",
+        "--batch-size",
+        "6",
+        "--epochs",
+        "1",
+        "--out",
+        str(run),
+    )
+    assert result.exit_code == 0, result.output
+    head = load_file(str(run / "checkpoints" / "last" / "classification_head.safetensors"))["weight"]
+    assert head.shape == (3, 32)
+    meta = json.loads((run / "checkpoints" / "last" / "open_clip_config.json").read_text())["starft"]
+    assert meta["method"] == "ce" and meta["head_classnames"] == ["car", "cat", "dog"]
+
+
+def test_toml_config_and_flags_win(tmp_path: Path, class_folders: Path):
+    cfg = tmp_path / "ft.toml"
+    cfg.write_text(f'data = "folder:{class_folders}"\nepochs = 3\nlr = 3e-4\nbatch-size = 6\npool = "texture"\n')
+    run = tmp_path / "run"
+    result = runner.invoke(
+        app, ["finetune", *FAST[:2], "--config", str(cfg), "--epochs", "1", "--workers", "0", "--out", str(run)]
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["epochs"] == 1 and config["lr"] == 3e-4 and config["pool"] == "texture" and config["batch_size"] == 6
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--loss", "ce"], "--loss ce"),
+        (["--batch-size", "10", "--grad-accum", "3"], "not divisible"),
+        (["--reg", "l2"], "--reg 'l2'"),
+        (["--precision", "fp8"], "--precision"),
+        (["--pool", "nosuchpool"], "unknown spurious pool"),
+        (["--data", "folder:/no/such/dir"], "no such folder"),
+        (["--epochs", "0"], "--epochs"),
+        (["--reg", "none", "--pool", "texture"], "--pool has no effect with --reg none"),
+        (["--val-split", "val"], "--val-split is given without --val-data"),
+    ],
+)
+def test_invalid_settings_are_refused_before_loading_a_model(tmp_path: Path, class_folders: Path, args, message):
+    run = tmp_path / "run"
+    base = ["finetune", "--backbone", "nosuch-model-would-fail-to-load", "--data", f"folder:{class_folders}"]
+    result = runner.invoke(app, [*base, "--out", str(run), *args])
+    assert result.exit_code in (1, 2), result.output
+    assert message in result.stderr
+    assert "unknown model" not in result.stderr  # refused before the model reference was even looked at
+    assert not (run / "config.json").exists()
+
+
+def test_existing_run_needs_resume(tmp_path: Path, class_folders: Path):
+    run = tmp_path / "run"
+    args = ["--data", f"folder:{class_folders}", "--batch-size", "6", "--epochs", "1", "--out", str(run)]
+    assert _finetune(*args).exit_code == 0
+    again = _finetune(*args)
+    assert again.exit_code == 1 and "already holds a run" in again.stderr and "--resume" in again.stderr
+    changed = _finetune(*args[:-2], "--out", str(run), "--resume", "--lr", "0.5")
+    assert changed.exit_code == 2 and "--lr" in changed.stderr
+    finished = _finetune("--out", str(run), "--resume")  # a finished run resumes to the same place
+    assert finished.exit_code == 0, finished.output
+    assert [r["step"] for r in _metrics(run)] == [1, 2]
+
+
+def test_bf16_grad_accum_and_grad_checkpointing_run(tmp_path: Path, class_folders: Path):
+    run = tmp_path / "run"
+    result = _finetune(
+        "--data", f"folder:{class_folders}", "--batch-size", "6", "--epochs", "1", "--precision", "bf16",
+        "--grad-accum", "2", "--grad-checkpointing", "--lambda-schedule", "constant", "--out", str(run),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = _metrics(run)
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(r["loss"] == r["loss"] and r["reg"] >= -1e-6 for r in records)  # finite, no NaN
+
+
+def test_python_api(tmp_path: Path, class_folders: Path):
+    from starft_cli.train import TrainConfig, finetune
+
+    config = TrainConfig(
+        backbone="starft-tiny:none", data=f"folder:{class_folders}", batch_size=6, epochs=1, warmup=1,
+        workers=0, device="cpu", reg="none", out=str(tmp_path / "run"),
+    )  # fmt: skip
+    events = []
+    run = finetune(config, progress=events.append)
+    assert run == tmp_path / "run"
+    assert [e["kind"] for e in events][:2] == ["start", "step"] and events[-1]["kind"] == "done"
+    meta = json.loads((run / "checkpoints" / "last" / "open_clip_config.json").read_text())["starft"]
+    assert meta["method"] == "flyp" and all(r["reg"] == 0 for r in _metrics(run))

@@ -1,0 +1,80 @@
+"""Exact resume: a run killed with SIGKILL mid-epoch and resumed ends bitwise equal to an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tests.imagegen import make_class_folders
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cmd(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "starft_cli", "finetune", "--backbone", "starft-tiny:none", "--data", f"folder:{data}",
+        "--batch-size", "4", "--epochs", "2", "--warmup", "2", "--lr", "1e-4", "--workers", "2",
+        "--checkpoint-every", "3", "--device", "cpu", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+    env.pop("STARFT_DEBUG", None)
+    return env
+
+
+def _state_step(run: Path) -> int | None:
+    path = run / "checkpoints" / "last" / "training_state.pt"
+    try:
+        return torch.load(path, weights_only=True)["step"]
+    except Exception:
+        return None
+
+
+def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path):
+    data = make_class_folders(tmp_path / "data", ["cat", "dog", "car", "bus"], per_class=4)  # 16 images: 4 steps/epoch
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    done = subprocess.run(_cmd(data, full), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+    # The victim stalls right after writing its step-3 checkpoint (mid-epoch 0) and is then SIGKILLed.
+    victim = subprocess.Popen(
+        _cmd(data, killed), cwd=ROOT, env=_env(_STARFT_TEST_STALL_AT_STEP="3"), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while _state_step(killed) != 3:
+        assert victim.poll() is None, victim.stderr.read() if victim.stderr else ""
+        assert time.monotonic() < deadline, "the run never reached its step-3 checkpoint"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+    state = torch.load(killed / "checkpoints" / "last" / "training_state.pt", weights_only=True)
+    assert (state["step"], state["epoch"], state["step_in_epoch"]) == (3, 0, 3)  # mid-epoch
+
+    resumed = subprocess.run(
+        _cmd(data, killed, "--resume"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(str(full / "checkpoints" / "last" / "open_clip_model.safetensors"))
+    b = load_file(str(killed / "checkpoints" / "last" / "open_clip_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert _state_step(full) == _state_step(killed) == 8
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # each step logged once, none lost or doubled
+    full_loss = [json.loads(line)["loss"] for line in (full / "metrics.jsonl").read_text().splitlines()]
+    killed_loss = [json.loads(line)["loss"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert full_loss == killed_loss
