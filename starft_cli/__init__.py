@@ -29,6 +29,15 @@ _API = {
     "macro_f1": "starft_cli.eval.metrics",
     "worst_region_accuracy": "starft_cli.eval.metrics",
     "expected_calibration_error": "starft_cli.eval.metrics",
+    # fine-tuning
+    "finetune": "starft_cli.train",
+    "TrainConfig": "starft_cli.train.config",
+    "build_config": "starft_cli.train.config",
+    "star_regularizer": "starft_cli.losses",
+    "kl_regularizer": "starft_cli.losses",
+    "contrastive_loss": "starft_cli.losses",
+    "wise": "starft_cli.wise",
+    "write_wise": "starft_cli.wise",
     # datasets
     "load_dataset": "starft_cli.data.registry",
     "list_datasets": "starft_cli.data.registry",

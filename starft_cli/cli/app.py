@@ -104,31 +104,16 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _register() -> None:
-    # Each module defines its commands on a Typer of its own; none imports torch at module level.
-    from starft_cli.cli import classify
+    # Each module defines its commands without importing torch at module level (`starft --help` stays light).
+    from starft_cli.cli import classify, data, evaluate, finetune, zoo
 
     app.command("classify", help=classify.HELP)(classify.classify_command)
-    for module_name, group_name in _GROUPS:
-        try:
-            module = __import__(f"starft_cli.cli.{module_name}", fromlist=["app"])
-        except ModuleNotFoundError as exc:  # a command group not built yet
-            if exc.name != f"starft_cli.cli.{module_name}":
-                raise
-            continue
-        if group_name is None:
-            for name, fn, help_text in module.COMMANDS:
-                app.command(name, help=help_text)(fn)
-        else:
-            app.add_typer(module.app, name=group_name)
+    for module in (finetune, evaluate):
+        for name, fn, help_text in module.COMMANDS:
+            app.command(name, help=help_text)(fn)
+    app.add_typer(data.app, name="data")
+    app.add_typer(zoo.app, name="zoo")
 
-
-# (module, group name or None for top-level commands listed in module.COMMANDS)
-_GROUPS: list[tuple[str, str | None]] = [
-    ("finetune", None),
-    ("evaluate", None),
-    ("data", "data"),
-    ("zoo", "zoo"),
-]
 
 _register()
 

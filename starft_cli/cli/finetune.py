@@ -47,7 +47,9 @@ def finetune_command(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Global batch size (default 512).")] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help="Linear warm-up steps (default 500).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Data-loading processes (default 4).")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Data-loading processes (default: 4, at most the core count).")
+    ] = None,
     precision: Annotated[str | None, typer.Option("--precision", help="fp32, bf16 or fp16.")] = None,
     grad_accum: Annotated[int | None, typer.Option("--grad-accum", help="Micro-batches per step.")] = None,
     grad_checkpointing: Annotated[

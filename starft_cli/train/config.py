@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -15,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from starft_cli.errors import ConfigError
+
+
+def default_workers() -> int:
+    """Data-loading processes by default: 4, or fewer on a machine with fewer cores."""
+    return max(0, min(4, os.cpu_count() or 1))
+
 
 REGS = ("star", "kl", "none")
 LAMBDA_SCHEDULES = ("linear", "constant")
@@ -52,7 +59,7 @@ class TrainConfig:
     batch_size: int = 512
     warmup: int = 500
     seed: int = 0
-    workers: int = 4
+    workers: int = dataclasses.field(default_factory=lambda: default_workers())
     precision: str = "fp32"
     grad_accum: int = 1
     grad_checkpointing: bool = False
