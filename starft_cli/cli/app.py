@@ -87,8 +87,12 @@ def _setup_logging() -> None:
 
 
 class _LowerLevelFormatter(logging.Formatter):
+    """``warning: ...`` / ``error: ...`` for problems; info lines (progress) as they are."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {record.getMessage()}"
+        return record.getMessage()
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -153,18 +153,11 @@ _REG_ONLY = {"pool": "--pool", "reg_lambda": "--lambda", "lambda_schedule": "--l
 
 
 def _setup_logging() -> None:
+    """Progress and info lines from the training core on stderr (rank 0 only; the app's handler prints them)."""
     import os
 
-    root = logging.getLogger("starft_cli")
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks
-        root.setLevel(logging.WARNING)
-        return
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
-        root.propagate = False
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.getLogger("starft_cli").setLevel(level)
 
 
 class _Progress:
