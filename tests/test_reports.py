@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,8 +127,7 @@ def test_write_report_merges_with_existing_results(tmp_path: Path):
 
 
 def test_plot_writes_a_png(tmp_path: Path):
-    pytest.importorskip("matplotlib", reason="plots need the optional matplotlib extra")
-    from starft_cli.reports.plots import plot
+    from starft_cli.reports.plots import plot  # matplotlib is in the test extra
 
     frame = load_results([write(tmp_path / "r.json", DOMAIN + GROUPS)])
     path = plot(frame, tmp_path / "p.png")
@@ -168,3 +168,12 @@ def test_a_dataset_on_two_splits_gets_a_column_per_split(tmp_path: Path):
     board = leaderboard(load_results([write(tmp_path / "r.json", records)]))
     assert list(board.columns) == ["waterbirds[test] top1", "waterbirds[val] top1"]
     assert board.loc["zs"].tolist() == [0.9, 0.8]
+
+
+def test_plot_without_matplotlib_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if the optional extra were not installed
+    b = write(tmp_path / "two.json", GROUPS)
+    result = runner.invoke(app, ["report", str(b), "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 2
+    assert "--plot needs matplotlib" in result.stderr and "starft[plot]" in result.stderr
+    assert not (tmp_path / "p.png").exists()
