@@ -45,18 +45,24 @@ def check_dataset(
             except DataError as exc:
                 report.problems.append(f"{split}: {exc.message}")
                 continue
-            bad: list[str] = []
-            for index in range(len(ds)):
-                try:
-                    ds.get_image(index)
-                except ImageError as exc:
-                    bad.append(exc.message)
-                if progress is not None:
-                    progress(index + 1, len(ds))
+            bad = _unreadable(ds, progress)
             report.counts[f"{split} unreadable"] = len(bad)
             if bad:
                 report.problems.append(f"{split}: {len(bad)} unreadable image(s), e.g. {bad[0]}")
     return report
+
+
+def _unreadable(ds: Any, progress: Callable[[int, int], None] | None) -> list[str]:
+    """Decode every image of ``ds``; the messages of those that fail."""
+    bad: list[str] = []
+    for index in range(len(ds)):
+        try:
+            ds.get_image(index)
+        except ImageError as exc:
+            bad.append(exc.message)
+        if progress is not None:
+            progress(index + 1, len(ds))
+    return bad
 
 
 def _check_generic(ref: str, deep: bool, progress: Callable[[int, int], None] | None) -> CheckReport:
@@ -79,14 +85,7 @@ def _check_generic(ref: str, deep: bool, progress: Callable[[int, int], None] | 
     if absent:
         report.problems.append(f"{len(absent)} listed image(s) are missing (e.g. {absent[0]})")
     if deep and not absent:
-        bad = []
-        for index in range(len(ds)):
-            try:
-                ds.get_image(index)
-            except ImageError as exc:
-                bad.append(exc.message)
-            if progress is not None:
-                progress(index + 1, len(ds))
+        bad = _unreadable(ds, progress)
         report.counts["unreadable"] = len(bad)
         if bad:
             report.problems.append(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")
