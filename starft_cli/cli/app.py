@@ -109,10 +109,10 @@ class _StderrHandler(logging.StreamHandler):
 
 def _register() -> None:
     # Each module defines its commands without importing torch at module level (`starft --help` stays light).
-    from starft_cli.cli import classify, data, evaluate, finetune, zoo
+    from starft_cli.cli import classify, data, demo, evaluate, finetune, zoo
 
     app.command("classify", help=classify.HELP)(classify.classify_command)
-    for module in (finetune, evaluate):
+    for module in (demo, finetune, evaluate):
         for name, fn, help_text in module.COMMANDS:
             app.command(name, help=help_text)(fn)
     app.add_typer(data.app, name="data")

@@ -70,9 +70,8 @@ def check_command(
     from starft_cli.errors import UsageError
 
     generic = name.startswith(("folder:", "csv:"))
-    if not generic:
-        get_builder(name)  # unknown names fail with suggestions
-    if data_root is None and not generic:
+    generated = not generic and getattr(get_builder(name), "generated", False)  # unknown names fail with hints
+    if data_root is None and not generic and not generated:
         raise UsageError("data check needs --data-root", "Point it at the folder holding the datasets")
     report = check_dataset(name, data_root, deep=deep)
     if as_json:
@@ -119,6 +118,8 @@ def download_command(
         for line in instructions(name, data_root):
             typer.echo(f"  {line}")
         return
+    if data_root is None and getattr(get_builder(name), "generated", False):
+        data_root = get_builder(name).default_root().parent  # generated into the cache
     if data_root is None:
         raise UsageError("data download needs --data-root", "Name the folder to download into")
     result = download_dataset(name, data_root)

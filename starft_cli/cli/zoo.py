@@ -80,7 +80,7 @@ def info_command(name: NameArg) -> None:
         ("name", entry.name),
         ("architecture", entry.arch),
         ("source", str(entry.source)),
-        ("sha256", entry.sha256 or "- (none pinned; open_clip's pretrained registry serves the file)"),
+        ("sha256", entry.sha256 or _unpinned(entry)),
         ("kind", entry.kind),
         ("license", entry.license),
         ("training data", entry.training_data or "-"),
@@ -90,7 +90,8 @@ def info_command(name: NameArg) -> None:
         ("manifest", f"{entry.origin} ({entry.manifest})"),
     ]
     path = cached_path(entry)
-    rows.append(("local file", str(path) if path else "not downloaded"))
+    absent = "not built yet (any use builds it)" if entry.source.kind == "recipe" else "not downloaded"
+    rows.append(("local file", str(path) if path else absent))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         typer.echo(f"{key:<{width}}  {value}")
@@ -284,3 +285,9 @@ def publish_command(
         f"--kind {entry.kind} --license {entry.license}"
     )
     typer.echo(add)
+
+
+def _unpinned(entry: Any) -> str:
+    if entry.source.kind == "recipe":
+        return "- (built on this machine; its build.json records the sha256 that every use checks)"
+    return "- (none pinned; open_clip's pretrained registry serves the file)"

@@ -30,6 +30,8 @@ def check_dataset(
         return _check_generic(name, deep, progress)
     builder = get_builder(name)
     root = dataset_root(name, data_root)
+    if getattr(builder, "generated", False):
+        builder.ensure(root)  # generated on first use (and again when damaged)
     if not root.exists():
         report = CheckReport(name=name, root=root)
         report.problems.append(f"missing folder {root}")
@@ -117,7 +119,14 @@ def _imagenet_v2_download(data_root: Path) -> None:
     extract_archive(archive, str(data_root))  # -> imagenetv2-matched-frequency-format-val/<class index>/
 
 
+def _generate_digits(data_root: Path) -> None:
+    from starft_cli.data import digits
+
+    digits.ensure(data_root / digits.NAME)
+
+
 DOWNLOADERS: dict[str, Callable[[Path], None]] = {
+    "spurious-digits": _generate_digits,
     "imagenet-v2": _imagenet_v2_download,
     "cifar10": _tv_download("CIFAR10", train=False),
     "cifar100": _tv_download("CIFAR100", train=False),

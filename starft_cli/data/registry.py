@@ -23,6 +23,7 @@ DATASET_MODULES = (
     "starft_cli.data.cifar",
     "starft_cli.data.transfer",
     "starft_cli.data.wilds",
+    "starft_cli.data.digits",
 )
 
 
@@ -97,6 +98,8 @@ def get_builder(name: str) -> DatasetBuilder:
 def dataset_root(name: str, data_root: str | Path | None) -> Path:
     """Where a registered dataset lives: ``DATA_ROOT/<folder>``, or DATA_ROOT itself if it is that folder."""
     builder = get_builder(name)
+    if data_root is None and getattr(builder, "generated", False):
+        return builder.default_root()  # a generated dataset lives in the cache
     if data_root is None:
         raise DataError(f"dataset '{name}' needs --data-root", f"Point it at the folder holding {builder.info.folder}/")
     root = Path(data_root).expanduser()
@@ -126,6 +129,8 @@ def load_dataset(
         if split not in builder.info.splits:
             raise DataError(f"dataset '{ref}' has no split '{split}'", f"Use one of {', '.join(builder.info.splits)}")
         root = dataset_root(ref, data_root)
+        if getattr(builder, "generated", False):
+            builder.ensure(root)  # generated datasets are made on first use
         report = builder.check(root)
         if not report.ok:
             raise DataError(

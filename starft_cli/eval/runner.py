@@ -82,7 +82,7 @@ def plan(
         registered = not entry.dataset.startswith(("folder:", "csv:"))
         if registered:
             builder = get_builder(entry.dataset)
-            if data_root is None:
+            if data_root is None and not getattr(builder, "generated", False):
                 raise UsageError(f"dataset '{entry.dataset}' needs --data-root", "Point it at the folder holding them")
             split = entry.split or builder.info.default_split
             if split not in builder.info.splits:

@@ -78,3 +78,84 @@ def plot(frame: pd.DataFrame, path: str | Path) -> Path:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path
+
+
+def demo_figure(frame: pd.DataFrame, path: str | Path, models: list[str] | None = None) -> Path:
+    """The demo's PNG: (left) in-distribution accuracy (``val`` top-1) against worst-group accuracy on the
+    balanced ``test`` split, one point per model, with the zero-shot model's levels as dashed lines; (right) each
+    model's accuracy on every test group (digit x background), bars side by side.
+
+    ``frame`` holds result records of one dataset measured on a ``val`` and a ``test`` split; ``models`` fixes
+    their order (default: as they appear). Raises :class:`UsageError` without matplotlib.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError(
+            "the demo figure needs matplotlib", "Install the plot extra: pip install 'starft[plot]'"
+        ) from None
+    models = models or list(dict.fromkeys(frame["model"]))
+
+    def value(model: str, split: str, metric: str) -> float:
+        rows = frame[(frame["model"] == model) & (frame["split"] == split) & (frame["metric"] == metric)]
+        return float(rows["value"].iloc[0]) * 100 if len(rows) else float("nan")
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [1, 2.4]})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "os^DvPX*"
+    for k, model in enumerate(models):
+        x, y = value(model, "val", "top1"), value(model, "test", "worst_group_acc")
+        left.scatter(
+            [x],
+            [y],
+            s=90,
+            color=colours[k % len(colours)],
+            marker=markers[k % len(markers)],
+            edgecolors="black",
+            linewidths=0.6,
+            label=model,
+            zorder=3,
+        )
+        left.annotate(model, (x, y), textcoords="offset points", xytext=(6, 4 + 9 * (k % 2)), fontsize=8)
+    if models:
+        left.axvline(value(models[0], "val", "top1"), color="grey", lw=0.8, ls="--", zorder=1)
+        left.axhline(value(models[0], "test", "worst_group_acc"), color="grey", lw=0.8, ls="--", zorder=1)
+    xs = [value(m, "val", "top1") for m in models]
+    ys = [value(m, "test", "worst_group_acc") for m in models]
+    for axis, values in ((left.set_xlim, xs), (left.set_ylim, ys)):
+        finite = [v for v in values if v == v]
+        lo, hi = (min(finite), max(finite)) if finite else (0.0, 100.0)
+        pad = max(2.0, 0.15 * (hi - lo))
+        axis(max(0.0, lo - pad), min(100.0, hi + pad) + 0.5)
+    left.set_xlabel("in-distribution accuracy % (val, biased like training)")
+    left.set_ylabel("worst-group accuracy % (test, balanced)")
+    left.set_title("ID vs worst-group accuracy (dashed: zero-shot)")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8, loc="lower left")
+
+    groups = frame[(frame["split"] == "test") & frame["metric"].str.match(_GROUP.pattern)]
+    names = list(dict.fromkeys(groups["metric"]))
+    width = 0.8 / max(1, len(models))
+    for k, model in enumerate(models):
+        data = groups[groups["model"] == model].set_index("metric")["value"].reindex(names)
+        right.bar(
+            [i + k * width for i in range(len(names))],
+            100 * data.to_numpy(),
+            width,
+            label=model,
+            color=colours[k % len(colours)],
+        )
+    right.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
+    right.set_xticklabels([_GROUP.match(n).group(2) for n in names], rotation=70, ha="right", fontsize=7)
+    right.set_ylabel("accuracy %")
+    right.set_ylim(0, 100)
+    right.set_title("accuracy per test group (digit on background)")
+    right.legend(fontsize=8, ncol=len(models), loc="lower right")
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)

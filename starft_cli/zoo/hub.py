@@ -191,6 +191,12 @@ def cached_path(entry: ZooEntry, revision: str | None = None) -> Path | None:
     if source.kind == "url":
         path = _url_cache_path(entry)
         return path if path.is_file() else None
+    if source.kind == "recipe":
+        from starft_cli import demo
+        from starft_cli.models import WEIGHTS_NAME
+
+        folder = demo.zero_shot_dir()
+        return folder / WEIGHTS_NAME if (folder / WEIGHTS_NAME).is_file() else None
     hub = _open_clip_hub_file(_open_clip_cfg(entry))
     if hub is not None:
         repo, names = hub
@@ -216,10 +222,20 @@ def fetch(entry: ZooEntry, *, revision: str | None = None, tqdm_class: Any = Non
         path = _fetch_hub(entry, revision=revision, tqdm_class=tqdm_class)
     elif source.kind == "url":
         path = _fetch_url(entry, tqdm_class=tqdm_class)
+    elif source.kind == "recipe":
+        return _build_recipe(entry)
     else:
         path = _fetch_open_clip(entry)
     check_file(entry, path)
     return path
+
+
+def _build_recipe(entry: ZooEntry) -> Path:
+    """A locally built model: built on first use, verified against the sha256 its build recorded."""
+    from starft_cli import demo
+    from starft_cli.models import WEIGHTS_NAME
+
+    return demo.ensure_zero_shot() / WEIGHTS_NAME
 
 
 def _fetch_hub(entry: ZooEntry, *, revision: str | None, tqdm_class: Any) -> Path:
@@ -382,6 +398,13 @@ def verify(entry: ZooEntry) -> VerifyResult:
     path = cached_path(entry)
     if path is None:
         return VerifyResult(entry.name, "missing", None, entry.sha256, None, "not downloaded")
+    if entry.source.kind == "recipe":
+        from starft_cli import demo
+
+        problem = demo.verify_zero_shot(path.parent)
+        if problem is not None:
+            return VerifyResult(entry.name, "mismatch", path, None, None, problem)
+        return VerifyResult(entry.name, "ok", path, None, sha256_file(path), "built locally; matches its build record")
     if entry.sha256 is None:
         actual = sha256_file(path)
         return VerifyResult(entry.name, "unpinned", path, None, actual, "no sha256 in the manifest")
@@ -423,4 +446,9 @@ def verify_all(entries: list[ZooEntry]) -> list[VerifyResult]:
 def remove(entry: ZooEntry) -> list[Path]:
     """Delete the entry's cached weights; returns what was deleted (empty when nothing was cached)."""
     path = cached_path(entry)
+    if path is not None and entry.source.kind == "recipe":
+        import shutil
+
+        shutil.rmtree(path.parent)
+        return [path.parent]
     return _delete(path) if path is not None else []

@@ -40,6 +40,9 @@ from starft_cli.errors import ZooError
 from starft_cli.paths import atomic_write_text, config_dir
 
 SCHEMA_VERSION = 1
+# Models starft builds on this machine instead of downloading (no sha256 in the manifest: the build records
+# its own, and every use verifies it). name -> what it is.
+RECIPES = {"starft-demo": "the demo's zero-shot model, pre-trained by `starft demo` (starft_cli/demo.py)"}
 KINDS = ("zero-shot", "starft", "baseline")
 DEFAULT_HF_FILENAME = "open_clip_model.safetensors"
 USER_MANIFEST_NAME = "zoo.toml"
@@ -86,7 +89,7 @@ _PREPROCESS_KEYS: dict[str, str] = {
 class Source:
     """Where an entry's weights come from. ``kind`` is ``open_clip``, ``hf-hub`` or ``url``."""
 
-    kind: str
+    kind: str  # open_clip, hf-hub, url, or recipe (a model starft builds locally, e.g. the demo's)
     tag: str | None = None
     repo: str | None = None
     filename: str | None = None
@@ -96,6 +99,8 @@ class Source:
     def __str__(self) -> str:
         if self.kind == "open_clip":
             return f"open_clip:{self.tag}"
+        if self.kind == "recipe":
+            return f"recipe:{self.tag}"
         if self.kind == "hf-hub":
             file_part = "" if self.filename == DEFAULT_HF_FILENAME else f"/{self.filename}"
             return f"hf-hub:{self.repo}{file_part}@{self.revision}"
@@ -189,6 +194,14 @@ def parse_source(text: str, *, where: str = "source") -> Source:
                 f"{where}: malformed open_clip tag '{tag}'", "Use open_clip:TAG, e.g. open_clip:laion400m_e31"
             )
         return Source(kind="open_clip", tag=tag)
+    if text.startswith("recipe:"):
+        name = text[len("recipe:") :]
+        if name not in RECIPES:
+            raise ZooError(
+                f"{where}: unknown recipe '{name}'",
+                f"Locally built models: {', '.join(f'recipe:{r}' for r in RECIPES)}",
+            )
+        return Source(kind="recipe", tag=name)
     if text.startswith("hf-hub:"):
         body = text[len("hf-hub:") :]
         path_part, at, revision = body.partition("@")
