@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,17 +53,33 @@ def check_dataset(
     return report
 
 
-def _unreadable(ds: Any, progress: Callable[[int, int], None] | None) -> list[str]:
-    """Decode every image of ``ds``; the messages of those that fail."""
+def _unreadable(ds: Any, progress: Callable[[int, int], None] | None, notes: Counter[str] | None = None) -> list[str]:
+    """Decode every image of ``ds`` as training and evaluation do (:func:`starft_cli.images.read_image`); the
+    messages of those that fail. ``notes`` counts the conversions applied (16-bit, animated, alpha, ...)."""
+    from starft_cli.images import read_image
+
+    paths = getattr(ds, "paths", None)
     bad: list[str] = []
     for index in range(len(ds)):
         try:
-            ds.get_image(index)
+            if paths is not None:
+                _, applied = read_image(paths[index])
+                if notes is not None:
+                    notes.update(applied)
+            else:
+                ds.get_image(index)
         except ImageError as exc:
             bad.append(exc.message)
         if progress is not None:
             progress(index + 1, len(ds))
     return bad
+
+
+def conversion_lines(notes: Counter[str], prefix: str = "") -> list[str]:
+    """One line per kind of conversion that reading the images applies, e.g. ``3 image(s) are 16-bit: ...``."""
+    from starft_cli.images import CONVERSION_NOTES
+
+    return [f"{prefix}{notes[key]} image(s) {CONVERSION_NOTES[key]}" for key in CONVERSION_NOTES if notes.get(key)]
 
 
 def _check_generic(ref: str, deep: bool, progress: Callable[[int, int], None] | None) -> CheckReport:
