@@ -25,8 +25,16 @@ def read_classnames(path: str | Path) -> list[str]:
         raise DataError(f"cannot read class names from {path} ({exc.strerror})") from exc
     if not names:
         raise DataError(f"{path} holds no class names", "Put one class name per line")
-    if len(set(names)) != len(names):
-        raise DataError(f"{path} lists a class name twice", "Each line must be a distinct class name")
+    from starft_cli.data.base import classname_collisions
+
+    collisions = classname_collisions(names)
+    if collisions:
+        a, b = collisions[0]
+        same = "twice" if names[a] == names[b] else f"as '{names[a]}' and '{names[b]}' (alike but for case or spacing)"
+        raise DataError(
+            f"{path} lists the class name '{names[a]}' {same} (lines {a + 1} and {b + 1})",
+            "Each line must be a distinct class name",
+        )
     return names
 
 
@@ -55,6 +63,16 @@ def load_folder(root: Path, split: str | None = None, classnames_file: str | Pat
             )
     else:
         classnames = [p.name.replace("_", " ") for p in folders]
+        from starft_cli.data.base import classname_collisions
+
+        collisions = classname_collisions(classnames)
+        if collisions:
+            shown = "; ".join(f"'{folders[a].name}' and '{folders[b].name}'" for a, b in collisions)
+            raise DataError(
+                f"class folders {shown} in {base} become one class name ('{classnames[collisions[0][0]]}': "
+                "underscores read as spaces, case and spacing aside)",
+                "Merge or rename the folders, or name the classes in a classnames.txt (one per folder, sorted order)",
+            )
     paths: list[Path] = []
     labels: list[int] = []
     for label, folder in enumerate(folders):
