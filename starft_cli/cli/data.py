@@ -61,10 +61,19 @@ def check_command(
         str, typer.Argument(help="A registered dataset (see `starft data list`), folder:PATH or csv:PATH.")
     ],
     data_root: DataRootOpt = None,
-    deep: Annotated[bool, typer.Option("--deep", help="Also decode every image and report unreadable ones.")] = False,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep", help="Also decode every image: report unreadable ones and conversions (16-bit, animated...)."
+        ),
+    ] = False,
+    classnames: Annotated[
+        Path | None,
+        typer.Option("--classnames", help="Class names file (one per line) for folder:/csv: data, as eval takes."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Check a dataset's layout: counts per split/class/group, and each problem with how to fix it."""
+    """Check a dataset's layout: counts per split/class/group, and every problem with how to fix it."""
     from starft_cli.data.manage import check_dataset, instructions
     from starft_cli.data.registry import get_builder
     from starft_cli.errors import UsageError
@@ -72,9 +81,11 @@ def check_command(
     generic = name.startswith(("folder:", "csv:"))
     if not generic:
         get_builder(name)  # unknown names fail with suggestions
+    if classnames is not None and not generic:
+        raise UsageError("--classnames applies to folder:PATH and csv:PATH data", "Drop it for a registered dataset")
     if data_root is None and not generic:
         raise UsageError("data check needs --data-root", "Point it at the folder holding the datasets")
-    report = check_dataset(name, data_root, deep=deep)
+    report = check_dataset(name, data_root, deep=deep, classnames_file=classnames)
     if as_json:
         payload = {
             "name": name,
@@ -118,7 +129,12 @@ def download_command(
         typer.echo(f"{name} has no public, stable download source that starft can fetch; get it by hand:")
         for line in instructions(name, data_root):
             typer.echo(f"  {line}")
-        return
+        from starft_cli.errors import DataError
+
+        raise DataError(  # exit 1: nothing was downloaded, so a script must not go on as if it had been
+            f"{name} was not downloaded (no public download source)",
+            f"Get it by hand as above, then run `starft data check {name} --data-root DATA_ROOT`",
+        )
     if data_root is None:
         raise UsageError("data download needs --data-root", "Name the folder to download into")
     result = download_dataset(name, data_root)

@@ -14,6 +14,8 @@ CLASSNAMES_FILE = "classnames.txt"
 PATH_COLUMNS = ("filepath", "path", "image", "file")
 CAPTION_COLUMNS = ("caption", "title", "text")
 LABEL_COLUMNS = ("label", "y", "class", "target")
+GROUP_COLUMNS = ("group",)
+GROUPS_FILE = "groups.csv"
 
 
 def read_classnames(path: str | Path) -> list[str]:
@@ -40,7 +42,9 @@ def read_classnames(path: str | Path) -> list[str]:
 
 def load_folder(root: Path, split: str | None = None, classnames_file: str | Path | None = None) -> FileImageDataset:
     """``root/<class>/*.jpg`` (or ``root/<split>/<class>/*.jpg``); class names are the folder names with
-    underscores as spaces, unless a ``classnames.txt`` (one per line, in sorted-folder order) is given or present."""
+    underscores as spaces, unless a ``classnames.txt`` (one per line, in sorted-folder order) is given or present.
+    A ``root/groups.csv`` (filepath relative to ``root``, group) gives each image a group (worst-group accuracy).
+    Folders whose names collapse into one class name raise :class:`~starft_cli.errors.DataError`."""
     if not root.is_dir():
         raise DataError(f"no such folder: {root}", "folder:PATH takes a folder with one sub-folder per class")
     base = root
@@ -76,15 +80,23 @@ def load_folder(root: Path, split: str | None = None, classnames_file: str | Pat
     paths: list[Path] = []
     labels: list[int] = []
     for label, folder in enumerate(folders):
-        files = _image_files_under(folder)
+        files = image_files_under(folder)
         paths.extend(files)
         labels.extend([label] * len(files))
     if not paths:
         raise DataError(f"no images under {base}", "Each class folder should hold image files")
-    return FileImageDataset(name=f"folder:{root}", classnames=classnames, labels=labels, paths=paths)
+    grouped = read_groups_file(root, paths)
+    return FileImageDataset(
+        name=f"folder:{root}",
+        classnames=classnames,
+        labels=labels,
+        paths=paths,
+        groups=None if grouped is None else grouped[0],
+        group_names=None if grouped is None else grouped[1],
+    )
 
 
-def _image_files_under(folder: Path) -> list[Path]:
+def image_files_under(folder: Path) -> list[Path]:
     """Image files anywhere under ``folder``, sorted by path (``os.walk``: much cheaper than ``Path.rglob``)."""
     found = []
     for dirpath, _, filenames in os.walk(folder):
@@ -92,21 +104,22 @@ def _image_files_under(folder: Path) -> list[Path]:
     return sorted(Path(p) for p in found)  # the same order as sorting rglob's paths
 
 
-def _pick(header: list[str], options: tuple[str, ...], what: str, path: Path) -> str | None:
+def _pick(header: list[str], options: tuple[str, ...], what: str, path: Path, optional: bool = False) -> str | None:
     lowered = {h.lower(): h for h in header}
     for option in options:
         if option in lowered:
             return lowered[option]
-    if what == "caption":
+    if optional:
         return None
     raise DataError(f"{path} has no {what} column", f"Name it one of: {', '.join(options)}")
 
 
 def load_csv(path: Path, classnames_file: str | Path | None = None) -> FileImageDataset:
-    """A CSV/TSV with a header: file path (relative to the CSV), optional caption, label.
+    """A CSV/TSV with a header: file path (relative to the CSV), optional caption, label, optional group.
 
     Labels are integers (class names then come from ``--classnames`` or a ``classnames.txt`` beside the
-    CSV) or class names (sorted to make the class list).
+    CSV: line N+1 names label N) or class names: sorted to make the class list, or, when a class names file is
+    given or present, in the file's order (it must then list exactly the labels used; DataError otherwise).
     """
     if not path.is_file():
         raise DataError(f"no such file: {path}", "csv:PATH takes a CSV or TSV file with a header row")
@@ -117,19 +130,43 @@ def load_csv(path: Path, classnames_file: str | Path | None = None) -> FileImage
         raise DataError(f"{path} has no rows")
     header = list(rows[0].keys())
     path_col = _pick(header, PATH_COLUMNS, "file path", path)
-    caption_col = _pick(header, CAPTION_COLUMNS, "caption", path)
+    caption_col = _pick(header, CAPTION_COLUMNS, "caption", path, optional=True)
     label_col = _pick(header, LABEL_COLUMNS, "label", path)
     raw_labels = [(row[label_col] or "").strip() for row in rows]
     names_file = Path(classnames_file) if classnames_file else path.parent / CLASSNAMES_FILE
+    has_names = bool(classnames_file) or names_file.is_file()
     if all(v.lstrip("-").isdigit() for v in raw_labels):
         labels = [int(v) for v in raw_labels]
-        if classnames_file or names_file.is_file():
-            classnames = read_classnames(names_file)
-        else:
-            raise DataError(f"{path} has integer labels but no class names", "Pass --classnames FILE")
-        bad = [y for y in labels if not 0 <= y < len(classnames)]
+        if not has_names:
+            raise DataError(
+                f"{path} has integer labels but no class names",
+                f"Pass --classnames FILE, or put {names_file} beside the CSV (one name per line: line 1 names label 0)",
+            )
+        classnames = read_classnames(names_file)
+        bad = sorted({y for y in labels if not 0 <= y < len(classnames)})
         if bad:
-            raise DataError(f"{path}: label {bad[0]} is outside 0..{len(classnames) - 1}")
+            shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+            raise DataError(
+                f"{path}: label(s) {shown} outside 0..{len(classnames) - 1} ({names_file} has {len(classnames)} names)"
+            )
+    elif has_names:  # string labels and a class names file: the file gives the class order; it must match exactly
+        classnames = read_classnames(names_file)
+        present = set(raw_labels)
+        unknown = sorted(present - set(classnames))
+        unused = [c for c in classnames if c not in present]
+        if unknown or unused:
+            parts = []
+            if unknown:
+                parts.append(f"label(s) not in {names_file}: {', '.join(unknown)}")
+            if unused:
+                parts.append(f"name(s) in {names_file} that no row uses: {', '.join(unused)}")
+            raise DataError(
+                f"{path}: the class names do not match the labels ({'; '.join(parts)})",
+                "With string labels a class names file sets the class order and must list each label exactly once; "
+                "drop it to use the sorted labels",
+            )
+        index = {name: i for i, name in enumerate(classnames)}
+        labels = [index[v] for v in raw_labels]
     else:
         classnames = sorted(set(raw_labels))
         index = {name: i for i, name in enumerate(classnames)}
@@ -144,4 +181,58 @@ def load_csv(path: Path, classnames_file: str | Path | None = None) -> FileImage
     captions = [(row[caption_col] or "").strip() for row in rows] if caption_col else None
     if captions is not None and any(not c for c in captions):
         raise DataError(f"{path} has an empty caption", "Fill every caption, or drop the caption column")
-    return FileImageDataset(name=f"csv:{path}", classnames=classnames, labels=labels, paths=paths, captions=captions)
+    group_col = _pick(header, GROUP_COLUMNS, "group", path, optional=True)
+    groups, group_names = None, None
+    if group_col is not None:
+        values = [(row[group_col] or "").strip() for row in rows]
+        empty = [number for number, v in enumerate(values, start=2) if not v]
+        if empty:
+            raise DataError(
+                f"{path}: {len(empty)} row(s) with an empty group (e.g. line {empty[0]})",
+                "Give every row a group, or drop the group column",
+            )
+        groups, group_names = _group_indices(values)
+    return FileImageDataset(
+        name=f"csv:{path}",
+        classnames=classnames,
+        labels=labels,
+        paths=paths,
+        captions=captions,
+        groups=groups,
+        group_names=group_names,
+    )
+
+
+def _group_indices(values: list[str]) -> tuple[list[int], list[str]]:
+    """Group names = the distinct values, sorted; each value's index among them."""
+    names = sorted(set(values))
+    index = {name: i for i, name in enumerate(names)}
+    return [index[v] for v in values], names
+
+
+def read_groups_file(root: Path, paths: list[Path]) -> tuple[list[int], list[str]] | None:
+    """``root/groups.csv`` (columns ``filepath``, relative to ``root``, and ``group``) for ``folder:`` data: each
+    image's group index and the group names (the distinct values, sorted). None when there is no such file.
+    Rows for files outside ``paths`` (another split) are ignored; every image of ``paths`` needs a row."""
+    file = root / GROUPS_FILE
+    if not file.is_file():
+        return None
+    rows = list(csv.DictReader(file.read_text(encoding="utf-8").splitlines()))
+    header = list(rows[0].keys()) if rows else []
+    path_col = _pick(header, PATH_COLUMNS, "file path", file)
+    group_col = _pick(header, GROUP_COLUMNS, "group", file)
+    assert path_col is not None and group_col is not None
+    by_path: dict[str, str] = {}
+    for number, row in enumerate(rows, start=2):
+        rel, group = (row[path_col] or "").strip(), (row[group_col] or "").strip()
+        if not rel or not group:
+            raise DataError(f"{file}, line {number}: empty file path or group")
+        by_path[os.path.normpath(root / rel)] = group
+    values = [by_path.get(os.path.normpath(p)) for p in paths]
+    absent = [p for p, v in zip(paths, values, strict=True) if v is None]
+    if absent:
+        raise DataError(
+            f"{file} gives no group for {len(absent)} of {len(paths)} image(s) (e.g. {absent[0]})",
+            "List every image (filepath relative to the folder, group)",
+        )
+    return _group_indices([v for v in values if v is not None])
