@@ -57,7 +57,14 @@ def check_prompts(tokenizer: Callable[..., Any], classnames: Sequence[str], temp
         return
     context = tokens.shape[1]
     pad = torch.as_tensor(tokenizer([""]))[0, -1]
-    truncated = [prompts[i] for i in (tokens[:, -1] != pad).nonzero().flatten().tolist()]
+    full = (tokens[:, -1] != pad).nonzero().flatten().tolist()  # prompts that fill the context: cut, or exactly fit
+    truncated = [prompts[i] for i in full]
+    if full:
+        try:  # one token more: which of them really were cut
+            longer = torch.as_tensor(tokenizer(truncated, context_length=context + 1))
+            truncated = [p for p, t in zip(truncated, longer[:, -1].tolist(), strict=True) if t != pad]
+        except TypeError:  # a tokenizer without a context_length argument: count them all
+            pass
     if truncated:
         logger.warning(
             "%d of %d prompts are longer than the text tower's context length (%d tokens) and are truncated, e.g. '%s'",

@@ -96,3 +96,16 @@ def test_shipped_class_lists_are_distinct_except_imagenets_published_duplicates(
     lists += [list(asset_table("caltech101_classes.tsv").values())]
     for names in lists:
         assert classname_collisions(names) == []
+
+
+def test_a_prompt_that_exactly_fills_the_context_is_not_called_truncated(tiny, caplog) -> None:
+    from starft_cli.zeroshot import check_prompts
+
+    fits = " ".join(["cat"] * 25)  # 'a photo of a' + 25 x 'cat' + '.' + start/end tokens = 32 tokens
+    assert tiny.tokenizer([f"a photo of a {fits}."])[0, -1] != 0
+    with caplog.at_level(logging.WARNING):
+        check_prompts(tiny.tokenizer, [fits, "dog"], ["a photo of a {}."])
+    assert "truncated" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        check_prompts(tiny.tokenizer, [fits + " cat", "dog"], ["a photo of a {}."])
+    assert "1 of 2 prompts are longer than the text tower's context length (32 tokens)" in caplog.text
