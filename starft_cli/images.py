@@ -99,7 +99,7 @@ def conversions(img: Image.Image) -> list[str]:
     found = []
     if _is_16_bit(img):
         found.append("16-bit")
-    if img.mode == "I":
+    elif img.mode == "I":
         found.append("32-bit")
     if img.mode == "F":
         found.append("float")

@@ -90,11 +90,11 @@ def _unreadable(ds: Any, progress: Callable[[int, int], None] | None, notes: Cou
     return bad
 
 
-def conversion_lines(notes: Counter[str], prefix: str = "") -> list[str]:
+def conversion_lines(notes: Counter[str]) -> list[str]:
     """One line per kind of conversion that reading the images applies, e.g. ``3 image(s) are 16-bit: ...``."""
     from starft_cli.images import CONVERSION_NOTES
 
-    return [f"{prefix}{notes[key]} image(s) {CONVERSION_NOTES[key]}" for key in CONVERSION_NOTES if notes.get(key)]
+    return [f"{notes[key]} image(s) {CONVERSION_NOTES[key]}" for key in CONVERSION_NOTES if notes.get(key)]
 
 
 def _check_generic(
@@ -102,9 +102,6 @@ def _check_generic(
 ) -> CheckReport:
     """``folder:PATH`` / ``csv:PATH``: loadable, every listed file present, counts per class; with ``deep``, every
     image decoded (for a folder, every image file under it even when it does not load as a dataset)."""
-    from collections import Counter as _Counter
-
-    from starft_cli.data.base import FileImageDataset
     from starft_cli.data.generic import image_files_under
     from starft_cli.data.registry import load_dataset
 
@@ -115,17 +112,14 @@ def _check_generic(
     except DataError as exc:
         report.problems.append(exc.one_line())
         if deep and ref.startswith("folder:") and root.is_dir():
-            files = image_files_under(root)
-            names = [str(i) for i in range(len(files))]
-            listed = FileImageDataset(name=ref, classnames=names or ["x"], labels=list(range(len(files))), paths=files)
-            _deep_generic(report, listed, progress)
+            _deep_generic(report, _Files(image_files_under(root)), progress)
         return report
     report.counts["images"] = len(ds)
     report.counts["classes"] = len(ds.classnames)
-    for label, count in sorted(_Counter(ds.labels).items()):
+    for label, count in sorted(Counter(ds.labels).items()):
         report.counts[f"class {ds.classnames[label]}"] = count
     if ds.groups is not None and ds.group_names is not None:
-        per_group = _Counter(ds.groups)
+        per_group = Counter(ds.groups)
         for g, group in enumerate(ds.group_names):
             report.counts[f"group {group}"] = per_group.get(g, 0)
     absent = [p for p in ds.paths if not p.is_file()]
@@ -134,6 +128,16 @@ def _check_generic(
     if deep:
         _deep_generic(report, ds, progress)
     return report
+
+
+class _Files:
+    """Image files to decode when they do not load as a dataset (what :func:`_unreadable` needs of one)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
 
 
 def _deep_generic(report: CheckReport, ds: Any, progress: Callable[[int, int], None] | None) -> None:
