@@ -88,8 +88,9 @@ def ours(loaded, root: Path, batch_size: int, workers: int, device, fast_decode:
     return float(frame.loc[frame["metric"] == "top1", "value"].iloc[0])
 
 
-def changed_predictions(loaded, root: Path, batch_size: int, workers: int, device) -> int:
-    """How many top-1 predictions differ between full and reduced-scale decoding (features not cached)."""
+def changed_predictions(loaded, root: Path, batch_size: int, workers: int, device) -> tuple[int, float]:
+    """How many top-1 predictions differ between full and reduced-scale decoding (features not cached), and the
+    smallest cosine similarity between an image's two feature vectors."""
     from starft_cli.data.registry import load_dataset
     from starft_cli.eval.features import compute_features
     from starft_cli.prompts import load_templates
@@ -97,13 +98,14 @@ def changed_predictions(loaded, root: Path, batch_size: int, workers: int, devic
 
     ds = load_dataset(f"folder:{root}")
     head = zero_shot_head(loaded.model, loaded.tokenizer, ds.classnames, load_templates("single"), device=device)
-    preds = []
+    preds, feats = [], []
     for fast in (False, True):
-        feats = compute_features(
+        out = compute_features(
             loaded, ds, device=device, batch_size=batch_size, workers=workers, use_cache=False, fast_decode=fast
         )
-        preds.append((feats.features.to(head.device) @ head.T).argmax(dim=-1).cpu())
-    return int((preds[0] != preds[1]).sum())
+        feats.append(out.features)
+        preds.append((out.features.to(head.device) @ head.T).argmax(dim=-1).cpu())
+    return int((preds[0] != preds[1]).sum()), float((feats[0] * feats[1]).sum(dim=-1).min())
 
 
 def main() -> None:
@@ -151,7 +153,7 @@ def main() -> None:
                 accs[key] = ours(loaded, root, args.batch_size, args.workers, device, fast_decode=key == "fast")
             times[key].append(time.perf_counter() - start)
     os.environ["STARFT_HOME"] = str(work / "home-agreement")
-    changed = changed_predictions(loaded, root, args.batch_size, args.workers, device)
+    changed, cosine = changed_predictions(loaded, root, args.batch_size, args.workers, device)
 
     med = {k: statistics.median(v) for k, v in times.items()}
     print(
@@ -171,7 +173,8 @@ def main() -> None:
     )
     print(
         f"  top-1 plain {accs['plain']:.4f} / exact {accs['cold']:.4f} / fast {accs['fast']:.4f}   "
-        f"fast vs exact: {changed} of {n} predictions changed ({changed / n * 10_000:.0f} per 10k images)"
+        f"fast vs exact: {changed} of {n} predictions changed ({changed / n * 10_000:.0f} per 10k images), "
+        f"feature cosine >= {cosine:.4f}"
     )
 
 
