@@ -140,3 +140,16 @@ def test_folder_groups_file(tmp_path: Path) -> None:
     (root / "groups.csv").write_text("filepath,group\ncat/0.jpg,b\n")
     with pytest.raises(DataError, match=r"groups.csv gives no group for 3 of 4 image\(s\)"):
         load_dataset(f"folder:{root}")
+
+
+def test_data_check_lists_every_problem_of_a_csv(tmp_path: Path) -> None:
+    for i in range(3):
+        make_image(tmp_path / f"{i}.jpg", i)
+    (tmp_path / "data.csv").write_text("filepath,caption,label\n0.jpg,a cat,cat\n,a dog,dog\n2.jpg,,\n")
+    result = runner.invoke(app, ["data", "check", f"csv:{tmp_path / 'data.csv'}"])
+    assert result.exit_code == 1
+    problems = [line for line in result.stdout.splitlines() if "problem:" in line]
+    assert len(problems) == 3, result.stdout
+    assert "1 row(s) without a label (e.g. line 4)" in problems[0]
+    assert "1 row(s) with an empty file path (e.g. line 3)" in problems[1]
+    assert "1 row(s) with an empty caption (e.g. line 4)" in problems[2]

@@ -18,6 +18,14 @@ GROUP_COLUMNS = ("group",)
 GROUPS_FILE = "groups.csv"
 
 
+class DataProblems(DataError):
+    """Several problems of one data file, all reported at once (``problems``; the message joins them)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems) if len(problems) > 1 else problems[0])
+        self.problems = list(problems)
+
+
 def read_classnames(path: str | Path) -> list[str]:
     """One class name per line (blank lines ignored)."""
     path = Path(path)
@@ -132,26 +140,34 @@ def load_csv(path: Path, classnames_file: str | Path | None = None) -> FileImage
     path_col = _pick(header, PATH_COLUMNS, "file path", path)
     caption_col = _pick(header, CAPTION_COLUMNS, "caption", path, optional=True)
     label_col = _pick(header, LABEL_COLUMNS, "label", path)
+    problems: list[str] = []  # every problem of the file, reported together
     raw_labels = [(row[label_col] or "").strip() for row in rows]
+    no_label = [number for number, v in enumerate(raw_labels, start=2) if not v]
+    if no_label:
+        problems.append(f"{path}: {len(no_label)} row(s) without a label (e.g. line {no_label[0]})")
     names_file = Path(classnames_file) if classnames_file else path.parent / CLASSNAMES_FILE
     has_names = bool(classnames_file) or names_file.is_file()
-    if all(v.lstrip("-").isdigit() for v in raw_labels):
-        labels = [int(v) for v in raw_labels]
+    classnames: list[str] = []
+    labels: list[int] = []
+    if all(v.lstrip("-").isdigit() for v in raw_labels if v):
         if not has_names:
-            raise DataError(
-                f"{path} has integer labels but no class names",
-                f"Pass --classnames FILE, or put {names_file} beside the CSV (one name per line: line 1 names label 0)",
+            problems.append(
+                f"{path} has integer labels but no class names. Pass --classnames FILE, or put {names_file} beside "
+                "the CSV (one name per line: line 1 names label 0)"
             )
-        classnames = read_classnames(names_file)
-        bad = sorted({y for y in labels if not 0 <= y < len(classnames)})
-        if bad:
-            shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
-            raise DataError(
-                f"{path}: label(s) {shown} outside 0..{len(classnames) - 1} ({names_file} has {len(classnames)} names)"
-            )
+        else:
+            classnames = read_classnames(names_file)
+            labels = [int(v) if v else -1 for v in raw_labels]
+            bad = sorted({y for v, y in zip(raw_labels, labels, strict=True) if v and not 0 <= y < len(classnames)})
+            if bad:
+                shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+                problems.append(
+                    f"{path}: label(s) {shown} outside 0..{len(classnames) - 1} "
+                    f"({names_file} has {len(classnames)} names)"
+                )
     elif has_names:  # string labels and a class names file: the file gives the class order; it must match exactly
         classnames = read_classnames(names_file)
-        present = set(raw_labels)
+        present = {v for v in raw_labels if v}
         unknown = sorted(present - set(classnames))
         unused = [c for c in classnames if c not in present]
         if unknown or unused:
@@ -160,38 +176,48 @@ def load_csv(path: Path, classnames_file: str | Path | None = None) -> FileImage
                 parts.append(f"label(s) not in {names_file}: {', '.join(unknown)}")
             if unused:
                 parts.append(f"name(s) in {names_file} that no row uses: {', '.join(unused)}")
-            raise DataError(
-                f"{path}: the class names do not match the labels ({'; '.join(parts)})",
-                "With string labels a class names file sets the class order and must list each label exactly once; "
-                "drop it to use the sorted labels",
+            problems.append(
+                f"{path}: the class names do not match the labels ({'; '.join(parts)}). With string labels a class "
+                "names file sets the class order and must list each label exactly once; drop it to use the sorted "
+                "labels"
             )
         index = {name: i for i, name in enumerate(classnames)}
-        labels = [index[v] for v in raw_labels]
+        labels = [index.get(v, -1) for v in raw_labels]
     else:
-        classnames = sorted(set(raw_labels))
+        classnames = sorted({v for v in raw_labels if v})
         index = {name: i for i, name in enumerate(classnames)}
-        labels = [index[v] for v in raw_labels]
+        labels = [index.get(v, -1) for v in raw_labels]
     paths = []
+    no_path = []
     for number, row in enumerate(rows, start=2):
         value = (row[path_col] or "").strip()
         if not value:
-            raise DataError(f"{path}, line {number}: empty file path")
+            no_path.append(number)
         file = Path(value).expanduser()
         paths.append(file if file.is_absolute() else path.parent / file)
+    if no_path:
+        problems.append(f"{path}: {len(no_path)} row(s) with an empty file path (e.g. line {no_path[0]})")
     captions = [(row[caption_col] or "").strip() for row in rows] if caption_col else None
     if captions is not None and any(not c for c in captions):
-        raise DataError(f"{path} has an empty caption", "Fill every caption, or drop the caption column")
+        empty = [number for number, c in enumerate(captions, start=2) if not c]
+        problems.append(
+            f"{path}: {len(empty)} row(s) with an empty caption (e.g. line {empty[0]}). Fill every caption, or drop "
+            "the caption column"
+        )
     group_col = _pick(header, GROUP_COLUMNS, "group", path, optional=True)
     groups, group_names = None, None
     if group_col is not None:
         values = [(row[group_col] or "").strip() for row in rows]
         empty = [number for number, v in enumerate(values, start=2) if not v]
         if empty:
-            raise DataError(
-                f"{path}: {len(empty)} row(s) with an empty group (e.g. line {empty[0]})",
-                "Give every row a group, or drop the group column",
+            problems.append(
+                f"{path}: {len(empty)} row(s) with an empty group (e.g. line {empty[0]}). Give every row a group, "
+                "or drop the group column"
             )
-        groups, group_names = _group_indices(values)
+        else:
+            groups, group_names = _group_indices(values)
+    if problems:
+        raise DataProblems(problems)
     return FileImageDataset(
         name=f"csv:{path}",
         classnames=classnames,

@@ -110,7 +110,7 @@ def _check_generic(
     try:
         ds = load_dataset(ref, classnames_file=classnames_file)
     except DataError as exc:
-        report.problems.append(exc.one_line())
+        report.problems.extend(getattr(exc, "problems", None) or [exc.one_line()])
         if deep and ref.startswith("folder:") and root.is_dir():
             _deep_generic(report, _Files(image_files_under(root)), progress)
         return report
