@@ -58,20 +58,132 @@ def expand_image_args(args: Iterable[str]) -> list[Path]:
     return found
 
 
-def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open an image fully (decoding it now, so a truncated file fails here) as RGB."""
+# The version of :func:`to_rgb`'s definition: caches of decoded pixels or features include it in their keys.
+RGB_VERSION = 2
+
+# What reading an image as RGB uint8 does to each kind of file, as ``data check --deep`` reports it.
+CONVERSION_NOTES = {
+    "16-bit": "are 16-bit: scaled to 8 bits (the high byte, value >> 8)",
+    "32-bit": "are 32-bit integer: clipped to 0..65535 and scaled to 8 bits (value >> 8)",
+    "float": "are 32-bit float: read as values in 0..1 (clipped), times 255, rounded",
+    "animated": "are animated: the first frame is used",
+    "alpha": "have an alpha channel or transparency: alpha is dropped (as PIL's convert('RGB'))",
+    "cmyk": "are CMYK: converted to RGB (PIL's conversion)",
+    "exif": "have an EXIF orientation: not applied (datasets follow the benchmark convention; classify applies it)",
+}
+ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+# EXIF orientation (tag 0x0112) -> the PIL transpose that undoes it (as PIL's ImageOps.exif_transpose)
+_EXIF_TRANSPOSE = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
+}
+
+
+def _is_16_bit(img: Image.Image) -> bool:
+    """Whether the file stores 16 bits per sample (PIL reads 16-bit colour PNG/TIFF as 8-bit RGB, the high
+    byte, and 16-bit grey as mode ``I;16``)."""
+    if img.mode.startswith("I;16"):
+        return True
+    tile = getattr(img, "tile", None) or []
+    rawmode = str(getattr(tile[0], "args", "") if tile else "")
+    return ";16" in rawmode
+
+
+def conversions(img: Image.Image) -> list[str]:
+    """The keys of :data:`CONVERSION_NOTES` that apply to an opened (not yet loaded) image."""
+    found = []
+    if _is_16_bit(img):
+        found.append("16-bit")
+    elif img.mode == "I":
+        found.append("32-bit")
+    if img.mode == "F":
+        found.append("float")
+    if getattr(img, "n_frames", 1) > 1:
+        found.append("animated")
+    if img.mode in ALPHA_MODES or "transparency" in img.info:
+        found.append("alpha")
+    if img.mode == "CMYK":
+        found.append("cmyk")
+    try:
+        if img.getexif().get(0x0112, 1) not in (1, None):
+            found.append("exif")
+    except Exception:  # a damaged EXIF block: the pixels are still read
+        pass
+    return found
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """THE definition of "an image as RGB uint8", used by every path (classify, eval, training, data check):
+
+    - the first frame of an animated file (GIF, APNG, WebP, multi-page TIFF);
+    - 16 bits per sample: the high byte (``value >> 8``), which is what PIL does itself for 16-bit colour PNGs,
+      so 16-bit grey (``I;16``) and 16-bit colour agree; 32-bit integer (``I``) is clipped to 0..65535 first;
+    - 32-bit float (``F``): values in 0..1 (clipped), times 255, rounded;
+    - palette (``P``, ``PA``), 1-bit, grey, grey+alpha, RGBA, CMYK, YCbCr: PIL's ``convert('RGB')``, i.e. alpha
+      and transparency are dropped (not composited), as open_clip's and torchvision's pipelines do;
+    - EXIF orientation is not applied here (see :func:`open_image`).
+    """
+    import numpy as np
+    from PIL import Image
+
+    if getattr(img, "n_frames", 1) > 1 and img.tell() != 0:
+        img.seek(0)
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(img).astype(np.int64)
+        grey = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
+        grey = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    import warnings
+
+    with warnings.catch_warnings():  # "Palette images with Transparency ...": the transparency is dropped, as said
+        warnings.simplefilter("ignore", UserWarning)
+        return img.convert("RGB")
+
+
+def read_image(path: str | os.PathLike[str], exif_transpose: bool = False) -> tuple[Image.Image, list[str]]:
+    """Open and fully decode an image (so a truncated file fails here) as RGB (see :func:`to_rgb`), with the
+    :data:`CONVERSION_NOTES` keys that applied. ``exif_transpose`` applies the EXIF orientation (classify does,
+    for photos; datasets do not, as torchvision's and open_clip's benchmark pipelines do not).
+
+    Raises :class:`~starft_cli.errors.ImageError` naming the file when it is missing, not an image, or damaged.
+    """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
         with Image.open(path) as img:
+            notes = conversions(img)
             img.load()
-            return img.convert("RGB")
+            rgb = to_rgb(img)
+            if exif_transpose and "exif" in notes:
+                method = _EXIF_TRANSPOSE.get(int(img.getexif().get(0x0112, 1)))
+                if method is not None:
+                    rgb = rgb.transpose(Image.Transpose[method])
+            return rgb, notes
     except FileNotFoundError:
         raise ImageError(f"no such file: {path}", "Check the path") from None
     except UnidentifiedImageError:
+        if is_image_name(path):
+            raise ImageError(
+                f"{path} is damaged: its content is not a readable {path.suffix.lstrip('.').upper()} image",
+                "Re-create or remove the file",
+            ) from None
         raise ImageError(f"{path} is not an image", "Pass JPEG, PNG, WebP, BMP, GIF or TIFF files") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(
             f"{path} is corrupt or truncated ({' '.join(str(exc).split())})", "Re-create or remove the file"
         ) from None
+
+
+def open_image(path: str | os.PathLike[str], exif_transpose: bool = False) -> Image.Image:
+    """An image file as an RGB PIL image, by the one definition of :func:`to_rgb` (see :func:`read_image`)."""
+    return read_image(path, exif_transpose)[0]

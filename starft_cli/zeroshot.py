@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from starft_cli.errors import UsageError
+from starft_cli.errors import DataError, UsageError
 from starft_cli.paths import atomic_path, cache_dir
 from starft_cli.prompts import fill, load_templates
 
@@ -39,6 +39,59 @@ def validate_labels(labels: Sequence[str]) -> list[str]:
     return cleaned
 
 
+def check_prompts(tokenizer: Callable[..., Any], classnames: Sequence[str], templates: Sequence[str]) -> None:
+    """Refuse class names whose prompts are identical once tokenized (then the two classes get one embedding and
+    one of them can never be predicted), and warn when prompts are cut at the text tower's context length.
+
+    Two different names that tokenize alike (case, punctuation, or a difference past the context length) raise
+    :class:`~starft_cli.errors.DataError` naming both. The same name twice (ImageNet's standard class list has
+    'missile' and 'sunglasses' twice; the benchmark keeps them, as published results do) is a warning.
+    Tokenizes every prompt once (``[C * T, context_length]``).
+    """
+    import torch
+
+    names = list(classnames)
+    prompts = [fill(t, name) for name in names for t in templates]
+    tokens = torch.as_tensor(tokenizer(prompts))
+    if tokens.ndim != 2 or tokens.shape[0] != len(prompts):  # a tokenizer we do not know how to read
+        return
+    context = tokens.shape[1]
+    pad = torch.as_tensor(tokenizer([""]))[0, -1]
+    full = (tokens[:, -1] != pad).nonzero().flatten().tolist()  # prompts that fill the context: cut, or exactly fit
+    truncated = [prompts[i] for i in full]
+    if full:
+        try:  # one token more: which of them really were cut
+            longer = torch.as_tensor(tokenizer(truncated, context_length=context + 1))
+            truncated = [p for p, t in zip(truncated, longer[:, -1].tolist(), strict=True) if t != pad]
+        except TypeError:  # a tokenizer without a context_length argument: count them all
+            pass
+    if truncated:
+        logger.warning(
+            "%d of %d prompts are longer than the text tower's context length (%d tokens) and are truncated, e.g. '%s'",
+            len(truncated),
+            len(prompts),
+            context,
+            truncated[0],
+        )
+    per_class = tokens.reshape(len(names), len(templates) * context)
+    first: dict[bytes, int] = {}
+    for index in range(len(names)):
+        key = per_class[index].numpy().tobytes()
+        other = first.setdefault(key, index)
+        if other == index:
+            continue
+        name = names[index]
+        if names[other] == name:
+            logger.warning("classes %d and %d are both named '%s': they share one embedding", other, index, name)
+            continue
+        cut = f" (the text tower reads only {context} tokens)" if truncated else ""
+        raise DataError(
+            f"class names '{names[other]}' and '{names[index]}' give identical prompts once tokenized{cut}",
+            "Rename one of them so that they differ in more than case, punctuation or spacing"
+            + (", within the context length" if truncated else ""),
+        )
+
+
 def zero_shot_head(
     model: Any,
     tokenizer: Callable[..., Any],
@@ -48,7 +101,8 @@ def zero_shot_head(
     scale: bool = True,
 ) -> torch.Tensor:
     """Class embeddings ``[C, D]``: each template filled with the class name, encoded, L2-normalised,
-    averaged over templates and renormalised; multiplied by ``exp(logit_scale)`` when ``scale``.
+    averaged over templates and renormalised; multiplied by ``exp(logit_scale)`` when ``scale``. The prompts are
+    checked first (:func:`check_prompts`: distinct once tokenized; a warning when truncated).
 
     ``logits = normalize(image_features) @ head.T``.
     """
@@ -59,6 +113,7 @@ def zero_shot_head(
         raise UsageError("no class names")
     if not templates:
         raise UsageError("no templates")
+    check_prompts(tokenizer, classnames, templates)
     device = device if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -127,12 +182,19 @@ def classify(
     batch_size: int = 32,
     top_k: int | None = None,
     progress: ProgressFn | None = None,
+    strict: bool = False,
+    skipped: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Zero-shot classify image files. Returns, per image, ``{"image", "predictions": [{"label", "probability"}]}``
-    with predictions best first (all labels, or the ``top_k`` best); probabilities sum to 1 over all labels.
+    """Zero-shot classify image files. Returns, per readable image, ``{"image", "predictions": [{"label",
+    "probability"}]}`` with predictions best first (all labels, or the ``top_k`` best); probabilities sum to 1
+    over all labels. Images are read as photos: the EXIF orientation is applied.
+
+    An unreadable image is skipped with a warning and its message appended to ``skipped``; with ``strict``, or
+    when no image at all can be read, :class:`~starft_cli.errors.ImageError` is raised naming the file.
     """
     import torch
 
+    from starft_cli.errors import ImageError
     from starft_cli.images import open_image
     from starft_cli.models import load
 
@@ -148,23 +210,44 @@ def classify(
     k = min(top_k or len(labels), len(labels))
 
     results: list[dict[str, Any]] = []
+    bad: list[ImageError] = []
     paths = [Path(p) for p in images]
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        batch = torch.stack([loaded.preprocess(open_image(p)) for p in chunk]).to(device)
-        with torch.inference_mode():
-            features = loaded.model.encode_image(batch, normalize=True).float()
-            probs = (features @ head.T).softmax(dim=-1).cpu()
-        top = probs.topk(k, dim=-1)
-        for path, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
-            results.append(
-                {
-                    "image": str(path),
-                    "predictions": [
-                        {"label": labels[i], "probability": float(v)} for v, i in zip(values, indices, strict=True)
-                    ],
-                }
-            )
+        chunk: list[Path] = []
+        tensors = []
+        for path in paths[start : start + batch_size]:
+            try:
+                tensors.append(loaded.preprocess(open_image(path, exif_transpose=True)))
+                chunk.append(path)
+            except ImageError as exc:
+                if strict:
+                    raise ImageError(
+                        exc.message, "Remove or replace the file, or run without --strict to skip it"
+                    ) from None
+                bad.append(exc)
+        if chunk:
+            batch = torch.stack(tensors).to(device)
+            with torch.inference_mode():
+                features = loaded.model.encode_image(batch, normalize=True).float()
+                probs = (features @ head.T).softmax(dim=-1).cpu()
+            top = probs.topk(k, dim=-1)
+            for path, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
+                results.append(
+                    {
+                        "image": str(path),
+                        "predictions": [
+                            {"label": labels[i], "probability": float(v)} for v, i in zip(values, indices, strict=True)
+                        ],
+                    }
+                )
         if progress is not None:
             progress(min(start + batch_size, len(paths)), len(paths))
+    if bad and not results:
+        if len(bad) == 1:
+            raise bad[0]
+        raise ImageError(f"none of the {len(bad)} images could be read (e.g. {bad[0].message})", bad[0].hint)
+    for exc in bad:
+        logger.warning("skipping unreadable image: %s", exc.message)
+        if skipped is not None:
+            skipped.append(exc.message)
     return results

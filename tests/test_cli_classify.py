@@ -93,7 +93,8 @@ def _corrupt(tmp_path: Path) -> Path:
         ("missing", 1, "no such file or directory"),
         ("empty_dir", 1, "holds no images"),
         ("truncated", 1, "corrupt or truncated"),
-        ("not_image", 1, "is not an image"),
+        ("not_image", 1, "fake.jpg is damaged: its content is not a readable JPG image. Re-create or remove"),
+        ("text_file", 1, "notes.txt is not an image. Pass JPEG, PNG"),
         ("empty_label", 2, "empty label"),
         ("duplicate_label", 2, "duplicate labels: cat"),
         ("both_label_flags", 2, "exactly one of --labels and --labels-file"),
@@ -121,6 +122,10 @@ def test_errors_are_one_line(
     elif case == "not_image":
         text = tmp_path / "fake.jpg"
         text.write_text("hello, not a jpeg")
+        args = [str(text), *labels]
+    elif case == "text_file":
+        text = tmp_path / "notes.txt"
+        text.write_text("hello")
         args = [str(text), *labels]
     elif case == "empty_label":
         args = [image, "--labels", "cat,,dog"]
@@ -218,3 +223,46 @@ def test_public_api_names_resolve() -> None:
         assert getattr(starft_cli, name) is not None, name
     with pytest.raises(AttributeError):
         starft_cli.no_such_name
+
+
+def test_a_corrupt_file_in_a_folder_is_skipped_and_counted(runner: CliRunner, images: list[Path]) -> None:
+    """Two good images and a damaged one: results for the two, a warning naming the third, exit 0; --strict: 1."""
+    folder = images[0].parent
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    result = runner.invoke(app, ["classify", str(folder), "--labels", "cat,dog", "--format", "json", *TINY])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert sorted(Path(d["image"]).name for d in data) == ["0.jpg", "1.jpg", "2.jpg"]
+    (folder / "2.jpg").unlink()
+    result = runner.invoke(app, ["classify", str(folder), "--labels", "cat,dog", "--format", "json", *TINY])
+    assert result.exit_code == 0, result.output
+    assert [Path(d["image"]).name for d in json.loads(result.stdout)] == ["0.jpg", "1.jpg"]
+    assert "warning: skipping unreadable image:" in result.stderr and "broken.jpg is damaged" in result.stderr
+    assert "warning: 1 of 3 image(s) skipped" in result.stderr
+    strict = runner.invoke(app, ["classify", str(folder), "--labels", "cat,dog", "--strict", *TINY])
+    assert strict.exit_code == 1
+    assert "broken.jpg is damaged" in strict.stderr and "without --strict" in strict.stderr
+    assert strict.stdout == ""
+
+
+def test_classify_applies_the_exif_orientation(runner: CliRunner, tmp_path: Path) -> None:
+    """A photo stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise to view) classifies as the
+    upright image does; datasets (training, eval) ignore EXIF, as the benchmark pipelines do."""
+    import numpy as np
+    from PIL import Image
+
+    from starft_cli.images import open_image
+
+    upright = np.zeros((40, 60, 3), dtype=np.uint8)
+    upright[:, :20] = (250, 0, 0)  # a red band on the left
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # what a camera held sideways stores
+    stored.save(tmp_path / "sideways.png", exif=exif.tobytes())
+    assert np.array_equal(np.asarray(open_image(tmp_path / "sideways.png", exif_transpose=True)), upright)
+    assert np.asarray(open_image(tmp_path / "sideways.png")).shape == (60, 40, 3)  # datasets: as stored
+    args = ["--labels", "red,blue", "--format", "json", *TINY]
+    a = json.loads(runner.invoke(app, ["classify", str(tmp_path / "upright.png"), *args]).stdout)
+    b = json.loads(runner.invoke(app, ["classify", str(tmp_path / "sideways.png"), *args]).stdout)
+    assert a[0]["predictions"] == b[0]["predictions"]

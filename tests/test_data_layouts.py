@@ -273,8 +273,9 @@ def test_cli_data_check_unknown_name(tmp_path: Path):
 
 def test_cli_data_download_without_source_prints_instructions(tmp_path: Path):
     result = runner.invoke(app, ["data", "download", "waterbirds", "--data-root", str(tmp_path)])
-    assert result.exit_code == 0
+    assert result.exit_code == 1  # nothing was downloaded: a script must not go on
     assert "get it from:" in result.stdout and "metadata.csv" in result.stdout
+    assert result.stderr.startswith("error: waterbirds was not downloaded (no public download source)")
     assert not any(tmp_path.iterdir())  # nothing fetched, nothing created
 
 

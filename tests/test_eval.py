@@ -375,15 +375,38 @@ def test_a_second_head_over_the_same_images_reuses_the_features(tiny, data_root:
     assert first["templates"].iloc[0] == "single" and second["templates"].iloc[0] == "ensemble"
 
 
-def test_reduced_scale_decoding_stays_close_to_full_decoding(tiny, tmp_path: Path):
-    """Large JPEGs are decoded at a reduced DCT scale (>= 2x the input size): features barely move."""
+def test_reduced_scale_decoding_is_opt_in_and_cached_apart(tiny, tmp_path: Path):
+    """Full decoding is the default (the standard pipeline's pixels); --fast-decode decodes large JPEGs at a
+    reduced DCT scale (>= 2x the input size): features barely move, and a fast entry of the feature cache is never
+    used for an exact evaluation (nor the reverse)."""
     from starft_cli.data.registry import load_dataset
     from starft_cli.eval.features import compute_features
     from tests.imagegen import make_class_folders
 
     root = make_class_folders(tmp_path / "big", ["a", "b"], per_class=2, size=(320, 256))
     ds = load_dataset(f"folder:{root}")
-    fast = compute_features(tiny, ds, use_cache=False).features
-    full = compute_features(tiny, ds, use_cache=False, fast_decode=False).features
-    cosine = (fast * full).sum(dim=-1)
+    fast = compute_features(tiny, ds, fast_decode=True)
+    full = compute_features(tiny, ds)
+    assert not fast.from_cache and not full.from_cache  # two cache entries, one per decode mode
+    assert compute_features(tiny, ds).from_cache and compute_features(tiny, ds, fast_decode=True).from_cache
+    import torch
+
+    plain = torch.stack([tiny.preprocess(ds.get_image(i)) for i in range(len(ds))])
+    with torch.inference_mode():
+        exact = torch.nn.functional.normalize(tiny.model.encode_image(plain).float(), dim=-1)
+    assert torch.allclose(full.features, exact, atol=1e-5)  # the default is the plain, full-decode pipeline
+    assert not torch.equal(fast.features, full.features)
+    cosine = (fast.features * full.features).sum(dim=-1)
     assert cosine.min().item() > 0.99
+
+
+def test_cli_decodes_in_full_by_default_and_records_the_decode_mode(tmp_path: Path):
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "f", ["cat", "dog"], per_class=2, size=(300, 260))
+    args = ["eval", "--data", f"folder:{root}", "-m", TINY, "--workers", "0", "--metric", "top1"]
+    full = runner.invoke(app, [*args, "--out", str(tmp_path / "full")])
+    fast = runner.invoke(app, [*args, "--out", str(tmp_path / "fast"), "--fast-decode"])
+    assert full.exit_code == 0 and fast.exit_code == 0, full.output + fast.output
+    assert [r["decode"] for r in _records(tmp_path / "full")] == ["full"]
+    assert [r["decode"] for r in _records(tmp_path / "fast")] == ["fast"]

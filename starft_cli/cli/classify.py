@@ -28,6 +28,9 @@ def classify_command(
     output_format: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = 32,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="An unreadable image is an error (default: skip it, warn, count).")
+    ] = False,
 ) -> None:
     """Zero-shot classify images: each label's probability, best first."""
     label_list = _read_labels(labels, labels_file)
@@ -40,8 +43,13 @@ def classify_command(
     paths = expand_image_args(images)  # input checked before any model is loaded
     resolved = resolve_device(device)
     loaded = load(model, device=resolved, arch=arch)
-    results = _run_with_progress(classify, paths, label_list, loaded, templates, resolved, batch_size, top_k)
+    skipped: list[str] = []
+    results = _run_with_progress(
+        classify, paths, label_list, loaded, templates, resolved, batch_size, top_k, strict, skipped
+    )
     typer.echo(render(results, output_format), nl=False)
+    if skipped:
+        typer.echo(f"warning: {len(skipped)} of {len(paths)} image(s) skipped (unreadable, listed above)", err=True)
 
 
 def _read_labels(labels: str | None, labels_file: Path | None) -> list[str]:
@@ -57,8 +65,16 @@ def _read_labels(labels: str | None, labels_file: Path | None) -> list[str]:
 
 
 def _run_with_progress(classify: Any, paths: list[Path], *args: Any) -> list[dict[str, Any]]:
-    labels, loaded, templates, device, batch_size, top_k = args
-    kwargs = dict(model=loaded, templates=templates, device=device, batch_size=batch_size, top_k=top_k)
+    labels, loaded, templates, device, batch_size, top_k, strict, skipped = args
+    kwargs = dict(
+        model=loaded,
+        templates=templates,
+        device=device,
+        batch_size=batch_size,
+        top_k=top_k,
+        strict=strict,
+        skipped=skipped,
+    )
     if len(paths) <= PROGRESS_THRESHOLD:
         return classify(paths, labels, **kwargs)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn

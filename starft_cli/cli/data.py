@@ -61,19 +61,30 @@ def check_command(
         str, typer.Argument(help="A registered dataset (see `starft data list`), folder:PATH or csv:PATH.")
     ],
     data_root: DataRootOpt = None,
-    deep: Annotated[bool, typer.Option("--deep", help="Also decode every image and report unreadable ones.")] = False,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep", help="Also decode every image: report unreadable ones and conversions (16-bit, animated...)."
+        ),
+    ] = False,
+    classnames: Annotated[
+        Path | None,
+        typer.Option("--classnames", help="Class names file (one per line) for folder:/csv: data, as eval takes."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Check a dataset's layout: counts per split/class/group, and each problem with how to fix it."""
+    """Check a dataset's layout: counts per split/class/group, and every problem with how to fix it."""
     from starft_cli.data.manage import check_dataset, instructions
     from starft_cli.data.registry import get_builder
     from starft_cli.errors import UsageError
 
     generic = name.startswith(("folder:", "csv:"))
     generated = not generic and getattr(get_builder(name), "generated", False)  # unknown names fail with hints
+    if classnames is not None and not generic:
+        raise UsageError("--classnames applies to folder:PATH and csv:PATH data", "Drop it for a registered dataset")
     if data_root is None and not generic and not generated:
         raise UsageError("data check needs --data-root", "Point it at the folder holding the datasets")
-    report = check_dataset(name, data_root, deep=deep)
+    report = check_dataset(name, data_root, deep=deep, classnames_file=classnames)
     if as_json:
         payload = {
             "name": name,
@@ -117,7 +128,12 @@ def download_command(
         typer.echo(f"{name} has no public, stable download source that starft can fetch; get it by hand:")
         for line in instructions(name, data_root):
             typer.echo(f"  {line}")
-        return
+        from starft_cli.errors import DataError
+
+        raise DataError(  # exit 1: nothing was downloaded, so a script must not go on as if it had been
+            f"{name} was not downloaded (no public download source)",
+            f"Get it by hand as above, then run `starft data check {name} --data-root DATA_ROOT`",
+        )
     if data_root is None and getattr(get_builder(name), "generated", False):
         data_root = get_builder(name).default_root().parent  # generated into the cache
     if data_root is None:

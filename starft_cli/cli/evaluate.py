@@ -71,6 +71,14 @@ def eval_command(
         typer.Option("--skip-missing/--no-skip-missing", help="Skip absent datasets (default: only for --suite all)."),
     ] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use the on-disk feature cache.")] = True,
+    fast_decode: Annotated[
+        bool,
+        typer.Option(
+            "--fast-decode",
+            help="Decode large JPEGs at a reduced DCT scale (faster; a few predictions may change; "
+            "default: full decoding, the standard pipeline).",
+        ),
+    ] = False,
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = 64,
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 2,
@@ -126,6 +134,7 @@ def eval_command(
             classnames_file=classnames,
             seed=seed,
             progress=progress,
+            fast_decode=fast_decode,
         )
     for line in frame.attrs.get("skipped", []):
         typer.echo(f"warning: {line}", err=True)

@@ -12,7 +12,25 @@ from typing import Any
 
 import torch.utils.data
 
+from starft_cli.errors import DataError
 from starft_cli.images import open_image
+
+
+def name_key(name: str) -> str:
+    """What a class name reads as to CLIP's tokenizer, roughly: case folded, whitespace collapsed. Two names with
+    the same key become (nearly) the same prompt; :func:`starft_cli.zeroshot.check_prompts` checks exactly."""
+    return " ".join(name.casefold().split())
+
+
+def classname_collisions(names: Sequence[str]) -> list[tuple[int, int]]:
+    """Pairs ``(first, other)`` of class indices whose names have the same :func:`name_key`."""
+    first: dict[str, int] = {}
+    pairs = []
+    for index, name in enumerate(names):
+        other = first.setdefault(name_key(name), index)
+        if other != index:
+            pairs.append((other, index))
+    return pairs
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -20,6 +38,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
     ``dataset[i]`` is ``(transform(image), label)``. ``groups[i]`` indexes ``group_names``;
     ``captions[i]`` (training data) overrides the ``a photo of a {classname}.`` caption.
+
+    Class names must be distinct once case and spacing are ignored (:class:`~starft_cli.errors.DataError`
+    otherwise); ``duplicate_classnames_ok`` is for a benchmark's standard list that has duplicates (ImageNet's).
     """
 
     def __init__(
@@ -34,9 +55,18 @@ class ImageDataset(torch.utils.data.Dataset):
         captions: Sequence[str] | None = None,
         templates: str = "imagenet80",
         class_subset: Sequence[int] | None = None,
+        duplicate_classnames_ok: bool = False,
     ) -> None:
         self.name = name
         self.classnames = list(classnames)
+        collisions = classname_collisions(self.classnames)
+        if collisions and not duplicate_classnames_ok:
+            a, b = collisions[0]
+            raise DataError(
+                f"{name}: classes {a} and {b} are named '{self.classnames[a]}' and '{self.classnames[b]}', which read "
+                "as one class name (case and spacing aside): the model could never tell them apart",
+                "Give every class a distinct name",
+            )
         self.labels = [int(y) for y in labels]
         self.transform = transform
         self.groups = None if groups is None else [int(g) for g in groups]

@@ -125,23 +125,24 @@ class _Cifar:
         missing = [n for n in (*self.train_files, *self.test_files, self.meta_file) if not (root / n).is_file()]
         if missing:
             report.problems.append(f"missing {', '.join(str(root / n) for n in missing)}")
-            return report
-        if self._official(root):
+        elif self._official(root):
             report.notes.append("official files (md5 sums match)")
         for split in ("train", "test"):
+            if any(n in missing for n in (*self.files(split), self.meta_file)):
+                continue  # reported above; the other split is still checked
             try:
                 images, labels, names = self.read(root, split)
             except DataError as exc:
-                report.problems.append(exc.message)
-                return report
+                report.problems.append(exc.message)  # a meta-file problem shows once (check_dataset dedupes)
+                continue
             if len(names) != self.num_classes:
                 report.problems.append(
                     f"{root / self.meta_file} names {len(names)} classes, expected {self.num_classes}"
                 )
-                return report
+                continue
             if len(images) != len(labels) or (labels and not 0 <= min(labels) <= max(labels) < len(names)):
                 report.problems.append(f"{split} files: labels do not match the images or the class list")
-                return report
+                continue
             count_into(report, split, labels, names)
         return report
 

@@ -28,11 +28,21 @@ def _waterbirds_rows(root: Path, problems: list[str]) -> list[dict[str, str]]:
             problems.append(f"{meta} lacks the column(s) {', '.join(missing)}")
             return []
         rows = list(reader)
+    good, bad = [], []
     for number, row in enumerate(rows, start=2):
-        if row["y"] not in ("0", "1") or row["place"] not in ("0", "1") or row["split"] not in ("0", "1", "2"):
-            problems.append(f"{meta}, line {number}: y and place must be 0/1 and split 0/1/2")
-            return []
-    return rows
+        wrong = [
+            f"{column}={row[column]!r}"
+            for column, allowed in (("y", ("0", "1")), ("place", ("0", "1")), ("split", ("0", "1", "2")))
+            if row[column] not in allowed
+        ]
+        if wrong:
+            bad.append(f"line {number} ({', '.join(wrong)})")
+        else:
+            good.append(row)
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        problems.append(f"{meta}: {len(bad)} row(s) with bad values (y and place must be 0/1, split 0/1/2): {shown}")
+    return good  # the checks go on with the good rows, so that every problem shows in one run
 
 
 @register_dataset(
@@ -69,7 +79,7 @@ class Waterbirds:
         if not rows:
             if not report.problems:
                 report.problems.append(f"{root / 'metadata.csv'} has no rows")
-            return report
+            return report  # nothing listed: nothing else to check
         absent = [r["img_filename"] for r in rows if not (root / r["img_filename"]).is_file()]
         if absent:
             report.problems.append(f"{len(absent)} images listed in metadata.csv are missing (e.g. {root / absent[0]})")

@@ -54,7 +54,14 @@ class ImageNet:
     def build(self, root: Path, split: str) -> FileImageDataset:
         _, names = imagenet_classes()
         paths, labels, _ = scan_wnid_folders(root / split)
-        return FileImageDataset(name="imagenet", classnames=names, labels=labels, paths=paths, templates="imagenet80")
+        return FileImageDataset(
+            name="imagenet",
+            classnames=names,
+            labels=labels,
+            paths=paths,
+            templates="imagenet80",
+            duplicate_classnames_ok=True,  # OpenAI's list names two pairs alike (missile, sunglasses), as published
+        )
 
     def check(self, root: Path, splits: tuple[str, ...] = ("train", "val")) -> CheckReport:
         """Check the given splits (evaluation checks only ``val``: scanning 1.28M training files is slow)."""

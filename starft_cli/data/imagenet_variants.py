@@ -49,7 +49,9 @@ class ImageNetV2:
     def build(self, root: Path, split: str) -> FileImageDataset:
         _, names = imagenet_classes()
         paths, labels, _ = self._scan(root)
-        return FileImageDataset(name="imagenet-v2", classnames=names, labels=labels, paths=paths)
+        return FileImageDataset(
+            name="imagenet-v2", classnames=names, labels=labels, paths=paths, duplicate_classnames_ok=True
+        )
 
     def check(self, root: Path) -> CheckReport:
         report = CheckReport(name="imagenet-v2", root=root)
@@ -79,7 +81,9 @@ class ImageNetSketch:
     def build(self, root: Path, split: str) -> FileImageDataset:
         _, names = imagenet_classes()
         paths, labels, _ = scan_wnid_folders(self._base(root))
-        return FileImageDataset(name="imagenet-sketch", classnames=names, labels=labels, paths=paths)
+        return FileImageDataset(
+            name="imagenet-sketch", classnames=names, labels=labels, paths=paths, duplicate_classnames_ok=True
+        )
 
     def check(self, root: Path) -> CheckReport:
         report = CheckReport(name="imagenet-sketch", root=root)
@@ -104,7 +108,13 @@ class ImageNetSubset:
         paths, labels, _ = scan_wnid_folders(root)
         subset = sorted(set(labels))
         return FileImageDataset(
-            name=self.name, classnames=names, labels=labels, paths=paths, class_subset=subset, templates="imagenet80"
+            name=self.name,
+            classnames=names,
+            labels=labels,
+            paths=paths,
+            class_subset=subset,
+            templates="imagenet80",
+            duplicate_classnames_ok=True,  # the full ImageNet list (see imagenet.py); the subset's names are distinct
         )
 
     def check(self, root: Path) -> CheckReport:

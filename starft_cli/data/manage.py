@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,12 +23,17 @@ def check_dataset(
     deep: bool = False,
     progress: Callable[[int, int], None] | None = None,
     splits: tuple[str, ...] | None = None,
+    classnames_file: str | Path | None = None,
 ) -> CheckReport:
-    """Check a registered dataset's layout under ``data_root``; with ``deep``, also decode every image of
-    every split and report the unreadable ones. ``splits`` narrows the check where a builder supports it
-    (ImageNet: evaluation need not scan the training set)."""
+    """Check a dataset's layout (a registered name under ``data_root``, ``folder:PATH`` or ``csv:PATH``) and list
+    every problem found, not only the first. With ``deep``, also decode every image that can be enumerated (even
+    when other problems exist) and report the unreadable ones and the conversions reading applies (16-bit,
+    animated, alpha...). ``splits`` narrows the check where a builder supports it (ImageNet: evaluation need not
+    scan the training set). ``classnames_file`` names the classes of ``folder:``/``csv:`` data."""
     if name.startswith(("folder:", "csv:")):
-        return _check_generic(name, deep, progress)
+        report = _check_generic(name, deep, progress, classnames_file)
+        report.problems = list(dict.fromkeys(report.problems))
+        return report
     builder = get_builder(name)
     root = dataset_root(name, data_root)
     if getattr(builder, "generated", False):
@@ -40,26 +46,45 @@ def check_dataset(
         report = builder.check(root, splits=splits)
     else:
         report = builder.check(root)
-    if deep and report.ok:
+    if deep:
+        notes: Counter[str] = Counter()
         for split in splits or builder.info.splits:
             try:
                 ds = builder.build(root, split)
             except DataError as exc:
                 report.problems.append(f"{split}: {exc.message}")
                 continue
-            bad = _unreadable(ds, progress)
+            except Exception as exc:  # a layout too broken to list its images: the check above names why
+                if report.ok:
+                    raise
+                logger.debug("%s %s: images not listed (%s)", name, split, exc)
+                continue
+            bad = _unreadable(ds, progress, notes)
             report.counts[f"{split} unreadable"] = len(bad)
             if bad:
                 report.problems.append(f"{split}: {len(bad)} unreadable image(s), e.g. {bad[0]}")
+        report.notes.extend(conversion_lines(notes))
+    report.problems = list(dict.fromkeys(report.problems))  # a problem shared by several splits shows once
     return report
 
 
-def _unreadable(ds: Any, progress: Callable[[int, int], None] | None) -> list[str]:
-    """Decode every image of ``ds``; the messages of those that fail."""
+def _unreadable(ds: Any, progress: Callable[[int, int], None] | None, notes: Counter[str] | None = None) -> list[str]:
+    """Decode every image of ``ds`` as training and evaluation do (:func:`starft_cli.images.read_image`); the
+    messages of those that fail. ``notes`` counts the conversions applied (16-bit, animated, alpha, ...)."""
+    from starft_cli.images import read_image
+
+    paths = getattr(ds, "paths", None)
     bad: list[str] = []
     for index in range(len(ds)):
         try:
-            ds.get_image(index)
+            if paths is not None:
+                if not paths[index].is_file():
+                    continue  # a missing file is reported by the layout check
+                _, applied = read_image(paths[index])
+                if notes is not None:
+                    notes.update(applied)
+            else:
+                ds.get_image(index)
         except ImageError as exc:
             bad.append(exc.message)
         if progress is not None:
@@ -67,31 +92,63 @@ def _unreadable(ds: Any, progress: Callable[[int, int], None] | None) -> list[st
     return bad
 
 
-def _check_generic(ref: str, deep: bool, progress: Callable[[int, int], None] | None) -> CheckReport:
-    """``folder:PATH`` / ``csv:PATH``: loadable, every listed file present, counts per class."""
-    from collections import Counter
+def conversion_lines(notes: Counter[str]) -> list[str]:
+    """One line per kind of conversion that reading the images applies, e.g. ``3 image(s) are 16-bit: ...``."""
+    from starft_cli.images import CONVERSION_NOTES
 
+    return [f"{notes[key]} image(s) {CONVERSION_NOTES[key]}" for key in CONVERSION_NOTES if notes.get(key)]
+
+
+def _check_generic(
+    ref: str, deep: bool, progress: Callable[[int, int], None] | None, classnames_file: str | Path | None = None
+) -> CheckReport:
+    """``folder:PATH`` / ``csv:PATH``: loadable, every listed file present, counts per class; with ``deep``, every
+    image decoded (for a folder, every image file under it even when it does not load as a dataset)."""
+    from starft_cli.data.generic import image_files_under
     from starft_cli.data.registry import load_dataset
 
-    report = CheckReport(name=ref, root=Path(ref.split(":", 1)[1]).expanduser())
+    root = Path(ref.split(":", 1)[1]).expanduser()
+    report = CheckReport(name=ref, root=root)
     try:
-        ds = load_dataset(ref)
+        ds = load_dataset(ref, classnames_file=classnames_file)
     except DataError as exc:
-        report.problems.append(exc.message)
+        report.problems.extend(getattr(exc, "problems", None) or [exc.one_line()])
+        if deep and ref.startswith("folder:") and root.is_dir():
+            _deep_generic(report, _Files(image_files_under(root)), progress)
         return report
     report.counts["images"] = len(ds)
     report.counts["classes"] = len(ds.classnames)
     for label, count in sorted(Counter(ds.labels).items()):
         report.counts[f"class {ds.classnames[label]}"] = count
+    if ds.groups is not None and ds.group_names is not None:
+        per_group = Counter(ds.groups)
+        for g, group in enumerate(ds.group_names):
+            report.counts[f"group {group}"] = per_group.get(g, 0)
     absent = [p for p in ds.paths if not p.is_file()]
     if absent:
         report.problems.append(f"{len(absent)} listed image(s) are missing (e.g. {absent[0]})")
-    if deep and not absent:
-        bad = _unreadable(ds, progress)
-        report.counts["unreadable"] = len(bad)
-        if bad:
-            report.problems.append(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")
+    if deep:
+        _deep_generic(report, ds, progress)
     return report
+
+
+class _Files:
+    """Image files to decode when they do not load as a dataset (what :func:`_unreadable` needs of one)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _deep_generic(report: CheckReport, ds: Any, progress: Callable[[int, int], None] | None) -> None:
+    notes: Counter[str] = Counter()
+    bad = _unreadable(ds, progress, notes)
+    report.counts["unreadable"] = len(bad)
+    if bad:
+        report.problems.append(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")
+    report.notes.extend(conversion_lines(notes))
 
 
 @dataclass

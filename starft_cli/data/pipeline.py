@@ -22,25 +22,52 @@ from starft_cli.errors import ImageError
 DEFAULT_SCALE = (0.9, 1.0)
 
 
+def torchvision_decodable(data: bytes | bytearray) -> bool:
+    """Whether torchvision's decoder gives exactly the pixels of :func:`starft_cli.images.to_rgb` for this file:
+    8-bit JPEG or PNG, grey or RGB, single frame, without transparency. Only the header is parsed (PIL's lazy
+    open); every other file goes through PIL."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return (
+                img.format in ("JPEG", "PNG")
+                and img.mode in ("RGB", "L")
+                and getattr(img, "n_frames", 1) == 1
+                and "transparency" not in img.info
+                and not any(";16" in str(getattr(t, "args", "")) for t in (img.tile or []))
+            )
+    except Exception:  # not an image PIL can identify: PIL's reader names the problem
+        return False
+
+
 def decode_file(path: str | Path) -> torch.Tensor:
-    """An image file as a ``uint8`` RGB tensor ``[3, H, W]``."""
+    """An image file as a ``uint8`` RGB tensor ``[3, H, W]``: the same pixels as
+    ``pil_to_tensor(starft_cli.images.open_image(path))`` (one definition of an image as RGB uint8: first frame,
+    16 bits scaled to 8, alpha dropped; see :func:`starft_cli.images.to_rgb`). torchvision's faster decoder is used
+    for 8-bit grey/RGB JPEG and PNG, where its pixels equal PIL's; everything else is read with PIL.
+
+    Raises :class:`~starft_cli.errors.ImageError` naming the file when it cannot be read or decoded."""
     from torchvision.io import ImageReadMode, decode_image
 
     try:
-        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+        raw = bytearray(Path(path).read_bytes())
     except OSError as exc:
         raise ImageError(f"cannot read {path} ({exc.strerror})", "Check the dataset files") from None
-    try:
-        with warnings.catch_warnings():  # torchvision >= 0.29 marks its decoders deprecated (torchcodec later)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_image(data, mode=ImageReadMode.RGB)
-    except RuntimeError:
-        # torchvision cannot decode it (an unusual format): let PIL try, with its error messages.
-        from torchvision.transforms.v2.functional import pil_to_tensor
+    if torchvision_decodable(raw):
+        try:
+            with warnings.catch_warnings():  # torchvision >= 0.29 marks its decoders deprecated (torchcodec later)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return decode_image(torch.frombuffer(raw, dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # torchvision cannot decode it: PIL tries, with its error messages
+    from torchvision.transforms.v2.functional import pil_to_tensor
 
-        from starft_cli.images import open_image
+    from starft_cli.images import open_image
 
-        return pil_to_tensor(open_image(path))
+    return pil_to_tensor(open_image(path))
 
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -133,7 +160,10 @@ class TrainSamples(torch.utils.data.Dataset):
             return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
         from torchvision.transforms.v2.functional import pil_to_tensor
 
-        return pil_to_tensor(self.dataset.get_image(index).convert("RGB"))
+        from starft_cli.images import to_rgb
+
+        image = self.dataset.get_image(index)  # RGB from the built-in datasets; to_rgb for any other
+        return pil_to_tensor(image if image.mode == "RGB" else to_rgb(image))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         image = self.load(index)

@@ -133,8 +133,10 @@ def load_dataset(
             builder.ensure(root)  # generated datasets are made on first use
         report = builder.check(root)
         if not report.ok:
+            more = len(report.problems) - 1
             raise DataError(
-                f"dataset '{ref}' at {root} is not laid out right: {report.problems[0]}",
+                f"dataset '{ref}' at {root} is not laid out right: {report.problems[0]}"
+                + (f" (and {more} more problem(s))" if more else ""),
                 f"Run `starft data check {ref} --data-root {data_root}` for details",
             )
         ds = builder.build(root, split)

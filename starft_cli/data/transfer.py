@@ -71,7 +71,6 @@ class Caltech101:
         )
         if unknown:
             report.problems.append(f"{base} has folders that are not Caltech-101 categories: {', '.join(unknown[:5])}")
-            return report
         categories, paths, labels, _ = self._index(root)
         absent = [p for p in paths if not p.is_file()]
         if absent:
@@ -79,7 +78,6 @@ class Caltech101:
                 f"{len(absent)} expected files are missing (e.g. {absent[0]}); each category folder must hold "
                 "image_0001.jpg .. image_NNNN.jpg and nothing else"
             )
-            return report
         count_into(report, "all", labels, categories)
         if len(categories) != len(known):
             report.notes.append(f"{len(categories)} of the {len(known)} categories are present")
@@ -144,11 +142,11 @@ class Flowers102:
             try:
                 paths, labels = _flowers_index(root, split)
             except DataError as exc:
-                report.problems.append(exc.message)
-                return report
+                report.problems.append(exc.message)  # the same .mat problem for every split is shown once
+                continue
             if labels and not 0 <= min(labels) <= max(labels) < len(names):
                 report.problems.append(f"{root / 'imagelabels.mat'}: labels outside 1..{len(names)}")
-                return report
+                continue
             absent = [p for p in paths if not p.is_file()]
             if absent:
                 report.problems.append(
@@ -205,10 +203,10 @@ class StanfordCars:
                 classes, paths, labels = _cars_index(root, split)
             except DataError as exc:
                 report.problems.append(exc.message)
-                return report
+                continue
             if labels and not 0 <= min(labels) <= max(labels) < len(classes):
                 report.problems.append(f"{split}: class numbers outside 1..{len(classes)}")
-                return report
+                continue
             absent = [p for p in paths if not p.is_file()]
             if absent:
                 report.problems.append(f"{split}: {len(absent)} annotated images are missing (e.g. {absent[0]})")

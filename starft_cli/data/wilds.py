@@ -125,16 +125,18 @@ class FMoW:
 
     def _rows(self, root: Path) -> list[tuple[int, dict[str, str], str]]:
         rows = _read_csv(root / "rgb_metadata.csv", ("split", "category", "country_code", "timestamp"))
-        out = []
+        out, bad = [], []
         for index, row in enumerate(rows):
             try:
                 split = _fmow_split(row)
             except ValueError:
-                raise DataError(
-                    f"{root / 'rgb_metadata.csv'}, row {index}: bad timestamp '{row['timestamp']}'"
-                ) from None
+                bad.append(f"row {index} ('{row['timestamp']}')")
+                continue
             if split is not None:
                 out.append((index, row, split))
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise DataError(f"{root / 'rgb_metadata.csv'}: {len(bad)} bad timestamp(s): {shown}")
         return out
 
     def _dataset(self, root: Path, split: str) -> FileImageDataset:
@@ -144,12 +146,15 @@ class FMoW:
             r["alpha-3"]: r["region"] for r in _read_csv(root / "country_code_mapping.csv", ("alpha-3", "region"))
         }
         paths, labels, groups = [], [], []
-        for row_index, row, row_split in self._rows(root):
+        rows = self._rows(root)
+        unknown = [(i, r["category"]) for i, r, _ in rows if r["category"].replace("_", " ") not in index]
+        if unknown:
+            shown = ", ".join(f"row {i} '{c}'" for i, c in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise DataError(f"{root / 'rgb_metadata.csv'}: {len(unknown)} row(s) with an unknown category: {shown}")
+        for row_index, row, row_split in rows:
             if row_split != split:
                 continue
             name = row["category"].replace("_", " ")
-            if name not in index:
-                raise DataError(f"{root / 'rgb_metadata.csv'}, row {row_index}: unknown category '{row['category']}'")
             region = mapping.get(row["country_code"], "Other")
             paths.append(root / "images" / f"rgb_img_{row_index}.png")
             labels.append(index[name])
@@ -173,8 +178,8 @@ class FMoW:
             try:
                 ds = self._dataset(root, split)
             except DataError as exc:
-                report.problems.append(exc.message)
-                return report
+                report.problems.append(exc.message)  # the same metadata problem for every split is shown once
+                continue
             absent = [p for p in ds.paths if not p.is_file()]
             if absent:
                 report.problems.append(f"{split}: {len(absent)} images are missing (e.g. {absent[0]})")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starft_cli.errors import ImageError
-from starft_cli.images import open_image
+from starft_cli.images import RGB_VERSION, open_image
 from starft_cli.paths import atomic_path, cache_dir
 
 if TYPE_CHECKING:
@@ -51,17 +51,22 @@ class Features:
 
 
 def open_for_eval(path: Path, min_side: int | None) -> Any:
-    """Open an image as RGB. A JPEG larger than needed is decoded at a reduced scale (libjpeg's DCT scaling) that
-    keeps its shorter side at least ``min_side``: the preprocessing's own resize still does the final
-    downscaling, and a large photo decodes several times faster."""
+    """Open an image as RGB (:func:`starft_cli.images.open_image`: the one definition every path uses). With
+    ``min_side`` (``--fast-decode``), a JPEG larger than needed is decoded at a reduced scale (libjpeg's DCT
+    scaling, PIL's draft mode) that keeps its shorter side at least ``min_side``: faster, but not the pixels of
+    the standard pipeline, so metrics may differ slightly; without it, every image is decoded in full."""
+    if not min_side:
+        return open_image(path)
     from PIL import Image
+
+    from starft_cli.images import to_rgb
 
     try:
         with Image.open(path) as img:
-            if min_side and img.format == "JPEG":
-                img.draft("RGB", (min_side, min_side))
+            if img.format == "JPEG" and img.mode in ("RGB", "L"):
+                img.draft(img.mode, (min_side, min_side))
             img.load()
-            return img.convert("RGB")
+            return to_rgb(img)
     except Exception:
         return open_image(path)  # raises the standard ImageError naming the problem (or reads it plainly)
 
@@ -124,7 +129,7 @@ def compute_features(
     workers: int = 0,
     strict: bool = False,
     use_cache: bool = True,
-    fast_decode: bool = True,
+    fast_decode: bool = False,
     progress: ProgressFn | None = None,
     data_fingerprint: str | None = None,
 ) -> Features:
@@ -138,7 +143,7 @@ def compute_features(
     from safetensors.torch import load_file, save_file
 
     min_side = 2 * input_size(loaded) if fast_decode else None
-    decode = f"draft>={min_side}" if min_side else "full"
+    decode = f"rgb{RGB_VERSION}:" + (f"draft>={min_side}" if min_side else "full")
     path = cache_dir("features") / f"{feature_cache_key(loaded, dataset, decode, data_fingerprint)}.safetensors"
     if use_cache and path.is_file():
         try:

@@ -196,9 +196,11 @@ def evaluate_model(
     seed: int = 0,
     progress: ProgressFn | None = None,
     skipped_log: list[str] | None = None,
+    fast_decode: bool = False,
 ) -> list[dict[str, Any]]:
     """Result records (one per dataset x metric) of one loaded model over a prepared plan. Unreadable images are
-    counted in ``num_skipped``; a line per dataset that had some is appended to ``skipped_log``."""
+    counted in ``num_skipped``; a line per dataset that had some is appended to ``skipped_log``. Images are
+    decoded in full unless ``fast_decode`` (reduced-scale JPEG decoding; records then say ``"decode": "fast"``)."""
     import torch
 
     from starft_cli.eval.features import compute_features
@@ -222,6 +224,7 @@ def evaluate_model(
             use_cache=use_cache,
             progress=report,
             data_fingerprint=data_fingerprint,
+            fast_decode=fast_decode,
         )
         head = cached_zero_shot_head(loaded, ds.classnames, item.templates, device=device)
         valid = feats.valid
@@ -243,6 +246,7 @@ def evaluate_model(
             "templates": item.templates_name,
             "suite": prepared.suite.name,
             "seed": seed,
+            "decode": "fast" if fast_decode else "full",
             "date": date,
             **{f"{k}_version": v for k, v in info.items()},
         }
@@ -273,6 +277,7 @@ def evaluate(
     classnames_file: str | Path | None = None,
     seed: int = 0,
     progress: ProgressFn | None = None,
+    fast_decode: bool = False,
 ) -> pd.DataFrame:
     """Evaluate one or more models on a suite; one row per (model, dataset, metric).
 
@@ -299,7 +304,19 @@ def evaluate(
     for model in model_list:
         loaded = load(model, device=device) if isinstance(model, str) else model
         records.extend(
-            evaluate_model(loaded, prepared, device, batch_size, workers, strict, use_cache, seed, progress, skipped)
+            evaluate_model(
+                loaded,
+                prepared,
+                device,
+                batch_size,
+                workers,
+                strict,
+                use_cache,
+                seed,
+                progress,
+                skipped,
+                fast_decode=fast_decode,
+            )
         )
     frame = pd.DataFrame.from_records(records)
     frame.attrs["missing"] = list(prepared.missing)
