@@ -387,3 +387,90 @@ def test_reduced_scale_decoding_stays_close_to_full_decoding(tiny, tmp_path: Pat
     full = compute_features(tiny, ds, use_cache=False, fast_decode=False).features
     cosine = (fast * full).sum(dim=-1)
     assert cosine.min().item() > 0.99
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics that do not apply (issue 9, item 8): an error before any model runs, or a stated note; never dropped
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _pets(tmp_path: Path) -> Path:
+    from tests.imagegen import make_class_folders
+
+    return make_class_folders(tmp_path / "pets", ["cat", "dog", "bird"], per_class=2, size=(32, 32))
+
+
+def _no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args, **kwargs):
+        raise AssertionError("a model was loaded before the metric check")
+
+    monkeypatch.setattr("starft_cli.models.load", boom)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "needle"),
+    [
+        (["top5"], "metric top5 does not apply to folder:"),
+        (["worst_group_acc"], "metric worst_group_acc does not apply to folder:"),
+        (["mean_group_acc", "top1"], "metric mean_group_acc does not apply to folder:"),
+    ],
+)
+def test_a_metric_that_does_not_apply_is_a_one_line_error(
+    metrics: list[str], needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    _no_model_load(monkeypatch)
+    args = ["eval", "--data", f"folder:{_pets(tmp_path)}", "-m", TINY]
+    for name in metrics:
+        args += ["--metric", name]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr and "Traceback" not in result.output and "KeyError" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "metrics that apply: top1" in result.stderr
+    if metrics == ["top5"]:
+        assert "top5 needs at least 5 classes" in result.stderr and "has 3" in result.stderr
+    else:
+        assert "needs groups" in result.stderr
+
+
+def test_default_metrics_that_do_not_apply_are_noted(tmp_path: Path):
+    """The default --data metrics (top1, top5, ece) on 3 classes: top5 is left out with a note in the report."""
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["eval", "--data", f"folder:{_pets(tmp_path)}", "-m", TINY, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "note: folder:" in result.stderr and "top5 not computed (top5 needs at least 5 classes" in result.stderr
+    assert "top5 not computed" in result.stdout and "top5 not computed" in (out / "leaderboard.md").read_text()
+    assert {r["metric"] for r in _records(out)} == {"top1", "ece"}
+
+
+def test_every_metric_has_a_rule_and_every_kept_metric_is_reported(tiny, data_root: Path):
+    from starft_cli.eval.runner import METRIC_RULES, evaluate
+    from starft_cli.eval.suites import METRICS, Suite, SuiteEntry
+
+    assert set(METRIC_RULES) == set(METRICS)
+    names = ("top1", "top5", "ece", "mean_per_class_recall", "macro_f1", "mean_group_acc", "worst_group_acc")
+    names += ("worst_region_acc", "adjusted_avg_acc")
+    assert set(names) == set(METRICS)
+    suite = Suite("s", (SuiteEntry("waterbirds", tuple(m for m in names if m != "top5"), explicit=True),))
+    frame = evaluate([tiny], suite, data_root)
+    assert set(names) - {"top5"} <= set(frame["metric"])
+
+
+def test_adjusted_average_accuracy_uses_the_training_group_shares(tiny, data_root: Path):
+    """On the generated Waterbirds (2 test images per group) adjusted_avg_acc = sum of test group accuracies times
+    the training shares (equal here: 1/4 each), i.e. the mean group accuracy; top1 is sample-weighted."""
+    from starft_cli.eval.runner import evaluate
+
+    frame = evaluate([tiny], "group-shift", data_root)
+    wb = frame[frame["dataset"] == "waterbirds"].set_index("metric")["value"]
+    assert wb["adjusted_avg_acc"] == pytest.approx(wb["mean_group_acc"], abs=1e-6)
+    assert frame.attrs["notes"] == []
+
+
+def test_empty_results_do_not_crash_the_renderer():
+    import pandas as pd
+
+    from starft_cli.reports.schema import FIELDS
+    from starft_cli.reports.tables import render
+
+    assert render(pd.DataFrame(columns=list(FIELDS)), "table").startswith("(no results)")

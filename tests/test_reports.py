@@ -177,3 +177,25 @@ def test_plot_without_matplotlib_says_how_to_install(tmp_path: Path, monkeypatch
     assert result.exit_code == 2
     assert "--plot needs matplotlib" in result.stderr and "starft[plot]" in result.stderr
     assert not (tmp_path / "p.png").exists()
+
+
+def test_table_and_markdown_show_ece_and_mean_group_acc(tmp_path: Path):
+    """Every headline metric is in every leaderboard format (before, table and md dropped ece and mean_group_acc)."""
+    records = [
+        rec("zs", "waterbirds", "top1", 0.90),
+        rec("zs", "waterbirds", "mean_group_acc", 0.70),
+        rec("zs", "waterbirds", "worst_group_acc", 0.40),
+        rec("zs", "waterbirds", "ece", 0.123),
+        rec("zs", "waterbirds", "group_acc[landbird on land]", 0.95),
+    ]
+    frame = load_results([write(tmp_path / "r.json", records)])
+    for fmt in ("table", "md", "csv"):
+        text = render(frame, fmt)
+        assert "waterbirds mean_group_acc" in text and "waterbirds ece" in text, fmt
+        assert "group_acc[" not in text
+    table = render(frame, "table")
+    row = next(line for line in table.splitlines() if line.startswith("zs "))
+    assert row.split()[1:] == ["90.00", "40.00", "70.00", "12.30"]  # top1, worst, mean, ece
+    assert "ece = expected calibration error" in table and "lower is better" in table
+    md = render(frame, "md")
+    assert "| 70.00 " in md and "| 12.30 " in md

@@ -14,6 +14,17 @@ from starft_cli.errors import UsageError
 EVAL_HELP = "Evaluate models on a benchmark suite or datasets: leaderboard, results.json/md/csv."
 REPORT_HELP = "Merge result files into one leaderboard, with deltas against a baseline and optional plots."
 FORMATS = ("table", "md", "csv", "json")
+METRIC_NAMES = (
+    "top1",
+    "top5",
+    "ece",
+    "mean_per_class_recall",
+    "macro_f1",
+    "mean_group_acc",
+    "worst_group_acc",
+    "worst_region_acc",
+    "adjusted_avg_acc",
+)
 PROGRESS_THRESHOLD = 256
 
 
@@ -46,7 +57,11 @@ def eval_command(
     ] = None,
     metric: Annotated[
         list[str] | None,
-        typer.Option("--metric", help="Metric for --data datasets (repeatable; default top1, top5, ece)."),
+        typer.Option(
+            "--metric",
+            help="Metric for --data datasets (repeatable; default top1, top5, ece; one that does not apply is an "
+            "error): " + ", ".join(METRIC_NAMES) + ".",
+        ),
     ] = None,
     classnames: Annotated[
         Path | None, typer.Option("--classnames", help="Class names file (one per line) for folder:/csv: data.")
@@ -92,6 +107,7 @@ def eval_command(
                 split=split,
                 classnames=str(classnames) if classnames else None,
                 templates=templates,
+                explicit=bool(metric),
             )
             for d in data
         )
@@ -110,6 +126,8 @@ def eval_command(
     prepared = plan(resolved, data_root, templates, classnames, skip)  # data checked before any model is loaded
     for line in prepared.missing:
         typer.echo(f"skipped (not present): {line}", err=True)
+    for line in prepared.notes:
+        typer.echo(f"note: {line}", err=True)
     resolved_device = resolve_device(device)
     with _progress() as progress:
         frame = evaluate(
@@ -133,13 +151,14 @@ def eval_command(
     from starft_cli.reports.tables import render
 
     missing = frame.attrs.get("missing", [])
+    notes = frame.attrs.get("notes", [])
     shown = frame
     if out is not None:
-        written = write_report(out, frame, baseline, missing, resolved.description)
+        written = write_report(out, frame, baseline, missing, resolved.description, notes=notes)
         shown = written["frame"]
         note = f" ({written['replaced']} earlier record(s) replaced)" if written["replaced"] else ""
         typer.echo(f"wrote {', '.join(str(p) for p in written['paths'])}{note}", err=True)
-    typer.echo(render(shown, output_format, baseline, missing, resolved.description), nl=False)
+    typer.echo(render(shown, output_format, baseline, missing, resolved.description, notes=notes), nl=False)
 
 
 class _progress:
