@@ -15,6 +15,7 @@ app = typer.Typer(
     name="zoo",
     help="The model zoo: named models with verified downloads, and publishing your own.",
     no_args_is_help=True,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
