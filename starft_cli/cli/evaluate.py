@@ -201,7 +201,10 @@ def report_command(
         str | None, typer.Option("--baseline", help="Model the deltas refer to (default: first).")
     ] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, md, csv or json.")] = "table",
-    plot: Annotated[Path | None, typer.Option("--plot", help="Also write an ID-vs-OOD and per-group PNG here.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Also write a PNG: ID vs OOD (or average vs worst-group) accuracy, group bars."),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the rendering to this file, not stdout.")
     ] = None,
