@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from starft_cli.errors import ChecksumError, WeightsUnavailableError, ZooError
+from starft_cli.errors import ChecksumError, StarftError, WeightsUnavailableError, ZooError
 from starft_cli.paths import atomic_path, atomic_write_text, cache_dir
 from starft_cli.pretrained import short_error
 from starft_cli.zoo.manifest import ZooEntry
@@ -152,16 +152,24 @@ def _url_cache_path(entry: ZooEntry) -> Path:
     return cache_dir("zoo", "url", key) / entry.source.filename
 
 
-def _open_clip_cfg(entry: ZooEntry) -> dict[str, Any]:
+def _open_clip_cfg(entry: ZooEntry, fix: str | None = None) -> dict[str, Any]:
     from starft_cli.errors import ModelNotFoundError
     from starft_cli.pretrained import pretrained_cfg, register_builtin_configs
 
     register_builtin_configs()
     cfg = pretrained_cfg(entry.arch, str(entry.source.tag))
     if not cfg:
+        import difflib
+
+        import open_clip
+
+        tags = list(open_clip.list_pretrained_tags_by_model(entry.arch))
+        close = difflib.get_close_matches(str(entry.source.tag), tags, n=3, cutoff=0.5)
+        known = f"Did you mean {', '.join(close)}? " if close else ""
+        known += f"Tags of {entry.arch}: {', '.join(tags) or 'none'}. "
         raise ModelNotFoundError(
             f"zoo model '{entry.name}': open_clip has no pretrained tag '{entry.source.tag}' for {entry.arch}",
-            f"Fix the entry in {entry.manifest or entry.origin} (see open_clip.list_pretrained())",
+            known + _fix_hint(entry, fix),
         )
     return dict(cfg)
 
@@ -331,7 +339,16 @@ def _fetch_open_clip(entry: ZooEntry) -> Path:
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_arch(entry: ZooEntry) -> None:
+def _fix_hint(entry: ZooEntry, fix: str | None = None) -> str:
+    if fix is not None:
+        return fix
+    if entry.origin == "user":
+        where = entry.manifest or "your user manifest"
+        return f"Fix the entry in {where}, or remove it: `starft zoo rm {entry.name} --forget`"
+    return f"Fix the entry in {entry.manifest or entry.origin}"
+
+
+def _check_arch(entry: ZooEntry, fix: str | None = None) -> None:
     import difflib
 
     from starft_cli.errors import ModelNotFoundError
@@ -342,9 +359,22 @@ def _check_arch(entry: ZooEntry) -> None:
         close = difflib.get_close_matches(entry.arch, archs, n=3)
         hint = f"Did you mean {', '.join(close)}? " if close else ""
         raise ModelNotFoundError(
-            f"zoo model '{entry.name}' names an unknown architecture '{entry.arch}'",
-            hint + f"Fix the entry in {entry.manifest or entry.origin} (architectures are open_clip's)",
+            f"zoo model '{entry.name}' names an unknown architecture '{entry.arch}' (architectures are open_clip's "
+            "and starft's own starft-tiny/starft-small)",
+            hint + _fix_hint(entry, fix),
         )
+
+
+def check_entry(entry: ZooEntry, fix: str | None = None) -> None:
+    """Check that ``entry`` can be resolved, without any download: its architecture is known to open_clip (or
+    registered by starft) and an ``open_clip:TAG`` source names a pretrained tag of that architecture.
+
+    Raises :class:`~starft_cli.errors.ModelNotFoundError` naming the problem, close matches and ``fix`` (default:
+    where to fix the entry).
+    """
+    _check_arch(entry, fix)
+    if entry.source.kind == "open_clip":
+        _open_clip_cfg(entry, fix)
 
 
 def resolve(entry: ZooEntry) -> Resolved:
@@ -370,7 +400,7 @@ def resolve(entry: ZooEntry) -> Resolved:
 @dataclass
 class VerifyResult:
     name: str
-    status: str  # ok, mismatch, missing, unpinned
+    status: str  # ok, mismatch, missing, unpinned, broken (the entry cannot be resolved)
     path: Path | None
     expected: str | None
     actual: str | None
@@ -395,12 +425,17 @@ def verify(entry: ZooEntry) -> VerifyResult:
 def verify_all(entries: list[ZooEntry]) -> list[VerifyResult]:
     """Verify every downloaded entry. A file two entries share is deleted only if it matches neither's sha256
     (an entry with a wrong hash must not destroy the file another, correct entry uses)."""
-    located = [(e, cached_path(e)) for e in entries]
+    located: list[tuple[ZooEntry, Path | None]] = []
+    results = []
+    for entry in entries:
+        try:
+            located.append((entry, cached_path(entry)))
+        except StarftError as exc:  # a broken entry is reported; it must not stop the others' verification
+            results.append(VerifyResult(entry.name, "broken", None, entry.sha256, None, exc.one_line()))
     by_path: dict[Path, list[ZooEntry]] = {}
     for entry, path in located:
         if path is not None:
             by_path.setdefault(path.resolve(), []).append(entry)
-    results = []
     for entry, path in located:
         if path is None:
             continue
