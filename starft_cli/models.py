@@ -38,11 +38,14 @@ from starft_cli.paths import atomic_path, atomic_write_text
 from starft_cli.pretrained import (
     PAPER_DEFAULT_TAG,
     fetch_pretrained,
-    hub_cache_dir,
+    hub_endpoint,
+    hub_offline,
     list_architectures,
+    not_cached_error,
     pretrained_cfg,
     register_builtin_configs,
     short_error,
+    unreachable,
 )
 
 if TYPE_CHECKING:
@@ -269,25 +272,52 @@ def _load_pretrained(ref: ModelRef, seed: int) -> LoadedModel:
 
 
 def _download_hf_repo(ref: ModelRef) -> Path:
-    """Download ``open_clip_config.json`` and the weights of a Hub repo; return the snapshot folder."""
+    """Download ``open_clip_config.json`` and the weights of a Hub repo; return the snapshot folder.
+
+    Offline (``HF_HUB_OFFLINE``) or with the Hub unreachable (found out in a few seconds), only the local cache is
+    used, and a miss says so (never "has no open_clip_config.json", which would blame the repository).
+    """
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     assert ref.repo is not None
     where = f"{ref.repo}@{ref.revision}" if ref.revision else ref.repo
+    endpoint = hub_endpoint()
+    reason = None if hub_offline() else unreachable(endpoint)
+    local_only = hub_offline() or reason is not None
+    what = f"model hf-hub:{where}"
+
+    def get(filename: str) -> Path:
+        return Path(hf_hub_download(ref.repo, filename, revision=ref.revision, local_files_only=local_only))
+
     try:
-        config_path = Path(hf_hub_download(ref.repo, CONFIG_NAME, revision=ref.revision))
+        config_path = get(CONFIG_NAME)
         for name in HF_WEIGHT_CANDIDATES:
             try:
-                hf_hub_download(ref.repo, name, revision=ref.revision)
+                get(name)
                 break
+            except LocalEntryNotFoundError:
+                if local_only:  # another candidate may be the cached one
+                    continue
+                raise
             except EntryNotFoundError:
                 continue
         else:
+            if local_only:
+                raise not_cached_error(f"the weights of {what}", f"{endpoint} cannot be reached ({reason})")
             raise ModelNotFoundError(
                 f"Hub repo {where} has no weights file ({' or '.join(HF_WEIGHT_CANDIDATES)})",
                 "Publish the model with `starft zoo publish`",
             )
+    except LocalEntryNotFoundError as exc:  # before EntryNotFoundError: it is a subclass
+        if local_only:
+            raise not_cached_error(what, f"{endpoint} cannot be reached ({reason})") from exc
+        raise not_cached_error(what, f"the download failed ({short_error(exc.__cause__ or exc, 300)})") from exc
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise ModelNotFoundError(
             f"Hub repo {where} not found ({short_error(exc)})", "Check the repo name and revision"
@@ -296,15 +326,10 @@ def _download_hf_repo(ref: ModelRef) -> Path:
         raise ModelNotFoundError(
             f"Hub repo {where} has no {CONFIG_NAME}", "It is not an open_clip model repository"
         ) from exc
-    except ModelNotFoundError:
+    except (ModelNotFoundError, WeightsUnavailableError):
         raise
     except Exception as exc:
-        raise WeightsUnavailableError(
-            f"model {where} is not in the local cache ({hub_cache_dir()}) and could not be downloaded "
-            f"({short_error(exc)})",
-            "Run the command once on a connected machine and copy its Hugging Face cache here (or point HF_HOME "
-            "at a cache that has them); HF_HUB_OFFLINE=1 makes every run use only the cache",
-        ) from exc
+        raise not_cached_error(what, f"the download failed ({type(exc).__name__}: {short_error(exc, 300)})") from exc
     return config_path.parent
 
 
