@@ -19,11 +19,16 @@ def home() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def cache_dir(*parts: str) -> Path:
-    """The cache directory (or a sub-directory of it), created on demand."""
+def cache_path(*parts: str) -> Path:
+    """The cache directory (or a sub-directory of it), not created."""
     root = home()
     base = root / "cache" if root else Path(platformdirs.user_cache_dir(APP_NAME))
-    path = base.joinpath(*parts)
+    return base.joinpath(*parts)
+
+
+def cache_dir(*parts: str) -> Path:
+    """The cache directory (or a sub-directory of it), created on demand."""
+    path = cache_path(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

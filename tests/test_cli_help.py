@@ -29,7 +29,18 @@ PATHS = _command_paths()
 
 def test_the_walk_finds_nested_commands() -> None:
     names = {" ".join(p) for p in PATHS}
-    assert {"", "classify", "finetune", "eval", "report", "data list", "zoo add", "zoo publish"} <= names
+    assert {
+        "",
+        "classify",
+        "finetune",
+        "eval",
+        "report",
+        "data list",
+        "zoo add",
+        "zoo publish",
+        "cache list",
+        "cache clear",
+    } <= names
 
 
 def _help(path: list[str], columns: int = 80) -> str:

@@ -147,7 +147,7 @@ def _wrap_help_at_spaces_only() -> None:
 
 def _register() -> None:
     # Each module defines its commands without importing torch at module level (`starft --help` stays light).
-    from starft_cli.cli import classify, data, evaluate, finetune, zoo
+    from starft_cli.cli import cache, classify, data, evaluate, finetune, zoo
 
     app.command("classify", help=classify.HELP)(classify.classify_command)
     for module in (finetune, evaluate):
@@ -155,6 +155,7 @@ def _register() -> None:
             app.command(name, help=help_text)(fn)
     app.add_typer(data.app, name="data")
     app.add_typer(zoo.app, name="zoo")
+    app.add_typer(cache.app, name="cache")
 
 
 _wrap_help_at_spaces_only()
