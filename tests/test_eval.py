@@ -235,6 +235,14 @@ def test_suite_all_runs_what_is_present_and_says_what_is_missing(tmp_path: Path)
     assert f"skipped (not present): pacs: missing folder {tmp_path / 'PACS'}" in result.stderr
     assert "imagenet-r: missing folder" in result.stderr and "Source:" in result.stderr
     assert "not evaluated: stl10" in (out / "leaderboard.md").read_text()
+    # each missing dataset once, on one line of its own (stderr); stdout names them all in one line
+    missing = [line for line in result.stderr.splitlines() if line.startswith("skipped (not present): ")]
+    names = [line.split(": ")[1] for line in missing]
+    assert len(names) == len(set(names)) == 14 and "pacs" in names and "waterbirds" not in names
+    assert all(result.stderr.count(f"skipped (not present): {n}:") == 1 for n in names)
+    summary = [line for line in result.stdout.splitlines() if "dataset(s) not present" in line]
+    assert len(summary) == 1 and "14 dataset(s) not present (listed on stderr): " in summary[0]
+    assert "Source:" not in result.stdout
 
 
 def test_user_suite_file(data_root: Path, tmp_path: Path):

@@ -158,7 +158,10 @@ def eval_command(
         shown = written["frame"]
         note = f" ({written['replaced']} earlier record(s) replaced)" if written["replaced"] else ""
         typer.echo(f"wrote {', '.join(str(p) for p in written['paths'])}{note}", err=True)
-    typer.echo(render(shown, output_format, baseline, missing, resolved.description, notes=notes), nl=False)
+    # the missing datasets were listed on stderr, one line each: stdout names them once, in one line
+    names = frame.attrs.get("missing_names", [])
+    summary = [f"{len(names)} dataset(s) not present (listed on stderr): {', '.join(names)}"] if names else []
+    typer.echo(render(shown, output_format, baseline, summary, resolved.description, notes=notes), nl=False)
 
 
 class _progress:

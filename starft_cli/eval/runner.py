@@ -47,6 +47,7 @@ class Plan:
     datasets: list[PreparedDataset] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # one line per missing dataset: what, where, how
     missing_short: list[str] = field(default_factory=list)  # the same, as "name (problem)"
+    missing_names: list[str] = field(default_factory=list)  # the same, names only
     notes: list[str] = field(default_factory=list)  # metrics of built-in suites left out, one line each
 
 
@@ -185,6 +186,7 @@ def _applicable_metrics(
 def _add_missing(plan: Plan, entry: SuiteEntry, data_root: str | Path | None, problem: str) -> None:
     plan.missing.append(_missing_line(entry, data_root, problem))
     plan.missing_short.append(f"{entry.dataset} ({problem})")
+    plan.missing_names.append(entry.dataset)
 
 
 def _missing_line(entry: SuiteEntry, data_root: str | Path | None, problem: str) -> str:
@@ -431,6 +433,7 @@ def evaluate(
 
     frame = pd.DataFrame.from_records(records, columns=list(FIELDS) if not records else None)
     frame.attrs["missing"] = list(prepared.missing)
+    frame.attrs["missing_names"] = list(prepared.missing_names)
     frame.attrs["notes"] = list(prepared.notes)
     frame.attrs["skipped"] = skipped
     frame.attrs["suite"] = resolved.name
