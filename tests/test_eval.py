@@ -482,3 +482,13 @@ def test_empty_results_do_not_crash_the_renderer():
     from starft_cli.reports.tables import render
 
     assert render(pd.DataFrame(columns=list(FIELDS)), "table").startswith("(no results)")
+
+
+def test_a_suite_file_metric_that_does_not_apply_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    _no_model_load(monkeypatch)
+    _pets(tmp_path)
+    suite = tmp_path / "mine.toml"
+    suite.write_text('[[datasets]]\nname = "folder:pets"\nmetrics = ["top1", "worst_group_acc"]\n')
+    result = runner.invoke(app, ["eval", "--suite", str(suite), "-m", TINY])
+    assert result.exit_code == 2, result.output
+    assert "metric worst_group_acc does not apply to folder:" in result.stderr

@@ -407,7 +407,9 @@ def evaluate(
     ``suite`` is a built-in name, a TOML file, a :class:`Suite`, or a :class:`Plan` made by :func:`plan`.
     Every dataset is checked before any model is loaded. With ``skip_missing`` (default: only for the ``all``
     suite) missing datasets are left out and listed in ``df.attrs["missing"]``; ``df.attrs["skipped"]`` lists
-    unreadable images that were skipped.
+    unreadable images that were skipped. A metric that does not apply to a dataset (see :func:`metric_problem`)
+    raises :class:`UsageError` when its entry is ``explicit`` (named by the user), else it is left out and said
+    in ``df.attrs["notes"]``.
     """
     import pandas as pd
 
