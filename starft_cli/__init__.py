@@ -56,3 +56,9 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    """The module's own names and the lazily imported public API (``__all__``), so that ``dir()`` and tab
+    completion show what ``starft_cli.NAME`` gives."""
+    return sorted(set(globals()) | set(__all__))

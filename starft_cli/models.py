@@ -38,11 +38,14 @@ from starft_cli.paths import atomic_path, atomic_write_text
 from starft_cli.pretrained import (
     PAPER_DEFAULT_TAG,
     fetch_pretrained,
-    hub_cache_dir,
+    hub_endpoint,
+    hub_offline,
     list_architectures,
+    not_cached_error,
     pretrained_cfg,
     register_builtin_configs,
     short_error,
+    unreachable,
 )
 
 if TYPE_CHECKING:
@@ -203,6 +206,10 @@ class LoadedModel:
     def fingerprint(self) -> str:
         return weights_fingerprint(self.model)
 
+    def identity(self, device: str | torch.device | None = None) -> str:
+        """:func:`model_identity` of this model (the key every cache of its outputs uses)."""
+        return model_identity(self, device=device)
+
 
 def load_model(
     ref: str | ModelRef, device: str | torch.device = "cpu", arch: str | None = None, seed: int = 0
@@ -265,25 +272,52 @@ def _load_pretrained(ref: ModelRef, seed: int) -> LoadedModel:
 
 
 def _download_hf_repo(ref: ModelRef) -> Path:
-    """Download ``open_clip_config.json`` and the weights of a Hub repo; return the snapshot folder."""
+    """Download ``open_clip_config.json`` and the weights of a Hub repo; return the snapshot folder.
+
+    Offline (``HF_HUB_OFFLINE``) or with the Hub unreachable (found out in a few seconds), only the local cache is
+    used, and a miss says so (never "has no open_clip_config.json", which would blame the repository).
+    """
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     assert ref.repo is not None
     where = f"{ref.repo}@{ref.revision}" if ref.revision else ref.repo
+    endpoint = hub_endpoint()
+    reason = None if hub_offline() else unreachable(endpoint)
+    local_only = hub_offline() or reason is not None
+    what = f"model hf-hub:{where}"
+
+    def get(filename: str) -> Path:
+        return Path(hf_hub_download(ref.repo, filename, revision=ref.revision, local_files_only=local_only))
+
     try:
-        config_path = Path(hf_hub_download(ref.repo, CONFIG_NAME, revision=ref.revision))
+        config_path = get(CONFIG_NAME)
         for name in HF_WEIGHT_CANDIDATES:
             try:
-                hf_hub_download(ref.repo, name, revision=ref.revision)
+                get(name)
                 break
+            except LocalEntryNotFoundError:
+                if local_only:  # another candidate may be the cached one
+                    continue
+                raise
             except EntryNotFoundError:
                 continue
         else:
+            if local_only:
+                raise not_cached_error(f"the weights of {what}", f"{endpoint} cannot be reached ({reason})")
             raise ModelNotFoundError(
                 f"Hub repo {where} has no weights file ({' or '.join(HF_WEIGHT_CANDIDATES)})",
                 "Publish the model with `starft zoo publish`",
             )
+    except LocalEntryNotFoundError as exc:  # before EntryNotFoundError: it is a subclass
+        if local_only:
+            raise not_cached_error(what, f"{endpoint} cannot be reached ({reason})") from exc
+        raise not_cached_error(what, f"the download failed ({short_error(exc.__cause__ or exc, 300)})") from exc
     except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise ModelNotFoundError(
             f"Hub repo {where} not found ({short_error(exc)})", "Check the repo name and revision"
@@ -292,15 +326,10 @@ def _download_hf_repo(ref: ModelRef) -> Path:
         raise ModelNotFoundError(
             f"Hub repo {where} has no {CONFIG_NAME}", "It is not an open_clip model repository"
         ) from exc
-    except ModelNotFoundError:
+    except (ModelNotFoundError, WeightsUnavailableError):
         raise
     except Exception as exc:
-        raise WeightsUnavailableError(
-            f"model {where} is not in the local cache ({hub_cache_dir()}) and could not be downloaded "
-            f"({short_error(exc)})",
-            "Run the command once on a connected machine and copy its Hugging Face cache here (or point HF_HOME "
-            "at a cache that has them); HF_HUB_OFFLINE=1 makes every run use only the cache",
-        ) from exc
+        raise not_cached_error(what, f"the download failed ({type(exc).__name__}: {short_error(exc, 300)})") from exc
     return config_path.parent
 
 
@@ -343,7 +372,10 @@ def _read_config(directory: Path) -> dict[str, Any] | None:
 
 def _load_file(ref: ModelRef, path: Path, arch: str | None, seed: int) -> LoadedModel:
     config = _read_config(path.parent)
-    if arch:
+    if arch and config is not None:
+        _check_arch_matches_config(arch, config, path.parent / CONFIG_NAME)
+        loaded = _build_from_config(ref, config, seed=seed, source=str(path))
+    elif arch:
         loaded = _build(ref, _check_arch(arch), seed=seed, source=str(path))
     elif config is not None:
         loaded = _build_from_config(ref, config, seed=seed, source=str(path))
@@ -363,7 +395,10 @@ def _load_dir(ref: ModelRef, directory: Path, arch: str | None, seed: int) -> Lo
         raise ModelNotFoundError(
             f"no weights file in {directory}", f"Expected {WEIGHTS_NAME} (or a .pt/.bin/.pth state dict)"
         )
-    if arch:
+    if arch and config is not None:
+        _check_arch_matches_config(arch, config, directory / CONFIG_NAME)
+        loaded = _build_from_config(ref, config, seed=seed, source=str(directory))
+    elif arch:
         loaded = _build(ref, _check_arch(arch), seed=seed, source=str(directory))
     elif config is not None:
         loaded = _build_from_config(ref, config, seed=seed, source=str(directory))
@@ -392,6 +427,44 @@ def _check_arch(arch: str) -> str:
         hint = f"Did you mean {', '.join(close)}?" if close else "See open_clip.list_models()"
         raise ModelNotFoundError(f"unknown architecture '{arch}'", hint)
     return arch
+
+
+def _check_arch_matches_config(arch: str, config: Mapping[str, Any], config_path: Path) -> None:
+    """``--arch`` given for weights that have an ``open_clip_config.json``: the two must describe the same model.
+
+    They agree when the config names ``arch`` or its ``model_cfg`` equals open_clip's config of ``arch``; the
+    config is then used (its ``quick_gelu`` and preprocessing apply). Otherwise :class:`WrongArchitectureError`
+    naming both, never a silent override.
+    """
+    import open_clip
+
+    arch = _check_arch(arch)
+    named = config.get("arch") if isinstance(config.get("arch"), str) else None
+    if named == arch:
+        return
+    expected = json.loads(canonical_json(open_clip.get_model_config(arch) or {}))
+    actual = json.loads(canonical_json(config.get("model_cfg") or {}))
+    if actual == expected:
+        return
+    differ = sorted(_differing_keys(expected, actual))
+    what = f"architecture '{named}'" if named else "another model config"
+    detail = f" (differs in: {', '.join(differ[:5])})" if differ and not named else ""
+    raise WrongArchitectureError(
+        f"--arch {arch} conflicts with {config_path}, which describes {what}{detail}",
+        f"Drop --arch to load the model that {CONFIG_NAME} describes, or move the weights away from it to load "
+        f"them as {arch}",
+    )
+
+
+def _differing_keys(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out += _differing_keys(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def _build(
@@ -482,6 +555,8 @@ def _finish(
 
     pp = PreprocessCfg(**model.visual.preprocess_cfg)
     preprocess_cfg = dict(model.visual.preprocess_cfg)
+    # The config travels with the module (and its deep copies, e.g. a frozen teacher) for model_identity().
+    model.starft_model_cfg = dict(model_cfg)
     return LoadedModel(
         model=model,
         preprocess_train=image_transform_v2(pp, is_train=True),
@@ -593,6 +668,99 @@ def weights_fingerprint(model: Any) -> str:
                 digest.update(f"{int(flat.sum().item())}|".encode())
             digest.update(flat[::step].to("cpu", torch.float64).numpy().tobytes())
     return digest.hexdigest()[:32]
+
+
+def canonical_json(value: Any) -> str:
+    """Canonical JSON (sorted keys, tuples as lists, no whitespace) of a config value, for hashing."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_canonical_default)
+
+
+def _canonical_default(value: Any) -> Any:
+    if isinstance(value, tuple | set | frozenset):
+        return sorted(value) if isinstance(value, set | frozenset) else list(value)
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
+def tokenizer_identity(tokenizer: Any) -> dict[str, Any]:
+    """What a tokenizer's output depends on: its class, context length and (Hugging Face tokenizers) its name and
+    text cleaning. Two tokenizers with equal identities give the same tokens for the same texts."""
+    ident: dict[str, Any] = {"type": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}"}
+    for attr in ("context_length", "vocab_size", "sot_token_id", "eot_token_id", "clean_fn", "reduction_fn"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            ident[attr] = _callable_name(value) if callable(value) else value
+    for attr in ("strip_sep_token", "language"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, str | int | float | bool):
+            ident[attr] = value
+    inner = getattr(tokenizer, "tokenizer", None)
+    name = getattr(inner, "name_or_path", None) if inner is not None else None
+    if name:
+        ident["name"] = str(name)
+    return ident
+
+
+def _callable_name(fn: Any) -> str:
+    """A process-independent name of a function or ``functools.partial`` (no memory addresses)."""
+    inner = getattr(fn, "func", None)
+    if inner is not None:
+        args = [repr(a) for a in getattr(fn, "args", ())]
+        args += [f"{k}={v!r}" for k, v in sorted(getattr(fn, "keywords", {}).items())]
+        return f"{_callable_name(inner)}({', '.join(args)})"
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
+def model_identity(
+    model: LoadedModel | Any,
+    tokenizer: Any | None = None,
+    *,
+    fingerprint: str | None = None,
+    device: str | torch.device | None = None,
+) -> str:
+    """The identity of a model's outputs, the key of every cache of them (zero-shot heads, eval features, the
+    spurious text bank): a sha256 (40 hex digits) over
+
+    * the weights fingerprint (:func:`weights_fingerprint`),
+    * the whole open_clip model config (canonical JSON; e.g. ``quick_gelu`` changes every activation),
+    * the module's structure (its ``repr``: activation and norm classes as actually built),
+    * the preprocessing config (size, mean, std, interpolation, resize mode, ...),
+    * the tokenizer (class, context length, name),
+    * the parameter dtype and the device type (CPU and CUDA kernels give different low bits),
+    * the torch and open_clip versions.
+
+    ``model`` is a :class:`LoadedModel` or a bare open_clip module (then pass its ``tokenizer``; its config is the
+    one :func:`load` attached, and ``fingerprint`` saves recomputing the weights fingerprint).
+    """
+    import open_clip
+    import torch
+
+    if isinstance(model, LoadedModel):
+        module, tokenizer = model.model, model.tokenizer
+        fingerprint = fingerprint or model.fingerprint
+        model_cfg: Any = model.model_cfg
+        preprocess_cfg: Any = model.preprocess_cfg
+    else:
+        module = model
+        fingerprint = fingerprint or weights_fingerprint(module)
+        model_cfg = getattr(module, "starft_model_cfg", None)
+        visual = getattr(module, "visual", None)
+        preprocess_cfg = dict(getattr(visual, "preprocess_cfg", {}) or {})
+    first = next(iter(module.parameters()), None)
+    if device is None:
+        device = first.device if first is not None else "cpu"
+    payload = {
+        "weights": fingerprint,
+        "model_cfg": model_cfg,
+        "structure": hashlib.sha256(repr(module).encode("utf-8")).hexdigest(),
+        "preprocess_cfg": preprocess_cfg,
+        "tokenizer": tokenizer_identity(tokenizer) if tokenizer is not None else None,
+        "dtype": str(first.dtype) if first is not None else None,
+        "device": torch.device(device).type,
+        "versions": [torch.__version__, open_clip.__version__],
+    }
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()[:40]
 
 
 def save_checkpoint(

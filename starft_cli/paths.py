@@ -19,11 +19,16 @@ def home() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def cache_dir(*parts: str) -> Path:
-    """The cache directory (or a sub-directory of it), created on demand."""
+def cache_path(*parts: str) -> Path:
+    """The cache directory (or a sub-directory of it), not created."""
     root = home()
     base = root / "cache" if root else Path(platformdirs.user_cache_dir(APP_NAME))
-    path = base.joinpath(*parts)
+    return base.joinpath(*parts)
+
+
+def cache_dir(*parts: str) -> Path:
+    """The cache directory (or a sub-directory of it), created on demand."""
+    path = cache_path(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -34,11 +39,31 @@ def config_dir() -> Path:
     return root / "config" if root else Path(platformdirs.user_config_dir(APP_NAME))
 
 
+def current_umask() -> int:
+    """The process umask (read from ``/proc/self/status`` where it is there, so nothing is changed)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore, as every portable way to read it does
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file: ``0o666`` less the umask (0644 under 022)."""
+    return 0o666 & ~current_umask()
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it over ``target``.
 
-    A crash or an exception leaves ``target`` as it was (the temporary file is removed).
+    The file gets the mode a plain ``open()`` would give it (``0o666`` less the umask; ``mkstemp`` alone makes it
+    0600). A crash or an exception leaves ``target`` as it was (the temporary file is removed).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +72,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # the caller may have replaced the file (e.g. a library writing by rename)
+            os.chmod(tmp_path, file_mode())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

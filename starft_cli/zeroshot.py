@@ -139,9 +139,10 @@ def _template_fn(template: str) -> Callable[[str], str]:
     return lambda classname: fill(template, classname)
 
 
-def head_cache_key(fingerprint: str, classnames: Sequence[str], templates: Sequence[str]) -> str:
-    """Cache key of a head: the weights fingerprint, the class names and the templates."""
-    payload = json.dumps({"w": fingerprint, "c": list(classnames), "t": list(templates)}, ensure_ascii=False)
+def head_cache_key(identity: str, classnames: Sequence[str], templates: Sequence[str]) -> str:
+    """Cache key of a head: the model's :func:`~starft_cli.models.model_identity` (weights, model and preprocessing
+    config, tokenizer, dtype, device type), the class names and the templates."""
+    payload = json.dumps({"model": identity, "c": list(classnames), "t": list(templates)}, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:40]
 
 
@@ -156,9 +157,12 @@ def cached_zero_shot_head(
     import torch
     from safetensors.torch import load_file, save_file
 
+    from starft_cli.models import model_identity
+
     device = device if device is not None else next(loaded.model.parameters()).device
     scale = loaded.model.logit_scale.detach().exp().float().to(device)
-    path = cache_dir("heads") / f"{head_cache_key(loaded.fingerprint, classnames, templates)}.safetensors"
+    key = head_cache_key(model_identity(loaded, device=device), classnames, templates)
+    path = cache_dir("heads") / f"{key}.safetensors"
     if use_cache and path.is_file():
         try:
             head = load_file(str(path))["head"]

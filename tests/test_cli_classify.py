@@ -140,6 +140,7 @@ def test_errors_are_one_line(
 
         small = load("starft-small:none")
         save_checkpoint(small.model, tmp_path / "small", small.model_cfg, small.preprocess_cfg)
+        (tmp_path / "small" / "open_clip_config.json").unlink()  # bare weights (a sidecar + --arch is another error)
         args, model = [image, *labels], ["--model", str(tmp_path / "small" / WEIGHTS_NAME), "--arch", "starft-tiny"]
     elif case == "bad_device":
         args, model = [image, *labels], ["--model", "starft-tiny:none", "--device", "tpu"]

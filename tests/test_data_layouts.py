@@ -248,8 +248,9 @@ def test_cli_data_list_shows_every_dataset(tmp_path: Path):
     assert result.exit_code == 0, result.output
     for name in list_datasets():
         assert name in result.stdout
-    pacs_line = next(line for line in result.stdout.splitlines() if line.startswith("pacs"))
-    assert pacs_line.rstrip().endswith("yes")
+    lines = result.stdout.splitlines()
+    pacs = next(i for i, line in enumerate(lines) if line.startswith("pacs"))
+    assert lines[pacs + 1].rstrip().endswith("· present")
 
 
 def test_cli_data_check_good_and_broken(tmp_path: Path):

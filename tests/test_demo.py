@@ -42,7 +42,13 @@ def test_generator_is_deterministic_to_the_byte(tmp_path: Path) -> None:
     a = digits.write(tmp_path / "a", seed=3)
     b = digits.write(tmp_path / "b", seed=3)
     files = sorted(p.name for p in a.iterdir())
-    assert files == ["manifest.json", "pretrain.safetensors", "test.safetensors", "train.safetensors", "val.safetensors"]
+    assert files == [
+        "manifest.json",
+        "pretrain.safetensors",
+        "test.safetensors",
+        "train.safetensors",
+        "val.safetensors",
+    ]
     assert all(_sha(a / f) == _sha(b / f) for f in files)
     c = digits.write(tmp_path / "c", seed=4)
     assert _sha(a / "train.safetensors") != _sha(c / "train.safetensors")

@@ -235,6 +235,14 @@ def test_suite_all_runs_what_is_present_and_says_what_is_missing(tmp_path: Path)
     assert f"skipped (not present): pacs: missing folder {tmp_path / 'PACS'}" in result.stderr
     assert "imagenet-r: missing folder" in result.stderr and "Source:" in result.stderr
     assert "not evaluated: stl10" in (out / "leaderboard.md").read_text()
+    # each missing dataset once, on one line of its own (stderr); stdout names them all in one line
+    missing = [line for line in result.stderr.splitlines() if line.startswith("skipped (not present): ")]
+    names = [line.split(": ")[1] for line in missing]
+    assert len(names) == len(set(names)) == 14 and "pacs" in names and "waterbirds" not in names
+    assert all(result.stderr.count(f"skipped (not present): {n}:") == 1 for n in names)
+    summary = [line for line in result.stdout.splitlines() if "dataset(s) not present" in line]
+    assert len(summary) == 1 and "14 dataset(s) not present (listed on stderr): " in summary[0]
+    assert "Source:" not in result.stdout
 
 
 def test_user_suite_file(data_root: Path, tmp_path: Path):
@@ -410,3 +418,100 @@ def test_cli_decodes_in_full_by_default_and_records_the_decode_mode(tmp_path: Pa
     assert full.exit_code == 0 and fast.exit_code == 0, full.output + fast.output
     assert [r["decode"] for r in _records(tmp_path / "full")] == ["full"]
     assert [r["decode"] for r in _records(tmp_path / "fast")] == ["fast"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics that do not apply (issue 9, item 8): an error before any model runs, or a stated note; never dropped
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _pets(tmp_path: Path) -> Path:
+    from tests.imagegen import make_class_folders
+
+    return make_class_folders(tmp_path / "pets", ["cat", "dog", "bird"], per_class=2, size=(32, 32))
+
+
+def _no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args, **kwargs):
+        raise AssertionError("a model was loaded before the metric check")
+
+    monkeypatch.setattr("starft_cli.models.load", boom)
+
+
+@pytest.mark.parametrize(
+    ("metrics", "needle"),
+    [
+        (["top5"], "metric top5 does not apply to folder:"),
+        (["worst_group_acc"], "metric worst_group_acc does not apply to folder:"),
+        (["mean_group_acc", "top1"], "metric mean_group_acc does not apply to folder:"),
+    ],
+)
+def test_a_metric_that_does_not_apply_is_a_one_line_error(
+    metrics: list[str], needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    _no_model_load(monkeypatch)
+    args = ["eval", "--data", f"folder:{_pets(tmp_path)}", "-m", TINY]
+    for name in metrics:
+        args += ["--metric", name]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr and "Traceback" not in result.output and "KeyError" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "metrics that apply: top1" in result.stderr
+    if metrics == ["top5"]:
+        assert "top5 needs at least 5 classes" in result.stderr and "has 3" in result.stderr
+    else:
+        assert "needs groups" in result.stderr
+
+
+def test_default_metrics_that_do_not_apply_are_noted(tmp_path: Path):
+    """The default --data metrics (top1, top5, ece) on 3 classes: top5 is left out with a note in the report."""
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["eval", "--data", f"folder:{_pets(tmp_path)}", "-m", TINY, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "note: folder:" in result.stderr and "top5 not computed (top5 needs at least 5 classes" in result.stderr
+    assert "top5 not computed" in result.stdout and "top5 not computed" in (out / "leaderboard.md").read_text()
+    assert {r["metric"] for r in _records(out)} == {"top1", "ece"}
+
+
+def test_every_metric_has_a_rule_and_every_kept_metric_is_reported(tiny, data_root: Path):
+    from starft_cli.eval.runner import METRIC_RULES, evaluate
+    from starft_cli.eval.suites import METRICS, Suite, SuiteEntry
+
+    assert set(METRIC_RULES) == set(METRICS)
+    names = ("top1", "top5", "ece", "mean_per_class_recall", "macro_f1", "mean_group_acc", "worst_group_acc")
+    names += ("worst_region_acc", "adjusted_avg_acc")
+    assert set(names) == set(METRICS)
+    suite = Suite("s", (SuiteEntry("waterbirds", tuple(m for m in names if m != "top5"), explicit=True),))
+    frame = evaluate([tiny], suite, data_root)
+    assert set(names) - {"top5"} <= set(frame["metric"])
+
+
+def test_adjusted_average_accuracy_uses_the_training_group_shares(tiny, data_root: Path):
+    """On the generated Waterbirds (2 test images per group) adjusted_avg_acc = sum of test group accuracies times
+    the training shares (equal here: 1/4 each), i.e. the mean group accuracy; top1 is sample-weighted."""
+    from starft_cli.eval.runner import evaluate
+
+    frame = evaluate([tiny], "group-shift", data_root)
+    wb = frame[frame["dataset"] == "waterbirds"].set_index("metric")["value"]
+    assert wb["adjusted_avg_acc"] == pytest.approx(wb["mean_group_acc"], abs=1e-6)
+    assert frame.attrs["notes"] == []
+
+
+def test_empty_results_do_not_crash_the_renderer():
+    import pandas as pd
+
+    from starft_cli.reports.schema import FIELDS
+    from starft_cli.reports.tables import render
+
+    assert render(pd.DataFrame(columns=list(FIELDS)), "table").startswith("(no results)")
+
+
+def test_a_suite_file_metric_that_does_not_apply_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    _no_model_load(monkeypatch)
+    _pets(tmp_path)
+    suite = tmp_path / "mine.toml"
+    suite.write_text('[[datasets]]\nname = "folder:pets"\nmetrics = ["top1", "worst_group_acc"]\n')
+    result = runner.invoke(app, ["eval", "--suite", str(suite), "-m", TINY])
+    assert result.exit_code == 2, result.output
+    assert "metric worst_group_acc does not apply to folder:" in result.stderr

@@ -97,3 +97,20 @@ def test_empty_inputs_give_none_not_nan():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError):
         M.worst_group_accuracy([0, 1], [0], [0, 0])
+
+
+def test_adjusted_average_accuracy_by_hand():
+    """Test groups 0 and 1 with accuracies 1.0 and 0.5; the training split is 90% group 0, 10% group 1:
+    adjusted = 0.9 * 1.0 + 0.1 * 0.5 = 0.95, while top1 over the 2 + 4 test samples is 4/6."""
+    preds = np.array([0, 0, 1, 1, 0, 0])
+    labels = np.array([0, 0, 1, 1, 1, 1])
+    groups = np.array([0, 0, 1, 1, 1, 1])
+    train_groups = np.array([0] * 9 + [1])
+    assert M.adjusted_average_accuracy(preds, labels, groups, train_groups) == pytest.approx(0.95)
+    assert M.accuracy(preds, labels) == pytest.approx(4 / 6)
+    # a training group without test samples is left out and the weights renormalised
+    assert M.adjusted_average_accuracy(preds, labels, groups, np.array([0, 0, 1, 2, 2, 2])) == pytest.approx(
+        (2 / 3) * 1.0 + (1 / 3) * 0.5
+    )
+    assert M.adjusted_average_accuracy(preds, labels, groups, np.array([5, 5])) is None
+    assert M.group_shares([1, 1, 0, 1]) == {0: 0.25, 1: 0.75}

@@ -133,6 +133,7 @@ def test_saved_folder_loads_with_plain_open_clip(tmp_path: Path, tiny) -> None:
 def test_wrong_architecture_is_a_clear_error(tmp_path: Path) -> None:
     small = load("starft-small:none")
     save_checkpoint(small.model, tmp_path, small.model_cfg, small.preprocess_cfg, arch="starft-small")
+    (tmp_path / CONFIG_NAME).unlink()  # bare weights: nothing says which architecture they are
     with pytest.raises(WrongArchitectureError) as info:
         load(str(tmp_path / WEIGHTS_NAME), arch="starft-tiny")
     message = info.value.one_line()

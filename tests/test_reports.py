@@ -177,3 +177,75 @@ def test_plot_without_matplotlib_says_how_to_install(tmp_path: Path, monkeypatch
     assert result.exit_code == 2
     assert "--plot needs matplotlib" in result.stderr and "starft[plot]" in result.stderr
     assert not (tmp_path / "p.png").exists()
+
+
+def test_table_and_markdown_show_ece_and_mean_group_acc(tmp_path: Path):
+    """Every headline metric is in every leaderboard format (before, table and md dropped ece and mean_group_acc)."""
+    records = [
+        rec("zs", "waterbirds", "top1", 0.90),
+        rec("zs", "waterbirds", "mean_group_acc", 0.70),
+        rec("zs", "waterbirds", "worst_group_acc", 0.40),
+        rec("zs", "waterbirds", "ece", 0.123),
+        rec("zs", "waterbirds", "group_acc[landbird on land]", 0.95),
+    ]
+    frame = load_results([write(tmp_path / "r.json", records)])
+    for fmt in ("table", "md", "csv"):
+        text = render(frame, fmt)
+        assert "waterbirds mean_group_acc" in text and "waterbirds ece" in text, fmt
+        assert "group_acc[" not in text
+    table = render(frame, "table")
+    row = next(line for line in table.splitlines() if line.startswith("zs "))
+    assert row.split()[1:] == ["90.00", "40.00", "70.00", "12.30"]  # top1, worst, mean, ece
+    assert "ece = expected calibration error" in table and "lower is better" in table
+    md = render(frame, "md")
+    assert "| 70.00 " in md and "| 12.30 " in md
+
+
+def _equal_group_records() -> list[dict]:
+    out = []
+    for model in ("zs", "ft", "star"):
+        for ds in ("waterbirds", "pacs"):
+            out += [rec(model, ds, "top1", 0.5), rec(model, ds, "worst_group_acc", 0.5)]
+        out.append(rec(model, "waterbirds", "group_acc[landbird on land]", 0.5))
+    return out
+
+
+def test_group_shift_figure_has_honest_title_axes_diagonal_and_limits(tmp_path: Path):
+    import matplotlib.pyplot as plt
+
+    from starft_cli.reports.plots import axis_limits, figure
+
+    fig = figure(load_results([write(tmp_path / "r.json", _equal_group_records())]))
+    left = fig.axes[0]
+    assert left.get_title() == "average vs worst-group accuracy"  # was "ID vs OOD"
+    assert left.get_xlabel().startswith("average accuracy") and left.get_ylabel().startswith("worst-group accuracy")
+    (diagonal,) = [line for line in left.get_lines() if line.get_label() == "y = x"]
+    assert list(diagonal.get_xdata()) == list(diagonal.get_ydata())
+    assert left.get_xlim() == left.get_ylim() == (45.0, 55.0)  # all values 50%: padded, not -0.04..0.04
+    assert axis_limits([50.0]) == (45.0, 55.0) and axis_limits([100.0, 99.0]) == (90.0, 100.0)
+    assert axis_limits([0.0]) == (0.0, 10.0) and axis_limits([]) == (0.0, 100.0)
+    assert axis_limits([20.0, 80.0]) == (14.0, 86.0)
+    # three models on the same spot: distinct markers, hollow, decreasing sizes, so all three stay visible
+    marks = [c for c in left.collections if c.get_label() in ("zs", "ft", "star")]
+    assert [c.get_label() for c in marks] == ["zs", "ft", "star"]
+    sizes = [float(c.get_sizes()[0]) for c in marks]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 3
+    assert len({c.get_paths()[0].vertices.tobytes() for c in marks}) == 3  # different marker shapes
+    # coinciding datasets get one label, not overprinted ones
+    assert [t.get_text() for t in left.texts] == ["waterbirds, pacs"]
+    plt.close(fig)
+
+
+def test_domain_shift_figure_is_id_vs_ood_with_diagonal(tmp_path: Path):
+    import matplotlib.pyplot as plt
+
+    from starft_cli.reports.plots import figure
+
+    fig = figure(load_results([write(tmp_path / "r.json", DOMAIN)]))
+    left = fig.axes[0]
+    assert left.get_title() == "ID vs OOD accuracy"
+    assert "ImageNet top-1" in left.get_xlabel() and "avg OOD" in left.get_ylabel()
+    assert any(line.get_label() == "y = x" for line in left.get_lines())
+    lo, hi = left.get_xlim()
+    assert lo <= 57.5 and hi >= 80.0 and lo >= 0 and hi <= 100  # zs (70, 57.5) and ft (80, 55) inside
+    plt.close(fig)

@@ -337,3 +337,72 @@ def test_a_name_twice_in_one_manifest_is_an_error(tmp_path: Path, monkeypatch: p
     with pytest.raises(ZooError) as info:
         zoo.entries()
     assert f"zoo manifest {path} is not valid TOML" in info.value.one_line()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# zoo add validates before writing; a broken entry can be inspected and forgotten (issue 9, item 9)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--arch", "NoSuchArch", "--source", "open_clip:laion400m_e31"], ["unknown architecture 'NoSuchArch'"]),
+        (["--arch", "ViT-B-61", "--source", f"hf-hub:me/m@{COMMIT}", "--sha256", SHA], ["Did you mean ViT-B-16"]),
+        (
+            ["--arch", "ViT-B-16", "--source", "open_clip:nosuchtag"],
+            ["no pretrained tag 'nosuchtag' for ViT-B-16", "laion400m_e31"],
+        ),
+        (["--arch", "ViT-B-16", "--source", "open_clip:laion400m_e3"], ["Did you mean laion400m_e3"]),
+    ],
+)
+def test_cli_add_refuses_an_entry_that_cannot_resolve(args: list[str], needles: list[str]) -> None:
+    result = runner.invoke(app, ["zoo", "add", "broken", *args])
+    assert result.exit_code == 1, result.output
+    for needle in needles:
+        assert needle in result.stderr
+    assert "Nothing was written" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not user_manifest_path().exists() and zoo.find_entry("broken") is None
+
+
+def test_cli_add_kind_defaults_to_the_source() -> None:
+    zs = runner.invoke(app, ["zoo", "add", "zs", "--arch", "ViT-B-16", "--source", "open_clip:laion400m_e32"])
+    assert zs.exit_code == 0, zs.output
+    hub_args = ["--arch", "starft-tiny", "--source", f"hf-hub:me/m@{COMMIT}", "--sha256", SHA]
+    hub = runner.invoke(app, ["zoo", "add", "ft", *hub_args])
+    assert hub.exit_code == 0, hub.output
+    assert (zoo.find_entry("zs").kind, zoo.find_entry("ft").kind) == ("zero-shot", "starft")
+    explicit = runner.invoke(
+        app, ["zoo", "add", "b", "--arch", "ViT-B-16", "--source", "open_clip:laion400m_e31", "--kind", "baseline"]
+    )
+    assert explicit.exit_code == 0 and zoo.find_entry("b").kind == "baseline"
+
+
+def test_a_hand_edited_broken_entry_can_be_inspected_verified_and_forgotten() -> None:
+    """An entry written by hand (or by an older starft) with an unknown tag: info shows the problem, verify reports it
+    and goes on with the others, rm --forget removes it."""
+    user_manifest_path().parent.mkdir(parents=True, exist_ok=True)
+    user_manifest_path().write_text(
+        manifest_text(
+            {
+                "bad-tag": {"arch": "ViT-B-16", "source": "open_clip:nosuchtag", "kind": "zero-shot", "license": "x"},
+                "bad-arch": {"arch": "NoSuchArch", "source": "open_clip:x", "kind": "zero-shot", "license": "x"},
+            }
+        ),
+        encoding="utf-8",
+    )
+    info = runner.invoke(app, ["zoo", "info", "bad-tag"])
+    assert info.exit_code == 0, info.output
+    assert "problem" in info.stdout and "no pretrained tag 'nosuchtag'" in info.stdout
+    assert "starft zoo rm bad-tag --forget" in info.stdout
+    verify = runner.invoke(app, ["zoo", "verify"])
+    assert verify.exit_code == 0, verify.output
+    assert "bad-tag: broken" in verify.stdout
+    one = runner.invoke(app, ["zoo", "verify", "bad-tag"])
+    assert one.exit_code == 1 and "starft zoo rm bad-tag --forget" in one.stderr
+    for name in ("bad-tag", "bad-arch"):
+        forgotten = runner.invoke(app, ["zoo", "rm", name, "--forget"])
+        assert forgotten.exit_code == 0, forgotten.output
+        assert f"removed '{name}'" in forgotten.stdout
+        assert zoo.find_entry(name) is None
+    assert runner.invoke(app, ["zoo", "rm", "vit-b-16-laion400m-e31", "--forget"]).exit_code == 2  # shipped stays

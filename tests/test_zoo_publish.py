@@ -180,3 +180,63 @@ def test_publish_refuses_a_checkpoint_without_arch(tiny_checkpoint: Path, tmp_pa
     (folder / CONFIG).write_text(json.dumps(config))
     result = runner.invoke(app, ["zoo", "publish", str(folder), "--repo", "me/x", "--dry-run"])
     assert result.exit_code == 1 and "does not name its architecture" in result.stderr
+
+
+def test_card_snippets_work_in_plain_open_clip_for_an_architecture_it_does_not_ship(
+    run_dir: Path, tmp_path: Path, tiny
+) -> None:
+    """starft-tiny is registered by starft only: the card must not offer open_clip's ARCH + pretrained= form, and
+    its local-dir: lines must run in a plain Python process that never imports starft."""
+    import re
+    import subprocess
+    import sys
+
+    out = tmp_path / "upload"
+    assert (
+        runner.invoke(app, ["zoo", "publish", str(run_dir), "--repo", "me/t", "--dry-run", "--out", str(out)]).exit_code
+        == 0
+    )
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert 'create_model_and_transforms("starft-tiny"' not in card
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    local = [line for line in code.splitlines() if line.startswith("import") or "local-dir:" in line]
+    assert len(local) == 3  # import, model, tokenizer
+    script = "\n".join(local).replace("PATH/TO/FOLDER", str(out))
+    script += "\nprint(model.logit_scale.item(), tuple(tokenizer(['a cat']).shape))\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    scale, shape = done.stdout.split(" ", 1)
+    assert float(scale) == pytest.approx(tiny.model.logit_scale.item()) and shape.strip() == "(1, 32)"
+
+
+def test_card_offers_the_architecture_form_only_when_open_clip_builds_the_same_model(tiny_checkpoint: Path) -> None:  # noqa: F811
+    import dataclasses
+
+    import open_clip
+
+    from starft_cli.zoo.publish import model_card, plain_arch_form_works, plan
+
+    base = plan(tiny_checkpoint, "me/x")
+    vit = dataclasses.replace(
+        base,
+        arch="ViT-B-16",
+        open_clip_config={"model_cfg": open_clip.get_model_config("ViT-B-16"), "preprocess_cfg": {"size": [224, 224]}},
+    )
+    assert plain_arch_form_works(vit)
+    assert 'open_clip.create_model_and_transforms("ViT-B-16", pretrained="open_clip_model.safetensors")' in model_card(
+        vit
+    )
+    quick = dataclasses.replace(
+        vit, open_clip_config={"model_cfg": {**open_clip.get_model_config("ViT-B-16"), "quick_gelu": True}}
+    )
+    assert not plain_arch_form_works(quick)  # the name alone would build GELU, not QuickGELU
+    other_pp = dataclasses.replace(
+        vit,
+        open_clip_config={
+            "model_cfg": open_clip.get_model_config("ViT-B-16"),
+            "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        },
+    )
+    assert not plain_arch_form_works(other_pp)
+    assert not plain_arch_form_works(base)  # starft-tiny
+    assert "local-dir:PATH/TO/FOLDER" in model_card(base)

@@ -35,6 +35,9 @@ class StarftGroup(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # the reader went away (`starft data list | head -1`): stop quietly, as cat does
+            _silence_stdout()
+            raise typer.Exit(141) from None
         except Exception as exc:
             if _debug():
                 traceback.print_exc()
@@ -47,12 +50,22 @@ class StarftGroup(TyperGroup):
             raise typer.Exit(1) from None
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (e.g. under a test runner)
+        pass
+
+
 app = typer.Typer(
     name="starft",
     cls=StarftGroup,
     help="Robust fine-tuning of zero-shot image-text models with StarFT.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -107,9 +120,34 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def _wrap_help_at_spaces_only() -> None:
+    """Help text wraps at spaces only. Click's wrapper also breaks after hyphens, which split flags such as
+    ``--dry-run`` over two lines at 80 columns; the help is plain click text (``rich_markup_mode=None``: no rich
+    markup, so ``[...]`` in a help string is printed as written, and no table column cuts a flag name)."""
+    try:
+        from typer._click import _textwrap  # typer >= 0.29 vendors click
+    except ImportError:  # pragma: no cover - a typer on plain click
+        try:
+            from click import _textwrap  # type: ignore[no-redef]
+        except ImportError:
+            return
+    base = _textwrap.TextWrapper
+    if getattr(base, "starft_no_hyphen_breaks", False):
+        return
+
+    class TextWrapper(base):  # type: ignore[misc,valid-type]
+        starft_no_hyphen_breaks = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("break_on_hyphens", False)
+            super().__init__(*args, **kwargs)
+
+    _textwrap.TextWrapper = TextWrapper
+
+
 def _register() -> None:
     # Each module defines its commands without importing torch at module level (`starft --help` stays light).
-    from starft_cli.cli import classify, data, demo, evaluate, finetune, zoo
+    from starft_cli.cli import cache, classify, data, demo, evaluate, finetune, zoo
 
     app.command("classify", help=classify.HELP)(classify.classify_command)
     for module in (demo, finetune, evaluate):
@@ -117,8 +155,10 @@ def _register() -> None:
             app.command(name, help=help_text)(fn)
     app.add_typer(data.app, name="data")
     app.add_typer(zoo.app, name="zoo")
+    app.add_typer(cache.app, name="cache")
 
 
+_wrap_help_at_spaces_only()
 _register()
 
 
@@ -128,3 +168,8 @@ def main() -> None:
         app()
     except KeyboardInterrupt:  # pragma: no cover - during start-up
         sys.exit(130)
+    finally:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # output buffered until exit, reader gone
+            _silence_stdout()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ import typer
 app = typer.Typer(
     help="Benchmark datasets: list them, check their layout, download where a public source exists.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 DataRootOpt = Annotated[
@@ -43,16 +45,38 @@ def list_command(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from tabulate import tabulate
-
-    headers = ["name", "title", "folder", "splits", "download"] + (["present"] if data_root is not None else [])
-    table = [
-        [r["name"], r["title"], r["folder"] + "/", ",".join(r["splits"]), r["download"]]
-        + (["yes" if r["present"] else "no"] if data_root is not None else [])
-        for r in rows
-    ]
-    typer.echo(tabulate(table, headers=headers, tablefmt="simple"))
+    typer.echo(_list_text(rows, shutil.get_terminal_size((100, 24)).columns))
     typer.echo("\nAlso: folder:PATH (one folder per class) and csv:PATH (filepath,label[,caption]).")
+
+
+def _list_text(rows: list[dict], width: int) -> str:
+    """Two lines per dataset, wrapped to ``width`` columns (at least 60): name and title, then the folder under
+    --data-root, the splits, whether `starft data download` fetches it and (with --data-root) whether it is there.
+    Lines break between items only."""
+    import textwrap
+
+    width = max(60, width)
+    indent = max(len(r["name"]) for r in rows) + 2
+    pad = " " * indent
+    lines = []
+    for r in rows:
+        lines += textwrap.wrap(r["title"], width, initial_indent=f"{r['name']:<{indent}}", subsequent_indent=pad)
+        items = [
+            f"folder {r['folder']}/",
+            f"splits {','.join(r['splits'])}",
+            "starft data download" if r["download"] == "yes" else "manual download",
+        ]
+        if "present" in r:
+            items.append("present" if r["present"] else "not present")
+        line = pad + items[0]
+        for item in items[1:]:
+            if len(f"{line} · {item}") > width:
+                lines.append(line)
+                line = pad + item
+            else:
+                line = f"{line} · {item}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 @app.command("check")

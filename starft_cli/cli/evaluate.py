@@ -14,6 +14,17 @@ from starft_cli.errors import UsageError
 EVAL_HELP = "Evaluate models on a benchmark suite or datasets: leaderboard, results.json/md/csv."
 REPORT_HELP = "Merge result files into one leaderboard, with deltas against a baseline and optional plots."
 FORMATS = ("table", "md", "csv", "json")
+METRIC_NAMES = (
+    "top1",
+    "top5",
+    "ece",
+    "mean_per_class_recall",
+    "macro_f1",
+    "mean_group_acc",
+    "worst_group_acc",
+    "worst_region_acc",
+    "adjusted_avg_acc",
+)
 PROGRESS_THRESHOLD = 256
 
 
@@ -46,7 +57,11 @@ def eval_command(
     ] = None,
     metric: Annotated[
         list[str] | None,
-        typer.Option("--metric", help="Metric for --data datasets (repeatable; default top1, top5, ece)."),
+        typer.Option(
+            "--metric",
+            help="Metric for --data datasets (repeatable; default top1, top5, ece; one that does not apply is an "
+            "error): " + ", ".join(METRIC_NAMES) + ".",
+        ),
     ] = None,
     classnames: Annotated[
         Path | None, typer.Option("--classnames", help="Class names file (one per line) for folder:/csv: data.")
@@ -100,6 +115,7 @@ def eval_command(
                 split=split,
                 classnames=str(classnames) if classnames else None,
                 templates=templates,
+                explicit=bool(metric),
             )
             for d in data
         )
@@ -118,6 +134,8 @@ def eval_command(
     prepared = plan(resolved, data_root, templates, classnames, skip)  # data checked before any model is loaded
     for line in prepared.missing:
         typer.echo(f"skipped (not present): {line}", err=True)
+    for line in prepared.notes:
+        typer.echo(f"note: {line}", err=True)
     resolved_device = resolve_device(device)
     with _progress() as progress:
         frame = evaluate(
@@ -142,13 +160,17 @@ def eval_command(
     from starft_cli.reports.tables import render
 
     missing = frame.attrs.get("missing", [])
+    notes = frame.attrs.get("notes", [])
     shown = frame
     if out is not None:
-        written = write_report(out, frame, baseline, missing, resolved.description)
+        written = write_report(out, frame, baseline, missing, resolved.description, notes=notes)
         shown = written["frame"]
         note = f" ({written['replaced']} earlier record(s) replaced)" if written["replaced"] else ""
         typer.echo(f"wrote {', '.join(str(p) for p in written['paths'])}{note}", err=True)
-    typer.echo(render(shown, output_format, baseline, missing, resolved.description), nl=False)
+    # the missing datasets were listed on stderr, one line each: stdout names them once, in one line
+    names = frame.attrs.get("missing_names", [])
+    summary = [f"{len(names)} dataset(s) not present (listed on stderr): {', '.join(names)}"] if names else []
+    typer.echo(render(shown, output_format, baseline, summary, resolved.description, notes=notes), nl=False)
 
 
 class _progress:
@@ -191,7 +213,10 @@ def report_command(
         str | None, typer.Option("--baseline", help="Model the deltas refer to (default: first).")
     ] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, md, csv or json.")] = "table",
-    plot: Annotated[Path | None, typer.Option("--plot", help="Also write an ID-vs-OOD and per-group PNG here.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Also write a PNG: ID vs OOD (or average vs worst-group) accuracy, group bars."),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the rendering to this file, not stdout.")
     ] = None,

@@ -20,10 +20,12 @@ _P = "Training"
 
 def finetune_command(
     backbone: Annotated[
-        str | None, typer.Option("--backbone", help="Model to fine-tune (any model reference).")
+        str | None,
+        typer.Option("--backbone", help="Model to fine-tune (any model reference; default ViT-B-16)."),
     ] = None,
     data: Annotated[
-        str | None, typer.Option("--data", help="Training data: a dataset name, folder:PATH or csv:PATH.")
+        str | None,
+        typer.Option("--data", help="Training data: a dataset name, folder:PATH or csv:PATH (default imagenet)."),
     ] = None,
     data_root: Annotated[str | None, typer.Option("--data-root", help="Folder holding the named datasets.")] = None,
     classnames: Annotated[

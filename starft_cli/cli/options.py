@@ -17,7 +17,11 @@ ModelOpt = Annotated[
 ]
 ArchOpt = Annotated[
     str | None,
-    typer.Option("--arch", help="Architecture of a bare weights file (e.g. ViT-B-16), if it has no sidecar config."),
+    typer.Option(
+        "--arch",
+        help="Architecture of a bare weights file (e.g. ViT-B-16); with an open_clip_config.json beside the weights, "
+        "it must agree with it.",
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]

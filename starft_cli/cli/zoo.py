@@ -9,12 +9,13 @@ from typing import Annotated, Any
 
 import typer
 
-from starft_cli.errors import UsageError, ZooError
+from starft_cli.errors import StarftError, UsageError, ZooError
 
 app = typer.Typer(
     name="zoo",
     help="The model zoo: named models with verified downloads, and publishing your own.",
     no_args_is_help=True,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -89,9 +90,12 @@ def info_command(name: NameArg) -> None:
         ("preprocess", json.dumps(data["preprocess"]) if entry.preprocess else "architecture default"),
         ("manifest", f"{entry.origin} ({entry.manifest})"),
     ]
-    path = cached_path(entry)
     absent = "not built yet (any use builds it)" if entry.source.kind == "recipe" else "not downloaded"
-    rows.append(("local file", str(path) if path else absent))
+    try:
+        path = cached_path(entry)
+        rows.append(("local file", str(path) if path else absent))
+    except StarftError as exc:  # a broken entry is shown with its problem, not refused
+        rows.append(("problem", exc.one_line()))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         typer.echo(f"{key:<{width}}  {value}")
@@ -144,6 +148,7 @@ def verify_command(
             "unpinned": f"sha256 {r.actual} (no sha256 in the manifest to compare with)",
             "missing": "not downloaded",
             "mismatch": r.message,
+            "broken": r.message,
         }[r.status]
         typer.echo(f"{r.name}: {r.status} {detail}")
     bad = [r for r in results if r.status == "mismatch"]
@@ -187,7 +192,13 @@ def rm_command(
                 f"'{name}' is not in your user manifest (it comes from {entry.origin}: {entry.manifest})",
                 "Only entries added with `starft zoo add` can be forgotten",
             )
-    removed = remove(entry)
+    try:
+        removed = remove(entry)
+    except StarftError as exc:
+        if not forget:
+            raise
+        removed = []  # a broken entry (unknown arch or tag) has no file to find: forgetting it is the fix
+        typer.echo(f"{name}: no cached weights located ({exc.message})")
     for path in removed:
         typer.echo(f"deleted {path}")
     if not removed:
@@ -206,7 +217,10 @@ def add_command(
     ],
     arch: Annotated[str, typer.Option("--arch", help="open_clip architecture, e.g. ViT-B-16.")],
     sha256: Annotated[str | None, typer.Option("--sha256", help="sha256 of the weights file.")] = None,
-    kind: Annotated[Kind, typer.Option("--kind", help="Kind of model.")] = Kind.starft,
+    kind: Annotated[
+        Kind | None,
+        typer.Option("--kind", help="Kind of model (default: zero-shot for open_clip: sources, else starft)."),
+    ] = None,
     license_: Annotated[str, typer.Option("--license", help="License of the weights.")] = "unknown",
     training_data: Annotated[str | None, typer.Option("--training-data", help="What it was trained on.")] = None,
     description: Annotated[str | None, typer.Option("--description", help="One line about the model.")] = None,
@@ -216,9 +230,11 @@ def add_command(
     ] = False,
 ) -> None:
     """Add a model to your user manifest (merged over the shipped one)."""
-    from starft_cli.zoo import entries
+    from starft_cli.zoo import check_entry, entries
     from starft_cli.zoo.manifest import read_user_entries, validate_entry, write_user_entries
 
+    if kind is None:
+        kind = Kind.zero_shot if source.strip().startswith("open_clip:") else Kind.starft
     data: dict[str, Any] = {"arch": arch, "source": source, "kind": kind.value, "license": license_}
     for key, value in (("sha256", sha256), ("training_data", training_data), ("description", description)):
         if value is not None:
@@ -228,6 +244,7 @@ def add_command(
     if override:
         data["override"] = True
     entry = validate_entry(name, data, origin="user", where=f"zoo add {name}")
+    check_entry(entry, fix="Nothing was written; check --arch and --source")  # nothing broken is ever written
     user = read_user_entries()
     if name in user:
         raise UsageError(

@@ -1,8 +1,9 @@
 """Image features of a dataset under a model, computed once and cached on disk.
 
-The cache key is the model's weights fingerprint, the dataset's content fingerprint (file paths, sizes and
-modification times, or array contents), the preprocessing configuration and the decode mode: change any of
-them and the features are recomputed. Entries are safetensors files under ``<cache>/features``.
+The cache key is the model's identity (:func:`~starft_cli.models.model_identity`: weights, model and preprocessing
+config, tokenizer, dtype, device type), the dataset's content fingerprint (file paths, sizes and modification times,
+or array contents), the mixed-precision dtype and the decode mode: change any of them and the features are
+recomputed. Entries are safetensors files under ``<cache>/features``.
 """
 
 from __future__ import annotations
@@ -108,14 +109,32 @@ def input_size(loaded: LoadedModel) -> int:
     return int(max(size) if isinstance(size, list | tuple) else size)
 
 
+def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype features are computed in on ``device`` (None: full float32, on CPU)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def feature_cache_key(
-    loaded: LoadedModel, dataset: ImageDataset, decode: str, data_fingerprint: str | None = None
+    loaded: LoadedModel,
+    dataset: ImageDataset,
+    decode: str,
+    data_fingerprint: str | None = None,
+    device: str | torch.device = "cpu",
 ) -> str:
+    """The one place the feature cache key is built (see the module docstring)."""
+    from starft_cli.models import model_identity
+
     payload = {
         "v": CACHE_VERSION,
-        "weights": loaded.fingerprint,
+        "model": model_identity(loaded, device=device),
         "data": data_fingerprint or dataset.fingerprint(),
         "preprocess": loaded.preprocess_cfg,
+        "autocast": str(autocast_dtype(device)),
         "decode": decode,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:40]
@@ -144,7 +163,8 @@ def compute_features(
 
     min_side = 2 * input_size(loaded) if fast_decode else None
     decode = f"rgb{RGB_VERSION}:" + (f"draft>={min_side}" if min_side else "full")
-    path = cache_dir("features") / f"{feature_cache_key(loaded, dataset, decode, data_fingerprint)}.safetensors"
+    key = feature_cache_key(loaded, dataset, decode, data_fingerprint, device=device)
+    path = cache_dir("features") / f"{key}.safetensors"
     if use_cache and path.is_file():
         try:
             stored = load_file(str(path))
@@ -177,9 +197,9 @@ def compute_features(
     was_training = model.training
     model.eval()
     autocast = None
-    if device.type == "cuda":  # mixed precision on GPU only; features are normalised in float32 afterwards
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        autocast = torch.autocast(device_type="cuda", dtype=dtype)
+    dtype = autocast_dtype(device)
+    if dtype is not None:  # mixed precision on GPU only; features are normalised in float32 afterwards
+        autocast = torch.autocast(device_type=device.type, dtype=dtype)
     try:
         with torch.inference_mode():
             for images, indices, bad in loader:

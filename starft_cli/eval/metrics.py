@@ -79,6 +79,32 @@ def mean_group_accuracy(preds: ArrayLike, labels: ArrayLike, groups: ArrayLike) 
     return float(np.mean(list(accs.values()))) if accs else None
 
 
+def group_shares(groups: ArrayLike) -> dict[int, float]:
+    """Each group's share of the samples (fractions summing to 1); empty without samples."""
+    g = _ints(groups)
+    if len(g) == 0:
+        return {}
+    values, counts = np.unique(g, return_counts=True)
+    return {int(k): float(c / len(g)) for k, c in zip(values, counts, strict=True)}
+
+
+def adjusted_average_accuracy(
+    preds: ArrayLike, labels: ArrayLike, groups: ArrayLike, train_groups: ArrayLike
+) -> float | None:
+    """The group-weighted "adjusted average accuracy" of group-robustness papers (Sagawa et al. 2020 and later,
+    on Waterbirds): each test group's accuracy weighted by that group's share of the **training** split,
+    ``sum_g acc_test(g) * n_train(g) / sum_g' n_train(g')`` over the groups that have test samples (the weights are
+    renormalised over those). Plain ``top1`` weights the groups by their test shares instead. None when no group
+    has both test and training samples."""
+    accs = group_accuracies(preds, labels, groups)
+    shares = group_shares(train_groups)
+    common = [k for k in accs if shares.get(k, 0.0) > 0]
+    if not common:
+        return None
+    total = sum(shares[k] for k in common)
+    return float(sum(accs[k] * shares[k] for k in common) / total)
+
+
 def macro_f1(preds: ArrayLike, labels: ArrayLike, over: str = "true") -> float | None:
     """Unweighted mean of per-class F1.
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from starft_cli.errors import DataError, UsageError
 from starft_cli.eval import metrics as M
-from starft_cli.eval.suites import GROUP_METRICS, Suite, SuiteEntry, get_suite
+from starft_cli.eval.suites import METRICS, Suite, SuiteEntry, get_suite
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,6 +35,8 @@ class PreparedDataset:
     split: str
     templates: list[str]
     templates_name: str
+    metrics: tuple[str, ...] = ()  # the entry's metrics that apply to this dataset (all of them, or noted)
+    train_groups: list[int] | None = None  # the training split's groups, for adjusted_avg_acc
 
 
 @dataclass
@@ -45,11 +47,146 @@ class Plan:
     datasets: list[PreparedDataset] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # one line per missing dataset: what, where, how
     missing_short: list[str] = field(default_factory=list)  # the same, as "name (problem)"
+    missing_names: list[str] = field(default_factory=list)  # the same, names only
+    notes: list[str] = field(default_factory=list)  # metrics of built-in suites left out, one line each
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Metrics: name -> how to compute it and what it needs. Every name of suites.METRICS has a rule (checked at import),
+# so a metric can never be dropped for want of code; one that does not apply to a dataset is found by plan().
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricInput:
+    """What a metric is computed from: ``logits [N, C]``, ``labels [N]``, ``preds [N]`` (argmax), ``groups [N]``
+    or None, the group names, and the training split's groups (adjusted_avg_acc)."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    preds: np.ndarray
+    groups: np.ndarray | None
+    group_names: list[str]
+    train_groups: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    """``compute`` returns ``(name, value)`` pairs: the metric's own first, then any per-group detail records."""
+
+    compute: Callable[[MetricInput], list[tuple[str, float | None]]]
+    needs_groups: bool = False
+    needs_train_groups: bool = False
+    min_classes: int = 1
+
+
+def _per_group(name: str, prefix: str, ignore_other: bool = False) -> Callable[[MetricInput], list]:
+    def compute(x: MetricInput) -> list[tuple[str, float | None]]:
+        assert x.groups is not None
+        accs = M.group_accuracies(x.preds, x.labels, x.groups)
+        if ignore_other:  # FMoW's catch-all region is left out, as WILDS does
+            other = [g for g, n in enumerate(x.group_names) if n == "Other"]
+            value = M.worst_region_accuracy(x.preds, x.labels, x.groups, ignore=other)
+        else:
+            value = M.worst_group_accuracy(x.preds, x.labels, x.groups)
+        return [(name, value), *((f"{prefix}[{_group_name(x, g)}]", acc) for g, acc in accs.items())]
+
+    return compute
+
+
+def _group_name(x: MetricInput, g: int) -> str:
+    return x.group_names[g] if 0 <= g < len(x.group_names) else str(g)
+
+
+METRIC_RULES: dict[str, MetricRule] = {
+    "top1": MetricRule(lambda x: [("top1", M.top_k_accuracy(x.logits, x.labels, 1))]),
+    "top5": MetricRule(lambda x: [("top5", M.top_k_accuracy(x.logits, x.labels, 5))], min_classes=5),
+    "mean_per_class_recall": MetricRule(
+        lambda x: [("mean_per_class_recall", M.mean_per_class_recall(x.preds, x.labels))]
+    ),
+    "macro_f1": MetricRule(lambda x: [("macro_f1", M.macro_f1(x.preds, x.labels))]),
+    "ece": MetricRule(lambda x: [("ece", M.expected_calibration_error(x.logits, x.labels))]),
+    "mean_group_acc": MetricRule(
+        lambda x: [("mean_group_acc", M.mean_group_accuracy(x.preds, x.labels, x.groups))], needs_groups=True
+    ),
+    "worst_group_acc": MetricRule(_per_group("worst_group_acc", "group_acc"), needs_groups=True),
+    "worst_region_acc": MetricRule(_per_group("worst_region_acc", "region_acc", ignore_other=True), needs_groups=True),
+    "adjusted_avg_acc": MetricRule(
+        lambda x: [("adjusted_avg_acc", M.adjusted_average_accuracy(x.preds, x.labels, x.groups, x.train_groups))],
+        needs_groups=True,
+        needs_train_groups=True,
+    ),
+}
+if set(METRIC_RULES) != set(METRICS):  # pragma: no cover - a programming error, caught by the test suite too
+    raise RuntimeError(f"metrics without a rule or description: {sorted(set(METRIC_RULES) ^ set(METRICS))}")
+
+
+def metric_problem(
+    metric: str, dataset: Any, split: str, train_groups: Sequence[int] | None = None, name: str | None = None
+) -> str | None:
+    """Why ``metric`` does not apply to ``dataset`` (a loaded ImageDataset, called ``name`` in the message), or None
+    when it does."""
+    rule = METRIC_RULES[metric]
+    name = name or dataset.name
+    classes = len(dataset.class_subset or dataset.classnames)
+    if classes < rule.min_classes:
+        return f"{metric} needs at least {rule.min_classes} classes and {name} has {classes}"
+    if rule.needs_groups and dataset.groups is None:
+        return f"{metric} needs groups and {name} ({split} split) has none"
+    if rule.needs_train_groups and not train_groups:
+        return f"{metric} needs a training split with groups and {name} has none here"
+    return None
+
+
+def _train_groups(entry: SuiteEntry, data_root: str | Path | None, split: str) -> list[int] | None:
+    """The groups of a registered dataset's training split (None when it has none or it is absent)."""
+    from starft_cli.data.registry import dataset_root, get_builder
+
+    if entry.dataset.startswith(("folder:", "csv:")) or data_root is None:
+        return None
+    builder = get_builder(entry.dataset)
+    if "train" not in builder.info.splits or split == "train":
+        return None
+    try:
+        train = builder.build(dataset_root(entry.dataset, data_root), "train")
+    except (DataError, OSError) as exc:
+        logger.info("%s: no training split for adjusted_avg_acc (%s)", entry.dataset, exc)
+        return None
+    return list(train.groups) if train.groups else None
+
+
+def _applicable_metrics(
+    result: Plan, entry: SuiteEntry, ds: Any, split: str, data_root: str | Path | None
+) -> tuple[tuple[str, ...], list[int] | None]:
+    """The metrics of ``entry`` that apply to ``ds``. One that does not is a :class:`UsageError` when the user named
+    it, else left out with a note in ``result.notes``."""
+    wants_train = any(METRIC_RULES[m].needs_train_groups for m in entry.metrics)
+    train_groups = _train_groups(entry, data_root, split) if wants_train else None
+    kept, problems = [], []
+    for metric in entry.metrics:
+        problem = metric_problem(metric, ds, split, train_groups, entry.dataset)
+        if problem is None:
+            kept.append(metric)
+        else:
+            problems.append((metric, problem))
+    if problems and entry.explicit:
+        applicable = [m for m in METRICS if metric_problem(m, ds, split, train_groups, entry.dataset) is None]
+        raise UsageError(
+            f"metric {problems[0][0]} does not apply to {entry.dataset}: "
+            + "; ".join(problem for _, problem in problems),
+            f"Drop --metric {' / '.join(m for m, _ in problems)}; metrics that apply: {', '.join(applicable)}",
+        )
+    for metric, problem in problems:
+        result.notes.append(f"{entry.dataset}: {metric} not computed ({problem})")
+    if not kept:
+        raise UsageError(f"no metric of {entry.dataset} applies to it", "; ".join(p for _, p in problems))
+    return tuple(kept), train_groups
 
 
 def _add_missing(plan: Plan, entry: SuiteEntry, data_root: str | Path | None, problem: str) -> None:
     plan.missing.append(_missing_line(entry, data_root, problem))
     plan.missing_short.append(f"{entry.dataset} ({problem})")
+    plan.missing_names.append(entry.dataset)
 
 
 def _missing_line(entry: SuiteEntry, data_root: str | Path | None, problem: str) -> str:
@@ -111,7 +248,10 @@ def plan(
             _add_missing(result, entry, data_root, f"the '{split}' split holds no images")
             continue
         name = entry.templates or templates or ds.templates
-        result.datasets.append(PreparedDataset(entry, ds, split, load_templates(name), Path(str(name)).name))
+        metrics, train_groups = _applicable_metrics(result, entry, ds, split, data_root)
+        result.datasets.append(
+            PreparedDataset(entry, ds, split, load_templates(name), Path(str(name)).name, metrics, train_groups)
+        )
     if result.missing and not skip_missing:
         raise DataError(
             f"{len(result.missing)} dataset(s) of suite '{suite.name}' are missing or broken: "
@@ -128,38 +268,18 @@ def plan(
     return result
 
 
-def _metric_values(
-    entry: SuiteEntry, logits: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, group_names: list[str]
-) -> list[tuple[str, float]]:
-    preds = np.argmax(logits, axis=1)
-    out: list[tuple[str, float | None]] = []
-    for name in entry.metrics:
-        if name in GROUP_METRICS and groups is None:
-            logger.info("%s has no groups: %s left out", entry.dataset, name)
-            continue
-        if name == "top1":
-            out.append((name, M.top_k_accuracy(logits, labels, 1)))
-        elif name == "top5":
-            out.append((name, M.top_k_accuracy(logits, labels, 5)))
-        elif name == "mean_per_class_recall":
-            out.append((name, M.mean_per_class_recall(preds, labels)))
-        elif name == "macro_f1":
-            out.append((name, M.macro_f1(preds, labels)))
-        elif name == "ece":
-            out.append((name, M.expected_calibration_error(logits, labels)))
-        elif name in ("mean_group_acc", "worst_group_acc", "worst_region_acc"):
-            assert groups is not None
-            accs = M.group_accuracies(preds, labels, groups)
-            if name == "mean_group_acc":
-                out.append((name, M.mean_group_accuracy(preds, labels, groups)))
-            elif name == "worst_region_acc":
-                other = [g for g, n in enumerate(group_names) if n == "Other"]  # left out, as WILDS does
-                out.append((name, M.worst_region_accuracy(preds, labels, groups, ignore=other)))
-                out.extend((f"region_acc[{group_names[g]}]", acc) for g, acc in accs.items())
-            else:
-                out.append((name, M.worst_group_accuracy(preds, labels, groups)))
-                out.extend((f"group_acc[{group_names[g]}]", acc) for g, acc in accs.items())
-    return [(n, float(v)) for n, v in out if v is not None]
+def _metric_values(item: PreparedDataset, x: MetricInput) -> list[tuple[str, float]]:
+    """``(name, value)`` of every metric the plan kept for ``item``; an undefined value (no samples left after
+    skipping unreadable images) is a warning, never silently absent."""
+    out: list[tuple[str, float]] = []
+    for name in item.metrics or item.entry.metrics:
+        for metric, value in METRIC_RULES[name].compute(x):
+            if value is None:
+                where, count = item.entry.dataset, len(x.labels)
+                logger.warning("%s: %s is undefined for the %d readable sample(s)", where, metric, count)
+                continue
+            out.append((metric, float(value)))
+    return out
 
 
 def logits_for(features: torch.Tensor, head: torch.Tensor, class_subset: Sequence[int] | None) -> torch.Tensor:
@@ -250,7 +370,15 @@ def evaluate_model(
             "date": date,
             **{f"{k}_version": v for k, v in info.items()},
         }
-        for metric, value in _metric_values(item.entry, logits, labels, groups, ds.group_names or []):
+        x = MetricInput(
+            logits=logits,
+            labels=labels,
+            preds=np.argmax(logits, axis=1),
+            groups=groups,
+            group_names=list(ds.group_names or []),
+            train_groups=None if item.train_groups is None else np.asarray(item.train_groups),
+        )
+        for metric, value in _metric_values(item, x):
             records.append({**base, "metric": metric, "value": round(value, 6)})
         if feats.skipped:
             line = (
@@ -284,7 +412,9 @@ def evaluate(
     ``suite`` is a built-in name, a TOML file, a :class:`Suite`, or a :class:`Plan` made by :func:`plan`.
     Every dataset is checked before any model is loaded. With ``skip_missing`` (default: only for the ``all``
     suite) missing datasets are left out and listed in ``df.attrs["missing"]``; ``df.attrs["skipped"]`` lists
-    unreadable images that were skipped.
+    unreadable images that were skipped. A metric that does not apply to a dataset (see :func:`metric_problem`)
+    raises :class:`UsageError` when its entry is ``explicit`` (named by the user), else it is left out and said
+    in ``df.attrs["notes"]``.
     """
     import pandas as pd
 
@@ -318,8 +448,12 @@ def evaluate(
                 fast_decode=fast_decode,
             )
         )
-    frame = pd.DataFrame.from_records(records)
+    from starft_cli.reports.schema import FIELDS
+
+    frame = pd.DataFrame.from_records(records, columns=list(FIELDS) if not records else None)
     frame.attrs["missing"] = list(prepared.missing)
+    frame.attrs["missing_names"] = list(prepared.missing_names)
+    frame.attrs["notes"] = list(prepared.notes)
     frame.attrs["skipped"] = skipped
     frame.attrs["suite"] = resolved.name
     frame.attrs["description"] = resolved.description

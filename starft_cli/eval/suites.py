@@ -8,18 +8,21 @@ from pathlib import Path
 
 from starft_cli.errors import ConfigError
 
-# metric name -> what it means (the runner computes each from the logits, labels and groups)
+# metric name -> what it means (the runner computes each from the logits, labels and groups; the rule of each, e.g.
+# that it needs groups, is in starft_cli.eval.runner.METRIC_RULES, which must cover every name here)
 METRICS = {
-    "top1": "top-1 accuracy over all test samples (each sample counts once)",
-    "top5": "top-5 accuracy (absent for datasets with fewer than 5 classes)",
+    "top1": "top-1 accuracy over all test samples (each sample counts once: the sample-weighted average accuracy)",
+    "top5": "top-5 accuracy (needs at least 5 classes)",
     "mean_per_class_recall": "unweighted mean over classes of each class's recall",
     "macro_f1": "unweighted mean of per-class F1 over the classes present in the labels (as WILDS reports it)",
     "mean_group_acc": "unweighted mean over groups of each group's accuracy",
     "worst_group_acc": "lowest accuracy over the groups",
     "worst_region_acc": "lowest accuracy over the regions (FMoW)",
+    "adjusted_avg_acc": "test group accuracies weighted by the training split's group shares (the 'adjusted average "
+    "accuracy' of group-robustness papers on Waterbirds; needs a training split with groups)",
     "ece": "expected calibration error, 15 equal-width confidence bins",
 }
-GROUP_METRICS = ("mean_group_acc", "worst_group_acc", "worst_region_acc")
+GROUP_METRICS = ("mean_group_acc", "worst_group_acc", "worst_region_acc", "adjusted_avg_acc")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class SuiteEntry:
     classnames: str | None = None  # class-names file for folder:/csv: data
     templates: str | None = None  # template set name or file; default: the dataset's own
     role: str = ""  # "id" / "ood" in domain-shift suites
+    # the user named these metrics (--metric, a suite file): one that does not apply is an error; otherwise (built-in
+    # suites, the default metrics) it is left out with a note in the report
+    explicit: bool = False
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.metrics if m not in METRICS]
@@ -71,10 +77,11 @@ BUILTIN_SUITES: dict[str, Suite] = {
     ),
     "group-shift": Suite(
         "group-shift",
-        (_e("waterbirds", *GROUPED), _e("pacs", *GROUPED), _e("cifar10.02", *GROUPED)),
+        (_e("waterbirds", *GROUPED, "adjusted_avg_acc"), _e("pacs", *GROUPED), _e("cifar10.02", *GROUPED)),
         "Waterbirds (label x place), PACS (domain x class), CIFAR-10.02 (class x source). Average accuracy = "
-        "top-1 over all test samples (sample-weighted); mean_group_acc = unweighted mean of the group accuracies; "
-        "worst_group_acc = the lowest group accuracy.",
+        "top-1 over all test samples (sample-weighted); adjusted_avg_acc (Waterbirds) = test group accuracies "
+        "weighted by the training split's group shares, as group-robustness papers report it; mean_group_acc = "
+        "unweighted mean of the group accuracies; worst_group_acc = the lowest group accuracy.",
     ),
     "zero-shot": Suite(
         "zero-shot",
@@ -184,6 +191,7 @@ def load_suite_file(path: Path) -> Suite:
                 split=item.get("split"),
                 classnames=rel(item.get("classnames")),
                 templates=rel(item.get("templates")),
+                explicit="metrics" in item,
             )
         )
     return Suite(str(data.get("name") or path.stem), tuple(entries), str(data.get("description", "")))

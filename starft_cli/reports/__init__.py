@@ -28,6 +28,8 @@ def write_report(
     baseline: str | None = None,
     missing: list[str] | None = None,
     description: str = "",
+    *,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Write ``results.json`` (merged with the one already there: only records with the same (model, dataset,
     split, metric) are replaced), ``leaderboard.md`` and ``leaderboard.csv`` (of the merged records).
@@ -49,7 +51,7 @@ def write_report(
     merged = merge_records(old, new)
     merged_frame = pd.DataFrame.from_records(merged)
     write_results_json(target, merged)
-    atomic_write_text(out / "leaderboard.md", render(merged_frame, "md", baseline, missing, description))
+    atomic_write_text(out / "leaderboard.md", render(merged_frame, "md", baseline, missing, description, notes=notes))
     atomic_write_text(out / "leaderboard.csv", render(merged_frame, "csv", baseline))
     return {
         "paths": [target, out / "leaderboard.md", out / "leaderboard.csv"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starft_cli.errors import UsageError
 from starft_cli.paths import atomic_path
@@ -15,10 +15,35 @@ if TYPE_CHECKING:
 _GROUP = re.compile(r"^(group_acc|region_acc)\[(.*)\]$")
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
 def plot(frame: pd.DataFrame, path: str | Path) -> Path:
-    """A PNG with (left) ID-vs-OOD accuracy per model — ImageNet top-1 vs avg OOD top-1 when the domain-shift
-    datasets are present, otherwise average vs worst-group accuracy per grouped dataset (effective robustness:
-    points above the others' trend are more robust) — and (right) per-group accuracy bars per model."""
+    """Write :func:`figure` of ``frame`` as a PNG at ``path`` (atomically)."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"--plot writes a PNG, got '{path.name}'", "Name the file *.png")
+    fig = figure(frame)
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+def figure(frame: pd.DataFrame) -> Any:
+    """A matplotlib figure with two panels.
+
+    Left, per model: ImageNet top-1 (ID) vs avg OOD top-1 when the domain-shift datasets are present ("ID vs OOD
+    accuracy"), otherwise average (top-1) vs worst-group accuracy of each grouped dataset ("average vs worst-group
+    accuracy"), in %, with the y = x line (a point's distance below it is its robustness gap). Both axes share
+    limits padded around the data (at least 5 points either side, within 0..100), so equal values still give a
+    readable axis. Models have distinct markers, hollow and of decreasing size, so identical points stay visible
+    as concentric marks. Right: per-group accuracy bars per model for the first dataset with groups.
+
+    Raises :class:`~starft_cli.errors.UsageError` without matplotlib.
+    """
     try:
         import matplotlib
 
@@ -28,56 +53,98 @@ def plot(frame: pd.DataFrame, path: str | Path) -> Path:
         raise UsageError("--plot needs matplotlib", "Install the plot extra: pip install 'starft[plot]'") from None
     from starft_cli.reports.tables import AVG_OOD, leaderboard
 
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise UsageError(f"--plot writes a PNG, got '{path.name}'", "Name the file *.png")
     board = leaderboard(frame)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.5))
+    points: dict[str, list[tuple[float, float, str]]] = {}  # model -> (x, y, label)
     if f"{AVG_OOD} top1" in board.columns and "imagenet top1" in board.columns:
         for model in board.index:
-            x, y = 100 * board.at[model, "imagenet top1"], 100 * board.at[model, f"{AVG_OOD} top1"]
-            left.scatter([x], [y], label=model)
-        left.set_xlabel("ImageNet top-1 (ID) %")
-        left.set_ylabel("avg OOD top-1 %")
-        lo = min(left.get_xlim()[0], left.get_ylim()[0])
-        hi = max(left.get_xlim()[1], left.get_ylim()[1])
-        left.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+            x, y = board.at[model, "imagenet top1"], board.at[model, f"{AVG_OOD} top1"]
+            points[model] = [(100 * x, 100 * y, "")]
+        left.set_xlabel("ImageNet top-1 accuracy (ID), %")
+        left.set_ylabel("avg OOD top-1 accuracy (4 ImageNet shifts), %")
+        left.set_title("ID vs OOD accuracy")
     else:
         grouped = [c[: -len(" top1")] for c in board.columns if c.endswith(" top1")]
         grouped = [d for d in grouped if f"{d} worst_group_acc" in board.columns]
         for model in board.index:
-            xs = [100 * board.at[model, f"{d} top1"] for d in grouped]
-            ys = [100 * board.at[model, f"{d} worst_group_acc"] for d in grouped]
-            left.scatter(xs, ys, label=model)
-            for d, x, y in zip(grouped, xs, ys, strict=True):
-                left.annotate(d, (x, y), fontsize=7)
-        left.set_xlabel("average accuracy %")
-        left.set_ylabel("worst-group accuracy %")
-    left.set_title("ID vs OOD")
-    left.legend(fontsize=7)
-    groups = frame[frame["metric"].str.match(_GROUP.pattern)]
-    if not groups.empty:
-        dataset = groups["dataset"].iloc[0]
-        data = groups[groups["dataset"] == dataset]
-        names = list(dict.fromkeys(data["metric"]))
-        models = list(dict.fromkeys(data["model"]))
-        width = 0.8 / max(1, len(models))
-        for k, model in enumerate(models):
-            values = data[data["model"] == model].set_index("metric")["value"].reindex(names)
-            right.bar([i + k * width for i in range(len(names))], 100 * values.to_numpy(), width, label=model)
-        right.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
-        right.set_xticklabels([_GROUP.match(n).group(2) for n in names], rotation=60, ha="right", fontsize=7)
-        right.set_ylabel("accuracy %")
-        right.set_title(f"per-group accuracy: {dataset}")
-        right.legend(fontsize=7)
-    else:
-        right.text(0.5, 0.5, "no per-group results", ha="center", va="center")
-        right.set_axis_off()
+            points[model] = [
+                (100 * board.at[model, f"{d} top1"], 100 * board.at[model, f"{d} worst_group_acc"], d) for d in grouped
+            ]
+        left.set_xlabel("average accuracy (top-1 over all test samples), %")
+        left.set_ylabel("worst-group accuracy, %")
+        left.set_title("average vs worst-group accuracy")
+    points = {m: [p for p in ps if p[0] == p[0] and p[1] == p[1]] for m, ps in points.items()}  # drop NaN
+    values = [v for ps in points.values() for x, y, _ in ps for v in (x, y)]
+    lo, hi = axis_limits(values)
+    left.plot([lo, hi], [lo, hi], color="grey", lw=0.9, ls="--", label="y = x", zorder=1)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    count = len(points)
+    for k, (model, ps) in enumerate(points.items()):
+        if not ps:
+            continue
+        left.scatter(
+            [x for x, _, _ in ps],
+            [y for _, y, _ in ps],
+            s=50 + min(110, 600 / count) * (count - 1 - k),  # earlier models larger: identical points stay visible
+            marker=MARKERS[k % len(MARKERS)],
+            facecolors="none",
+            edgecolors=colors[k % len(colors)],
+            linewidths=1.6,
+            label=model,
+            zorder=2 + k,
+        )
+    labels: dict[tuple[float, float], list[str]] = {}  # one label per position: "pacs, waterbirds" when they coincide
+    for ps in points.values():
+        for x, y, name in ps:
+            at = labels.setdefault((round(x, 6), round(y, 6)), [])
+            if name and name not in at:
+                at.append(name)
+    for (x, y), names in labels.items():
+        if names:
+            left.annotate(", ".join(names), (x, y), xytext=(10, -12), textcoords="offset points", fontsize=7)
+    left.set_xlim(lo, hi)
+    left.set_ylim(lo, hi)
+    left.set_aspect("equal", adjustable="box")
+    left.grid(True, lw=0.3, alpha=0.5)
+    left.legend(fontsize=7, loc="upper left")
+    _group_bars(right, frame)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def axis_limits(values: list[float], min_pad: float = 5.0) -> tuple[float, float]:
+    """Shared axis limits (in %) around ``values``: padded by 10% of their range and at least ``min_pad`` points,
+    kept within 0..100 (0..100 itself without values)."""
+    if not values:
+        return 0.0, 100.0
+    lo, hi = min(values), max(values)
+    pad = max(min_pad, 0.1 * (hi - lo))
+    lo, hi = max(0.0, lo - pad), min(100.0, hi + pad)
+    if hi - lo < 2 * min_pad:  # at a bound: widen on the other side
+        lo, hi = (0.0, 2 * min_pad) if lo == 0.0 else (100.0 - 2 * min_pad, 100.0)
+    return lo, hi
+
+
+def _group_bars(ax: Any, frame: pd.DataFrame) -> None:
+    groups = frame[frame["metric"].str.match(_GROUP.pattern)]
+    if groups.empty:
+        ax.text(0.5, 0.5, "no per-group results", ha="center", va="center")
+        ax.set_axis_off()
+        return
+    dataset = groups["dataset"].iloc[0]
+    data = groups[groups["dataset"] == dataset]
+    names = list(dict.fromkeys(data["metric"]))
+    models = list(dict.fromkeys(data["model"]))
+    width = 0.8 / max(1, len(models))
+    for k, model in enumerate(models):
+        values = data[data["model"] == model].set_index("metric")["value"].reindex(names)
+        ax.bar([i + k * width for i in range(len(names))], 100 * values.to_numpy(), width, label=model)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
+    ax.set_xticklabels([_GROUP.match(n).group(2) for n in names], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("accuracy, %")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"per-group accuracy: {dataset}")
+    ax.legend(fontsize=7)
 
 
 def demo_figure(frame: pd.DataFrame, path: str | Path, models: list[str] | None = None) -> Path:

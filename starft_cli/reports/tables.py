@@ -11,12 +11,20 @@ if TYPE_CHECKING:
 
 FORMATS = ("table", "md", "csv", "json")
 # The headline metrics shown in leaderboards, best first; per-group records stay in results.json.
-HEADLINE = ("top1", "worst_group_acc", "mean_group_acc", "macro_f1", "worst_region_acc", "mean_per_class_recall")
+HEADLINE = (
+    "top1",
+    "adjusted_avg_acc",
+    "worst_group_acc",
+    "mean_group_acc",
+    "macro_f1",
+    "worst_region_acc",
+    "mean_per_class_recall",
+    "top5",
+    "ece",
+)
 LOWER_IS_BETTER = {"ece"}
 DOMAIN_SHIFTS = ("imagenet-v2", "imagenet-r", "imagenet-a", "imagenet-sketch")
 AVG_OOD = "avg OOD"
-# what the terminal and Markdown leaderboards show (CSV and JSON carry every metric)
-SHOWN = ("top1", "worst_group_acc", "macro_f1", "worst_region_acc")
 
 
 def _is_headline(metric: str) -> bool:
@@ -77,22 +85,30 @@ def _fmt(value: Any, delta: Any, is_base: bool, show_delta: bool) -> str:
     return text
 
 
-def footnotes(frame: pd.DataFrame, missing: list[str] | None = None, description: str = "") -> list[str]:
-    notes = []
+def footnotes(
+    frame: pd.DataFrame, missing: list[str] | None = None, description: str = "", notes: list[str] | None = None
+) -> list[str]:
+    """The lines under a leaderboard: the description, what each metric means, skipped images, missing datasets
+    and ``notes`` (e.g. metrics of a suite that did not apply to a dataset)."""
+    out = []
     if description:
-        notes.append(description)
-    notes.append(
-        "Values in %. top1 = accuracy over all test samples (sample-weighted: this is the 'average accuracy'); "
-        "mean_group_acc = unweighted mean of group accuracies; worst_group_acc / worst_region_acc = the lowest; "
-        "deltas in parentheses are against the baseline (first) model."
-    )
+        out.append(description)
+    shown = set(frame["metric"]) if "metric" in frame.columns else set()
+    meaning = "Values in %. top1 = accuracy over all test samples (sample-weighted: this is the 'average accuracy')"
+    if "adjusted_avg_acc" in shown:
+        meaning += "; adjusted_avg_acc = test group accuracies weighted by the training split's group shares"
+    meaning += "; mean_group_acc = unweighted mean of group accuracies; worst_group_acc / worst_region_acc = the lowest"
+    if "ece" in shown:
+        meaning += "; ece = expected calibration error (15 bins; lower is better)"
+    out.append(meaning + "; deltas in parentheses are against the baseline (first) model.")
     if "num_skipped" in frame.columns:
         skipped = frame.drop_duplicates(["model", "dataset"]).query("num_skipped > 0")
         for _, row in skipped.iterrows():
-            notes.append(f"{row['model']} on {row['dataset']}: {int(row['num_skipped'])} unreadable image(s) skipped")
+            out.append(f"{row['model']} on {row['dataset']}: {int(row['num_skipped'])} unreadable image(s) skipped")
     for line in missing or []:
-        notes.append(f"not evaluated: {line}")
-    return notes
+        out.append(f"not evaluated: {line}")
+    out.extend(notes or [])
+    return out
 
 
 def render(
@@ -101,13 +117,18 @@ def render(
     baseline: str | None = None,
     missing: list[str] | None = None,
     description: str = "",
+    *,
+    notes: list[str] | None = None,
 ) -> str:
-    """Render records as a leaderboard (``table``, ``md``, ``csv``) or as the records themselves (``json``)."""
+    """Render records as a leaderboard (``table``, ``md``, ``csv``: every headline metric, i.e. all but the
+    per-group detail records) or as the records themselves (``json``)."""
     from starft_cli.reports.schema import to_records
 
     if fmt == "json":
         return json.dumps(to_records(frame), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-    board = leaderboard(frame, baseline, None if fmt == "csv" else SHOWN)
+    if frame.empty or "metric" not in frame.columns:
+        return "(no results)\n" + "".join(f"* {n}\n" for n in footnotes(frame, missing, description, notes))
+    board = leaderboard(frame, baseline)
     deltas = board.attrs["deltas"]
     base = board.attrs["baseline"]
     if fmt == "csv":
@@ -124,9 +145,9 @@ def render(
         cells = [_fmt(board.at[model, c], deltas.at[model, c], model == base, True) for c in board.columns]
         rows.append([model, *cells])
     headers = ["model", *board.columns]
-    notes = footnotes(frame, missing, description)
+    lines = footnotes(frame, missing, description, notes)
     if fmt == "md":
         text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
-        return text + "\n\n" + "".join(f"- {n}\n" for n in notes)
+        return text + "\n\n" + "".join(f"- {n}\n" for n in lines)
     text = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
-    return text + "\n" + "".join(f"* {n}\n" for n in notes)
+    return text + "\n" + "".join(f"* {n}\n" for n in lines)

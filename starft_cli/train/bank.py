@@ -2,8 +2,9 @@
 
 The spurious text of a sample depends only on its class and the template drawn, so the frozen teacher's
 features of all of them fit in a ``[classes, templates, dim]`` tensor. The bank (and the teacher's caption
-features ``[classes, dim]``) is cached on disk, keyed by the teacher's weights fingerprint, the class names,
-the caption template and the pool.
+features ``[classes, dim]``) is cached on disk, keyed by the teacher's
+:func:`~starft_cli.models.model_identity` (weights, model config, tokenizer and context length, dtype, device
+type), the class names, the caption template and the pool.
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ class TextBank:
         return TextBank(self.spurious.to(device), self.captions.to(device))
 
 
-def bank_key(fingerprint: str, classnames: Sequence[str], caption_template: str, pool: Sequence[str]) -> str:
+def bank_key(identity: str, classnames: Sequence[str], caption_template: str, pool: Sequence[str]) -> str:
+    """Cache key of a bank: the teacher's model identity, the class names, the caption template and the pool."""
     payload = json.dumps(
-        {"w": fingerprint, "c": list(classnames), "cap": caption_template, "pool": list(pool)}, ensure_ascii=False
+        {"model": identity, "c": list(classnames), "cap": caption_template, "pool": list(pool)}, ensure_ascii=False
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:40]
 
@@ -99,10 +101,14 @@ def cached_bank(
     device: torch.device,
     use_cache: bool = True,
 ) -> TextBank:
-    """:func:`build_bank`, cached under ``<cache>/spurious_bank``."""
+    """:func:`build_bank`, cached under ``<cache>/spurious_bank``. ``fingerprint`` is the teacher's
+    :func:`~starft_cli.models.weights_fingerprint`; the key is its full :func:`~starft_cli.models.model_identity`."""
     from safetensors.torch import load_file, save_file
 
-    path = cache_dir("spurious_bank") / f"{bank_key(fingerprint, classnames, caption_template, pool)}.safetensors"
+    from starft_cli.models import model_identity
+
+    identity = model_identity(model, tokenizer, fingerprint=fingerprint, device=device)
+    path = cache_dir("spurious_bank") / f"{bank_key(identity, classnames, caption_template, pool)}.safetensors"
     if use_cache and path.is_file():
         try:
             data = load_file(str(path))

@@ -5,7 +5,7 @@ Importable without torch. ``starft_cli.models`` calls ``find_entry``, ``entry_na
 
 from __future__ import annotations
 
-from starft_cli.zoo.hub import Resolved, VerifyResult, cached_path, fetch, remove, resolve, verify
+from starft_cli.zoo.hub import Resolved, VerifyResult, cached_path, check_entry, fetch, remove, resolve, verify
 from starft_cli.zoo.manifest import (
     KINDS,
     Metric,
@@ -27,6 +27,7 @@ __all__ = [
     "VerifyResult",
     "ZooEntry",
     "cached_path",
+    "check_entry",
     "entries",
     "entry_names",
     "fetch",

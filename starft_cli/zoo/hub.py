@@ -18,14 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from starft_cli.errors import ChecksumError, WeightsUnavailableError, ZooError
+from starft_cli.errors import ChecksumError, StarftError, WeightsUnavailableError, ZooError
 from starft_cli.paths import atomic_path, atomic_write_text, cache_dir
-from starft_cli.pretrained import short_error
+from starft_cli.pretrained import (
+    cached_pretrained,
+    hub_endpoint,
+    hub_offline,
+    not_cached_error,
+    short_error,
+    unreachable,
+)
 from starft_cli.zoo.manifest import ZooEntry
 
 logger = logging.getLogger(__name__)
-
-_TRUE = ("1", "on", "yes", "true")
 
 
 @dataclass
@@ -41,19 +46,12 @@ class Resolved:
 
 def offline() -> bool:
     """``HF_HUB_OFFLINE`` (read now, not only when huggingface_hub was imported)."""
-    from huggingface_hub import constants
-
-    value = os.environ.get("HF_HUB_OFFLINE")
-    if value is not None:
-        return value.strip().lower() in _TRUE
-    return bool(constants.HF_HUB_OFFLINE)
+    return hub_offline()
 
 
 def endpoint() -> str:
     """The Hub endpoint (``HF_ENDPOINT``, read now)."""
-    from huggingface_hub import constants
-
-    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    return hub_endpoint()
 
 
 def hub_cache() -> Path:
@@ -71,9 +69,14 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 
 def _offline_hint(name: str) -> str:
+    if offline():
+        return (
+            f"Unset HF_HUB_OFFLINE on a connected machine and run `starft zoo download {name}`, or point HF_HOME (or "
+            "HF_HUB_CACHE) at a Hugging Face cache that has the model"
+        )
     return (
-        f"Connect and run `starft zoo download {name}`, or copy the Hugging Face cache (HF_HOME) from a machine "
-        "that has the model; with HF_HUB_OFFLINE=1 only the cache is used"
+        f"Connect and run `starft zoo download {name}`, or point HF_HOME (or HF_HUB_CACHE) at a Hugging Face cache "
+        "that has the model and set HF_HUB_OFFLINE=1 to use only the cache, without waiting for the network"
     )
 
 
@@ -152,29 +155,26 @@ def _url_cache_path(entry: ZooEntry) -> Path:
     return cache_dir("zoo", "url", key) / entry.source.filename
 
 
-def _open_clip_cfg(entry: ZooEntry) -> dict[str, Any]:
+def _open_clip_cfg(entry: ZooEntry, fix: str | None = None) -> dict[str, Any]:
     from starft_cli.errors import ModelNotFoundError
     from starft_cli.pretrained import pretrained_cfg, register_builtin_configs
 
     register_builtin_configs()
     cfg = pretrained_cfg(entry.arch, str(entry.source.tag))
     if not cfg:
+        import difflib
+
+        import open_clip
+
+        tags = list(open_clip.list_pretrained_tags_by_model(entry.arch))
+        close = difflib.get_close_matches(str(entry.source.tag), tags, n=3, cutoff=0.5)
+        known = f"Did you mean {', '.join(close)}? " if close else ""
+        known += f"Tags of {entry.arch}: {', '.join(tags) or 'none'}. "
         raise ModelNotFoundError(
             f"zoo model '{entry.name}': open_clip has no pretrained tag '{entry.source.tag}' for {entry.arch}",
-            f"Fix the entry in {entry.manifest or entry.origin} (see open_clip.list_pretrained())",
+            known + _fix_hint(entry, fix),
         )
     return dict(cfg)
-
-
-def _open_clip_hub_file(cfg: dict[str, Any]) -> tuple[str, list[str]] | None:
-    hub = str(cfg.get("hf_hub") or "")
-    if not hub:
-        return None
-    parts = hub.strip("/").split("/")
-    repo = "/".join(parts[:2])
-    if len(parts) > 2:
-        return repo, ["/".join(parts[2:])]
-    return repo, ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
 
 
 def cached_path(entry: ZooEntry, revision: str | None = None) -> Path | None:
@@ -197,14 +197,7 @@ def cached_path(entry: ZooEntry, revision: str | None = None) -> Path | None:
 
         folder = demo.zero_shot_dir()
         return folder / WEIGHTS_NAME if (folder / WEIGHTS_NAME).is_file() else None
-    hub = _open_clip_hub_file(_open_clip_cfg(entry))
-    if hub is not None:
-        repo, names = hub
-        for name in names:
-            found = try_to_load_from_cache(repo, name, cache_dir=hub_cache())
-            if isinstance(found, str):
-                return Path(found)
-    return None
+    return cached_pretrained(_open_clip_cfg(entry))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,6 +245,7 @@ def _fetch_hub(entry: ZooEntry, *, revision: str | None, tqdm_class: Any) -> Pat
     assert source.repo is not None and source.filename is not None
     rev = revision or source.revision
     where = f"{source.repo}/{source.filename}@{rev} on {endpoint()}"
+    reason = None if offline() else unreachable(endpoint())  # a few seconds, not huggingface_hub's minute of retries
     try:
         return Path(
             hf_hub_download(
@@ -260,16 +254,14 @@ def _fetch_hub(entry: ZooEntry, *, revision: str | None, tqdm_class: Any) -> Pat
                 revision=rev,
                 cache_dir=hub_cache(),
                 endpoint=endpoint(),
-                local_files_only=offline(),
+                local_files_only=offline() or reason is not None,
                 tqdm_class=tqdm_class,
             )
         )
     except LocalEntryNotFoundError as exc:
-        raise WeightsUnavailableError(
-            f"zoo model '{entry.name}' is not in the local cache ({hub_cache()}) and could not be downloaded "
-            f"from {where}" + (" (HF_HUB_OFFLINE is set)" if offline() else f" ({short_error(exc.__cause__ or exc)})"),
-            _offline_hint(entry.name),
-        ) from exc
+        cause = f"{endpoint()} cannot be reached ({reason})" if reason else None
+        cause = cause or f"the download from {where} failed ({short_error(exc.__cause__ or exc, 300)})"
+        raise not_cached_error(f"zoo model '{entry.name}' ({where})", cause, _offline_hint(entry.name)) from exc
     except (RepositoryNotFoundError, RevisionNotFoundError, RemoteEntryNotFoundError) as exc:
         what = {
             RevisionNotFoundError: "revision",
@@ -310,9 +302,13 @@ def _fetch_url(entry: ZooEntry, *, tqdm_class: Any) -> Path:
     target = _url_cache_path(entry)
     if target.is_file():
         return target
-    if offline():
+    reason = None if offline() else unreachable(str(entry.source.url))
+    if offline() or reason:
+        cause = f"the host cannot be reached ({reason})"
+        if offline():
+            cause = "HF_HUB_OFFLINE is set, so nothing is downloaded"
         raise WeightsUnavailableError(
-            f"zoo model '{entry.name}' is not in the local cache ({target.parent}) and HF_HUB_OFFLINE is set",
+            f"zoo model '{entry.name}' ({entry.source.url}): not in the local cache ({target.parent}), and {cause}",
             _offline_hint(entry.name),
         )
     try:
@@ -330,16 +326,7 @@ def _fetch_open_clip(entry: ZooEntry) -> Path:
     from starft_cli.pretrained import fetch_pretrained
 
     cfg = _open_clip_cfg(entry)
-    if offline():
-        found = cached_path(entry)
-        if found is not None:
-            return found
-        raise WeightsUnavailableError(
-            f"weights of zoo model '{entry.name}' ({entry.arch}:{entry.source.tag}) are not in the local cache "
-            f"({hub_cache()}) and HF_HUB_OFFLINE is set",
-            _offline_hint(entry.name),
-        )
-    return fetch_pretrained(entry.arch, str(entry.source.tag), cfg)
+    return fetch_pretrained(entry.arch, str(entry.source.tag), cfg, hint=_offline_hint(entry.name))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,7 +334,16 @@ def _fetch_open_clip(entry: ZooEntry) -> Path:
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_arch(entry: ZooEntry) -> None:
+def _fix_hint(entry: ZooEntry, fix: str | None = None) -> str:
+    if fix is not None:
+        return fix
+    if entry.origin == "user":
+        where = entry.manifest or "your user manifest"
+        return f"Fix the entry in {where}, or remove it: `starft zoo rm {entry.name} --forget`"
+    return f"Fix the entry in {entry.manifest or entry.origin}"
+
+
+def _check_arch(entry: ZooEntry, fix: str | None = None) -> None:
     import difflib
 
     from starft_cli.errors import ModelNotFoundError
@@ -358,9 +354,22 @@ def _check_arch(entry: ZooEntry) -> None:
         close = difflib.get_close_matches(entry.arch, archs, n=3)
         hint = f"Did you mean {', '.join(close)}? " if close else ""
         raise ModelNotFoundError(
-            f"zoo model '{entry.name}' names an unknown architecture '{entry.arch}'",
-            hint + f"Fix the entry in {entry.manifest or entry.origin} (architectures are open_clip's)",
+            f"zoo model '{entry.name}' names an unknown architecture '{entry.arch}' (architectures are open_clip's "
+            "and starft's own starft-tiny/starft-small)",
+            hint + _fix_hint(entry, fix),
         )
+
+
+def check_entry(entry: ZooEntry, fix: str | None = None) -> None:
+    """Check that ``entry`` can be resolved, without any download: its architecture is known to open_clip (or
+    registered by starft) and an ``open_clip:TAG`` source names a pretrained tag of that architecture.
+
+    Raises :class:`~starft_cli.errors.ModelNotFoundError` naming the problem, close matches and ``fix`` (default:
+    where to fix the entry).
+    """
+    _check_arch(entry, fix)
+    if entry.source.kind == "open_clip":
+        _open_clip_cfg(entry, fix)
 
 
 def resolve(entry: ZooEntry) -> Resolved:
@@ -386,7 +395,7 @@ def resolve(entry: ZooEntry) -> Resolved:
 @dataclass
 class VerifyResult:
     name: str
-    status: str  # ok, mismatch, missing, unpinned
+    status: str  # ok, mismatch, missing, unpinned, broken (the entry cannot be resolved)
     path: Path | None
     expected: str | None
     actual: str | None
@@ -418,12 +427,17 @@ def verify(entry: ZooEntry) -> VerifyResult:
 def verify_all(entries: list[ZooEntry]) -> list[VerifyResult]:
     """Verify every downloaded entry. A file two entries share is deleted only if it matches neither's sha256
     (an entry with a wrong hash must not destroy the file another, correct entry uses)."""
-    located = [(e, cached_path(e)) for e in entries]
+    located: list[tuple[ZooEntry, Path | None]] = []
+    results = []
+    for entry in entries:
+        try:
+            located.append((entry, cached_path(entry)))
+        except StarftError as exc:  # a broken entry is reported; it must not stop the others' verification
+            results.append(VerifyResult(entry.name, "broken", None, entry.sha256, None, exc.one_line()))
     by_path: dict[Path, list[ZooEntry]] = {}
     for entry, path in located:
         if path is not None:
             by_path.setdefault(path.resolve(), []).append(entry)
-    results = []
     for entry, path in located:
         if path is None:
             continue

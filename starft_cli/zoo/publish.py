@@ -227,19 +227,61 @@ def model_card(p: PublishPlan, revision_hint: str = "<COMMIT>") -> str:
         f"# or without a zoo entry: --model hf-hub:{p.repo}",
         "```",
         "",
-        "With plain open_clip:",
+        "With plain open_clip (it reads the architecture, its settings and the preprocessing from",
+        f"`{CONFIG_NAME}`, so this works for every architecture):",
         "",
         "```python",
         "import open_clip",
         "",
         f'model, _, preprocess = open_clip.create_model_and_transforms("hf-hub:{p.repo}")',
         f'tokenizer = open_clip.get_tokenizer("hf-hub:{p.repo}")',
-        "# or, from a downloaded copy of this repository:",
-        f'# open_clip.create_model_and_transforms("{p.arch}", pretrained="{WEIGHTS_NAME}")',
-        "```",
-        "",
+        "# or, from a downloaded copy of this repository (the folder holding both files):",
+        'model, _, preprocess = open_clip.create_model_and_transforms("local-dir:PATH/TO/FOLDER")',
+        'tokenizer = open_clip.get_tokenizer("local-dir:PATH/TO/FOLDER")',
     ]
+    if plain_arch_form_works(p):
+        lines += [
+            f"# or by architecture name ({p.arch} is one of open_clip's own, with the same settings):",
+            f'# open_clip.create_model_and_transforms("{p.arch}", pretrained="{WEIGHTS_NAME}")',
+        ]
+    lines += ["```", ""]
     return "\n".join(lines)
+
+
+def plain_arch_form_works(p: PublishPlan) -> bool:
+    """Whether ``create_model_and_transforms(ARCH, pretrained=FILE)`` builds this model in plain open_clip: the
+    architecture ships with open_clip (not one starft registers, like starft-tiny) and the saved model config and
+    preprocessing equal what that name gives (no quick_gelu or preprocessing that only the config file carries)."""
+    import dataclasses
+
+    import open_clip
+    from open_clip.transform import PreprocessCfg
+
+    shipped = Path(open_clip.__file__).parent / "model_configs" / f"{p.arch}.json"
+    if not shipped.is_file():
+        return False
+    try:
+        expected = json.loads(shipped.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    from starft_cli.models import canonical_json
+
+    if canonical_json(expected) != canonical_json(p.open_clip_config.get("model_cfg", {})):
+        return False
+    default_pp = {**dataclasses.asdict(PreprocessCfg()), "size": expected.get("vision_cfg", {}).get("image_size", 224)}
+    saved_pp = {**default_pp, **(p.open_clip_config.get("preprocess_cfg") or {})}
+    return _plain_pp(default_pp) == _plain_pp(saved_pp)
+
+
+def _plain_pp(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A preprocess config in one form: tuples as lists, a square size ``[224, 224]`` as ``224``."""
+    from starft_cli.models import canonical_json
+
+    out = json.loads(canonical_json(cfg))
+    size = out.get("size")
+    if isinstance(size, list) and size and len(set(size)) == 1:
+        out["size"] = size[0]
+    return out
 
 
 def _kind(method: str) -> str:
