@@ -58,10 +58,23 @@ def destroy_process_group() -> None:
 
 
 def device_for(env: DistEnv, device: torch.device) -> torch.device:
-    """Under torchrun, each process takes the CUDA device of its local rank."""
+    """The device this process trains on: under torchrun, the CUDA device of its local rank; always indexed for
+    CUDA (an index-less ``cuda`` becomes ``cuda:<local rank>``).
+
+    Raises:
+        UsageError: the local rank has no CUDA device.
+    """
     import torch
 
-    if device.type == "cuda" and env.distributed:
+    if device.type != "cuda":
+        return device
+    if env.distributed or device.index is None:
+        count = torch.cuda.device_count()
+        if env.local_rank >= count:
+            raise UsageError(
+                f"local rank {env.local_rank} needs CUDA device {env.local_rank}, but there are {count}",
+                "Start at most one process per GPU (torchrun --nproc-per-node N with N <= the GPU count)",
+            )
         return torch.device("cuda", env.local_rank)
     return device
 

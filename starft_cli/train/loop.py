@@ -93,7 +93,7 @@ def prepare(config: TrainConfig) -> Prepared:
 
 def finetune(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
     """Fine-tune as ``config`` says; return the run directory. Under torchrun every process calls this."""
-    from starft_cli.device import resolve_device
+    from starft_cli.device import cuda_call_args, resolve_device
     from starft_cli.train.distributed import (
         destroy_process_group,
         device_for,
@@ -104,10 +104,11 @@ def finetune(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
     prepared = prepare(config)
     env = env_from_environment()
     device = device_for(env, resolve_device(prepared.config.device))
-    if device.type == "cuda":
+    calls = cuda_call_args(device)
+    if calls.set_device is not None:
         import torch
 
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(calls.set_device)
     init_process_group(env, device)
     try:
         return _Trainer(prepared, env, device, progress).run()
@@ -132,7 +133,10 @@ class _Trainer:
         from starft_cli.data.pipeline import TrainSamples, batch_normalizer, train_transform
         from starft_cli.train.sampling import ResumableSampler
 
+        from starft_cli.device import cuda_call_args
+
         cfg, env, device = self.cfg, self.env, self.device
+        calls = cuda_call_args(device)
         world, accum = env.world_size, cfg.grad_accum
         if cfg.batch_size % (world * accum):
             raise ConfigError(
@@ -205,16 +209,14 @@ class _Trainer:
         optimizer = torch.optim.AdamW(
             [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": cfg.wd}],
             lr=cfg.lr,
-            fused=device.type == "cuda" or None,
+            fused=calls.fused_adamw,
         )
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        scaler = torch.amp.GradScaler(calls.scaler_device, enabled=cfg.precision == "fp16")
         wrapped = towers
         if env.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            wrapped = DistributedDataParallel(
-                towers, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-            )
+            wrapped = DistributedDataParallel(towers, **calls.ddp)
         autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         teacher_scale = float(teacher.logit_scale.exp().item()) if teacher is not None else 0.0
         step_fn = StarStep(
@@ -284,7 +286,7 @@ class _Trainer:
                 sampler=sampler,
                 num_workers=cfg.workers,
                 drop_last=True,
-                pin_memory=device.type == "cuda",
+                pin_memory=calls.pin_memory,
                 persistent_workers=False,
             )
             batches = iter(loader)
@@ -472,9 +474,10 @@ class _Trainer:
         import torch
         import torch.nn.functional as F
 
+        from starft_cli.device import cuda_call_args
         from starft_cli.train.step import StepOutput
 
-        ctx = torch.autocast(self.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        ctx = torch.autocast(cuda_call_args(self.device).autocast_device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
         with ctx:
             (logits,) = wrapped(images)
         loss = F.cross_entropy(logits.float(), labels)
