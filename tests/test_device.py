@@ -118,7 +118,7 @@ def test_finetune_hands_set_device_an_index(two_gpus: None, monkeypatch: pytest.
     class Stop(Exception):
         pass
 
-    def trainer(prepared, env, device, progress):  # noqa: ANN001, ANN202
+    def trainer(prepared, env, device, progress):
         seen["device"] = device
         raise Stop
 

@@ -69,6 +69,13 @@ def finetune_command(
         str | None, typer.Option("--val-templates", help="Template set for the validation head (default: the data's).")
     ] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps.")] = None,
+    max_bad_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--max-bad-steps",
+            help="Skip up to N steps whose loss or gradient is NaN/inf (default 0: stop at the first).",
+        ),
+    ] = None,
     tensorboard: Annotated[
         bool | None, typer.Option("--tensorboard/--no-tensorboard", help="Also log to RUN/tensorboard.")
     ] = None,
@@ -105,6 +112,7 @@ def finetune_command(
         "val_split": val_split,
         "val_templates": val_templates,
         "max_steps": max_steps,
+        "max_bad_steps": max_bad_steps,
         "tensorboard": tensorboard,
         "arch": arch,
         "device": device if device != "auto" else None,
@@ -206,6 +214,8 @@ class _Progress:
         elif kind == "step":
             reg = "-" if event["reg"] is None else f"{event['reg']:.4f}"
             stats = f"loss {event['loss']:.4f} reg {reg} lr {event['lr']:.2e} {event['images_per_s']:.1f} img/s"
+            if event.get("skipped"):
+                stats += f" (skipped: {event['skipped']})"
             if self.bar is not None:
                 self.bar.update(self.task, completed=event["step"], stats=stats)
             else:

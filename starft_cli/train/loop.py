@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from starft_cli.errors import CheckpointError, ConfigError, DataError
+from starft_cli.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from starft_cli.train.checkpoint import RunDir, load_training_state, save_training_checkpoint
 from starft_cli.train.config import RESUME_MUTABLE, TrainConfig, config_from_json
 
@@ -124,6 +124,8 @@ class _Trainer:
         self.device = device
         self.progress = progress or (lambda event: None)
         self.run_dir = prepared.run
+        self.bad_steps = 0  # steps skipped for a non-finite loss or gradient (--max-bad-steps)
+        self.last_saved: int | None = None  # step of the newest checkpoints/last
 
     # -------------------------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -131,9 +133,8 @@ class _Trainer:
 
         from starft_cli import models
         from starft_cli.data.pipeline import TrainSamples, batch_normalizer, train_transform
-        from starft_cli.train.sampling import ResumableSampler
-
         from starft_cli.device import cuda_call_args
+        from starft_cli.train.sampling import ResumableSampler
 
         cfg, env, device = self.cfg, self.env, self.device
         calls = cuda_call_args(device)
@@ -241,6 +242,8 @@ class _Trainer:
                 scaler.load_state_dict(resume_state["scaler"])
             step, epoch, in_epoch = resume_state["step"], resume_state["epoch"], resume_state["step_in_epoch"]
             best = resume_state.get("best")
+            self.bad_steps = int(resume_state.get("bad_steps", 0))
+            self.last_saved = step
             if resume_state.get("world_size", 1) != world and in_epoch:
                 logger.warning(
                     "resuming with %d processes a run saved with %d: the rest of epoch %d is drawn for the new "
@@ -295,7 +298,7 @@ class _Trainer:
                 lr = cosine_lr(step, cfg.lr, cfg.warmup, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                sums = self._optimizer_step(batches, step, lam)
+                sums, bad = self._optimizer_step(batches, step, lam)
                 step += 1
                 in_epoch += 1
                 from starft_cli.train.distributed import mean_over_ranks
@@ -307,16 +310,22 @@ class _Trainer:
                     "epoch": epoch,
                     "loss": loss,
                     "contrastive": con,
-                    "reg": None if math.isnan(reg) else reg,  # None: skipped, its weight is 0
+                    "reg": None if math.isnan(reg) and bad is None else reg,  # None: skipped, its weight is 0
                     "lambda": lam,
                     "lr": lr,
                     "images_per_s": cfg.batch_size / max(elapsed, 1e-9),
                 }
-                if env.is_main and (step % cfg.log_every == 0 or step == total_steps):
-                    self.run_dir.append_metrics(record)
+                if bad is not None:
+                    self.bad_steps += 1
+                    record.update(skipped=f"non-finite {bad}", bad_steps=self.bad_steps)
+                if env.is_main and (step % cfg.log_every == 0 or step == total_steps or bad is not None):
+                    self.run_dir.append_metrics(record)  # non-finite values are written as null
                     if tb is not None:
                         for key in ("loss", "contrastive", "reg", "lambda", "lr", "images_per_s"):
-                            tb.add_scalar(f"train/{key}", record[key], step)
+                            if record[key] is not None and math.isfinite(record[key]):
+                                tb.add_scalar(f"train/{key}", record[key], step)
+                if bad is not None:
+                    self._bad_step(step, bad, loss)
                 self.progress({"kind": "step", "total_steps": total_steps, **record})
                 epoch_end = in_epoch >= steps_per_epoch
                 if epoch_end:
@@ -340,9 +349,10 @@ class _Trainer:
         self.progress({"kind": "done", "step": step, "run_dir": str(self.run_dir.root), "best": best})
         return self.run_dir.root
 
-    def _optimizer_step(self, batches: Any, step: int, lam: float) -> Any:
+    def _optimizer_step(self, batches: Any, step: int, lam: float) -> tuple[Any, str | None]:
         """Forward and backward ``grad_accum`` micro-batches and step the optimizer; return the micro-batch
-        mean of (loss, contrastive, reg) as a tensor."""
+        mean of (loss, contrastive, reg) as a tensor, and why the step was skipped (non-finite "loss" or
+        "gradient"; None when it was taken)."""
         import torch
 
         cfg, env, device = self.cfg, self.env, self.device
@@ -366,9 +376,38 @@ class _Trainer:
                     out = self.step_fn(images, labels, caps, tidx.to(device), lam, self.class_caps)
                 self.scaler.scale(out.loss / accum).backward()
             sums += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype) / accum
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return sums
+        bad = self._nonfinite(sums[0])
+        if bad is None:
+            self.scaler.step(self.optimizer)  # fp16: the scaler itself skips steps with inf/NaN scaled gradients
+            self.scaler.update()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        return sums, bad
+
+    def _nonfinite(self, loss: Any) -> str | None:
+        """Why this step must not update the weights ("loss" or "gradient"), or None. One device sync.
+
+        Under fp16 the gradients are left to the GradScaler (inf/NaN scaled gradients are how it finds its scale,
+        and it skips those steps itself); the loss must still be finite. All processes take the same decision.
+        """
+        import torch
+
+        flags = [~torch.isfinite(loss)]
+        if self.cfg.precision != "fp16":
+            grads = [p.grad for p in self.towers.parameters() if p.grad is not None]
+            if grads:
+                flags.append(~torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        flags_t = torch.stack(flags).to(torch.float32)
+        if self.env.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(flags_t, op=dist.ReduceOp.MAX)
+        loss_bad, *grad_bad = (bool(v) for v in flags_t.tolist())
+        if loss_bad:
+            return "loss"
+        if grad_bad and grad_bad[0]:
+            return "gradient"
+        return None
 
     def _bank(self, source: Any, tokenizer: Any, dataset: Any) -> Any:
         """The teacher's text bank for the classes present in the training data (rows of absent classes are 0)."""
@@ -397,7 +436,7 @@ class _Trainer:
         self.progress({"kind": "validation", "epoch": epoch, "accuracy": accuracy, "step": step})
         if self.env.is_main:
             self.run_dir.append_metrics({"step": step, "epoch": epoch, "val_accuracy": accuracy})
-        if best is None or accuracy > best:
+        if math.isfinite(accuracy) and (best is None or accuracy > best):
             best = accuracy
             self._save("best", step, epoch + 1, 0, best, with_state=False, extra={"val_accuracy": accuracy})
         return best
@@ -426,6 +465,7 @@ class _Trainer:
                 "step_in_epoch": in_epoch,
                 "best": best,
                 "world_size": self.env.world_size,
+                "bad_steps": self.bad_steps,
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "rng_cpu": torch.get_rng_state(),
@@ -442,6 +482,21 @@ class _Trainer:
         }
         if self.head is not None:
             metadata["head_classnames"] = list(self.p.dataset.classnames)
+        from starft_cli.train.checkpoint import NonFiniteWeights
+
+        try:
+            self._write_checkpoint(name, metadata, state)
+        except NonFiniteWeights as exc:
+            raise TrainingDiverged(
+                f"training diverged: the weights after step {step} are not finite ({exc}); "
+                f"checkpoints/{name} was not written. {self._last_good()}",
+                self._diverged_hint(),
+            ) from None
+        if with_state:
+            self.last_saved = step
+        self.progress({"kind": "checkpoint", "name": name, "step": step})
+
+    def _write_checkpoint(self, name: str, metadata: dict[str, Any], state: dict[str, Any] | None) -> None:
         save_training_checkpoint(
             self.run_dir,
             name,
@@ -453,7 +508,41 @@ class _Trainer:
             state=state,
             head=None if self.head is None else self.head.weight,
         )
-        self.progress({"kind": "checkpoint", "name": name, "step": step})
+
+    def _bad_step(self, step: int, what: str, loss: float) -> None:
+        """A step whose loss or gradient was not finite was skipped: stop unless ``--max-bad-steps`` allows it.
+
+        Raises:
+            TrainingDiverged: more than ``--max-bad-steps`` such steps; names the step.
+        """
+        allowed = self.cfg.max_bad_steps
+        if self.bad_steps <= allowed:
+            logger.warning(
+                "step %d: non-finite %s (loss %s); the step was skipped (%d of --max-bad-steps %d)",
+                step,
+                what,
+                loss,
+                self.bad_steps,
+                allowed,
+            )
+            return
+        detail = f"the loss is {loss}" if what == "loss" else f"a gradient is not finite (loss {loss})"
+        skipped = f" after {self.bad_steps - 1} skipped step(s)" if allowed else ""
+        raise TrainingDiverged(
+            f"training diverged at step {step}: {detail}{skipped}; stopped. {self._last_good()}",
+            self._diverged_hint(),
+        )
+
+    def _last_good(self) -> str:
+        if self.last_saved is None:
+            return "No checkpoint was written"
+        return f"checkpoints/last (step {self.last_saved}) is the last good state"
+
+    def _diverged_hint(self) -> str:
+        return (
+            f"Lower --lr (now {self.cfg.lr:g}) in a new run, or skip such steps with "
+            f"`starft finetune --out {self.run_dir.root} --resume --max-bad-steps N`"
+        )
 
     def _make_head(self, student: Any, tokenizer: Any, dataset: Any) -> Any:
         import torch
@@ -477,7 +566,8 @@ class _Trainer:
         from starft_cli.device import cuda_call_args
         from starft_cli.train.step import StepOutput
 
-        ctx = torch.autocast(cuda_call_args(self.device).autocast_device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        device_type = cuda_call_args(self.device).autocast_device_type
+        ctx = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
         with ctx:
             (logits,) = wrapped(images)
         loss = F.cross_entropy(logits.float(), labels)
