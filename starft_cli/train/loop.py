@@ -350,32 +350,57 @@ class _Trainer:
         return self.run_dir.root
 
     def _optimizer_step(self, batches: Any, step: int, lam: float) -> tuple[Any, str | None]:
-        """Forward and backward ``grad_accum`` micro-batches and step the optimizer; return the micro-batch
-        mean of (loss, contrastive, reg) as a tensor, and why the step was skipped (non-finite "loss" or
-        "gradient"; None when it was taken)."""
+        """Forward and backward one step (``grad_accum`` micro-batches) and step the optimizer; return (loss,
+        contrastive, reg) of the whole batch as a tensor, and why the step was skipped (non-finite "loss" or
+        "gradient"; None when it was taken).
+
+        Accumulation is exact: the cross-entropy loss is a per-sample mean (each micro-batch's share is
+        back-propagated), and the batch-coupled contrastive loss and regulariser go through
+        :meth:`StarStep.accumulate`; template draws are per step, sliced per micro-batch, as without it.
+        """
         import torch
+
+        from starft_cli.train.step import MicroBatch
 
         cfg, env, device = self.cfg, self.env, self.device
         accum = cfg.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(3, dtype=torch.float64, device=device)
+        micro: list[MicroBatch] = []
+        tidx = None
+        if cfg.loss != "ce":  # this process's rows of the global batch, in micro-batch order
+            tidx = _templates(cfg.seed, step, 0, cfg.batch_size, len(self.step_fn.pool), env).to(device)
         for m in range(accum):
             images, labels, index = next(batches)
             images = self.normalize(images.to(device, non_blocking=True))
             labels = labels.to(device)
-            last = m == accum - 1 or not env.distributed
-            with self.wrapped.no_sync() if not last else _null():  # gradients are all-reduced once per step
-                if cfg.loss == "ce":
+            if cfg.loss == "ce":
+                last = m == accum - 1 or not env.distributed
+                with self.wrapped.no_sync() if not last else _null():  # gradients are all-reduced once per step
                     out = self._ce_loss(self.wrapped, images, labels, self.autocast_dtype)
-                else:
-                    caps = [
-                        self.captions[i] if self.captions else self.default_captions[y]
-                        for i, y in zip(index.tolist(), labels.tolist(), strict=True)
-                    ]
-                    tidx = _templates(cfg.seed, step, m, self.micro * env.world_size, len(self.step_fn.pool), env)
-                    out = self.step_fn(images, labels, caps, tidx.to(device), lam, self.class_caps)
-                self.scaler.scale(out.loss / accum).backward()
-            sums += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype) / accum
+                    self.scaler.scale(out.loss / accum).backward()
+                sums += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype) / accum
+                continue
+            assert tidx is not None
+            caps = [
+                self.captions[i] if self.captions else self.default_captions[y]
+                for i, y in zip(index.tolist(), labels.tolist(), strict=True)
+            ]
+            micro.append(MicroBatch(images, labels, caps, tidx[m * self.micro : (m + 1) * self.micro]))
+        if micro:
+            if accum == 1:
+                one = micro[0]
+                out = self.step_fn(one.images, one.labels, one.captions, one.template_idx, lam, self.class_caps)
+                self.scaler.scale(out.loss).backward()
+            else:
+                out = self.step_fn.accumulate(
+                    micro,
+                    lam,
+                    self.class_caps,
+                    backward=lambda loss: self.scaler.scale(loss).backward(),
+                    no_sync=self.wrapped.no_sync if env.distributed else None,
+                )
+            sums += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype)
         bad = self._nonfinite(sums[0])
         if bad is None:
             self.scaler.step(self.optimizer)  # fp16: the scaler itself skips steps with inf/NaN scaled gradients
