@@ -36,7 +36,14 @@ def finetune_command(
         str | None, typer.Option("--pool", help="Spurious pool: background, texture, resolution or a file.")
     ] = None,
     reg_lambda: Annotated[float | None, typer.Option("--lambda", help="Regulariser weight (default 0.5).")] = None,
-    lambda_schedule: Annotated[str | None, typer.Option("--lambda-schedule", help="linear or constant.")] = None,
+    lambda_schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--lambda-schedule",
+            help="linear (the paper's: per-epoch decay, 0 in the last epoch), linear-step (per-step decay) or "
+            "constant.",
+        ),
+    ] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="contrastive (FLYP) or ce (baseline).")] = None,
     freeze_text: Annotated[
         bool | None, typer.Option("--freeze-text/--train-text", help="Freeze the text tower.")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from starft_cli.errors import ConfigError
+from starft_cli.train.schedules import LAMBDA_SCHEDULES
 
 
 def default_workers() -> int:
@@ -24,7 +25,6 @@ def default_workers() -> int:
 
 
 REGS = ("star", "kl", "none")
-LAMBDA_SCHEDULES = ("linear", "constant")
 LOSSES = ("contrastive", "ce")
 PRECISIONS = ("fp32", "bf16", "fp16")
 STEP_IMPLS = ("efficient", "straightforward")

@@ -277,10 +277,21 @@ class _Trainer:
             micro,
         )
 
-        while epoch < cfg.epochs and step < total_steps:
-            from starft_cli.train.schedules import cosine_lr, reg_lambda
+        from starft_cli.train.schedules import cosine_lr, reg_lambda, schedule_warnings
 
-            lam = reg_lambda(epoch, cfg.epochs, cfg.reg_lambda, cfg.lambda_schedule) if cfg.reg != "none" else 0.0
+        if env.is_main:
+            for warning in schedule_warnings(
+                reg=cfg.reg if cfg.loss == "contrastive" else "none",
+                schedule=cfg.lambda_schedule,
+                base_lambda=cfg.reg_lambda,
+                epochs=cfg.epochs,
+                steps_per_epoch=steps_per_epoch,
+                total_steps=total_steps,
+                warmup=cfg.warmup,
+                lr=cfg.lr,
+            ):
+                logger.warning("%s", warning)
+        while epoch < cfg.epochs and step < total_steps:
             samples.epoch = epoch
             sampler.set_position(epoch, in_epoch * accum * micro)
             loader = torch.utils.data.DataLoader(
@@ -296,6 +307,9 @@ class _Trainer:
             while in_epoch < steps_per_epoch and step < total_steps:
                 started = time.perf_counter()
                 lr = cosine_lr(step, cfg.lr, cfg.warmup, total_steps)
+                lam = 0.0
+                if cfg.reg != "none":
+                    lam = reg_lambda(epoch, cfg.epochs, cfg.reg_lambda, cfg.lambda_schedule, step, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 sums, bad = self._optimizer_step(batches, step, lam)
