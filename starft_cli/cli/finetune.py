@@ -140,7 +140,13 @@ def finetune_command(
     from starft_cli.train import finetune
 
     with _Progress() as bar:
-        run_dir = finetune(cfg, progress=bar)
+        try:
+            run_dir = finetune(cfg, progress=bar)
+        except KeyboardInterrupt:
+            bar.close()
+            if bar.rank == 0:
+                typer.echo(bar.interrupted_message(cfg.out), err=True)
+            raise typer.Exit(130) from None
     if bar.rank == 0:
         typer.echo(str(run_dir))
 
@@ -186,6 +192,27 @@ class _Progress:
         self.bar: Any = None
         self.task: Any = None
         self.last_line = 0.0
+        self.run_dir: str | None = None
+        self.step = 0  # the last step done
+        self.saved: int | None = None  # the step of the newest checkpoints/last
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def interrupted_message(self, out: str | None) -> str:
+        """What Ctrl-C prints: where the run stopped, what a resume continues from, the exact command."""
+        run = self.run_dir or out
+        if run is None:
+            return "interrupted before training started"
+        import shlex
+
+        command = f"starft finetune --out {shlex.quote(run)} --resume"
+        if self.saved is None:
+            kept = "no checkpoint was written yet, so a resume starts again at step 0"
+        else:
+            kept = f"the last checkpoint is step {self.saved} ({Path(run) / 'checkpoints' / 'last'})"
+        return f"interrupted at step {self.step}; {kept}. Resume with: {command}"
 
     def __enter__(self) -> _Progress:
         if self.live:
@@ -213,12 +240,29 @@ class _Progress:
         if self.rank != 0:
             return
         kind = event.get("kind")
+        if "run_dir" in event:
+            self.run_dir = event["run_dir"]
         if kind == "start":
+            self.step = event["step"]
+            self.saved = event["step"] or None  # a resumed run starts from its last checkpoint
             if self.bar is not None:
                 self.task = self.bar.add_task("training", total=event["total_steps"], completed=event["step"], stats="")
             else:
                 typer.echo(f"training {event['run_dir']}: {event['total_steps']} steps", err=True)
+        elif kind == "checkpoint":
+            if event["name"] == "last":
+                self.saved = event["step"]
+        elif kind == "finished":
+            typer.echo(
+                f"{event['run_dir']} is already finished ({event['step']} of {event['total_steps']} steps); "
+                "nothing to do",
+                err=True,
+            )
+        elif kind == "done":
+            self.close()
+            typer.echo(_summary(event), err=True)
         elif kind == "step":
+            self.step = event["step"]
             reg = "-" if event["reg"] is None else f"{event['reg']:.4f}"
             stats = f"loss {event['loss']:.4f} reg {reg} lr {event['lr']:.2e} {event['images_per_s']:.1f} img/s"
             if event.get("skipped"):
@@ -232,6 +276,20 @@ class _Progress:
                     typer.echo(f"step {event['step']}/{event['total_steps']} epoch {event['epoch']} {stats}", err=True)
         elif kind == "validation":
             typer.echo(f"epoch {event['epoch']}: validation accuracy {event['accuracy']:.4f}", err=True)
+
+
+def _summary(event: dict[str, Any]) -> str:
+    """The closing line of a run: steps, wall time, best validation accuracy, where the checkpoints are."""
+    seconds = float(event.get("seconds", 0.0))
+    took = f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    parts = [f"finished {event['step']} of {event['total_steps']} steps in {took}"]
+    if event.get("bad_steps"):
+        parts.append(f"{event['bad_steps']} non-finite step(s) skipped")
+    checkpoints = Path(event["run_dir"]) / "checkpoints"
+    if event.get("best") is not None:
+        parts.append(f"best validation accuracy {event['best']:.4f} ({checkpoints / 'best'})")
+    parts.append(f"checkpoints in {checkpoints}")
+    return "; ".join(parts)
 
 
 def wise_command(

@@ -157,6 +157,21 @@ class _Trainer:
         if cfg.max_steps is not None:
             total_steps = min(total_steps, cfg.max_steps)
 
+        resume_state = None
+        if self.p.resume_from is not None:
+            resume_state = load_training_state(self.p.resume_from)
+            if resume_state["step"] >= total_steps:  # nothing left to do: say so, touch nothing
+                self.progress(
+                    {
+                        "kind": "finished",
+                        "step": resume_state["step"],
+                        "total_steps": total_steps,
+                        "run_dir": str(self.run_dir.root),
+                        "best": resume_state.get("best"),
+                    }
+                )
+                return self.run_dir.root
+        started_run = time.perf_counter()
         torch.manual_seed(cfg.seed)
         base = models.load(cfg.backbone, device=device, arch=cfg.arch, seed=cfg.seed)
         student = base.model
@@ -166,11 +181,9 @@ class _Trainer:
             for param in teacher.parameters():
                 param.requires_grad_(False)
         self.base = base
-        resume_state = None
         if self.p.resume_from is not None:
             weights = models.read_state_dict(self.p.resume_from / models.WEIGHTS_NAME)
             student.load_state_dict(weights, strict=True)
-            resume_state = load_training_state(self.p.resume_from)
         if env.is_main and not self.run_dir.config.is_file():
             self.run_dir.write_config(cfg.to_json())
 
@@ -360,7 +373,17 @@ class _Trainer:
         if tb is not None:
             tb.close()
         barrier(env)
-        self.progress({"kind": "done", "step": step, "run_dir": str(self.run_dir.root), "best": best})
+        self.progress(
+            {
+                "kind": "done",
+                "step": step,
+                "total_steps": total_steps,
+                "run_dir": str(self.run_dir.root),
+                "best": best,
+                "seconds": time.perf_counter() - started_run,
+                "bad_steps": self.bad_steps,
+            }
+        )
         return self.run_dir.root
 
     def _optimizer_step(self, batches: Any, step: int, lam: float) -> tuple[Any, str | None]:
