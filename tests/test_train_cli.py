@@ -123,7 +123,7 @@ def test_imagenet_train_layout_and_val_selection(tmp_path: Path):
     assert best["val_accuracy"] == max(v["val_accuracy"] for v in vals)
     assert "validation accuracy" in result.stderr
     summary = result.stderr.strip().splitlines()[-1]
-    assert summary.startswith("finished 6 of 6 steps in ")
+    assert summary.startswith("finished 4 of 4 steps in ")
     assert f"best validation accuracy {best['val_accuracy']:.4f} ({run / 'checkpoints' / 'best'})" in summary
 
 
