@@ -84,7 +84,7 @@ def test_metrics_are_strict_json(tmp_path: Path):
 def test_nan_validation_accuracy_never_selects_best(tmp_path: Path, class_folders: Path, monkeypatch):
     import starft_cli.train.validate as validate
 
-    monkeypatch.setattr(validate, "accuracy", lambda *a, **k: float("nan"))
+    monkeypatch.setattr(validate, "validation_metrics", lambda *a, **k: {"top1": float("nan")})
     run = tmp_path / "run"
     args = ["finetune", *FAST, "--lr", "1e-4", "--data", f"folder:{class_folders}", "--batch-size", "6"]
     result = runner.invoke(app, [*args, "--epochs", "1", "--val-data", f"folder:{class_folders}", "--out", str(run)])

@@ -75,6 +75,14 @@ def finetune_command(
     val_templates: Annotated[
         str | None, typer.Option("--val-templates", help="Template set for the validation head (default: the data's).")
     ] = None,
+    select_by: Annotated[
+        str | None,
+        typer.Option(
+            "--select-by",
+            help="What checkpoints/best maximises: top1, worst_group_acc or mean_group_acc (the last two need "
+            "--val-data with groups). Default top1.",
+        ),
+    ] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps.")] = None,
     max_bad_steps: Annotated[
         int | None,
@@ -120,6 +128,7 @@ def finetune_command(
         "val_templates": val_templates,
         "max_steps": max_steps,
         "max_bad_steps": max_bad_steps,
+        "select_by": select_by,
         "tensorboard": tensorboard,
         "arch": arch,
         "device": device if device != "auto" else None,
@@ -162,7 +171,7 @@ def _refuse_pointless(overrides: dict[str, Any], config_file: Path | None) -> No
         given = [flag for key, flag in _REG_ONLY.items() if overrides.get(key) is not None]
         if given:
             raise UsageError(f"{', '.join(given)} has no effect with --reg none", "Drop it, or use --reg star")
-    for key, flag in (("val_split", "--val-split"), ("val_templates", "--val-templates")):
+    for key, flag in (("val_split", "--val-split"), ("val_templates", "--val-templates"), ("select_by", "--select-by")):
         if overrides.get(key) is not None and overrides.get("val_data") is None:
             from starft_cli.train.config import read_toml
 
@@ -275,7 +284,10 @@ class _Progress:
                     self.last_line = now
                     typer.echo(f"step {event['step']}/{event['total_steps']} epoch {event['epoch']} {stats}", err=True)
         elif kind == "validation":
-            typer.echo(f"epoch {event['epoch']}: validation accuracy {event['accuracy']:.4f}", err=True)
+            line = f"epoch {event['epoch']}: validation accuracy {event['accuracy']:.4f}"
+            if event.get("select_by", "top1") != "top1":
+                line += f", {event['select_by']} {event['value']:.4f}"
+            typer.echo(line, err=True)
 
 
 def _summary(event: dict[str, Any]) -> str:
@@ -287,7 +299,9 @@ def _summary(event: dict[str, Any]) -> str:
         parts.append(f"{event['bad_steps']} non-finite step(s) skipped")
     checkpoints = Path(event["run_dir"]) / "checkpoints"
     if event.get("best") is not None:
-        parts.append(f"best validation accuracy {event['best']:.4f} ({checkpoints / 'best'})")
+        by = event.get("select_by", "top1")
+        what = "accuracy" if by == "top1" else by
+        parts.append(f"best validation {what} {event['best']:.4f} ({checkpoints / 'best'})")
     parts.append(f"checkpoints in {checkpoints}")
     return "; ".join(parts)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from starft_cli.errors import ConfigError
 from starft_cli.train.schedules import LAMBDA_SCHEDULES
+from starft_cli.train.validate import SELECT_BY
 
 
 def default_workers() -> int:
@@ -87,6 +88,7 @@ class TrainConfig:
     tensorboard: bool = False
     max_steps: int | None = None
     max_bad_steps: int = 0
+    select_by: str = "top1"
     config_file: str | None = None
 
     def __post_init__(self) -> None:
@@ -107,6 +109,7 @@ class TrainConfig:
         choice("loss", LOSSES)
         choice("precision", PRECISIONS)
         choice("step_impl", STEP_IMPLS)
+        choice("select_by", SELECT_BY)
         for name in ("epochs", "batch_size", "grad_accum", "lr", "log_every"):
             positive(name)
         for name in ("wd", "warmup", "workers", "checkpoint_every", "seed", "reg_lambda", "max_bad_steps"):

@@ -78,6 +78,13 @@ def prepare(config: TrainConfig) -> Prepared:
     val = None
     if config.val_data:
         val = load_dataset(config.val_data, config.val_data_root or config.data_root, config.val_split)
+        from starft_cli.train.validate import GROUP_CRITERIA
+
+        if config.select_by in GROUP_CRITERIA and val.groups is None:
+            raise DataError(
+                f"--select-by {config.select_by} needs a validation set with groups, and {config.val_data} has none",
+                "Use --select-by top1, or validate on data with groups (e.g. waterbirds)",
+            )
     if config.tensorboard:
         try:
             import torch.utils.tensorboard  # noqa: F401
@@ -168,6 +175,7 @@ class _Trainer:
                         "total_steps": total_steps,
                         "run_dir": str(self.run_dir.root),
                         "best": resume_state.get("best"),
+                        "select_by": cfg.select_by,
                     }
                 )
                 return self.run_dir.root
@@ -380,6 +388,7 @@ class _Trainer:
                 "total_steps": total_steps,
                 "run_dir": str(self.run_dir.root),
                 "best": best,
+                "select_by": cfg.select_by,
                 "seconds": time.perf_counter() - started_run,
                 "bad_steps": self.bad_steps,
             }
@@ -493,14 +502,22 @@ class _Trainer:
         return TextBank(spurious=spurious, captions=captions)
 
     def _after_epoch(self, epoch: int, step: int, best: float | None) -> float | None:
-        """ID validation at the end of an epoch; a new best accuracy writes checkpoints/best."""
-        accuracy = self._validate()
-        self.progress({"kind": "validation", "epoch": epoch, "accuracy": accuracy, "step": step})
+        """ID validation at the end of an epoch; a new best ``--select-by`` value writes checkpoints/best."""
+        metrics = self._validate()
+        accuracy = metrics["top1"]
+        by = self.cfg.select_by
+        value = metrics.get(by, math.nan)
+        self.progress(
+            {"kind": "validation", "epoch": epoch, "accuracy": accuracy, "step": step, "select_by": by, "value": value}
+        )
         if self.env.is_main:
-            self.run_dir.append_metrics({"step": step, "epoch": epoch, "val_accuracy": accuracy})
-        if math.isfinite(accuracy) and (best is None or accuracy > best):
-            best = accuracy
-            self._save("best", step, epoch + 1, 0, best, with_state=False, extra={"val_accuracy": accuracy})
+            record = {"step": step, "epoch": epoch, "val_accuracy": accuracy}
+            record.update({f"val_{k}": v for k, v in metrics.items() if k != "top1"})
+            self.run_dir.append_metrics(record)
+        if math.isfinite(value) and (best is None or value > best):
+            best = value
+            extra = {"val_accuracy": accuracy, "selected_by": by, **{f"val_{k}": v for k, v in metrics.items()}}
+            self._save("best", step, epoch + 1, 0, best, with_state=False, extra=extra)
         return best
 
     # -------------------------------------------------------------------------------------------------
@@ -635,13 +652,13 @@ class _Trainer:
         loss = F.cross_entropy(logits.float(), labels)
         return StepOutput(loss=loss, contrastive=loss.detach(), reg=loss.new_zeros(()))
 
-    def _validate(self) -> float:
-        from starft_cli.train.validate import accuracy
+    def _validate(self) -> dict[str, float]:
+        from starft_cli.train.validate import validation_metrics
 
         clip = self.towers.clip
         clip.eval()
         try:
-            return accuracy(
+            return validation_metrics(
                 clip,
                 self.base.tokenizer,
                 self.base.preprocess,
