@@ -148,6 +148,7 @@ def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path: Path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(run)]  # printed once, by rank 0
+    assert "Warning" not in done.stderr and "deprecated" not in done.stderr  # e.g. DDP's broadcast_buffers
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]  # 12 images / global batch 4, each step logged once
     assert json.loads((run / "config.json").read_text())["batch_size"] == 4
