@@ -8,12 +8,12 @@
 # 2. `starft eval` and `starft classify` with --device cuda on the result;
 # 3. a ViT-B-16:none bf16 throughput line (images/s, median of the logged steps after the first 5) for StarFT
 #    (the default) and FLYP (--reg none), batch 64, 20 steps.
-# Needs a CUDA GPU and the package installed (`starft` on PATH, or run from the checkout with `python -m
-# starft_cli`). Exits non-zero at the first failure; prints a summary at the end.
+# Needs a CUDA GPU and a Python with starft's dependencies ($PYTHON, default `python`); runs this checkout's
+# starft_cli (`python -m starft_cli`). Exits non-zero at the first failure; prints a summary at the end.
 set -euo pipefail
 
 PY=${PYTHON:-python}
-if command -v starft >/dev/null 2>&1; then STARFT=(starft); else STARFT=("$PY" -m starft_cli); fi
+STARFT=("$PY" -m starft_cli)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 

@@ -92,7 +92,9 @@ class CudaCallArgs:
     for ``torch.autocast``; ``scaler_device`` for ``torch.amp.GradScaler``; ``fused_adamw`` for
     ``torch.optim.AdamW(fused=...)``; ``ddp`` the keyword arguments of ``DistributedDataParallel``;
     ``pin_memory`` for the DataLoader (pinned memory goes to the current CUDA device, the one ``set_device``
-    selected, so no ``pin_memory_device`` is passed: it is deprecated).
+    selected, so no ``pin_memory_device`` is passed: it is deprecated); ``process_group`` the extra keyword
+    arguments of ``torch.distributed.init_process_group`` (NCCL's ``device_id``, so that collectives do not guess
+    the device).
     """
 
     set_device: int | None
@@ -101,6 +103,7 @@ class CudaCallArgs:
     fused_adamw: bool | None
     ddp: dict[str, Any]
     pin_memory: bool
+    process_group: dict[str, Any]
 
 
 def cuda_call_args(device: torch.device) -> CudaCallArgs:
@@ -119,7 +122,18 @@ def cuda_call_args(device: torch.device) -> CudaCallArgs:
         fused_adamw=True if cuda else None,
         ddp={"device_ids": [device.index] if cuda else None, **_ddp_buffer_kwargs()},
         pin_memory=cuda,
+        process_group=_process_group_kwargs(device) if cuda else {},
     )
+
+
+def _process_group_kwargs(device: torch.device) -> dict[str, Any]:
+    import inspect
+
+    import torch.distributed as dist
+
+    if "device_id" in inspect.signature(dist.init_process_group).parameters:
+        return {"device_id": device}
+    return {}
 
 
 def _ddp_buffer_kwargs() -> dict[str, Any]:

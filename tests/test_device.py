@@ -77,10 +77,11 @@ def test_cuda_call_arguments_come_from_the_indexed_device() -> None:
     assert calls.ddp["device_ids"] == [1]
     assert calls.autocast_device_type == "cuda" and calls.scaler_device == "cuda"
     assert calls.fused_adamw is True and calls.pin_memory is True
+    assert calls.process_group in ({"device_id": torch.device("cuda", 1)}, {})
     assert "broadcast_buffers" not in calls.ddp or "forward_sync_buffers" not in calls.ddp
     cpu = cuda_call_args(torch.device("cpu"))
     assert cpu.set_device is None and cpu.ddp["device_ids"] is None and cpu.fused_adamw is None
-    assert cpu.pin_memory is False and cpu.autocast_device_type == "cpu"
+    assert cpu.pin_memory is False and cpu.autocast_device_type == "cpu" and cpu.process_group == {}
     with pytest.raises(ValueError, match="index-less"):
         cuda_call_args(torch.device("cuda"))
 
@@ -101,6 +102,8 @@ def test_cuda_call_arguments_are_accepted_by_torch() -> None:
         with torch.autocast(calls.autocast_device_type, dtype=torch.bfloat16):
             pass
     assert set(calls.ddp) <= set(inspect.signature(DistributedDataParallel.__init__).parameters)
+    cuda = cuda_call_args(torch.device("cuda", 0))
+    assert set(cuda.process_group) <= set(inspect.signature(torch.distributed.init_process_group).parameters)
 
 
 def test_finetune_hands_set_device_an_index(two_gpus: None, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

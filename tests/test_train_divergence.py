@@ -52,6 +52,10 @@ def test_huge_lr_stops_at_the_first_non_finite_step(tmp_path: Path, class_folder
         load(str(last))
         again = _diverge(run, class_folders, "--resume")
         assert again.exit_code == 1 and f"training diverged at step {bad['step']}:" in again.stderr
+        # what the hint offers: resume, skipping such steps
+        skipping = _diverge(run, class_folders, "--resume", "--max-bad-steps", "100")
+        assert skipping.exit_code == 0, skipping.output
+        assert "non-finite step(s) skipped" in skipping.stderr.strip().splitlines()[-1]
 
 
 def test_max_bad_steps_skips_counts_and_logs(tmp_path: Path, class_folders: Path):

@@ -46,8 +46,11 @@ def init_process_group(env: DistEnv, device: torch.device) -> None:
 
     if not env.distributed or dist.is_initialized():
         return
+    from starft_cli.device import cuda_call_args
+
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+    extra = cuda_call_args(device).process_group  # NCCL: the process's own indexed device
+    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size, **extra)
 
 
 def destroy_process_group() -> None:
