@@ -23,7 +23,19 @@ if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 WORK=${1:-$(mktemp -d -t starft-gpu-smoke.XXXXXX)}
-mkdir -p "$WORK"
+mkdir -p "$WORK/logs"
+N=0
+# run LOGNAME CMD...: stdout to $WORK/logs/LOGNAME.out, stderr to .err; on failure show the error and stop.
+run() {
+    local log="$WORK/logs/$1"
+    shift
+    N=$((N + 1))
+    if ! "$@" >"$log.out" 2>"$log.err"; then
+        echo "FAILED ($log.err): $*" >&2
+        tail -n 20 "$log.err" >&2
+        exit 1
+    fi
+}
 export STARFT_HOME="$WORK/home"
 DATA="$WORK/data"
 SUMMARY=()
@@ -41,7 +53,8 @@ for device in auto cuda cuda:0; do
     for precision in bf16 fp16 fp32; do
         out="$WORK/runs/tiny-${device/:/}-$precision"
         SECONDS=0
-        "${STARFT[@]}" finetune "${TINY[@]}" --device "$device" --precision "$precision" --out "$out" >/dev/null
+        run "finetune-${device/:/}-$precision" "${STARFT[@]}" finetune "${TINY[@]}" --device "$device" \
+            --precision "$precision" --out "$out"
         secs=$SECONDS
         loss=$("$PY" -c "
 import json
@@ -52,10 +65,14 @@ print(f\"{[r for r in rows if 'loss' in r][-1]['loss']:.4f}\")")
 done
 
 MODEL="$WORK/runs/tiny-auto-bf16/checkpoints/last"
-"${STARFT[@]}" eval -m "$MODEL" --data "folder:$DATA" --device cuda --workers 2 --format csv >"$WORK/eval.csv"
-SUMMARY+=("eval --device cuda: ok ($(tail -n 1 "$WORK/eval.csv"))")
-"${STARFT[@]}" classify -m "$MODEL" --labels cat,dog,car --device cuda --format csv "$DATA/cat" >"$WORK/classify.csv"
-SUMMARY+=("classify --device cuda: ok ($(($(wc -l <"$WORK/classify.csv") - 1)) rows)")
+run eval "${STARFT[@]}" eval -m "$MODEL" --data "folder:$DATA" --device cuda --workers 2 --format csv
+top1=$("$PY" -c "
+import csv
+row = list(csv.DictReader(open('$WORK/logs/eval.out')))[0]
+print(next(v for k, v in row.items() if k.endswith(' top1')))")
+SUMMARY+=("eval --device cuda: ok (top-1 $top1)")
+run classify "${STARFT[@]}" classify -m "$MODEL" --labels cat,dog,car --device cuda --format csv "$DATA/cat"
+SUMMARY+=("classify --device cuda: ok ($(($(wc -l <"$WORK/logs/classify.out") - 1)) csv rows for 16 images)")
 
 # ViT-B-16 bf16 throughput, StarFT and FLYP: images/s from metrics.jsonl (median of steps 6..20).
 "$PY" -c "
@@ -66,8 +83,9 @@ make_class_folders(Path('$WORK/data224'), [f'c{i}' for i in range(8)], per_class
 "
 for reg in star none; do
     out="$WORK/runs/vitb16-$reg"
-    "${STARFT[@]}" finetune --backbone ViT-B-16:none --data "folder:$WORK/data224" --batch-size 64 --max-steps 20 \
-        --warmup 1 --precision bf16 --device auto --workers 8 --reg "$reg" --checkpoint-every 0 --out "$out" >/dev/null
+    run "vitb16-$reg" "${STARFT[@]}" finetune --backbone ViT-B-16:none --data "folder:$WORK/data224" \
+        --batch-size 64 --max-steps 20 --warmup 1 --precision bf16 --device auto --workers 8 --reg "$reg" \
+        --checkpoint-every 0 --out "$out"
     ips=$("$PY" -c "
 import json, statistics
 rows = [json.loads(l) for l in open('$out/metrics.jsonl') if l.strip()]
@@ -79,4 +97,4 @@ done
 
 echo "== gpu_smoke.sh summary ($("$PY" -c 'import torch; print(torch.cuda.get_device_name(0), "torch", torch.__version__)'))"
 printf '%s\n' "${SUMMARY[@]}"
-echo "work folder: $WORK"
+echo "$N commands ok; logs and runs in $WORK"

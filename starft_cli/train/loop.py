@@ -99,7 +99,16 @@ def prepare(config: TrainConfig) -> Prepared:
 
 
 def finetune(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
-    """Fine-tune as ``config`` says; return the run directory. Under torchrun every process calls this."""
+    """Fine-tune as ``config`` says; return the run directory. Under torchrun every process calls this.
+
+    ``progress`` receives events (dicts with ``kind``: start, step, validation, checkpoint, done, or finished when
+    ``--resume`` finds the run complete).
+
+    Raises:
+        TrainingDiverged: a non-finite loss or gradient (beyond ``max_bad_steps`` skipped steps) or non-finite
+            weights at a checkpoint; the previous checkpoint is kept.
+        StarftError: bad settings, data, devices or run directory (checked before any model is loaded).
+    """
     from starft_cli.device import cuda_call_args, resolve_device
     from starft_cli.train.distributed import (
         destroy_process_group,
