@@ -67,3 +67,11 @@ class ChecksumError(ZooError):
 
 class CheckpointError(StarftError):
     """A run directory or checkpoint that cannot be resumed or read."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """A weights file (or state dict) holding NaN or infinite values."""
+
+
+class TrainingDiverged(StarftError):
+    """Fine-tuning produced a non-finite loss, gradient or weight (more often than ``--max-bad-steps`` allows)."""

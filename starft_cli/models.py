@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from starft_cli.errors import (
     CheckpointError,
     ModelNotFoundError,
+    NonFiniteWeightsError,
     UsageError,
     WeightsUnavailableError,
     WrongArchitectureError,
@@ -608,7 +609,35 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not isinstance(data, Mapping) or not data:
         raise CheckpointError(f"{path} holds no state dict", "Save the model's state_dict()")
     state = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    check_finite_weights(state, str(path))
     return _strip_prefixes(state)
+
+
+def nonfinite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` holding a NaN or an infinity (one reduction per tensor)."""
+    import torch
+
+    return [
+        name
+        for name, tensor in state.items()
+        if isinstance(tensor, torch.Tensor)
+        and (tensor.is_floating_point() or tensor.is_complex())
+        and not bool(torch.isfinite(tensor).all())
+    ]
+
+
+def check_finite_weights(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinite values (what a diverged run writes): every loader calls this.
+
+    Raises:
+        NonFiniteWeightsError: naming ``source`` and the first bad tensor.
+    """
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise NonFiniteWeightsError(
+            f"weights in {source} are not finite: {len(bad)} of {len(state)} tensors hold NaN or inf (e.g. {bad[0]})",
+            "They come from a diverged run; use an earlier checkpoint, or fine-tune again with a lower --lr",
+        )
 
 
 def _strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:

@@ -23,9 +23,17 @@ def wise(
 
     The state dicts must have the same keys and shapes (the same architecture); integer tensors (none in
     CLIP, but e.g. counters) must be equal and are copied.
+
+    Raises:
+        WrongArchitectureError: different keys, shapes or integer tensors.
+        NonFiniteWeightsError: either model holds NaN or inf.
     """
     import torch
 
+    from starft_cli.models import check_finite_weights
+
+    check_finite_weights(zero_shot, "the zero-shot model")
+    check_finite_weights(fine_tuned, "the fine-tuned model")
     if set(zero_shot) != set(fine_tuned):
         only = sorted(set(zero_shot) ^ set(fine_tuned))
         raise WrongArchitectureError(

@@ -21,12 +21,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _loss_and_grads(env, impl: str, freeze_text: bool, reg: str):
-    """The StarFT step of the global batch (this process's share of it under DDP)."""
+def _loss_and_grads(env, impl: str, freeze_text: bool, reg: str, accum: int = 1):
+    """The StarFT step of the global batch (this process's share of it under DDP, in ``accum`` micro-batches)."""
+    from starft_cli.device import cuda_call_args
     from starft_cli.models import load
     from starft_cli.prompts import load_pool
     from starft_cli.train.bank import build_bank, class_captions
-    from starft_cli.train.step import StarStep, Towers, template_indices
+    from starft_cli.train.step import MicroBatch, StarStep, Towers, template_indices
 
     torch.set_num_threads(1)
     loaded = load("starft-tiny:none", seed=0)
@@ -48,7 +49,7 @@ def _loss_and_grads(env, impl: str, freeze_text: bool, reg: str):
     if env.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(towers, broadcast_buffers=False)
+        wrapped = DistributedDataParallel(towers, **cuda_call_args(torch.device("cpu")).ddp)
     step = StarStep(
         towers=wrapped, clip=student, teacher=teacher, tokenizer=loaded.tokenizer, pool=pool,
         teacher_scale=float(teacher.logit_scale.exp()), reg=reg, freeze_text=freeze_text, impl=impl, bank=bank,
@@ -61,8 +62,17 @@ def _loss_and_grads(env, impl: str, freeze_text: bool, reg: str):
     part = slice(env.rank * local, (env.rank + 1) * local)
     caps = [class_captions(CLASSES, "a photo of a {}.")[i] for i in LABELS[part]]
     tidx = template_indices(0, 3, 0, n, len(pool), env)
-    out = step(images[part], labels[part], caps, tidx, 0.5, True)
-    out.loss.backward()
+    if accum == 1:
+        out = step(images[part], labels[part], caps, tidx, 0.5, True)
+        out.loss.backward()
+    else:
+        k = local // accum
+        imgs, ys = images[part], labels[part]
+        micro = [
+            MicroBatch(imgs[i : i + k], ys[i : i + k], caps[i : i + k], tidx[i : i + k]) for i in range(0, local, k)
+        ]
+        no_sync = wrapped.no_sync if env.distributed else None
+        out = step.accumulate(micro, 0.5, True, backward=lambda loss: loss.backward(), no_sync=no_sync)
     values = torch.stack([out.loss.detach(), out.contrastive, out.reg])
     if env.distributed:
         import torch.distributed as dist
@@ -73,7 +83,7 @@ def _loss_and_grads(env, impl: str, freeze_text: bool, reg: str):
     return values, grads
 
 
-def _worker(rank: int, world: int, port: int, out: str, impl: str, freeze_text: bool, reg: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, impl: str, freeze_text: bool, reg: str, accum: int) -> None:
     import torch.distributed as dist
 
     from starft_cli.train.distributed import DistEnv
@@ -81,7 +91,8 @@ def _worker(rank: int, world: int, port: int, out: str, impl: str, freeze_text: 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        values, grads = _loss_and_grads(DistEnv(rank=rank, world_size=world, local_rank=rank), impl, freeze_text, reg)
+        env = DistEnv(rank=rank, world_size=world, local_rank=rank)
+        values, grads = _loss_and_grads(env, impl, freeze_text, reg, accum)
         if rank == 0:
             torch.save({"values": values, "grads": grads}, out)
     finally:
@@ -90,14 +101,19 @@ def _worker(rank: int, world: int, port: int, out: str, impl: str, freeze_text: 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("impl", "freeze_text", "reg"),
-    [("efficient", False, "star"), ("efficient", True, "star"), ("straightforward", False, "kl")],
+    ("impl", "freeze_text", "reg", "accum"),
+    [
+        ("efficient", False, "star", 1),
+        ("efficient", True, "star", 1),
+        ("straightforward", False, "kl", 1),
+        ("efficient", False, "star", 2),  # two processes x two micro-batches (DDP no_sync) = one process, one batch
+    ],
 )
-def test_two_gloo_processes_match_one_process(tmp_path: Path, impl: str, freeze_text: bool, reg: str):
+def test_two_gloo_processes_match_one_process(tmp_path: Path, impl: str, freeze_text: bool, reg: str, accum: int):
     from starft_cli.train.distributed import DistEnv
 
     out = str(tmp_path / "rank0.pt")
-    mp.spawn(_worker, args=(2, _free_port(), out, impl, freeze_text, reg), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _free_port(), out, impl, freeze_text, reg, accum), nprocs=2, join=True)
     two = torch.load(out, weights_only=True)
     values, grads = _loss_and_grads(DistEnv(), impl, freeze_text, reg)
     torch.testing.assert_close(two["values"], values, atol=1e-5, rtol=1e-5)
@@ -132,6 +148,7 @@ def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path: Path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [str(run)]  # printed once, by rank 0
+    assert "Warning" not in done.stderr and "deprecated" not in done.stderr  # e.g. DDP's broadcast_buffers
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]  # 12 images / global batch 4, each step logged once
     assert json.loads((run / "config.json").read_text())["batch_size"] == 4

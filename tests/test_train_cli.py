@@ -122,6 +122,9 @@ def test_imagenet_train_layout_and_val_selection(tmp_path: Path):
     best = json.loads((run / "checkpoints" / "best" / "open_clip_config.json").read_text())["starft"]
     assert best["val_accuracy"] == max(v["val_accuracy"] for v in vals)
     assert "validation accuracy" in result.stderr
+    summary = result.stderr.strip().splitlines()[-1]
+    assert summary.startswith("finished 4 of 4 steps in ")
+    assert f"best validation accuracy {best['val_accuracy']:.4f} ({run / 'checkpoints' / 'best'})" in summary
 
 
 def test_cross_entropy_baseline(tmp_path: Path, class_folders: Path):
@@ -221,3 +224,28 @@ def test_python_api(tmp_path: Path, class_folders: Path):
     assert [e["kind"] for e in events][:2] == ["start", "step"] and events[-1]["kind"] == "done"
     meta = json.loads((run / "checkpoints" / "last" / "open_clip_config.json").read_text())["starft"]
     assert meta["method"] == "flyp" and all(r["reg"] == 0 for r in _metrics(run))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--precision", "bf16", "--grad-accum", "2"),
+        ("--precision", "fp16"),
+        ("--loss", "ce", "--reg", "none"),
+        ("--reg", "kl", "--freeze-text"),
+    ],
+)
+def test_no_warning_reaches_the_user(tmp_path: Path, class_folders: Path, extra):
+    """A short single-process run under ``warnings.simplefilter("always")`` records no warning at all (torch
+    deprecations included: GradScaler, autocast, DataLoader, AdamW)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _finetune(
+            "--data", f"folder:{class_folders}", "--batch-size", "4", "--epochs", "1", "--val-data",
+            f"folder:{class_folders}", "--out", str(tmp_path / "run"), *extra,
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    assert "Warning" not in result.stderr  # no Python warning printed (starft's own notes are "warning: ...")

@@ -60,3 +60,63 @@ def test_cosine_schedule_with_warmup():
 def test_lambda_schedules():
     assert [reg_lambda(e, 10, 0.5) for e in (0, 4, 9)] == pytest.approx([0.45, 0.25, 0.0])
     assert reg_lambda(9, 10, 0.5, "constant") == 0.5
+
+
+def test_linear_step_schedule_and_zero_counts():
+    from starft_cli.train.schedules import zero_lambda_steps
+
+    assert [reg_lambda(0, 1, 0.5, "linear-step", s, 4) for s in range(4)] == pytest.approx([0.5, 0.375, 0.25, 0.125])
+    assert reg_lambda(3, 10, 0.5, "linear-step", 0, 100) == 0.5  # per step: the epoch does not matter
+    assert zero_lambda_steps("linear", 0.5, 1, 8, 8) == 8  # --epochs 1: FLYP throughout
+    assert zero_lambda_steps("linear", 0.5, 2, 3, 6) == 3
+    assert zero_lambda_steps("linear", 0.5, 10, 5, 50) == 5
+    assert zero_lambda_steps("linear-step", 0.5, 1, 8, 8) == 0
+    assert zero_lambda_steps("constant", 0.5, 1, 8, 8) == 0
+    with pytest.raises(ValueError, match="unknown lambda schedule"):
+        reg_lambda(0, 1, 0.5, "cosine")
+
+
+def _warnings(**changes):
+    from starft_cli.train.schedules import schedule_warnings
+
+    args = dict(reg="star", schedule="linear", base_lambda=0.5, epochs=10, steps_per_epoch=100, total_steps=1000)
+    return schedule_warnings(**{**args, "warmup": 500, "lr": 1e-5, **changes})
+
+
+def test_schedule_warnings():
+    assert _warnings() == []  # the paper's recipe
+    (one,) = _warnings(epochs=1, steps_per_epoch=1000)
+    assert one.startswith("--lambda-schedule linear leaves the regulariser weight at 0 for 1000 of the run's 1000")
+    assert "--epochs 1" in one and "linear-step" in one and "constant" in one
+    assert _warnings(epochs=2, steps_per_epoch=500)[0].count("500 of the run's 1000 steps") == 1
+    assert _warnings(epochs=1, steps_per_epoch=1000, schedule="linear-step") == []
+    assert _warnings(epochs=1, steps_per_epoch=1000, reg="none") == []
+    assert _warnings(epochs=1, steps_per_epoch=1000, base_lambda=0.0) == []
+    (warm,) = _warnings(total_steps=8, steps_per_epoch=8, epochs=1, schedule="constant")
+    assert warm == (
+        "warm-up of 500 steps is longer than the run's 8 steps: the learning rate never reaches --lr 1e-05 "
+        "(it peaks at 1.6e-07). Lower --warmup"
+    )
+    (equal,) = _warnings(total_steps=500, steps_per_epoch=50, warmup=500)
+    assert "lasts the whole 500-step run" in equal
+
+
+def test_cli_warns_about_a_one_epoch_starft_run(tmp_path, class_folders):
+    from typer.testing import CliRunner
+
+    from starft_cli.cli.app import app
+
+    args = ["finetune", "--backbone", "starft-tiny:none", "--workers", "0", "--device", "cpu", "--epochs", "1"]
+    args += ["--data", f"folder:{class_folders}", "--batch-size", "6", "--warmup", "5", "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "warning: --lambda-schedule linear leaves the regulariser weight at 0 for 2 of the run's 2 steps" in (
+        result.stderr
+    )
+    assert "warning: warm-up of 5 steps is longer than the run's 2 steps" in result.stderr
+    again = CliRunner().invoke(app, [*args[:-2], "--out", str(tmp_path / "s"), "--lambda-schedule", "linear-step"])
+    assert again.exit_code == 0 and "regulariser weight at 0" not in again.stderr
+    import json
+
+    lams = [json.loads(line)["lambda"] for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    assert lams == pytest.approx([0.5, 0.25])

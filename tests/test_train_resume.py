@@ -78,3 +78,47 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path):
     full_loss = [json.loads(line)["loss"] for line in (full / "metrics.jsonl").read_text().splitlines()]
     killed_loss = [json.loads(line)["loss"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert full_loss == killed_loss
+
+
+def test_ctrl_c_prints_the_resume_command_then_resume_finishes_and_says_so(tmp_path: Path):
+    data = make_class_folders(tmp_path / "data", ["cat", "dog", "car", "bus"], per_class=4)  # 8 steps in all
+    run = tmp_path / "run"
+    cmd = [*_cmd(data, run)]
+    cmd[cmd.index("--workers") + 1] = "0"
+    victim = subprocess.Popen(
+        cmd, cwd=ROOT, env=_env(_STARFT_TEST_STALL_AT_STEP="3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while _state_step(run) != 3:
+        assert victim.poll() is None, victim.stderr.read() if victim.stderr else ""
+        assert time.monotonic() < deadline, "the run never reached its step-3 checkpoint"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    victim.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    out, err = victim.communicate(timeout=60)
+    assert victim.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    resume = f"starft finetune --out {run} --resume"
+    assert last == (
+        f"interrupted at step 3; the last checkpoint is step 3 ({run / 'checkpoints' / 'last'}). Resume with: {resume}"
+    )
+    assert "Traceback" not in err and out == ""
+
+    # The printed command, as a user would type it (python -m for the starft entry point).
+    resumed = subprocess.run(
+        [sys.executable, "-m", "starft_cli", *resume.split()[1:]], cwd=ROOT, env=_env(), capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    summary = resumed.stderr.strip().splitlines()[-1]
+    assert summary.startswith("finished 8 of 8 steps in ") and summary.endswith(f"checkpoints in {run / 'checkpoints'}")
+    assert _state_step(run) == 8
+
+    again = subprocess.run(
+        [sys.executable, "-m", "starft_cli", *resume.split()[1:]], cwd=ROOT, env=_env(), capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.strip() == f"{run} is already finished (8 of 8 steps); nothing to do"
+    assert again.stdout.strip() == str(run)

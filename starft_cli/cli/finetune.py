@@ -38,7 +38,14 @@ def finetune_command(
         str | None, typer.Option("--pool", help="Spurious pool: background, texture, resolution or a file.")
     ] = None,
     reg_lambda: Annotated[float | None, typer.Option("--lambda", help="Regulariser weight (default 0.5).")] = None,
-    lambda_schedule: Annotated[str | None, typer.Option("--lambda-schedule", help="linear or constant.")] = None,
+    lambda_schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--lambda-schedule",
+            help="linear (the paper's: per-epoch decay, 0 in the last epoch), linear-step (per-step decay) or "
+            "constant.",
+        ),
+    ] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="contrastive (FLYP) or ce (baseline).")] = None,
     freeze_text: Annotated[
         bool | None, typer.Option("--freeze-text/--train-text", help="Freeze the text tower.")
@@ -70,7 +77,22 @@ def finetune_command(
     val_templates: Annotated[
         str | None, typer.Option("--val-templates", help="Template set for the validation head (default: the data's).")
     ] = None,
+    select_by: Annotated[
+        str | None,
+        typer.Option(
+            "--select-by",
+            help="What checkpoints/best maximises: top1, worst_group_acc or mean_group_acc (the last two need "
+            "--val-data with groups). Default top1.",
+        ),
+    ] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps.")] = None,
+    max_bad_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--max-bad-steps",
+            help="Skip up to N steps whose loss or gradient is NaN/inf (default 0: stop at the first).",
+        ),
+    ] = None,
     tensorboard: Annotated[
         bool | None, typer.Option("--tensorboard/--no-tensorboard", help="Also log to RUN/tensorboard.")
     ] = None,
@@ -107,6 +129,8 @@ def finetune_command(
         "val_split": val_split,
         "val_templates": val_templates,
         "max_steps": max_steps,
+        "max_bad_steps": max_bad_steps,
+        "select_by": select_by,
         "tensorboard": tensorboard,
         "arch": arch,
         "device": device if device != "auto" else None,
@@ -127,7 +151,13 @@ def finetune_command(
     from starft_cli.train import finetune
 
     with _Progress() as bar:
-        run_dir = finetune(cfg, progress=bar)
+        try:
+            run_dir = finetune(cfg, progress=bar)
+        except KeyboardInterrupt:
+            bar.close()
+            if bar.rank == 0:
+                typer.echo(bar.interrupted_message(cfg.out), err=True)
+            raise typer.Exit(130) from None
     if bar.rank == 0:
         typer.echo(str(run_dir))
 
@@ -143,7 +173,7 @@ def _refuse_pointless(overrides: dict[str, Any], config_file: Path | None) -> No
         given = [flag for key, flag in _REG_ONLY.items() if overrides.get(key) is not None]
         if given:
             raise UsageError(f"{', '.join(given)} has no effect with --reg none", "Drop it, or use --reg star")
-    for key, flag in (("val_split", "--val-split"), ("val_templates", "--val-templates")):
+    for key, flag in (("val_split", "--val-split"), ("val_templates", "--val-templates"), ("select_by", "--select-by")):
         if overrides.get(key) is not None and overrides.get("val_data") is None:
             from starft_cli.train.config import read_toml
 
@@ -173,6 +203,27 @@ class _Progress:
         self.bar: Any = None
         self.task: Any = None
         self.last_line = 0.0
+        self.run_dir: str | None = None
+        self.step = 0  # the last step done
+        self.saved: int | None = None  # the step of the newest checkpoints/last
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def interrupted_message(self, out: str | None) -> str:
+        """What Ctrl-C prints: where the run stopped, what a resume continues from, the exact command."""
+        run = self.run_dir or out
+        if run is None:
+            return "interrupted before training started"
+        import shlex
+
+        command = f"starft finetune --out {shlex.quote(run)} --resume"
+        if self.saved is None:
+            kept = "no checkpoint was written yet, so a resume starts again at step 0"
+        else:
+            kept = f"the last checkpoint is step {self.saved} ({Path(run) / 'checkpoints' / 'last'})"
+        return f"interrupted at step {self.step}; {kept}. Resume with: {command}"
 
     def __enter__(self) -> _Progress:
         if self.live:
@@ -200,14 +251,33 @@ class _Progress:
         if self.rank != 0:
             return
         kind = event.get("kind")
+        if "run_dir" in event:
+            self.run_dir = event["run_dir"]
         if kind == "start":
+            self.step = event["step"]
+            self.saved = event["step"] or None  # a resumed run starts from its last checkpoint
             if self.bar is not None:
                 self.task = self.bar.add_task("training", total=event["total_steps"], completed=event["step"], stats="")
             else:
                 typer.echo(f"training {event['run_dir']}: {event['total_steps']} steps", err=True)
+        elif kind == "checkpoint":
+            if event["name"] == "last":
+                self.saved = event["step"]
+        elif kind == "finished":
+            typer.echo(
+                f"{event['run_dir']} is already finished ({event['step']} of {event['total_steps']} steps); "
+                "nothing to do",
+                err=True,
+            )
+        elif kind == "done":
+            self.close()
+            typer.echo(_summary(event), err=True)
         elif kind == "step":
+            self.step = event["step"]
             reg = "-" if event["reg"] is None else f"{event['reg']:.4f}"
             stats = f"loss {event['loss']:.4f} reg {reg} lr {event['lr']:.2e} {event['images_per_s']:.1f} img/s"
+            if event.get("skipped"):
+                stats += f" (skipped: {event['skipped']})"
             if self.bar is not None:
                 self.bar.update(self.task, completed=event["step"], stats=stats)
             else:
@@ -216,7 +286,26 @@ class _Progress:
                     self.last_line = now
                     typer.echo(f"step {event['step']}/{event['total_steps']} epoch {event['epoch']} {stats}", err=True)
         elif kind == "validation":
-            typer.echo(f"epoch {event['epoch']}: validation accuracy {event['accuracy']:.4f}", err=True)
+            line = f"epoch {event['epoch']}: validation accuracy {event['accuracy']:.4f}"
+            if event.get("select_by", "top1") != "top1":
+                line += f", {event['select_by']} {event['value']:.4f}"
+            typer.echo(line, err=True)
+
+
+def _summary(event: dict[str, Any]) -> str:
+    """The closing line of a run: steps, wall time, best validation accuracy, where the checkpoints are."""
+    seconds = float(event.get("seconds", 0.0))
+    took = f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    parts = [f"finished {event['step']} of {event['total_steps']} steps in {took}"]
+    if event.get("bad_steps"):
+        parts.append(f"{event['bad_steps']} non-finite step(s) skipped")
+    checkpoints = Path(event["run_dir"]) / "checkpoints"
+    if event.get("best") is not None:
+        by = event.get("select_by", "top1")
+        what = "accuracy" if by == "top1" else by
+        parts.append(f"best validation {what} {event['best']:.4f} ({checkpoints / 'best'})")
+    parts.append(f"checkpoints in {checkpoints}")
+    return "; ".join(parts)
 
 
 def wise_command(

@@ -60,7 +60,7 @@ class RunDir:
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(dict(record), allow_nan=True) + "\n"
+        line = json.dumps(finite_json(dict(record)), allow_nan=False) + "\n"  # strict JSON: NaN/inf -> null
         with open(self.metrics, "a", encoding="utf-8") as fh:  # one write per line: a crash loses at most it
             fh.write(line)
             fh.flush()
@@ -80,6 +80,19 @@ class RunDir:
         atomic_write_text(self.metrics, "".join(line + "\n" for line in kept))
 
 
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, so that it is strict JSON."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def save_training_checkpoint(
     run: RunDir,
     name: str,
@@ -92,11 +105,20 @@ def save_training_checkpoint(
     state: Mapping[str, Any] | None,
     head: Any | None = None,
 ) -> Path:
-    """Write checkpoint ``name`` (model folder + optional training state + optional CE head) and swap it in."""
+    """Write checkpoint ``name`` (model folder + optional training state + optional CE head) and swap it in.
+
+    Raises:
+        NonFiniteWeights: the weights hold NaN or inf (nothing is written; the previous checkpoint stays).
+    """
     import torch
 
-    from starft_cli.models import save_checkpoint
+    from starft_cli.models import nonfinite_tensors, save_checkpoint
 
+    bad = nonfinite_tensors(model.state_dict())
+    if head is not None:
+        bad += [f"head.{n}" for n in nonfinite_tensors({"weight": head.detach()})]
+    if bad:  # never written: a checkpoint is either finite or absent
+        raise NonFiniteWeights(bad)
     final = run.checkpoint(name)
     partial = final.parent / f".{name}.partial"
     old = final.parent / f".{name}.old"
@@ -119,6 +141,15 @@ def save_training_checkpoint(
     if old.exists():
         shutil.rmtree(old)
     return final
+
+
+class NonFiniteWeights(Exception):
+    """Raised by :func:`save_training_checkpoint` instead of writing non-finite weights (the loop turns it into
+    :class:`~starft_cli.errors.TrainingDiverged` naming the step)."""
+
+    def __init__(self, tensors: list[str]) -> None:
+        super().__init__(f"{len(tensors)} tensors hold NaN or inf (e.g. {tensors[0]})")
+        self.tensors = tensors
 
 
 def load_training_state(folder: Path) -> dict[str, Any]:

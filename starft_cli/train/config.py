@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from starft_cli.errors import ConfigError
+from starft_cli.train.schedules import LAMBDA_SCHEDULES
+from starft_cli.train.validate import SELECT_BY
 
 
 def default_workers() -> int:
@@ -24,7 +26,6 @@ def default_workers() -> int:
 
 
 REGS = ("star", "kl", "none")
-LAMBDA_SCHEDULES = ("linear", "constant")
 LOSSES = ("contrastive", "ce")
 PRECISIONS = ("fp32", "bf16", "fp16")
 STEP_IMPLS = ("efficient", "straightforward")
@@ -32,7 +33,18 @@ DEFAULT_CAPTION = "a photo of a {}."
 
 # Keys that may differ between a run's stored config and the flags given with --resume.
 RESUME_MUTABLE = frozenset(
-    {"device", "workers", "resume", "out", "log_every", "tensorboard", "config_file", "data_root", "val_data_root"}
+    {
+        "device",
+        "workers",
+        "resume",
+        "out",
+        "log_every",
+        "tensorboard",
+        "config_file",
+        "data_root",
+        "val_data_root",
+        "max_bad_steps",
+    }
 )
 
 
@@ -75,6 +87,8 @@ class TrainConfig:
     log_every: int = 1
     tensorboard: bool = False
     max_steps: int | None = None
+    max_bad_steps: int = 0
+    select_by: str = "top1"
     config_file: str | None = None
 
     def __post_init__(self) -> None:
@@ -95,13 +109,15 @@ class TrainConfig:
         choice("loss", LOSSES)
         choice("precision", PRECISIONS)
         choice("step_impl", STEP_IMPLS)
+        choice("select_by", SELECT_BY)
         for name in ("epochs", "batch_size", "grad_accum", "lr", "log_every"):
             positive(name)
-        for name in ("wd", "warmup", "workers", "checkpoint_every", "seed", "reg_lambda"):
+        for name in ("wd", "warmup", "workers", "checkpoint_every", "seed", "reg_lambda", "max_bad_steps"):
             positive(name, allow_zero=True)
         if self.max_steps is not None:
             positive("max_steps")
-        for name in ("epochs", "batch_size", "grad_accum", "warmup", "workers", "checkpoint_every", "seed"):
+        whole = ("epochs", "batch_size", "grad_accum", "warmup", "workers", "checkpoint_every", "seed", "max_bad_steps")
+        for name in whole:
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise ConfigError(f"--{_flag(name)} must be a whole number (got {getattr(self, name)!r})")
         if self.batch_size % self.grad_accum:

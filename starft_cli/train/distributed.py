@@ -46,8 +46,11 @@ def init_process_group(env: DistEnv, device: torch.device) -> None:
 
     if not env.distributed or dist.is_initialized():
         return
+    from starft_cli.device import cuda_call_args
+
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size)
+    extra = cuda_call_args(device).process_group  # NCCL: the process's own indexed device
+    dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size, **extra)
 
 
 def destroy_process_group() -> None:
@@ -58,10 +61,23 @@ def destroy_process_group() -> None:
 
 
 def device_for(env: DistEnv, device: torch.device) -> torch.device:
-    """Under torchrun, each process takes the CUDA device of its local rank."""
+    """The device this process trains on: under torchrun, the CUDA device of its local rank; always indexed for
+    CUDA (an index-less ``cuda`` becomes ``cuda:<local rank>``).
+
+    Raises:
+        UsageError: the local rank has no CUDA device.
+    """
     import torch
 
-    if device.type == "cuda" and env.distributed:
+    if device.type != "cuda":
+        return device
+    if env.distributed or device.index is None:
+        count = torch.cuda.device_count()
+        if env.local_rank >= count:
+            raise UsageError(
+                f"local rank {env.local_rank} needs CUDA device {env.local_rank}, but there are {count}",
+                "Start at most one process per GPU (torchrun --nproc-per-node N with N <= the GPU count)",
+            )
         return torch.device("cuda", env.local_rank)
     return device
 

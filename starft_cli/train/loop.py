@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from starft_cli.errors import CheckpointError, ConfigError, DataError
+from starft_cli.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from starft_cli.train.checkpoint import RunDir, load_training_state, save_training_checkpoint
 from starft_cli.train.config import RESUME_MUTABLE, TrainConfig, config_from_json
 
@@ -78,6 +78,13 @@ def prepare(config: TrainConfig) -> Prepared:
     val = None
     if config.val_data:
         val = load_dataset(config.val_data, config.val_data_root or config.data_root, config.val_split)
+        from starft_cli.train.validate import GROUP_CRITERIA
+
+        if config.select_by in GROUP_CRITERIA and val.groups is None:
+            raise DataError(
+                f"--select-by {config.select_by} needs a validation set with groups, and {config.val_data} has none",
+                "Use --select-by top1, or validate on data with groups (e.g. waterbirds)",
+            )
     if config.tensorboard:
         try:
             import torch.utils.tensorboard  # noqa: F401
@@ -92,8 +99,17 @@ def prepare(config: TrainConfig) -> Prepared:
 
 
 def finetune(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
-    """Fine-tune as ``config`` says; return the run directory. Under torchrun every process calls this."""
-    from starft_cli.device import resolve_device
+    """Fine-tune as ``config`` says; return the run directory. Under torchrun every process calls this.
+
+    ``progress`` receives events (dicts with ``kind``: start, step, validation, checkpoint, done, or finished when
+    ``--resume`` finds the run complete).
+
+    Raises:
+        TrainingDiverged: a non-finite loss or gradient (beyond ``max_bad_steps`` skipped steps) or non-finite
+            weights at a checkpoint; the previous checkpoint is kept.
+        StarftError: bad settings, data, devices or run directory (checked before any model is loaded).
+    """
+    from starft_cli.device import cuda_call_args, resolve_device
     from starft_cli.train.distributed import (
         destroy_process_group,
         device_for,
@@ -104,10 +120,11 @@ def finetune(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
     prepared = prepare(config)
     env = env_from_environment()
     device = device_for(env, resolve_device(prepared.config.device))
-    if device.type == "cuda":
+    calls = cuda_call_args(device)
+    if calls.set_device is not None:
         import torch
 
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(calls.set_device)
     init_process_group(env, device)
     try:
         return _Trainer(prepared, env, device, progress).run()
@@ -123,6 +140,8 @@ class _Trainer:
         self.device = device
         self.progress = progress or (lambda event: None)
         self.run_dir = prepared.run
+        self.bad_steps = 0  # steps skipped for a non-finite loss or gradient (--max-bad-steps)
+        self.last_saved: int | None = None  # step of the newest checkpoints/last
 
     # -------------------------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -130,9 +149,11 @@ class _Trainer:
 
         from starft_cli import models
         from starft_cli.data.pipeline import TrainSamples, batch_normalizer, train_transform
+        from starft_cli.device import cuda_call_args
         from starft_cli.train.sampling import ResumableSampler
 
         cfg, env, device = self.cfg, self.env, self.device
+        calls = cuda_call_args(device)
         world, accum = env.world_size, cfg.grad_accum
         if cfg.batch_size % (world * accum):
             raise ConfigError(
@@ -152,6 +173,22 @@ class _Trainer:
         if cfg.max_steps is not None:
             total_steps = min(total_steps, cfg.max_steps)
 
+        resume_state = None
+        if self.p.resume_from is not None:
+            resume_state = load_training_state(self.p.resume_from)
+            if resume_state["step"] >= total_steps:  # nothing left to do: say so, touch nothing
+                self.progress(
+                    {
+                        "kind": "finished",
+                        "step": resume_state["step"],
+                        "total_steps": total_steps,
+                        "run_dir": str(self.run_dir.root),
+                        "best": resume_state.get("best"),
+                        "select_by": cfg.select_by,
+                    }
+                )
+                return self.run_dir.root
+        started_run = time.perf_counter()
         torch.manual_seed(cfg.seed)
         base = models.load(cfg.backbone, device=device, arch=cfg.arch, seed=cfg.seed)
         student = base.model
@@ -161,11 +198,9 @@ class _Trainer:
             for param in teacher.parameters():
                 param.requires_grad_(False)
         self.base = base
-        resume_state = None
         if self.p.resume_from is not None:
             weights = models.read_state_dict(self.p.resume_from / models.WEIGHTS_NAME)
             student.load_state_dict(weights, strict=True)
-            resume_state = load_training_state(self.p.resume_from)
         if env.is_main and not self.run_dir.config.is_file():
             self.run_dir.write_config(cfg.to_json())
 
@@ -205,16 +240,14 @@ class _Trainer:
         optimizer = torch.optim.AdamW(
             [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": cfg.wd}],
             lr=cfg.lr,
-            fused=device.type == "cuda" or None,
+            fused=calls.fused_adamw,
         )
-        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        scaler = torch.amp.GradScaler(calls.scaler_device, enabled=cfg.precision == "fp16")
         wrapped = towers
         if env.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            wrapped = DistributedDataParallel(
-                towers, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-            )
+            wrapped = DistributedDataParallel(towers, **calls.ddp)
         autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
         teacher_scale = float(teacher.logit_scale.exp().item()) if teacher is not None else 0.0
         step_fn = StarStep(
@@ -239,6 +272,8 @@ class _Trainer:
                 scaler.load_state_dict(resume_state["scaler"])
             step, epoch, in_epoch = resume_state["step"], resume_state["epoch"], resume_state["step_in_epoch"]
             best = resume_state.get("best")
+            self.bad_steps = int(resume_state.get("bad_steps", 0))
+            self.last_saved = step
             if resume_state.get("world_size", 1) != world and in_epoch:
                 logger.warning(
                     "resuming with %d processes a run saved with %d: the rest of epoch %d is drawn for the new "
@@ -272,10 +307,21 @@ class _Trainer:
             micro,
         )
 
-        while epoch < cfg.epochs and step < total_steps:
-            from starft_cli.train.schedules import cosine_lr, reg_lambda
+        from starft_cli.train.schedules import cosine_lr, reg_lambda, schedule_warnings
 
-            lam = reg_lambda(epoch, cfg.epochs, cfg.reg_lambda, cfg.lambda_schedule) if cfg.reg != "none" else 0.0
+        if env.is_main:
+            for warning in schedule_warnings(
+                reg=cfg.reg if cfg.loss == "contrastive" else "none",
+                schedule=cfg.lambda_schedule,
+                base_lambda=cfg.reg_lambda,
+                epochs=cfg.epochs,
+                steps_per_epoch=steps_per_epoch,
+                total_steps=total_steps,
+                warmup=cfg.warmup,
+                lr=cfg.lr,
+            ):
+                logger.warning("%s", warning)
+        while epoch < cfg.epochs and step < total_steps:
             samples.epoch = epoch
             sampler.set_position(epoch, in_epoch * accum * micro)
             loader = torch.utils.data.DataLoader(
@@ -284,16 +330,19 @@ class _Trainer:
                 sampler=sampler,
                 num_workers=cfg.workers,
                 drop_last=True,
-                pin_memory=device.type == "cuda",
+                pin_memory=calls.pin_memory,
                 persistent_workers=False,
             )
             batches = iter(loader)
             while in_epoch < steps_per_epoch and step < total_steps:
                 started = time.perf_counter()
                 lr = cosine_lr(step, cfg.lr, cfg.warmup, total_steps)
+                lam = 0.0
+                if cfg.reg != "none":
+                    lam = reg_lambda(epoch, cfg.epochs, cfg.reg_lambda, cfg.lambda_schedule, step, total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                sums = self._optimizer_step(batches, step, lam)
+                sums, bad = self._optimizer_step(batches, step, lam)
                 step += 1
                 in_epoch += 1
                 from starft_cli.train.distributed import mean_over_ranks
@@ -305,16 +354,22 @@ class _Trainer:
                     "epoch": epoch,
                     "loss": loss,
                     "contrastive": con,
-                    "reg": None if math.isnan(reg) else reg,  # None: skipped, its weight is 0
+                    "reg": None if math.isnan(reg) and bad is None else reg,  # None: skipped, its weight is 0
                     "lambda": lam,
                     "lr": lr,
                     "images_per_s": cfg.batch_size / max(elapsed, 1e-9),
                 }
-                if env.is_main and (step % cfg.log_every == 0 or step == total_steps):
-                    self.run_dir.append_metrics(record)
+                if bad is not None:
+                    self.bad_steps += 1
+                    record.update(skipped=f"non-finite {bad}", bad_steps=self.bad_steps)
+                if env.is_main and (step % cfg.log_every == 0 or step == total_steps or bad is not None):
+                    self.run_dir.append_metrics(record)  # non-finite values are written as null
                     if tb is not None:
                         for key in ("loss", "contrastive", "reg", "lambda", "lr", "images_per_s"):
-                            tb.add_scalar(f"train/{key}", record[key], step)
+                            if record[key] is not None and math.isfinite(record[key]):
+                                tb.add_scalar(f"train/{key}", record[key], step)
+                if bad is not None:
+                    self._bad_step(step, bad, loss)
                 self.progress({"kind": "step", "total_steps": total_steps, **record})
                 epoch_end = in_epoch >= steps_per_epoch
                 if epoch_end:
@@ -335,38 +390,104 @@ class _Trainer:
         if tb is not None:
             tb.close()
         barrier(env)
-        self.progress({"kind": "done", "step": step, "run_dir": str(self.run_dir.root), "best": best})
+        self.progress(
+            {
+                "kind": "done",
+                "step": step,
+                "total_steps": total_steps,
+                "run_dir": str(self.run_dir.root),
+                "best": best,
+                "select_by": cfg.select_by,
+                "seconds": time.perf_counter() - started_run,
+                "bad_steps": self.bad_steps,
+            }
+        )
         return self.run_dir.root
 
-    def _optimizer_step(self, batches: Any, step: int, lam: float) -> Any:
-        """Forward and backward ``grad_accum`` micro-batches and step the optimizer; return the micro-batch
-        mean of (loss, contrastive, reg) as a tensor."""
+    def _optimizer_step(self, batches: Any, step: int, lam: float) -> tuple[Any, str | None]:
+        """Forward and backward one step (``grad_accum`` micro-batches) and step the optimizer; return (loss,
+        contrastive, reg) of the whole batch as a tensor, and why the step was skipped (non-finite "loss" or
+        "gradient"; None when it was taken).
+
+        Accumulation is exact: the cross-entropy loss is a per-sample mean (each micro-batch's share is
+        back-propagated), and the batch-coupled contrastive loss and regulariser go through
+        :meth:`StarStep.accumulate`; template draws are per step, sliced per micro-batch, as without it.
+        """
         import torch
+
+        from starft_cli.train.step import MicroBatch
 
         cfg, env, device = self.cfg, self.env, self.device
         accum = cfg.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(3, dtype=torch.float64, device=device)
+        micro: list[MicroBatch] = []
+        tidx = None
+        if cfg.loss != "ce":  # this process's rows of the global batch, in micro-batch order
+            tidx = _templates(cfg.seed, step, 0, cfg.batch_size, len(self.step_fn.pool), env).to(device)
         for m in range(accum):
             images, labels, index = next(batches)
             images = self.normalize(images.to(device, non_blocking=True))
             labels = labels.to(device)
-            last = m == accum - 1 or not env.distributed
-            with self.wrapped.no_sync() if not last else _null():  # gradients are all-reduced once per step
-                if cfg.loss == "ce":
+            if cfg.loss == "ce":
+                last = m == accum - 1 or not env.distributed
+                with self.wrapped.no_sync() if not last else _null():  # gradients are all-reduced once per step
                     out = self._ce_loss(self.wrapped, images, labels, self.autocast_dtype)
-                else:
-                    caps = [
-                        self.captions[i] if self.captions else self.default_captions[y]
-                        for i, y in zip(index.tolist(), labels.tolist(), strict=True)
-                    ]
-                    tidx = _templates(cfg.seed, step, m, self.micro * env.world_size, len(self.step_fn.pool), env)
-                    out = self.step_fn(images, labels, caps, tidx.to(device), lam, self.class_caps)
-                self.scaler.scale(out.loss / accum).backward()
-            sums += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype) / accum
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return sums
+                    self.scaler.scale(out.loss / accum).backward()
+                sums += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype) / accum
+                continue
+            assert tidx is not None
+            caps = [
+                self.captions[i] if self.captions else self.default_captions[y]
+                for i, y in zip(index.tolist(), labels.tolist(), strict=True)
+            ]
+            micro.append(MicroBatch(images, labels, caps, tidx[m * self.micro : (m + 1) * self.micro]))
+        if micro:
+            if accum == 1:
+                one = micro[0]
+                out = self.step_fn(one.images, one.labels, one.captions, one.template_idx, lam, self.class_caps)
+                self.scaler.scale(out.loss).backward()
+            else:
+                out = self.step_fn.accumulate(
+                    micro,
+                    lam,
+                    self.class_caps,
+                    backward=lambda loss: self.scaler.scale(loss).backward(),
+                    no_sync=self.wrapped.no_sync if env.distributed else None,
+                )
+            sums += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype)
+        bad = self._nonfinite(sums[0])
+        if bad is None:
+            self.scaler.step(self.optimizer)  # fp16: the scaler itself skips steps with inf/NaN scaled gradients
+            self.scaler.update()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        return sums, bad
+
+    def _nonfinite(self, loss: Any) -> str | None:
+        """Why this step must not update the weights ("loss" or "gradient"), or None. One device sync.
+
+        Under fp16 the gradients are left to the GradScaler (inf/NaN scaled gradients are how it finds its scale,
+        and it skips those steps itself); the loss must still be finite. All processes take the same decision.
+        """
+        import torch
+
+        flags = [~torch.isfinite(loss)]
+        if self.cfg.precision != "fp16":
+            grads = [p.grad for p in self.towers.parameters() if p.grad is not None]
+            if grads:
+                flags.append(~torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        flags_t = torch.stack(flags).to(torch.float32)
+        if self.env.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(flags_t, op=dist.ReduceOp.MAX)
+        loss_bad, *grad_bad = (bool(v) for v in flags_t.tolist())
+        if loss_bad:
+            return "loss"
+        if grad_bad and grad_bad[0]:
+            return "gradient"
+        return None
 
     def _bank(self, source: Any, tokenizer: Any, dataset: Any) -> Any:
         """The teacher's text bank for the classes present in the training data (rows of absent classes are 0)."""
@@ -390,14 +511,22 @@ class _Trainer:
         return TextBank(spurious=spurious, captions=captions)
 
     def _after_epoch(self, epoch: int, step: int, best: float | None) -> float | None:
-        """ID validation at the end of an epoch; a new best accuracy writes checkpoints/best."""
-        accuracy = self._validate()
-        self.progress({"kind": "validation", "epoch": epoch, "accuracy": accuracy, "step": step})
+        """ID validation at the end of an epoch; a new best ``--select-by`` value writes checkpoints/best."""
+        metrics = self._validate()
+        accuracy = metrics["top1"]
+        by = self.cfg.select_by
+        value = metrics.get(by, math.nan)
+        self.progress(
+            {"kind": "validation", "epoch": epoch, "accuracy": accuracy, "step": step, "select_by": by, "value": value}
+        )
         if self.env.is_main:
-            self.run_dir.append_metrics({"step": step, "epoch": epoch, "val_accuracy": accuracy})
-        if best is None or accuracy > best:
-            best = accuracy
-            self._save("best", step, epoch + 1, 0, best, with_state=False, extra={"val_accuracy": accuracy})
+            record = {"step": step, "epoch": epoch, "val_accuracy": accuracy}
+            record.update({f"val_{k}": v for k, v in metrics.items() if k != "top1"})
+            self.run_dir.append_metrics(record)
+        if math.isfinite(value) and (best is None or value > best):
+            best = value
+            extra = {"val_accuracy": accuracy, "selected_by": by, **{f"val_{k}": v for k, v in metrics.items()}}
+            self._save("best", step, epoch + 1, 0, best, with_state=False, extra=extra)
         return best
 
     # -------------------------------------------------------------------------------------------------
@@ -424,6 +553,7 @@ class _Trainer:
                 "step_in_epoch": in_epoch,
                 "best": best,
                 "world_size": self.env.world_size,
+                "bad_steps": self.bad_steps,
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "rng_cpu": torch.get_rng_state(),
@@ -440,6 +570,21 @@ class _Trainer:
         }
         if self.head is not None:
             metadata["head_classnames"] = list(self.p.dataset.classnames)
+        from starft_cli.train.checkpoint import NonFiniteWeights
+
+        try:
+            self._write_checkpoint(name, metadata, state)
+        except NonFiniteWeights as exc:
+            raise TrainingDiverged(
+                f"training diverged: the weights after step {step} are not finite ({exc}); "
+                f"checkpoints/{name} was not written. {self._last_good()}",
+                self._diverged_hint(),
+            ) from None
+        if with_state:
+            self.last_saved = step
+        self.progress({"kind": "checkpoint", "name": name, "step": step})
+
+    def _write_checkpoint(self, name: str, metadata: dict[str, Any], state: dict[str, Any] | None) -> None:
         save_training_checkpoint(
             self.run_dir,
             name,
@@ -451,7 +596,41 @@ class _Trainer:
             state=state,
             head=None if self.head is None else self.head.weight,
         )
-        self.progress({"kind": "checkpoint", "name": name, "step": step})
+
+    def _bad_step(self, step: int, what: str, loss: float) -> None:
+        """A step whose loss or gradient was not finite was skipped: stop unless ``--max-bad-steps`` allows it.
+
+        Raises:
+            TrainingDiverged: more than ``--max-bad-steps`` such steps; names the step.
+        """
+        allowed = self.cfg.max_bad_steps
+        if self.bad_steps <= allowed:
+            logger.warning(
+                "step %d: non-finite %s (loss %s); the step was skipped (%d of --max-bad-steps %d)",
+                step,
+                what,
+                loss,
+                self.bad_steps,
+                allowed,
+            )
+            return
+        detail = f"the loss is {loss}" if what == "loss" else f"a gradient is not finite (loss {loss})"
+        skipped = f" after {self.bad_steps - 1} skipped step(s)" if allowed else ""
+        raise TrainingDiverged(
+            f"training diverged at step {step}: {detail}{skipped}; stopped. {self._last_good()}",
+            self._diverged_hint(),
+        )
+
+    def _last_good(self) -> str:
+        if self.last_saved is None:
+            return "No checkpoint was written"
+        return f"checkpoints/last (step {self.last_saved}) is the last good state"
+
+    def _diverged_hint(self) -> str:
+        return (
+            f"Lower --lr (now {self.cfg.lr:g}) in a new run, or skip such steps with "
+            f"`starft finetune --out {self.run_dir.root} --resume --max-bad-steps N`"
+        )
 
     def _make_head(self, student: Any, tokenizer: Any, dataset: Any) -> Any:
         import torch
@@ -472,21 +651,23 @@ class _Trainer:
         import torch
         import torch.nn.functional as F
 
+        from starft_cli.device import cuda_call_args
         from starft_cli.train.step import StepOutput
 
-        ctx = torch.autocast(self.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        device_type = cuda_call_args(self.device).autocast_device_type
+        ctx = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
         with ctx:
             (logits,) = wrapped(images)
         loss = F.cross_entropy(logits.float(), labels)
         return StepOutput(loss=loss, contrastive=loss.detach(), reg=loss.new_zeros(()))
 
-    def _validate(self) -> float:
-        from starft_cli.train.validate import accuracy
+    def _validate(self) -> dict[str, float]:
+        from starft_cli.train.validate import validation_metrics
 
         clip = self.towers.clip
         clip.eval()
         try:
-            return accuracy(
+            return validation_metrics(
                 clip,
                 self.base.tokenizer,
                 self.base.preprocess,

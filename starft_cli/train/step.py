@@ -95,6 +95,40 @@ class StepOutput:
 
 
 @dataclass
+class Features:
+    """One (micro-)batch's features, rows in sample order: student image ``img`` (n, d), captions ``cap`` (n, d),
+    student spurious texts ``s_sp`` (n, d), teacher image ``t_img`` (n, d) and spurious texts ``t_sp`` (n, d)
+    (the last three None without the regulariser), and ``scale`` = exp(logit_scale) (scalar)."""
+
+    img: torch.Tensor
+    cap: torch.Tensor
+    s_sp: torch.Tensor | None
+    scale: torch.Tensor
+    t_img: torch.Tensor | None
+    t_sp: torch.Tensor | None
+
+    @staticmethod
+    def cat(parts: Sequence[Features], scale: torch.Tensor) -> Features:
+        """The micro-batches' features as one batch (rows concatenated in order), with ``scale``."""
+
+        def join(name: str) -> torch.Tensor | None:
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else torch.cat(values, dim=0)
+
+        return Features(join("img"), join("cap"), join("s_sp"), scale, join("t_img"), join("t_sp"))  # type: ignore[arg-type]
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch of a step: images (n, 3, H, W) normalised, labels (n,), captions, template indices (n,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    captions: Sequence[str]
+    template_idx: torch.Tensor
+
+
+@dataclass
 class StarStep:
     """Computes the StarFT / FLYP / KL loss of a micro-batch.
 
@@ -132,30 +166,93 @@ class StarStep:
     ) -> StepOutput:
         """``captions[i]`` is sample i's caption; ``class_captions`` says they are the classes' own captions
         (so the bank applies). ``template_idx[i]`` picks sample i's spurious template from the pool."""
-        from starft_cli.losses import contrastive_loss, star_regularizer
+        use_reg, skipped = self._reg_mode(lam)
+        feats = self.features(images, labels, captions, template_idx, use_reg, class_captions)
+        return self.loss(feats, labels, lam, use_reg, skipped)
 
+    def accumulate(
+        self,
+        micro: Sequence[MicroBatch],
+        lam: float,
+        class_captions: bool,
+        backward: Callable[[torch.Tensor], None],
+        no_sync: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+    ) -> StepOutput:
+        """The loss of the whole batch made of ``micro``, back-propagated one micro-batch at a time: exact
+        gradient accumulation for batch-coupled losses (open_clip's scheme).
+
+        The contrastive loss and the regulariser couple every sample of the batch (negatives; the softmax over
+        the batch's spurious texts), so a per-micro-batch loss would be another objective. Here the features of
+        every micro-batch are computed first without gradients; then each micro-batch is recomputed with
+        gradients and the whole batch's loss is taken against the cached features of the others, and
+        ``backward(loss)`` is called. The sum of those gradients is the gradient of the unaccumulated step
+        (``exp(logit_scale)`` carries its gradient in the last pass only, so it is counted once). ``no_sync``
+        (DDP's) wraps every backward but the last. Returns the whole batch's loss (each pass computes it).
+        """
+        use_reg, skipped = self._reg_mode(lam)
+        with torch.no_grad():
+            cached = [
+                self.features(m.images, m.labels, m.captions, m.template_idx, use_reg, class_captions) for m in micro
+            ]
+        labels = torch.cat([m.labels for m in micro])
+        out: StepOutput | None = None
+        for j, m in enumerate(micro):
+            last = j == len(micro) - 1
+            with no_sync() if (no_sync is not None and not last) else contextlib.nullcontext():
+                mine = self.features(m.images, m.labels, m.captions, m.template_idx, use_reg, class_captions, False)
+                mine.t_img, mine.t_sp = cached[j].t_img, cached[j].t_sp  # the teacher's need no second forward
+                scale = mine.scale if last else mine.scale.detach()
+                out = self.loss(
+                    Features.cat([*cached[:j], mine, *cached[j + 1 :]], scale), labels, lam, use_reg, skipped
+                )
+                backward(out.loss)
+        assert out is not None
+        return StepOutput(loss=out.loss.detach(), contrastive=out.contrastive, reg=out.reg)
+
+    def _reg_mode(self, lam: float) -> tuple[bool, bool]:
+        """(compute the regulariser, it is skipped for its zero weight)."""
         use_reg = self.reg != "none" and self.teacher is not None
         # With a zero weight (the last epoch of the linear schedule) the regulariser cannot change the gradient:
         # the efficient step skips it, teacher forward included, and reports it as not computed (NaN).
         skipped = use_reg and lam == 0.0 and self.impl == "efficient"
-        use_reg = use_reg and not skipped
+        return use_reg and not skipped, skipped
+
+    def features(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        captions: Sequence[str],
+        template_idx: torch.Tensor,
+        use_reg: bool,
+        class_captions: bool,
+        teacher: bool = True,
+    ) -> Features:
+        """The features the loss needs (see :class:`Features`); ``teacher=False`` leaves out the teacher's
+        features that need a teacher forward (the caller has them)."""
         spurious = [spurious_text(self.pool[int(k)], c) for k, c in zip(template_idx.tolist(), captions, strict=True)]
         if self.impl == "straightforward":
-            img, cap, s_sp, scale, t_img, t_sp = self._straightforward(images, captions, spurious, use_reg)
+            parts = self._straightforward(images, captions, spurious, use_reg, teacher)
         else:
-            img, cap, s_sp, scale, t_img, t_sp = self._efficient(
-                images, labels, captions, spurious, template_idx, use_reg, class_captions
-            )
+            parts = self._efficient(images, labels, captions, spurious, template_idx, use_reg, class_captions, teacher)
+        return Features(*parts)
+
+    def loss(self, f: Features, labels: torch.Tensor, lam: float, use_reg: bool, skipped: bool) -> StepOutput:
+        """The contrastive loss (+ ``lam`` x the regulariser) of this process's rows ``f`` with ``labels`` (n,)."""
+        from starft_cli.losses import contrastive_loss, star_regularizer
+
         env = self.env
-        l_con = contrastive_loss(img.float(), cap.float(), scale.float(), rank=env.rank, world_size=env.world_size)
+        l_con = contrastive_loss(
+            f.img.float(), f.cap.float(), f.scale.float(), rank=env.rank, world_size=env.world_size
+        )
         if not use_reg:
             reg = l_con.new_full((), float("nan")) if skipped else l_con.new_zeros(())
             return StepOutput(loss=l_con, contrastive=l_con.detach(), reg=reg)
-        columns_student = gather_with_grad(s_sp, env) if s_sp.requires_grad else gather_no_grad(s_sp, env)
+        assert f.s_sp is not None and f.t_sp is not None and f.t_img is not None
+        columns_student = gather_with_grad(f.s_sp, env) if f.s_sp.requires_grad else gather_no_grad(f.s_sp, env)
         l_reg = star_regularizer(
-            t_img,
-            gather_no_grad(t_sp, env),
-            img,
+            f.t_img,
+            gather_no_grad(f.t_sp, env),
+            f.img,
             columns_student,
             self.teacher_scale,
             labels,
@@ -167,7 +264,7 @@ class StarStep:
 
     # -------------------------------------------------------------------------------------------------
     def _straightforward(
-        self, images: torch.Tensor, captions: Sequence[str], spurious: Sequence[str], use_reg: bool
+        self, images: torch.Tensor, captions: Sequence[str], spurious: Sequence[str], use_reg: bool, teacher: bool
     ) -> tuple[Any, ...]:
         device = images.device
         cap_tokens = self.tokenizer(list(captions)).to(device)
@@ -175,9 +272,11 @@ class StarStep:
             if use_reg:
                 sp_tokens = self.tokenizer(list(spurious)).to(device)
                 img, cap, s_sp, scale = self.towers(images, cap_tokens, sp_tokens)
-                with torch.no_grad():
-                    t_img = self.teacher.encode_image(images, normalize=True)
-                    t_sp = self.teacher.encode_text(sp_tokens, normalize=True)
+                t_img = t_sp = None
+                if teacher:
+                    with torch.no_grad():
+                        t_img = self.teacher.encode_image(images, normalize=True)
+                        t_sp = self.teacher.encode_text(sp_tokens, normalize=True)
             else:
                 img, cap, scale = self.towers(images, cap_tokens)
                 s_sp = t_img = t_sp = None
@@ -192,6 +291,7 @@ class StarStep:
         template_idx: torch.Tensor,
         use_reg: bool,
         class_captions: bool,
+        teacher: bool = True,
     ) -> tuple[Any, ...]:
         device = images.device
         n = len(captions)
@@ -222,12 +322,12 @@ class StarStep:
                 if use_reg:
                     if banked:
                         t_sp = self.bank.spurious[labels, template_idx]
-                    else:
+                    elif teacher:
                         with torch.no_grad():
                             tokens = self.tokenizer(list(spurious)).to(device)
                             t_sp = encode_text(self.teacher, tokens, normalize=True)
             t_img = None
-            if use_reg:
+            if use_reg and teacher:
                 with torch.no_grad():
                     t_img = self.teacher.encode_image(images, normalize=True)
         return img, cap, s_sp, scale, t_img, t_sp
