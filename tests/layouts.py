@@ -285,4 +285,8 @@ LAYOUTS = {
     "stanford-cars": make_stanford_cars,
     "iwildcam": make_iwildcam,
     "fmow": make_fmow,
+    # the embedded benchmark: its real layout is what its generator writes
+    "spurious-digits": lambda root: __import__("starft_cli.data.digits", fromlist=["write"]).write(
+        root / "spurious-digits"
+    ),
 }

@@ -36,6 +36,7 @@ EXPECTED = {
     "stanford-cars": (6, 3, None, None),
     "iwildcam": (6, 3, None, None),
     "fmow": (8, 62, 6, None),
+    "spurious-digits": (1350, 5, 25, None),
 }
 
 
@@ -98,7 +99,10 @@ BROKEN = [
 
 
 def test_every_dataset_has_a_broken_case():
-    assert sorted(name for name, _, _ in BROKEN) == list_datasets()
+    # a generated dataset (spurious-digits) repairs itself: a damaged copy is generated again
+    # (tests/test_demo.py::test_damaged_copy_is_detected_and_generated_again)
+    generated = ["spurious-digits"]
+    assert sorted(name for name, _, _ in BROKEN) == [n for n in list_datasets() if n not in generated]
 
 
 @pytest.mark.parametrize(("name", "breaker", "expected"), BROKEN, ids=[b[0] for b in BROKEN])

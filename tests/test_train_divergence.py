@@ -168,7 +168,8 @@ def test_classify_and_eval_refuse_a_nan_model(nan_folder: Path, class_folders: P
     if command == "classify":
         args = ["classify", "-m", str(nan_folder), "--labels", "a,b", "--device", "cpu", str(images[0])]
     else:
-        args = ["eval", "-m", str(nan_folder), "--data", f"folder:{class_folders}", "--device", "cpu", "--workers", "0"]
+        args = ["eval", "-m", str(nan_folder), "--data", f"folder:{class_folders}", "--metric", "top1"]
+        args += ["--device", "cpu", "--workers", "0"]
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert result.stderr.startswith("error: weights in ") and "are not finite" in result.stderr
