@@ -2,7 +2,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format install clean bench
+.PHONY: demo test lint format install clean bench
+
+demo: $(STAMP)
+	$(PY) -m starft_cli demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .

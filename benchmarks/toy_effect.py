@@ -65,8 +65,9 @@ def main() -> None:
         mine = values.get((model, "test", "worst_group_acc"))
         if flyp and mine and model != "flyp":
             wins = f"{sum(a > b for a, b in zip(mine, flyp, strict=True))}/{len(mine)}"
-        title = "zero-shot" if model == ZERO_SHOT else f"{model} ({METHODS[model].doc})"
-        print("| " + " | ".join([title, *[cell(model, s, m) for _, s, m in ROWS], wins]) + " |")
+        print("| " + " | ".join([model, *[cell(model, s, m) for _, s, m in ROWS], wins]) + " |")
+    for model in methods:
+        print(f"- {model}: {METHODS[model].doc}")
     print(f"total wall time {time.monotonic() - started:.0f} s", file=sys.stderr)
 
 

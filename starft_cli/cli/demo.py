@@ -22,7 +22,7 @@ def demo_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fine-tuning runs (data order, crops).")] = 0,
     methods: Annotated[
         str,
-        typer.Option("--methods", help="Comma list of ft, flyp, starft, starft-paper, kl, or all."),
+        typer.Option("--methods", help="Comma list of ft, flyp, flyp-lowlr, starft, starft-paper, kl, or all."),
     ] = "ft,flyp,starft",
     rebuild: Annotated[
         bool, typer.Option("--rebuild", help="Generate the data and pre-train the zero-shot model again.")

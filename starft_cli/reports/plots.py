@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,13 +148,16 @@ def _group_bars(ax: Any, frame: pd.DataFrame) -> None:
     ax.legend(fontsize=7)
 
 
-def demo_figure(frame: pd.DataFrame, path: str | Path, models: list[str] | None = None) -> Path:
+def demo_figure(
+    frame: pd.DataFrame, path: str | Path, models: list[str] | None = None, majority: Collection[str] = ()
+) -> Path:
     """The demo's PNG: (left) in-distribution accuracy (``val`` top-1) against worst-group accuracy on the
     balanced ``test`` split, one point per model, with the zero-shot model's levels as dashed lines; (right) each
     model's accuracy on every test group (digit x background), bars side by side.
 
     ``frame`` holds result records of one dataset measured on a ``val`` and a ``test`` split; ``models`` fixes
-    their order (default: as they appear). Raises :class:`UsageError` without matplotlib.
+    their order (default: as they appear); ``majority`` names the groups that dominate the training data (marked
+    with a star). Raises :class:`UsageError` without matplotlib.
     """
     try:
         import matplotlib
@@ -216,11 +220,15 @@ def demo_figure(frame: pd.DataFrame, path: str | Path, models: list[str] | None 
             color=colours[k % len(colours)],
         )
     right.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
-    right.set_xticklabels([_GROUP.match(n).group(2) for n in names], rotation=70, ha="right", fontsize=7)
+    labels = [_GROUP.match(n).group(2) for n in names]
+    right.set_xticklabels([f"{g} *" if g in majority else g for g in labels], rotation=70, ha="right", fontsize=7)
     right.set_ylabel("accuracy %")
     right.set_ylim(0, 100)
-    right.set_title("accuracy per test group (digit on background)")
-    right.legend(fontsize=8, ncol=len(models), loc="lower right")
+    title = "accuracy per test group"
+    if majority:
+        title += " (* = the group that dominates its class in the fine-tuning data)"
+    right.set_title(title, pad=28)
+    right.legend(fontsize=8, ncol=len(models), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
