@@ -133,6 +133,11 @@ def parse_model_ref(ref: str, arch: str | None = None) -> ModelRef:
     if name in archs:
         if sep and not tag:
             raise UsageError(f"empty pretrained tag in '{ref}'", f"Use {name}:TAG or {name}:none")
+        if not sep and _zoo_lookup(ref) is not None:
+            raise UsageError(
+                f"'{ref}' is both an architecture and a zoo model",
+                f"Write {ref}:TAG (or {ref}:none) for the architecture, zoo:{ref} for the zoo model",
+            )
         return ModelRef(raw=ref, kind="pretrained", arch=name, tag=tag or _default_tag(name))
     if not sep and _zoo_lookup(ref) is not None:
         return _zoo_ref(ref, ref)

@@ -184,7 +184,7 @@ def test_demo_bad_methods_list_the_known_ones(args: list[str], message: str) -> 
     assert done.exit_code == 2
     assert message in done.stderr
     if "unknown" in message:
-        assert "ft, flyp, starft" in done.stderr
+        assert "ft, flyp, flyp-lowlr, starft, starft-paper, kl" in done.stderr
 
 
 def test_demo_unwritable_out_fails_before_any_work(tmp_path: Path, shared_home: Path) -> None:
@@ -211,10 +211,37 @@ def test_demo_zero_shot_model_classifies_test_images(tmp_path: Path) -> None:
         Image.fromarray(test.images[index]).save(path)
         paths.append(str(path))
     done = runner.invoke(
-        app, ["classify", *paths, "--labels", ",".join(digits.CLASSNAMES), "--model", "starft-demo", "--format", "json"]
+        app,
+        [
+            "classify",
+            *paths,
+            "--labels",
+            ",".join(digits.CLASSNAMES),
+            "--model",
+            "starft-demo-zero-shot",
+            "--format",
+            "json",
+        ],
     )
     assert done.exit_code == 0, done.output
     results = json.loads(done.stdout)
-    for c, item in enumerate(results):
-        best = max(item["probabilities"], key=lambda p: p["probability"]) if "probabilities" in item else None
-        assert best is not None and best["label"] == digits.CLASSNAMES[c], item
+    assert [r["predictions"][0]["label"] for r in results] == list(digits.CLASSNAMES), results
+    assert all(r["predictions"][0]["probability"] > 0.5 for r in results), results
+
+
+def test_a_name_that_is_both_an_architecture_and_a_zoo_model_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """An architecture name used to shadow a zoo model of the same name (random weights, silently)."""
+    from starft_cli.errors import UsageError
+    from starft_cli.models import parse_model_ref
+
+    manifest = tmp_path / "zoo.toml"
+    manifest.write_text(
+        'schema = 1\n[models.starft-tiny]\narch = "starft-tiny"\nsource = "recipe:starft-demo"\nkind = "zero-shot"\n'
+        'license = "MIT"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("STARFT_ZOO", str(manifest))
+    with pytest.raises(UsageError, match="both an architecture and a zoo model"):
+        parse_model_ref("starft-tiny")
+    assert parse_model_ref("starft-tiny:none").kind == "pretrained"
+    assert parse_model_ref("zoo:starft-tiny").kind == "zoo"

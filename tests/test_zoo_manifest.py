@@ -163,10 +163,10 @@ def test_shipped_manifest_lists_the_paper_bases_through_open_clip() -> None:
         "vit-l-14-laion400m-e31": ("ViT-L-14", "laion400m_e31"),
         "vit-l-14-laion400m-e32": ("ViT-L-14", "laion400m_e32"),
     }
-    assert set(entries) == {*expected, "starft-demo"}
-    demo = entries["starft-demo"]
+    assert set(entries) == {*expected, "starft-demo-zero-shot"}
+    demo = entries["starft-demo-zero-shot"]
     assert (demo.arch, str(demo.source), demo.kind, demo.sha256) == (
-        "starft-demo",
+        "starft-demo-zero-shot",
         "recipe:starft-demo",
         "zero-shot",
         None,
@@ -271,7 +271,7 @@ def test_cli_list_table_and_json() -> None:
     assert any(line.split()[:3] == ["vit-l-14-laion400m-e32", "ViT-L-14", "open_clip:laion400m_e32"] for line in lines)
     data = json.loads(runner.invoke(app, ["zoo", "list", "--format", "json"]).stdout)
     assert [d["name"] for d in data] == sorted(d["name"] for d in data)
-    assert {d["training_data"] for d in data if d["name"] != "starft-demo"} == {"LAION-400M"}
+    assert {d["training_data"] for d in data if d["name"] != "starft-demo-zero-shot"} == {"LAION-400M"}
     assert runner.invoke(app, ["zoo", "list", "--kind", "starft"]).stdout.strip() == "no zoo models of kind starft"
 
 

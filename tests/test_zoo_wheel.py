@@ -56,7 +56,7 @@ def test_wheel_ships_the_manifest_and_installed_cli_reads_it(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     entries = json.loads(done.stdout)
     assert {e["name"] for e in entries} == {
-        "starft-demo",
+        "starft-demo-zero-shot",
         "vit-b-16-laion400m-e31",
         "vit-b-16-laion400m-e32",
         "vit-l-14-laion400m-e31",
