@@ -166,7 +166,7 @@ def test_shipped_manifest_lists_the_paper_bases_through_open_clip() -> None:
     assert set(entries) == {*expected, "starft-demo-zero-shot"}
     demo = entries["starft-demo-zero-shot"]
     assert (demo.arch, str(demo.source), demo.kind, demo.sha256) == (
-        "starft-demo-zero-shot",
+        "starft-demo",
         "recipe:starft-demo",
         "zero-shot",
         None,
