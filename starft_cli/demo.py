@@ -103,7 +103,7 @@ DEFAULT_METHODS = ("ft", "flyp", "starft")
 # One budget for every method: same steps, batch, schedule and seed (fair comparison by construction).
 BUDGET: dict[str, Any] = {"epochs": 10, "batch_size": 64, "lr": 1e-4, "wd": 0.1, "warmup": 10}
 QUICK_BUDGET: dict[str, Any] = {"epochs": 2, "batch_size": 64, "lr": 1e-4, "wd": 0.1, "warmup": 2, "max_steps": 4}
-QUICK_PRETRAIN: dict[str, Any] = {"epochs": 1, "max_steps": 6}
+QUICK_PRETRAIN: dict[str, Any] = {"epochs": 1, "max_steps": 6, "warmup": 2}
 TEST_METRICS = ("top1", "mean_group_acc", "worst_group_acc", "ece")
 FIGURE_NAME = "demo.png"
 
@@ -284,6 +284,7 @@ def run_settings(method: str, zero_shot: Path, out: Path, seed: int, quick: bool
         "seed": seed,
         "workers": 0,
         "out": str(out),
+        "checkpoint_every": 2 if quick else 20,  # an interrupted run loses at most this many steps
         **budget,
         **METHODS[method].settings,
     }

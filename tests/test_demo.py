@@ -164,7 +164,9 @@ def test_quick_demo_end_to_end_then_reuses_every_stage(tmp_path: Path) -> None:
     second = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
     assert second.exit_code == 0, second.output
     assert "zero-shot model: cached" in second.stderr
-    assert "training " not in second.stderr or "0 steps" not in second.stderr
+    for method in ("ft", "flyp", "starft"):
+        assert f"runs/{method}-seed0: finished earlier (4 steps), reused" in second.stderr
+    assert "training " not in second.stderr  # no step was run again
     again = json.loads((out / "results.json").read_text())
     assert sorted((r["model"], r["split"], r["metric"], r["value"]) for r in again) == sorted(
         (r["model"], r["split"], r["metric"], r["value"]) for r in records
@@ -245,3 +247,39 @@ def test_a_name_that_is_both_an_architecture_and_a_zoo_model_is_refused(tmp_path
         parse_model_ref("starft-tiny")
     assert parse_model_ref("starft-tiny:none").kind == "pretrained"
     assert parse_model_ref("zoo:starft-tiny").kind == "zoo"
+
+
+def test_demo_interrupted_during_fine_tuning_resumes_where_it_stopped(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C in the second run: re-running reuses the first run, resumes the second, trains the third."""
+    import starft_cli.train as train
+
+    real = train.finetune
+    calls: list[str] = []
+
+    def interrupt_in_flyp(config, progress=None):
+        calls.append(Path(config.out).name)
+        if Path(config.out).name != "flyp-seed0" or calls.count("flyp-seed0") > 1:
+            return real(config, progress=progress)
+
+        def press_ctrl_c_after_step_2(event):
+            progress(event)
+            if event.get("kind") == "checkpoint" and event.get("step") == 2:
+                raise KeyboardInterrupt  # two steps of flyp are done and checkpointed
+
+        return real(config, progress=press_ctrl_c_after_step_2)
+
+    monkeypatch.setattr(train, "finetune", interrupt_in_flyp)
+    out = tmp_path / "demo"
+    first = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert first.exit_code == 130, first.output
+    assert not (out / "results.json").exists()
+    second = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert second.exit_code == 0, second.output
+    assert "runs/ft-seed0: finished earlier (4 steps), reused" in second.stderr
+    flyp = second.stderr.split("fine-tuning flyp")[1].split("[demo]")[0]
+    assert "step 3/4" in flyp and "step 1/4" not in flyp, flyp
+    steps = [
+        json.loads(line)["step"] for line in (out / "runs" / "flyp-seed0" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [1, 2, 3, 4]  # resumed at step 3: no step lost or repeated
+    assert (out / "results.json").is_file()

@@ -77,6 +77,8 @@ class _DemoProgress:
             self._end_training()
             where = f" ({event['path']})" if event.get("path") else ""
             typer.echo(f"[demo] {event['stage']}: {event['status']}{where}", err=True)
+        elif kind == "finished":
+            typer.echo(f"[demo] {event['run_dir']}: finished earlier ({event['step']} steps), reused", err=True)
         elif kind == "eval":
             if event["done"] == event["total"] and not sys.stderr.isatty():
                 typer.echo(f"[demo] evaluated {event['name']}: {event['total']} images", err=True)
