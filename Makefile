@@ -14,11 +14,14 @@ test: $(STAMP)
 
 install: $(STAMP)
 
+# pip's own chatter goes to $(VENV)/install.log (printed if the install fails).
 $(STAMP): pyproject.toml .ci/constraints.txt
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c .ci/constraints.txt -e '.[test]'
-	touch $(STAMP)
+	@echo "installing starft and its dependencies into $(VENV) (about a minute; log: $(VENV)/install.log)"
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@$(PY) -m pip install -q -c .ci/constraints.txt -e '.[test]' >> $(VENV)/install.log 2>&1 \
+		|| (cat $(VENV)/install.log; exit 1)
+	@touch $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
