@@ -20,7 +20,6 @@ The core never prints: progress goes to the ``progress`` callback, as events (di
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from starft_cli.errors import ConfigError, UsageError
+from starft_cli.paths import atomic_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -165,14 +165,6 @@ class DemoResult:
 # the zero-shot model
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def zero_shot_dir(quick: bool = False) -> Path:
     """Where the demo's zero-shot model folder lives (in the cache)."""
     from starft_cli.paths import cache_dir
@@ -203,7 +195,7 @@ def verify_zero_shot(folder: Path) -> str | None:
     weights = folder / WEIGHTS_NAME
     if not weights.is_file() or not (folder / CONFIG_NAME).is_file():
         return f"{folder} lacks {WEIGHTS_NAME} or {CONFIG_NAME}"
-    if _sha256(weights) != expected:
+    if sha256_file(weights) != expected:
         return f"{weights} does not match its recorded sha256 (damaged)"
     return None
 
@@ -236,38 +228,21 @@ def ensure_zero_shot(
     emit({"kind": "stage", "stage": "zero-shot model", "status": "resuming" if resume else "building"})
     finetune(build_config({**settings, "resume": resume}), progress=progress)
     last = run_dir / "checkpoints" / "last"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         for name in (WEIGHTS_NAME, CONFIG_NAME):
             shutil.copyfile(last / name, tmp / name)
         info = {
             "model": ARCH,
             "recipe_version": RECIPE_VERSION,
             "recipe": recipe(quick),
-            "sha256": _sha256(tmp / WEIGHTS_NAME),
+            "sha256": sha256_file(tmp / WEIGHTS_NAME),
             "how": "CLIP pre-training with `starft finetune` (contrastive loss, no regulariser) from random "
             f"weights on the balanced '{DATASET}' pretrain split",
         }
         (tmp / BUILD_NAME).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        _share_mode(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(run_dir, ignore_errors=True)
     emit({"kind": "stage", "stage": "zero-shot model", "status": "built", "path": str(folder)})
     return folder
-
-
-def _share_mode(folder: Path) -> None:
-    """Files and the folder with the modes the umask allows (mkdtemp makes them private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in folder.iterdir():
-        os.chmod(path, 0o666 & ~umask)
-    os.chmod(folder, 0o777 & ~umask)
 
 
 # ---------------------------------------------------------------------------------------------------------

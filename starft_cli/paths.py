@@ -90,3 +90,41 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``target`` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
+
+
+@contextmanager
+def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; on success it replaces ``target`` (removed first if present).
+
+    Files directly in it get the mode a plain ``open()`` would give them, the folder ``0o777`` less the umask. An
+    exception leaves ``target`` as it was and removes the temporary folder. (Replacing an existing folder is two
+    renames apart, not one: a crash in between leaves no ``target``, never a partial one.)
+    """
+    import shutil
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        for path in tmp.iterdir():
+            if path.is_file():
+                os.chmod(path, file_mode())
+        os.chmod(tmp, 0o777 & ~current_umask())
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """The hex sha256 of a file, read in ``chunk``-byte blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

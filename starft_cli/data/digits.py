@@ -18,12 +18,8 @@ a seed (same seed, same bytes), into a folder that is renamed into place only wh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +30,7 @@ from starft_cli.data.base import ArrayImageDataset, CheckReport
 from starft_cli.data.checks import count_groups, count_into
 from starft_cli.data.registry import register_dataset
 from starft_cli.errors import DataError
+from starft_cli.paths import atomic_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -203,14 +200,6 @@ def generate(seed: int = DEFAULT_SEED) -> dict[str, Split]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write(root: Path, seed: int = DEFAULT_SEED) -> Path:
     """Generate the benchmark into ``root`` atomically: built in a temporary folder beside it, then renamed.
 
@@ -222,9 +211,7 @@ def write(root: Path, seed: int = DEFAULT_SEED) -> Path:
     from safetensors.torch import save_file
 
     splits = generate(seed)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+    with atomic_dir(root) as tmp:
         hashes = {}
         for name, split in splits.items():
             tensors = {
@@ -235,7 +222,7 @@ def write(root: Path, seed: int = DEFAULT_SEED) -> Path:
             }
             path = tmp / f"{name}.safetensors"
             save_file(tensors, str(path), metadata={"captions": json.dumps(split.captions)})
-            hashes[name] = _sha256(path)
+            hashes[name] = sha256_file(path)
         manifest = {
             "dataset": NAME,
             "generator_version": GENERATOR_VERSION,
@@ -246,17 +233,6 @@ def write(root: Path, seed: int = DEFAULT_SEED) -> Path:
             "sha256": hashes,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        for path in tmp.iterdir():
-            os.chmod(path, 0o666 & ~umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
@@ -277,7 +253,7 @@ def verify(root: Path) -> list[str]:
         path = root / f"{split}.safetensors"
         if not path.is_file():
             problems.append(f"missing {path}")
-        elif hashes.get(split) != _sha256(path):
+        elif hashes.get(split) != sha256_file(path):
             problems.append(f"{path} does not match its sha256 in manifest.json (damaged)")
     return problems
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from starft_cli.errors import ChecksumError, StarftError, WeightsUnavailableError, ZooError
-from starft_cli.paths import atomic_path, atomic_write_text, cache_dir
+from starft_cli.paths import atomic_path, atomic_write_text, cache_dir, sha256_file
 from starft_cli.pretrained import (
     cached_pretrained,
     hub_endpoint,
@@ -58,14 +58,6 @@ def hub_cache() -> Path:
     from huggingface_hub import constants
 
     return Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _offline_hint(name: str) -> str:
