@@ -267,3 +267,18 @@ def test_classify_applies_the_exif_orientation(runner: CliRunner, tmp_path: Path
     a = json.loads(runner.invoke(app, ["classify", str(tmp_path / "upright.png"), *args]).stdout)
     b = json.loads(runner.invoke(app, ["classify", str(tmp_path / "sideways.png"), *args]).stdout)
     assert a[0]["predictions"] == b[0]["predictions"]
+
+
+def test_table_prints_every_probability_with_four_decimals() -> None:
+    from starft_cli.cli.classify import OutputFormat, render
+
+    results = [
+        {
+            "image": "a.png",
+            "predictions": [{"label": "cat", "probability": 1.0}, {"label": "dog", "probability": 0.01}],
+        },
+        {"image": "b.png", "predictions": [{"label": "dog", "probability": 0.5}, {"label": "cat", "probability": 0.5}]},
+    ]
+    lines = render(results, OutputFormat.table).splitlines()
+    assert [line.split()[-1] for line in lines[2:]] == ["1.0000", "0.0100", "0.5000", "0.5000"]
+    assert len({len(line) for line in lines[2:]}) == 1  # right-aligned: one width

@@ -109,4 +109,12 @@ def render(results: list[dict[str, Any]], output_format: OutputFormat) -> str:
     from tabulate import tabulate
 
     shown = [(img if rank == 1 else "", rank, label, f"{prob:.4f}") for img, rank, label, prob in rows]
-    return tabulate(shown, headers=["image", "rank", "label", "probability"], tablefmt="simple") + "\n"
+    # the probability column as formatted (4 decimals): tabulate would re-read "1.0000" as 1 and print "1"
+    table = tabulate(
+        shown,
+        headers=["image", "rank", "label", "probability"],
+        tablefmt="simple",
+        disable_numparse=[3],
+        colalign=("left", "right", "left", "right"),
+    )
+    return table + "\n"
