@@ -174,3 +174,11 @@ def test_classify_and_eval_refuse_a_nan_model(nan_folder: Path, class_folders: P
     assert result.exit_code == 1
     assert result.stderr.startswith("error: weights in ") and "are not finite" in result.stderr
     assert "Traceback" not in result.output and "nan" not in result.stdout
+
+
+def test_publish_refuses_a_nan_checkpoint(nan_folder: Path, tmp_path: Path):
+    out = tmp_path / "upload"
+    result = runner.invoke(app, ["zoo", "publish", str(nan_folder), "--repo", "me/nan", "--dry-run", "--out", str(out)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: weights in ") and "are not finite" in result.stderr
+    assert not out.exists()

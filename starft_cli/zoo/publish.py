@@ -125,6 +125,9 @@ def plan(path: Path, repo: str, *, license: str = "mit", name: str | None = None
             results = [r for r in data if {"dataset", "metric", "value"} <= set(r)]
         last_metrics = _read_metrics_jsonl(run_dir / "metrics.jsonl")
     metadata = config.get("starft") if isinstance(config.get("starft"), dict) else {}
+    from starft_cli.models import read_state_dict
+
+    read_state_dict(checkpoint / WEIGHTS_NAME)  # weights that are not finite (a diverged run) are refused here
     return PublishPlan(
         checkpoint=checkpoint,
         run_dir=run_dir,
