@@ -182,7 +182,7 @@ def demo_figure(
         left.scatter(
             [x],
             [y],
-            s=90,
+            s=max(30, 150 - 16 * k),  # decreasing sizes: coinciding models stay visible
             color=colours[k % len(colours)],
             marker=markers[k % len(markers)],
             edgecolors="black",
