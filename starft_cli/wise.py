@@ -1,10 +1,11 @@
-"""WiSE-FT: weight-space ensembles of a zero-shot and a fine-tuned model of the same architecture."""
+"""Weight-space recipes over finished runs of one architecture: WiSE-FT (a zero-shot and a fine-tuned model),
+uniform and greedy model soups, and Model Stock. Pure functions over state dicts, plus writers of model folders."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,3 +106,207 @@ def _comparable_cfg(cfg: Mapping[str, Any]) -> str:
     import json
 
     return json.dumps(cfg, sort_keys=True, default=str)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model soups and Model Stock: more than two fine-tuned runs of one architecture
+
+
+def _check_same(states: list[Mapping[str, torch.Tensor]], what: str) -> None:
+    """Every state dict finite, with the keys and shapes of the first (one architecture)."""
+    from starft_cli.models import check_finite_weights
+
+    for k, state in enumerate(states):
+        check_finite_weights(state, f"{what} {k + 1}")
+    first = states[0]
+    for k, state in enumerate(states[1:], start=2):
+        if set(state) != set(first):
+            only = sorted(set(state) ^ set(first))
+            raise WrongArchitectureError(
+                f"{what} {k} has other parameters than {what} 1 ({len(only)} differ, e.g. {only[0]})",
+                "Combine runs of one architecture, fine-tuned from the same model",
+            )
+        for key, value in first.items():
+            if tuple(state[key].shape) != tuple(value.shape):
+                raise WrongArchitectureError(
+                    f"parameter {key} has shape {tuple(state[key].shape)} in {what} {k} and {tuple(value.shape)} in "
+                    f"{what} 1",
+                    "Combine runs of one architecture, fine-tuned from the same model",
+                )
+
+
+def uniform_soup(states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The uniform model soup (Wortsman et al., ICML 2022): the element-wise mean of N runs' weights, computed in
+    float64 and cast back; non-float tensors must be equal and are copied.
+
+    Raises:
+        UsageError: no run given.
+        WrongArchitectureError: the runs differ in keys, shapes or non-float tensors.
+        NonFiniteWeightsError: a run holds NaN or inf.
+    """
+    import torch
+
+    from starft_cli.errors import UsageError
+
+    if not states:
+        raise UsageError("a soup needs at least one run")
+    _check_same(list(states), "run")
+    out: dict[str, torch.Tensor] = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            total = sum(s[key].to(first.device).double() for s in states)
+            out[key] = (total / len(states)).to(first.dtype)
+        else:
+            if not all(torch.equal(first, s[key].to(first.device)) for s in states[1:]):
+                raise WrongArchitectureError(f"non-float tensor {key} differs between the runs")
+            out[key] = first.clone()
+    return out
+
+
+def greedy_soup(
+    states: list[Mapping[str, torch.Tensor]], score: Callable[[Mapping[str, torch.Tensor]], float]
+) -> tuple[dict[str, torch.Tensor], list[int], list[float]]:
+    """The greedy model soup (Wortsman et al., ICML 2022, Recipe 1): sort the runs by their held-out ID
+    validation ``score`` (higher is better), best first; start from the best run and add each next run to the
+    soup only if the uniform soup of the chosen runs plus it scores at least as well as the soup without it.
+
+    Returns ``(soup weights, indices of the chosen runs in the order added, the scores of the individual runs)``.
+    ``score`` is called once per run and once per candidate soup.
+    """
+    if not states:
+        from starft_cli.errors import UsageError
+
+        raise UsageError("a soup needs at least one run")
+    _check_same(list(states), "run")
+    individual = [float(score(s)) for s in states]
+    order = sorted(range(len(states)), key=lambda i: (-individual[i], i))
+    chosen = [order[0]]
+    soup = uniform_soup([states[order[0]]])
+    best = individual[order[0]]
+    for index in order[1:]:
+        candidate = uniform_soup([states[i] for i in [*chosen, index]])
+        value = float(score(candidate))
+        logger.info("greedy soup: adding run %d gives %.4f (soup so far %.4f)", index + 1, value, best)
+        if value >= best:
+            chosen.append(index)
+            soup, best = candidate, value
+    return soup, chosen, individual
+
+
+def model_stock(
+    pretrained: Mapping[str, torch.Tensor], fine_tuned: list[Mapping[str, torch.Tensor]]
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Model Stock (Jang et al., ECCV 2024): per layer (each floating tensor), with ``w0`` the pre-trained weights
+    and ``w_1..w_N`` (N >= 2) fine-tuned runs, ``cos`` = the mean cosine between the pairs of task vectors
+    ``w_i - w0`` (the angle between the two for N = 2), ``t = N cos / (1 + (N - 1) cos)`` and
+    ``w = t * mean_i(w_i) + (1 - t) * w0``. A layer the runs left unchanged (zero task vectors) keeps ``w0``.
+
+    Returns ``(weights, t per layer)``. Raises :class:`~starft_cli.errors.UsageError` for fewer than two runs and
+    :class:`WrongArchitectureError` for runs of another architecture.
+    """
+    import itertools
+
+    import torch
+
+    from starft_cli.errors import UsageError
+
+    if len(fine_tuned) < 2:
+        raise UsageError("Model Stock needs at least two fine-tuned runs", "Pass --run twice or more")
+    _check_same([pretrained, *fine_tuned], "model")
+    n = len(fine_tuned)
+    out: dict[str, torch.Tensor] = {}
+    ratios: dict[str, float] = {}
+    for key, w0 in pretrained.items():
+        if not w0.is_floating_point():
+            if not all(torch.equal(w0, w[key].to(w0.device)) for w in fine_tuned):
+                raise WrongArchitectureError(f"non-float tensor {key} differs between the models")
+            out[key] = w0.clone()
+            continue
+        base = w0.double().flatten()
+        deltas = [w[key].to(w0.device).double().flatten() - base for w in fine_tuned]
+        norms = [float(d.norm()) for d in deltas]
+        if min(norms) == 0.0:
+            out[key], ratios[key] = w0.clone(), 0.0
+            continue
+        cosines = [
+            float(a @ b) / (na * nb) for (a, na), (b, nb) in itertools.combinations(zip(deltas, norms, strict=True), 2)
+        ]
+        cos = sum(cosines) / len(cosines)
+        t = n * cos / (1.0 + (n - 1) * cos)
+        average = sum(w[key].to(w0.device).double() for w in fine_tuned) / n
+        out[key] = (t * average + (1.0 - t) * w0.double()).to(w0.dtype)
+        ratios[key] = t
+    return out, ratios
+
+
+SOUP_METHODS = ("uniform", "greedy", "model-stock")
+
+
+def write_soup(
+    method: str,
+    runs: list[str],
+    out: str | os.PathLike[str],
+    *,
+    pretrained: str | None = None,
+    val_data: str | None = None,
+    val_split: str | None = None,
+    data_root: str | None = None,
+    device: str = "cpu",
+) -> tuple[Path, dict[str, Any]]:
+    """Combine finished runs (model references) into one model folder ``out`` (loadable by every command).
+
+    ``uniform``: the mean of the runs; ``greedy``: the greedy soup on ``val_data``'s top-1 accuracy (the
+    zero-shot head of each candidate); ``model-stock``: Model Stock from ``pretrained`` and the runs. Returns the
+    folder and what was decided (chosen runs and scores, or the mean interpolation ratio).
+
+    Raises :class:`~starft_cli.errors.UsageError` for a wrong combination of arguments.
+    """
+    from starft_cli import models
+    from starft_cli.errors import UsageError
+
+    if method not in SOUP_METHODS:
+        raise UsageError(f"unknown soup method '{method}'", f"Use one of {', '.join(SOUP_METHODS)}")
+    if method == "model-stock" and pretrained is None:
+        raise UsageError("Model Stock needs the pre-trained model the runs started from", "Pass it as --pretrained")
+    if method != "model-stock" and pretrained is not None:
+        raise UsageError(f"--pretrained is for model-stock, not {method}", "Drop it")
+    if method == "greedy" and val_data is None:
+        raise UsageError("the greedy soup needs held-out ID validation data", "Pass --val-data (and --val-split)")
+    if method != "greedy" and val_data is not None:
+        raise UsageError(f"--val-data is for the greedy soup, not {method}", "Drop it")
+    if len(runs) < (2 if method == "model-stock" else 1):
+        raise UsageError(f"{method} needs more runs", "Pass --run once per fine-tuned run")
+    loaded = [models.load(r, device=device) for r in runs]
+    base = models.load(pretrained, device=device) if pretrained is not None else loaded[0]
+    for ref, item in zip(runs, loaded, strict=True):
+        if _comparable_cfg(item.model_cfg) != _comparable_cfg(base.model_cfg):
+            raise WrongArchitectureError(f"{ref} is another architecture than {pretrained or runs[0]}")
+    states = [{k: v.detach().clone() for k, v in m.model.state_dict().items()} for m in loaded]
+    info: dict[str, Any] = {"method": method, "runs": list(runs)}
+    if method == "uniform":
+        state = uniform_soup(states)
+    elif method == "greedy":
+        import torch
+
+        from starft_cli.data.registry import load_dataset
+        from starft_cli.train.validate import accuracy
+
+        dataset = load_dataset(val_data, data_root, val_split)
+        model, where = base.model, torch.device(device)
+
+        def score(weights: Mapping[str, torch.Tensor]) -> float:
+            model.load_state_dict(weights, strict=True)
+            return accuracy(model, base.tokenizer, base.preprocess, dataset, templates=None, device=where, workers=0)
+
+        state, chosen, individual = greedy_soup(states, score)
+        info.update(chosen=[runs[i] for i in chosen], val_top1={r: v for r, v in zip(runs, individual, strict=True)})
+    else:
+        theta0 = {k: v.detach().clone() for k, v in base.model.state_dict().items()}
+        state, ratios = model_stock(theta0, states)
+        info.update(pretrained=pretrained, mean_t=sum(ratios.values()) / max(1, len(ratios)))
+    base.model.load_state_dict(state, strict=True)
+    folder = Path(out)
+    models.save_checkpoint(
+        base.model, folder, base.model_cfg, base.preprocess_cfg, arch=base.arch, metadata={"weight_space": info}
+    )
+    return folder, info

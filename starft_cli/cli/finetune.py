@@ -325,6 +325,43 @@ def wise_command(
         typer.echo(str(path))
 
 
+SOUP_HELP = "Model soups (uniform, greedy) and Model Stock: combine finished fine-tuning runs into one model."
+
+
+def soup_command(
+    run: Annotated[list[str], typer.Option("--run", metavar="REF", help="A fine-tuned model (repeatable).")],
+    out: Annotated[Path, typer.Option("--out", help="Output model folder.")],
+    method: Annotated[str, typer.Option("--method", help="uniform, greedy or model-stock.")] = "uniform",
+    pretrained: Annotated[
+        str | None, typer.Option("--pretrained", help="model-stock: the model the runs were fine-tuned from.")
+    ] = None,
+    val_data: Annotated[
+        str | None, typer.Option("--val-data", help="greedy: held-out ID validation data (name, folder:, csv:).")
+    ] = None,
+    val_split: Annotated[str | None, typer.Option("--val-split", help="greedy: split of --val-data.")] = None,
+    data_root: Annotated[str | None, typer.Option("--data-root", help="Folder holding the named datasets.")] = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Model soups (uniform, greedy) and Model Stock: combine finished fine-tuning runs into one model."""
+    import json
+
+    from starft_cli.device import resolve_device
+    from starft_cli.wise import write_soup
+
+    folder, info = write_soup(
+        method,
+        run,
+        out,
+        pretrained=pretrained,
+        val_data=val_data,
+        val_split=val_split,
+        data_root=data_root,
+        device=str(resolve_device(device)),
+    )
+    typer.echo(json.dumps(info, sort_keys=True), err=True)
+    typer.echo(str(folder))
+
+
 def parse_alphas(text: str) -> list[float]:
     values: list[float] = []
     for part in text.split(","):
@@ -341,4 +378,4 @@ def parse_alphas(text: str) -> list[float]:
     return values
 
 
-COMMANDS = [("finetune", finetune_command, HELP), ("wise", wise_command, WISE_HELP)]
+COMMANDS = [("finetune", finetune_command, HELP), ("wise", wise_command, WISE_HELP), ("soup", soup_command, SOUP_HELP)]
