@@ -38,6 +38,13 @@ _API = {
     "contrastive_loss": "starft_cli.losses",
     "wise": "starft_cli.wise",
     "write_wise": "starft_cli.wise",
+    "uniform_soup": "starft_cli.wise",
+    "greedy_soup": "starft_cli.wise",
+    "model_stock": "starft_cli.wise",
+    "write_soup": "starft_cli.wise",
+    # the demo
+    "run_demo": "starft_cli.demo",
+    "DemoConfig": "starft_cli.demo",
     # datasets
     "load_dataset": "starft_cli.data.registry",
     "list_datasets": "starft_cli.data.registry",
