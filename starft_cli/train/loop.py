@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from starft_cli.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from starft_cli.train.checkpoint import RunDir, load_training_state, save_training_checkpoint
+from starft_cli.train.checkpoint import LOCK_NAME, RunDir, load_training_state, run_lock, save_training_checkpoint
 from starft_cli.train.config import RESUME_MUTABLE, TrainConfig, config_from_json
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def prepare(config: TrainConfig) -> Prepared:
                     "Resume with the run's own settings",
                 )
             resume_from = run.find_checkpoint("last")
-        elif run.root.exists() and any(run.root.iterdir()):
+        elif run.root.exists() and any(p.name != LOCK_NAME for p in run.root.iterdir()):
             raise CheckpointError(f"{run.root} is not a starft run (no config.json)", "Check --out")
     elif run.config.is_file():
         raise CheckpointError(
@@ -107,18 +107,29 @@ def finetune(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
     Raises:
         TrainingDiverged: a non-finite loss or gradient (beyond ``max_bad_steps`` skipped steps) or non-finite
             weights at a checkpoint; the previous checkpoint is kept.
+        RunInUseError: another process is writing ``--out`` (its PID and host are named).
         StarftError: bad settings, data, devices or run directory (checked before any model is loaded).
     """
+    from starft_cli.train.distributed import env_from_environment
+
+    if config.out is None:
+        config = config.replace(out=default_out(config))
+    env = env_from_environment()
+    if env.is_main:  # one writer per run directory: a second process on the same --out is refused
+        with run_lock(config.out):
+            run = RunDir(config.out)
+            if config.resume and not env.distributed and run.config.is_file():  # (others may be reading it)
+                for name in run.recover():
+                    logger.warning("checkpoints/%s: restored the previous checkpoint after an interrupted save", name)
+            return _finetune(config, env, progress)
+    return _finetune(config, env, progress)
+
+
+def _finetune(config: TrainConfig, env: Any, progress: ProgressFn | None) -> Path:
     from starft_cli.device import cuda_call_args, resolve_device
-    from starft_cli.train.distributed import (
-        destroy_process_group,
-        device_for,
-        env_from_environment,
-        init_process_group,
-    )
+    from starft_cli.train.distributed import destroy_process_group, device_for, init_process_group
 
     prepared = prepare(config)
-    env = env_from_environment()
     device = device_for(env, resolve_device(prepared.config.device))
     calls = cuda_call_args(device)
     if calls.set_device is not None:
