@@ -16,6 +16,7 @@ from tests.imagegen import make_class_folders, make_image
 T = ["--backbone", "starft-tiny:none"]  # finetune
 M = ["-m", "starft-tiny:none", "--device", "cpu"]  # classify, eval
 W = ["wise", "--zero-shot", "starft-tiny:none", "--out", "{out}", "--fine-tuned"]
+ZA = ["zoo", "add", "mine"]
 C = ["classify", "{img}", "--labels", "a,b"]
 FT = ["finetune", *T, "--device", "cpu", "--data", "folder:{data}", "--epochs", "1", "--batch-size", "2"]
 
@@ -93,7 +94,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("zoo-download-unknown", ["zoo", "download", "nosuch-model"], 1, "nosuch-model"),
     ("zoo-path-unknown", ["zoo", "path", "nosuch-model"], 1, "nosuch-model"),
     ("zoo-rm-unknown", ["zoo", "rm", "nosuch-model"], 1, "nosuch-model"),
-    ("zoo-add-http", ["zoo", "add", "mine", "--source", "http://x.org/w.bin", "--arch", "ViT-B-16", "--sha256", "0" * 64], 1, "https"),
+    ("zoo-add-http", [*ZA, "--source", "http://x.org/w.bin", "--arch", "ViT-B-16", "--sha256", "0" * 64], 1, "https"),
     ("zoo-add-bad-kind", ["zoo", "add", "mine", "--kind", "nosuch"], 2, "--kind"),
     # -- cache
     ("cache-clear-bad-kind", ["cache", "clear", "--kind", "nosuch"], 2, "--kind"),
