@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,14 +61,18 @@ def open_for_eval(path: Path, min_side: int | None) -> Any:
         return open_image(path)
     from PIL import Image
 
-    from starft_cli.images import to_rgb
+    from starft_cli.images import to_rgb, too_many_pixels
 
     try:
-        with Image.open(path) as img:
-            if img.format == "JPEG" and img.mode in ("RGB", "L"):
-                img.draft(img.mode, (min_side, min_side))
-            img.load()
-            return to_rgb(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if too_many_pixels(img):
+                    return open_image(path)  # raises the standard ImageError (a bomb is not decoded)
+                if img.format == "JPEG" and img.mode in ("RGB", "L"):
+                    img.draft(img.mode, (min_side, min_side))
+                img.load()
+                return to_rgb(img)
     except Exception:
         return open_image(path)  # raises the standard ImageError naming the problem (or reads it plainly)
 
