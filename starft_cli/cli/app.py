@@ -59,7 +59,7 @@ class StarftGroup(TyperGroup):
 _OS_HINTS = {
     errno.ENOSPC: "Free some disk space and rerun (a run continues with --resume)",
     errno.EDQUOT: "Free some of your disk quota and rerun (a run continues with --resume)",
-    errno.EIO: "The device reported an I/O error: check the disk, then rerun",
+    errno.EIO: "The device reported an I/O error: check the disk, then rerun (a run continues with --resume)",
     errno.EACCES: "Check the permissions, or choose another path",
     errno.EPERM: "Check the permissions, or choose another path",
     errno.EROFS: "The file system is read-only: choose another path",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from starft_cli.errors import ImageError
 from starft_cli.images import RGB_VERSION, open_image
-from starft_cli.paths import atomic_path, cache_dir
+from starft_cli.paths import atomic_path, cache_dir, cache_write
 
 if TYPE_CHECKING:
     import torch
@@ -235,8 +235,9 @@ def compute_features(
     pairs = sorted(zip(skipped, names, strict=True))
     result = Features(out, [i for i, _ in pairs], [n for _, n in pairs])
     if use_cache:
-        with atomic_path(path.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps({"skipped": result.skipped, "names": result.skipped_names}), encoding="utf-8")
-        with atomic_path(path) as tmp:
-            save_file({"features": out.contiguous()}, str(tmp))
+        with cache_write("feature", path.with_suffix(".json")):
+            with atomic_path(path.with_suffix(".json")) as tmp:
+                tmp.write_text(json.dumps({"skipped": result.skipped, "names": result.skipped_names}), encoding="utf-8")
+            with atomic_path(path) as tmp:
+                save_file({"features": out.contiguous()}, str(tmp))
     return result

@@ -47,7 +47,8 @@ def _on_nth(fn: Callable[..., Any], n: int, mode: str, match: Callable[..., bool
                     result = fn(*args, **kwargs)
                     _fault("kill", what)
                     return result
-                _fault(mode, what)
+                paths = [str(a) for a in args if isinstance(a, str | os.PathLike) and os.sep in str(a)]
+                _fault(mode, paths[-1] if paths else what)  # an OSError names the file, as a real one does
         return fn(*args, **kwargs)
 
     wrapper.__wrapped__ = fn  # type: ignore[attr-defined]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.imagegen import make_class_folders
 from tests.robustness.helpers import (
     TOTAL_STEPS,
     assert_same_weights,
@@ -33,20 +32,6 @@ KILL_POINTS = {
     "after-final-step": ("metrics", TOTAL_STEPS, "kill-after"),  # step 8 logged, its checkpoint not written
     "after-final-checkpoint": ("barrier", 1, "kill"),  # all written, the run not yet reported done
 }
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The dataset and an uninterrupted run of it."""
-    root = tmp_path_factory.mktemp("kill")
-    data = make_class_folders(root / "data", ["cat", "dog", "car", "bus"], per_class=4)
-    run = root / "full"
-    done = starft(*train_args(data, run))
-    assert done.returncode == 0, done.stderr
-    steps = [r["step"] for r in metrics(run) if "val_accuracy" in r]
-    assert steps == [4, 8]
-    assert (run / "checkpoints" / "best").is_dir()
-    return data, run
 
 
 @pytest.mark.parametrize("where", list(KILL_POINTS))
