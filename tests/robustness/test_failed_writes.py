@@ -31,18 +31,13 @@ def _no_temporary_files(root: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("point", "mode", "strerror"),
-    [("state-write", "enospc", "No space left on device"), ("save-file", "eio", "Input/output error")],
-    ids=["training-state-enospc", "model-file-eio"],
-)
 def test_failed_checkpoint_write_keeps_the_previous_one_and_resumes(
-    point: str, mode: str, strerror: str, reference: tuple[Path, Path], tmp_path: Path
+    reference: tuple[Path, Path], tmp_path: Path
 ) -> None:
+    point, mode, strerror = "state-write", "enospc", "No space left on device"
     data, full = reference
     run = tmp_path / "run"
-    n = 2 if point == "state-write" else 3  # the step-4 checkpoint (save-file: step 3's model file, best, then it)
-    failed = with_fault(point, n, mode, *train_args(data, run))
+    failed = with_fault(point, 2, mode, *train_args(data, run))  # the step-4 checkpoint's training state
     assert failed.returncode == 1, failed.stderr
     line = one_line_error(failed.stderr)
     assert line.startswith(f"error: {strerror}") and "--resume" in line, line
@@ -57,6 +52,45 @@ def test_failed_checkpoint_write_keeps_the_previous_one_and_resumes(
     assert state_step(last) == TOTAL_STEPS
     assert_same_weights(full / "checkpoints" / "last", last)
     assert metrics(run) == metrics(full)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO], ids=["enospc", "eio"])
+def test_failed_model_file_write_keeps_the_previous_checkpoint(
+    code: int, tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import safetensors.torch
+    import torch
+
+    from starft_cli.train.checkpoint import RunDir, load_training_state, save_training_checkpoint
+
+    run = RunDir(tmp_path / "run")
+
+    def save(step: int) -> Path:
+        return save_training_checkpoint(
+            run, "last", tiny.model, tiny.model_cfg, tiny.preprocess_cfg, arch=tiny.arch, metadata={"step": step},
+            state={"format": 1, "step": step, "weights": torch.ones(3)},
+        )  # fmt: skip
+
+    save(3)
+    before = read_state_dict(run.checkpoint("last") / "open_clip_model.safetensors")
+    original = safetensors.torch.save_file
+
+    def failing(tensors, filename, *a, **k):  # half the file, then the device fails
+        Path(filename).write_bytes(b"\0" * 1000)
+        raise OSError(code, os.strerror(code), str(filename))
+
+    monkeypatch.setattr(safetensors.torch, "save_file", failing)
+    with pytest.raises(OSError) as info:
+        save(4)
+    assert info.value.errno == code
+    monkeypatch.setattr(safetensors.torch, "save_file", original)
+    assert load_training_state(run.find_checkpoint("last"))["step"] == 3
+    after = read_state_dict(run.checkpoint("last") / "open_clip_model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert sorted(p.name for p in (run.root / "checkpoints").iterdir()) == ["last"]  # no half folder
+    _no_temporary_files(run.root)
+    save(4)  # the next write succeeds
+    assert load_training_state(run.find_checkpoint("last"))["step"] == 4
 
 
 def _failing_write_text(monkeypatch: pytest.MonkeyPatch, name: str, code: int) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
+import signal
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from starft_cli.errors import CheckpointError, ImageError, WrongArchitectureErro
 from starft_cli.models import read_state_dict
 from starft_cli.train.checkpoint import STATE_NAME, load_training_state
 from tests.imagegen import make_class_folders, make_image
-from tests.robustness.helpers import ROOT, env, one_line_error, starft, train_args
+from tests.robustness.helpers import one_line_error, starft, train_args
 
 
 class _Payload:
@@ -67,15 +67,18 @@ def test_pickle_training_state_is_refused_unexecuted(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_training_state_swapped_in_a_run_folder_is_refused_on_resume(tmp_path: Path) -> None:
-    data = make_class_folders(tmp_path / "data", ["cat", "dog"], per_class=4)
+def test_training_state_swapped_in_a_run_folder_is_refused_on_resume(
+    reference: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, full = reference
     run = tmp_path / "run"
-    args = [a for a in train_args(data, run, "--max-steps", "2") if a]
-    done = starft(*args)
-    assert done.returncode == 0, done.stderr
+    shutil.copytree(full, run)
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    config["out"] = str(run)
+    (run / "config.json").write_text(json.dumps(config), encoding="utf-8")
     marker = tmp_path / "pwned"
     _evil_torch_file(run / "checkpoints" / "last" / STATE_NAME, marker)
-    resumed = starft(*args, "--resume")
+    resumed = starft(*train_args(data, run, "--resume"))
     assert resumed.returncode == 1
     line = one_line_error(resumed.stderr)
     assert "cannot read training state" in line and STATE_NAME in line
@@ -154,16 +157,16 @@ def test_symlink_loops_in_a_dataset_do_not_hang(tmp_path: Path) -> None:
     os.symlink(data, data / "cat" / "loop")  # back to the root
     os.symlink(data / "dog", data / "dog" / "self")  # to itself
     os.symlink(data / "dog" / "nowhere", data / "dog" / "nowhere")  # a link to itself (ELOOP)
-    for args in (["data", "check", f"folder:{data}", "--deep"], ["classify", str(data), "--labels", "a,b"]):
-        if args[0] == "classify":
-            args += ["-m", "starft-tiny:none", "--device", "cpu", "--format", "json"]
-        done = subprocess.run(
-            [sys.executable, "-m", "starft_cli", *args], cwd=ROOT, env=env(), capture_output=True, text=True,
-            timeout=60,
-        )  # fmt: skip
-        assert "Traceback" not in done.stderr, done.stderr
-        assert done.returncode in (0, 1), done.stderr
-    assert done.returncode == 0, done.stderr
+    signal.alarm(60)  # a hang fails the test instead of blocking the suite
+    try:
+        check = CliRunner().invoke(app, ["data", "check", f"folder:{data}", "--deep"])
+        args = ["classify", str(data), "--labels", "a,b", "-m", "starft-tiny:none", "--device", "cpu"]
+        done = CliRunner().invoke(app, [*args, "--format", "json"])
+    finally:
+        signal.alarm(0)
+    assert check.exit_code == 0 and "Traceback" not in check.output, check.output
+    assert "  images: 4\n" in check.stdout and "  classes: 2\n" in check.stdout, check.stdout
+    assert done.exit_code == 0, done.stderr
     assert len(json.loads(done.stdout)) == 4  # each real image once, none through a loop
 
 
