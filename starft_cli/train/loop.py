@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +20,6 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[dict[str, Any]], None]
 METHOD_NAMES = {"star": "starft", "kl": "kl", "none": "flyp"}
-# Test hook: stop (sleep until killed) right after the checkpoint of this step is written.
-STALL_ENV = "_STARFT_TEST_STALL_AT_STEP"
 
 
 def method_name(config: TrainConfig) -> str:
@@ -303,7 +300,6 @@ class _Trainer:
         normalize = batch_normalizer(base.preprocess_cfg)
         sampler = ResumableSampler(len(dataset), world, env.rank, cfg.seed)
         self.progress({"kind": "start", "total_steps": total_steps, "step": step, "run_dir": str(self.run_dir.root)})
-        stall_at = int(os.environ.get(STALL_ENV, "0") or 0)
         tb = None
         if cfg.tensorboard and env.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -389,10 +385,6 @@ class _Trainer:
                         best = self._after_epoch(epoch - 1, step, best)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or epoch_end or step >= total_steps:
                     self._save("last", step, epoch, in_epoch, best)
-                if stall_at and step == stall_at:
-                    logger.warning("%s=%d: stalling for the test harness", STALL_ENV, stall_at)
-                    while True:
-                        time.sleep(60)
                 if epoch_end:
                     break
             del batches, loader

@@ -5,8 +5,8 @@ Usage::
     python -m tests.robustness.inject POINT N MODE -- starft arguments...
 
 The function named by ``POINT`` is wrapped so that its ``N``-th matching call does ``MODE`` instead of running:
-``kill`` (SIGKILL this process), ``kill-after`` (run the call, then SIGKILL), ``enospc`` / ``eio`` (raise that
-OSError, as a full disk or a failing device would), ``stall`` (sleep until killed, to hold the run open).
+``kill`` (SIGKILL this process), ``enospc`` / ``eio`` (raise that OSError, as a full disk or a failing device
+would), ``stall`` (sleep until killed or interrupted, to hold the run open); ``MODE-after`` runs the call first.
 Nothing in starft knows about this: the patches are plain monkeypatching before ``starft_cli.cli.app.main`` runs.
 """
 
@@ -43,9 +43,9 @@ def _on_nth(fn: Callable[..., Any], n: int, mode: str, match: Callable[..., bool
         if match(*args, **kwargs):
             count += 1
             if count == n:
-                if mode == "kill-after":
+                if mode.endswith("-after"):  # run the call, then the fault
                     result = fn(*args, **kwargs)
-                    _fault("kill", what)
+                    _fault(mode[: -len("-after")], what)
                     return result
                 paths = [str(a) for a in args if isinstance(a, str | os.PathLike) and os.sep in str(a)]
                 _fault(mode, paths[-1] if paths else what)  # an OSError names the file, as a real one does
@@ -89,6 +89,10 @@ def install(point: str, n: int, mode: str) -> None:
         patch(validate, "validation_metrics")
     elif point == "metrics":  # the training-step line of step N (with kill-after: right after it is written)
         patch(checkpoint.RunDir, "append_metrics", lambda self, record: "loss" in record and record["step"] == n, 1)
+    elif point == "saved":  # checkpoints/last of step N is written (e.g. stall-after: hold the run there)
+        from starft_cli.train import loop
+
+        patch(loop._Trainer, "_save", lambda self, name, step, *a, **k: name == "last" and step == n, 1)
     elif point == "barrier":  # after the last step and its checkpoint, before the run reports done
         patch(distributed, "barrier")
     elif point == "save-file":  # safetensors writes (caches, heads, checkpoints' model files)
