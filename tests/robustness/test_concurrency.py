@@ -5,6 +5,7 @@ taken over)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -16,8 +17,11 @@ import pytest
 
 from starft_cli.errors import RunInUseError
 from starft_cli.train.checkpoint import LOCK_NAME, run_lock
+from tests.hubserver import hub  # noqa: F401  (fixture)
 from tests.imagegen import make_class_folders
 from tests.robustness.helpers import ROOT, env, inject_cmd, one_line_error
+from tests.test_zoo_hub import served  # noqa: F401  (fixture: a tiny model on the emulated Hub, in a zoo manifest)
+from tests.zoo_helpers import tiny_checkpoint  # noqa: F401  (fixture)
 
 
 def _popen(cmd: list[str], home: Path, log: Path) -> subprocess.Popen:
@@ -110,3 +114,20 @@ def test_run_lock_refuses_a_live_owner_and_cleans_up(tmp_path: Path, caplog: pyt
         pass
     assert "taking over the lock" in caplog.text
     assert not (root / LOCK_NAME).exists() and root.is_dir()
+
+
+@pytest.mark.slow
+def test_two_processes_downloading_the_same_zoo_model_both_succeed(served, tmp_path: Path) -> None:  # noqa: F811
+    """Both `starft zoo download` of one model at once (the emulated Hub) get the verified file; one copy."""
+    home = Path(os.environ["STARFT_HOME"])
+    procs = [_popen(_starft("zoo", "download", "tiny-zoo"), home, tmp_path / f"{i}.log") for i in range(2)]
+    outs = [p.communicate(timeout=180)[0].strip().splitlines()[-1] for p in procs]
+    for i, p in enumerate(procs):
+        assert p.returncode == 0, (tmp_path / f"{i}.log").read_text()
+    assert outs[0] == outs[1]
+    assert Path(outs[0]).read_bytes() == served.weights
+    blobs = [p for p in (served.cache).rglob("*") if p.is_file() and "blobs" in p.parts]
+    assert len(blobs) == 1 and not [p for p in served.cache.rglob("*.incomplete")]
+    check = subprocess.run(_starft("zoo", "verify", "tiny-zoo"), cwd=ROOT, env=env(STARFT_HOME=str(home)),
+                           capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert check.returncode == 0, check.stderr
