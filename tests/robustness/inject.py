@@ -95,12 +95,6 @@ def install(point: str, n: int, mode: str) -> None:
         patch(loop._Trainer, "_save", lambda self, name, step, *a, **k: name == "last" and step == n, 1)
     elif point == "barrier":  # after the last step and its checkpoint, before the run reports done
         patch(distributed, "barrier")
-    elif point == "save-file":  # safetensors writes (caches, heads, checkpoints' model files)
-        import safetensors.torch
-
-        patch(safetensors.torch, "save_file")
-    elif point == "write-text":  # Path.write_text (results.json and other text outputs go through it)
-        patch(Path, "write_text")
     else:
         raise SystemExit(f"unknown fault point {point}")
 

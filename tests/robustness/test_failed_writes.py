@@ -93,6 +93,42 @@ def test_failed_model_file_write_keeps_the_previous_checkpoint(
     assert load_training_state(run.find_checkpoint("last"))["step"] == 4
 
 
+def test_a_save_after_an_interrupted_swap_always_leaves_a_checkpoint(
+    tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash between the renames of a swap leaves only `.last.old`; the next save (a resumed run under torchrun,
+    where nothing is recovered first) must not delete it before the new `last` is in place."""
+    import torch
+
+    from starft_cli.train.checkpoint import RunDir, load_training_state, save_training_checkpoint
+
+    run = RunDir(tmp_path / "run")
+
+    def save(step: int) -> Path:
+        return save_training_checkpoint(
+            run, "last", tiny.model, tiny.model_cfg, tiny.preprocess_cfg, arch=tiny.arch, metadata={"step": step},
+            state={"format": 1, "step": step, "weights": torch.ones(3)},
+        )  # fmt: skip
+
+    save(3)
+    os.replace(run.checkpoint("last"), run.root / "checkpoints" / ".last.old")  # the crash's leftover
+    original = os.replace
+
+    def crash_on_swap(src, dst):  # the next save is cut short right before its new folder is renamed in
+        if Path(src).name == ".last.partial":
+            raise KeyboardInterrupt
+        return original(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_on_swap)
+    with pytest.raises(KeyboardInterrupt):
+        save(4)
+    monkeypatch.setattr(os, "replace", original)
+    found = run.find_checkpoint("last")
+    assert found is not None and load_training_state(found)["step"] == 3
+    assert run.recover() == ["last"] and load_training_state(run.checkpoint("last"))["step"] == 3
+    assert sorted(p.name for p in (run.root / "checkpoints").iterdir()) == ["last"]
+
+
 def _failing_write_text(monkeypatch: pytest.MonkeyPatch, name: str, code: int) -> None:
     """Path.write_text of ``name``'s temporary file writes half of the text, then fails as a full disk does."""
     original = Path.write_text
