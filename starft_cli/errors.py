@@ -75,3 +75,7 @@ class NonFiniteWeightsError(CheckpointError):
 
 class TrainingDiverged(StarftError):
     """Fine-tuning produced a non-finite loss, gradient or weight (more often than ``--max-bad-steps`` allows)."""
+
+
+class RunInUseError(CheckpointError):
+    """A run directory another starft process is writing (its ``.lock`` names the process)."""

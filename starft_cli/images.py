@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -142,11 +143,35 @@ def to_rgb(img: Image.Image) -> Image.Image:
         values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
         grey = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
-    import warnings
-
     with warnings.catch_warnings():  # "Palette images with Transparency ...": the transparency is dropped, as said
         warnings.simplefilter("ignore", UserWarning)
         return img.convert("RGB")
+
+
+def too_many_pixels(img: Image.Image) -> bool:
+    """Whether an opened (not yet decoded) image declares more pixels than PIL's ``Image.MAX_IMAGE_PIXELS``
+    (about 89 million; PIL itself only warns up to twice that): such a file is refused, not decoded."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    return limit is not None and img.size[0] * img.size[1] > limit
+
+
+def check_pixels(img: Image.Image, path: str | os.PathLike[str]) -> None:
+    """Refuse an image with :func:`too_many_pixels` (a decompression bomb) before it is decoded.
+
+    Raises:
+        ImageError: naming the file, its size and the limit.
+    """
+    if too_many_pixels(img):
+        from PIL import Image
+
+        width, height = img.size
+        raise ImageError(
+            f"{path} is refused as a possible decompression bomb: {width}x{height} = {width * height} pixels, more "
+            f"than the limit of {Image.MAX_IMAGE_PIXELS}",
+            "Resize the image, or remove it",
+        )
 
 
 def read_image(path: str | os.PathLike[str], exif_transpose: bool = False) -> tuple[Image.Image, list[str]]:
@@ -160,17 +185,25 @@ def read_image(path: str | os.PathLike[str], exif_transpose: bool = False) -> tu
 
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            notes = conversions(img)
-            img.load()
-            rgb = to_rgb(img)
-            if exif_transpose and "exif" in notes:
-                method = _EXIF_TRANSPOSE.get(int(img.getexif().get(0x0112, 1)))
-                if method is not None:
-                    rgb = rgb.transpose(Image.Transpose[method])
-            return rgb, notes
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a bomb is refused, never decoded
+            with Image.open(path) as img:
+                check_pixels(img, path)
+                notes = conversions(img)
+                img.load()
+                rgb = to_rgb(img)
+                if exif_transpose and "exif" in notes:
+                    method = _EXIF_TRANSPOSE.get(int(img.getexif().get(0x0112, 1)))
+                    if method is not None:
+                        rgb = rgb.transpose(Image.Transpose[method])
+                return rgb, notes
     except FileNotFoundError:
         raise ImageError(f"no such file: {path}", "Check the path") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(
+            f"{path} is refused as a possible decompression bomb ({' '.join(str(exc).split())})",
+            "Resize the image, or remove it",
+        ) from None
     except UnidentifiedImageError:
         if is_image_name(path):
             raise ImageError(

@@ -20,6 +20,7 @@ import difflib
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -273,7 +274,7 @@ def _load_pretrained(ref: ModelRef, seed: int) -> LoadedModel:
         quick_gelu=bool(cfg.get("quick_gelu", False)),
         preprocess_overrides=cfg,
     )
-    _apply_state_dict(loaded.model, read_state_dict(checkpoint), source=f"{arch}:{tag}")
+    _apply_state_dict(loaded.model, read_state_dict(checkpoint), source=f"{arch}:{tag}", arch=loaded.arch)
     return loaded
 
 
@@ -358,7 +359,7 @@ def _load_zoo(ref: ModelRef, seed: int) -> LoadedModel:
             quick_gelu=resolved.quick_gelu,
             preprocess_overrides=resolved.preprocess,
         )
-        _apply_state_dict(loaded.model, read_state_dict(resolved.weights), source=f"zoo:{ref.tag}")
+        _apply_state_dict(loaded.model, read_state_dict(resolved.weights), source=f"zoo:{ref.tag}", arch=loaded.arch)
     loaded.ref = ref
     return loaded
 
@@ -390,7 +391,7 @@ def _load_file(ref: ModelRef, path: Path, arch: str | None, seed: int) -> Loaded
             f"cannot tell the architecture of {path}",
             f"Pass --arch (e.g. --arch ViT-B-16), or put an {CONFIG_NAME} beside the file",
         )
-    _apply_state_dict(loaded.model, read_state_dict(path), source=str(path))
+    _apply_state_dict(loaded.model, read_state_dict(path), source=str(path), arch=loaded.arch)
     return loaded
 
 
@@ -410,7 +411,7 @@ def _load_dir(ref: ModelRef, directory: Path, arch: str | None, seed: int) -> Lo
         loaded = _build_from_config(ref, config, seed=seed, source=str(directory))
     else:
         raise UsageError(f"{directory} has no {CONFIG_NAME}", "Pass --arch, or save the model with starft")
-    _apply_state_dict(loaded.model, read_state_dict(weights), source=str(weights))
+    _apply_state_dict(loaded.model, read_state_dict(weights), source=str(weights), arch=loaded.arch)
     return loaded
 
 
@@ -657,7 +658,72 @@ def _strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def _apply_state_dict(model: Any, state: dict[str, Any], source: str) -> None:
+def state_signature(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+    """What a CLIP state dict's tensor shapes say about its architecture (the features that can be read off):
+    ``embed_dim``, ``text_width``, ``text_layers``, ``context_length`` and, for ViT image towers, ``vision_width``,
+    ``vision_layers``, ``patch_size`` and ``image_size``."""
+    sig: dict[str, int] = {}
+    if "text_projection" in shapes and len(shapes["text_projection"]) == 2:
+        sig["embed_dim"] = shapes["text_projection"][1]
+    if "ln_final.weight" in shapes:
+        sig["text_width"] = shapes["ln_final.weight"][0]
+    if "positional_embedding" in shapes:
+        sig["context_length"] = shapes["positional_embedding"][0]
+    blocks = {k.split(".")[2] for k in shapes if k.startswith("transformer.resblocks.")}
+    if blocks:
+        sig["text_layers"] = len(blocks)
+    conv = shapes.get("visual.conv1.weight")
+    if conv is not None and len(conv) == 4:
+        sig["vision_width"], sig["patch_size"] = conv[0], conv[2]
+        vblocks = {k.split(".")[3] for k in shapes if k.startswith("visual.transformer.resblocks.")}
+        sig["vision_layers"] = len(vblocks)
+        pos = shapes.get("visual.positional_embedding")
+        if pos is not None:
+            sig["image_size"] = round(math.sqrt(max(pos[0] - 1, 0))) * conv[2]
+    return sig
+
+
+def _config_signature(cfg: Mapping[str, Any]) -> dict[str, int]:
+    text, vision = cfg.get("text_cfg", {}) or {}, cfg.get("vision_cfg", {}) or {}
+    if "hf_model_name" in text:
+        return {}
+    sig = {
+        "embed_dim": cfg.get("embed_dim"),
+        "text_width": text.get("width", 512),
+        "text_layers": text.get("layers", 12),
+        "context_length": text.get("context_length", 77),
+    }
+    if not vision.get("timm_model_name") and isinstance(vision.get("layers", 12), int):
+        patch = vision.get("patch_size", 16)
+        sig.update(
+            vision_width=vision.get("width", 768),
+            vision_layers=vision.get("layers", 12),
+            patch_size=patch,
+            image_size=vision.get("image_size", 224),
+        )
+    return {k: v for k, v in sig.items() if isinstance(v, int)}
+
+
+def guess_architectures(state: Mapping[str, Any], exclude: str | None = None) -> list[str]:
+    """open_clip architectures (starft's own included) whose shapes agree with ``state`` on every feature of
+    :func:`state_signature` that both show, most features first; empty when nothing fits."""
+    import open_clip
+
+    sig = state_signature({k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")})
+    if len(sig) < 3:
+        return []
+    scored = []
+    for name in open_clip.list_models():
+        if name == exclude:
+            continue
+        cfg_sig = _config_signature(open_clip.get_model_config(name) or {})
+        common = set(sig) & set(cfg_sig)
+        if len(common) >= 3 and all(sig[k] == cfg_sig[k] for k in common):
+            scored.append((-len(common), name))
+    return [name for _, name in sorted(scored)]
+
+
+def _apply_state_dict(model: Any, state: dict[str, Any], source: str, arch: str | None = None) -> None:
     own = model.state_dict()
     if "logit_scale" in state and "logit_scale" in own and state["logit_scale"].shape != own["logit_scale"].shape:
         state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)
@@ -676,9 +742,12 @@ def _apply_state_dict(model: Any, state: dict[str, Any], source: str) -> None:
             parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        guesses = guess_architectures(state, exclude=arch)
+        looks = f"; the file looks like {' or '.join(guesses[:3])}" if guesses else ""
+        hint = f"Pass --arch {guesses[0]}" if guesses else "Pass the architecture the weights were trained with"
         raise WrongArchitectureError(
-            f"weights in {source} do not fit the architecture: " + "; ".join(parts),
-            "Pass the architecture the weights were trained with (--arch), or check the file",
+            f"weights in {source} do not fit {arch or 'the architecture'}{looks}: " + "; ".join(parts),
+            f"{hint} (--arch), or check the file" if not guesses else f"{hint}, or check the file",
         )
     model.load_state_dict(state, strict=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import platformdirs
@@ -78,6 +78,27 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def cache_write(what: str, *paths: str | os.PathLike[str]) -> Iterator[None]:
+    """Around writing a cache entry: a failed write (a full disk, an I/O error, a read-only cache) is a warning,
+    not an error, since the entry is only a saving. ``paths`` (companion files written before the failing one) are
+    removed, so no half entry is left for a later run (each file goes through :func:`atomic_path`: none is torn)."""
+    import logging
+
+    try:
+        yield
+    except OSError as exc:
+        for path in paths:
+            with suppress(OSError):
+                Path(path).unlink(missing_ok=True)
+        logging.getLogger(__name__).warning(
+            "could not write the %s cache (%s%s); continuing without it",
+            what,
+            exc.strerror or exc,
+            f": {exc.filename}" if exc.filename else "",
+        )
 
 
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> None:

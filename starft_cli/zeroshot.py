@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starft_cli.errors import DataError, UsageError
-from starft_cli.paths import atomic_path, cache_dir
+from starft_cli.paths import atomic_path, cache_dir, cache_write
 from starft_cli.prompts import fill, load_templates
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ def cached_zero_shot_head(
             logger.warning("ignoring unreadable head cache %s (%s)", path, exc)
     head = zero_shot_head(loaded.model, loaded.tokenizer, classnames, templates, device=device, scale=False)
     if use_cache:
-        with atomic_path(path) as tmp:
+        with cache_write("zero-shot head"), atomic_path(path) as tmp:
             save_file({"head": head.detach().to("cpu").contiguous()}, str(tmp))
     return head.to(device) * scale if isinstance(head, torch.Tensor) else head
 

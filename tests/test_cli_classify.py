@@ -99,7 +99,7 @@ def _corrupt(tmp_path: Path) -> Path:
         ("duplicate_label", 2, "duplicate labels: cat"),
         ("both_label_flags", 2, "exactly one of --labels and --labels-file"),
         ("unknown_model", 1, "unknown model 'ViT-B-61'"),
-        ("wrong_arch", 1, "do not fit the architecture"),
+        ("wrong_arch", 1, "do not fit starft-tiny; the file looks like starft-small"),
         ("bad_device", 2, "unknown device"),
         ("bad_template", 1, "exactly one slot"),
     ],

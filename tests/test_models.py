@@ -137,7 +137,7 @@ def test_wrong_architecture_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(WrongArchitectureError) as info:
         load(str(tmp_path / WEIGHTS_NAME), arch="starft-tiny")
     message = info.value.one_line()
-    assert "do not fit the architecture" in message and "wrong shape" in message
+    assert "do not fit starft-tiny; the file looks like starft-small" in message and "wrong shape" in message
 
 
 def test_weights_without_architecture_ask_for_arch(tmp_path: Path, tiny) -> None:

@@ -18,9 +18,13 @@ from tests.imagegen import make_class_folders
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cmd(data: Path, out: Path, *extra: str) -> list[str]:
+def _cmd(data: Path, out: Path, *extra: str, stall_at: int | None = None) -> list[str]:
+    """The finetune command; with ``stall_at``, it holds still right after writing its step-N checkpoint (a
+    fault injected from outside starft, tests/robustness/inject.py), to be killed or interrupted there."""
+    launcher = ["-m", "starft_cli"] if stall_at is None else ["-m", "tests.robustness.inject", "saved", str(stall_at),
+                                                              "stall-after", "--"]  # fmt: skip
     return [
-        sys.executable, "-m", "starft_cli", "finetune", "--backbone", "starft-tiny:none", "--data", f"folder:{data}",
+        sys.executable, *launcher, "finetune", "--backbone", "starft-tiny:none", "--data", f"folder:{data}",
         "--batch-size", "4", "--epochs", "2", "--warmup", "2", "--lr", "1e-4", "--workers", "2",
         "--checkpoint-every", "3", "--device", "cpu", "--out", str(out), *extra,
     ]  # fmt: skip
@@ -48,7 +52,7 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path):
 
     # The victim stalls right after writing its step-3 checkpoint (mid-epoch 0) and is then SIGKILLed.
     victim = subprocess.Popen(
-        _cmd(data, killed), cwd=ROOT, env=_env(_STARFT_TEST_STALL_AT_STEP="3"), stdout=subprocess.DEVNULL,
+        _cmd(data, killed, stall_at=3), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 240
@@ -83,10 +87,10 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path):
 def test_ctrl_c_prints_the_resume_command_then_resume_finishes_and_says_so(tmp_path: Path):
     data = make_class_folders(tmp_path / "data", ["cat", "dog", "car", "bus"], per_class=4)  # 8 steps in all
     run = tmp_path / "run"
-    cmd = [*_cmd(data, run)]
+    cmd = [*_cmd(data, run, stall_at=3)]
     cmd[cmd.index("--workers") + 1] = "0"
     victim = subprocess.Popen(
-        cmd, cwd=ROOT, env=_env(_STARFT_TEST_STALL_AT_STEP="3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 240

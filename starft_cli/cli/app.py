@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -38,6 +39,11 @@ class StarftGroup(TyperGroup):
         except BrokenPipeError:  # the reader went away (`starft data list | head -1`): stop quietly, as cat does
             _silence_stdout()
             raise typer.Exit(141) from None
+        except OSError as exc:  # a full disk, an I/O error, a permission: the system's words and the file
+            if _debug():
+                traceback.print_exc()
+            typer.echo(f"error: {os_error_line(exc)}", err=True)
+            raise typer.Exit(1) from None
         except Exception as exc:
             if _debug():
                 traceback.print_exc()
@@ -48,6 +54,50 @@ class StarftGroup(TyperGroup):
                 err=True,
             )
             raise typer.Exit(1) from None
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "Free some disk space and rerun (a run continues with --resume)",
+    errno.EDQUOT: "Free some of your disk quota and rerun (a run continues with --resume)",
+    errno.EIO: "The device reported an I/O error: check the disk, then rerun (a run continues with --resume)",
+    errno.EACCES: "Check the permissions, or choose another path",
+    errno.EPERM: "Check the permissions, or choose another path",
+    errno.EROFS: "The file system is read-only: choose another path",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError: what the system said, the file, and what to do (``No space left on device: X``)."""
+    what = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    where = f": {exc.filename}" if exc.filename else ""
+    hint = _OS_HINTS.get(exc.errno or 0)
+    return f"{what}{where}" + (f". {hint}" if hint else "")
+
+
+def _one_line_usage_errors() -> None:
+    """Click's usage errors as one line, ``error: MESSAGE (see 'starft CMD -h')``, exit 2 (click prints the usage
+    line, a hint line and ``Error: ...``); other click errors as ``error: MESSAGE``. ``starft GROUP`` without a
+    sub-command still prints the group's help."""
+    try:
+        from typer._click import exceptions  # typer >= 0.29 vendors click
+    except ImportError:  # pragma: no cover - a typer on plain click
+        from click import exceptions  # type: ignore[no-redef]
+
+    if getattr(exceptions.ClickException, "starft_one_line", False):
+        return
+
+    def show_click(self: Any, file: Any = None) -> None:
+        message = " ".join(self.format_message().split())
+        typer.echo(f"error: {message}", err=True)
+
+    def show_usage(self: Any, file: Any = None) -> None:
+        message = " ".join(self.format_message().split()).rstrip(".")
+        hint = f" (see '{self.ctx.command_path} -h')" if self.ctx is not None else ""
+        typer.echo(f"error: {message}{hint}", err=True)
+
+    exceptions.ClickException.show = show_click
+    exceptions.UsageError.show = show_usage
+    exceptions.ClickException.starft_one_line = True
 
 
 def _silence_stdout() -> None:
@@ -159,6 +209,7 @@ def _register() -> None:
 
 
 _wrap_help_at_spaces_only()
+_one_line_usage_errors()
 _register()
 
 

@@ -30,15 +30,20 @@ def torchvision_decodable(data: bytes | bytearray) -> bool:
 
     from PIL import Image
 
+    from starft_cli.images import too_many_pixels
+
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return (
-                img.format in ("JPEG", "PNG")
-                and img.mode in ("RGB", "L")
-                and getattr(img, "n_frames", 1) == 1
-                and "transparency" not in img.info
-                and not any(";16" in str(getattr(t, "args", "")) for t in (img.tile or []))
-            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                return (
+                    not too_many_pixels(img)  # a decompression bomb goes to PIL's reader, which refuses it
+                    and img.format in ("JPEG", "PNG")
+                    and img.mode in ("RGB", "L")
+                    and getattr(img, "n_frames", 1) == 1
+                    and "transparency" not in img.info
+                    and not any(";16" in str(getattr(t, "args", "")) for t in (img.tile or []))
+                )
     except Exception:  # not an image PIL can identify: PIL's reader names the problem
         return False
 

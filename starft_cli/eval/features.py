@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from starft_cli.errors import ImageError
 from starft_cli.images import RGB_VERSION, open_image
-from starft_cli.paths import atomic_path, cache_dir
+from starft_cli.paths import atomic_path, cache_dir, cache_write
 
 if TYPE_CHECKING:
     import torch
@@ -60,14 +61,18 @@ def open_for_eval(path: Path, min_side: int | None) -> Any:
         return open_image(path)
     from PIL import Image
 
-    from starft_cli.images import to_rgb
+    from starft_cli.images import to_rgb, too_many_pixels
 
     try:
-        with Image.open(path) as img:
-            if img.format == "JPEG" and img.mode in ("RGB", "L"):
-                img.draft(img.mode, (min_side, min_side))
-            img.load()
-            return to_rgb(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if too_many_pixels(img):
+                    return open_image(path)  # raises the standard ImageError (a bomb is not decoded)
+                if img.format == "JPEG" and img.mode in ("RGB", "L"):
+                    img.draft(img.mode, (min_side, min_side))
+                img.load()
+                return to_rgb(img)
     except Exception:
         return open_image(path)  # raises the standard ImageError naming the problem (or reads it plainly)
 
@@ -230,8 +235,9 @@ def compute_features(
     pairs = sorted(zip(skipped, names, strict=True))
     result = Features(out, [i for i, _ in pairs], [n for _, n in pairs])
     if use_cache:
-        with atomic_path(path.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps({"skipped": result.skipped, "names": result.skipped_names}), encoding="utf-8")
-        with atomic_path(path) as tmp:
-            save_file({"features": out.contiguous()}, str(tmp))
+        with cache_write("feature", path.with_suffix(".json")):
+            with atomic_path(path.with_suffix(".json")) as tmp:
+                tmp.write_text(json.dumps({"skipped": result.skipped, "names": result.skipped_names}), encoding="utf-8")
+            with atomic_path(path) as tmp:
+                save_file({"features": out.contiguous()}, str(tmp))
     return result

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from starft_cli.paths import atomic_path, cache_dir
+from starft_cli.paths import atomic_path, cache_dir, cache_write
 from starft_cli.prompts import fill
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def cached_bank(
             logger.warning("ignoring unreadable spurious bank %s (%s)", path, exc)
     bank = build_bank(model, tokenizer, classnames, caption_template, pool, device)
     if use_cache:
-        with atomic_path(path) as tmp:
+        with cache_write("spurious bank"), atomic_path(path) as tmp:
             save_file(
                 {"spurious": bank.spurious.cpu().contiguous(), "captions": bank.captions.cpu().contiguous()}, str(tmp)
             )

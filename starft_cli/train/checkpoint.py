@@ -7,6 +7,7 @@ Layout::
     RUN/checkpoints/last/            model folder (open_clip_model.safetensors + open_clip_config.json)
     RUN/checkpoints/last/training_state.pt   optimizer, scaler, step, epoch, position in the epoch, RNG states
     RUN/checkpoints/best/            model folder, best ID validation accuracy (with --val-data)
+    RUN/.lock                        PID@HOST of the process writing the run (while it runs)
 
 A checkpoint folder is written complete under ``checkpoints/.NAME.partial`` and then swapped in by renames, so
 a crash at any moment leaves either the previous or the new checkpoint, never a mix. The training state holds
@@ -16,18 +17,24 @@ only tensors and plain Python values and is read with ``torch.load(weights_only=
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from starft_cli.errors import CheckpointError
+from starft_cli.errors import CheckpointError, RunInUseError
 from starft_cli.paths import atomic_path, atomic_write_text
 
 STATE_NAME = "training_state.pt"
 HEAD_NAME = "classification_head.safetensors"
 STATE_FORMAT = 1
+LOCK_NAME = ".lock"
+
+logger = logging.getLogger(__name__)
 
 
 class RunDir:
@@ -51,9 +58,35 @@ class RunDir:
         if (final / STATE_NAME).is_file() or (name != "last" and final.is_dir()):
             return final
         old = final.parent / f".{name}.old"
-        if (old / STATE_NAME).is_file():
+        if (old / STATE_NAME).is_file() or (name != "last" and old.is_dir() and not final.exists()):
             return old
         return None
+
+    def recover(self) -> list[str]:
+        """Finish what a crash interrupted, before a resumed run trusts or writes anything: a checkpoint moved
+        aside (``.NAME.old``) whose replacement never arrived is moved back, and unfinished ``.NAME.partial``
+        folders are removed (they are never read). Returns the names of the checkpoints moved back.
+
+        ``.NAME.old`` is only ever made by renaming a complete ``NAME``, and only deleted once the new ``NAME`` is in
+        place, so when ``NAME`` is missing it is the complete previous checkpoint.
+        """
+        folder = self.root / "checkpoints"
+        restored = []
+        if not folder.is_dir():
+            return restored
+        for entry in sorted(folder.iterdir()):
+            name = entry.name
+            if name.startswith(".") and name.endswith(".old") and entry.is_dir():
+                final = folder / name[1 : -len(".old")]
+                if not final.exists():
+                    os.replace(entry, final)
+                    restored.append(final.name)
+                else:
+                    shutil.rmtree(entry)
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith(".") and entry.name.endswith(".partial") and entry.is_dir():
+                shutil.rmtree(entry)
+        return restored
 
     def write_config(self, text: str) -> None:
         atomic_write_text(self.config, text)
@@ -109,6 +142,7 @@ def save_training_checkpoint(
 
     Raises:
         NonFiniteWeights: the weights hold NaN or inf (nothing is written; the previous checkpoint stays).
+        OSError: a write failed (e.g. ENOSPC); the previous checkpoint stays and the unfinished folder is removed.
     """
     import torch
 
@@ -124,15 +158,21 @@ def save_training_checkpoint(
     old = final.parent / f".{name}.old"
     if partial.exists():
         shutil.rmtree(partial)
-    save_checkpoint(model, partial, model_cfg, preprocess_cfg, arch=arch, metadata=metadata)
-    if head is not None:
-        from safetensors.torch import save_file
+    if old.exists() and not final.exists():  # a swap a crash interrupted: the moved-aside one is the complete one
+        os.replace(old, final)
+    try:
+        save_checkpoint(model, partial, model_cfg, preprocess_cfg, arch=arch, metadata=metadata)
+        if head is not None:
+            from safetensors.torch import save_file
 
-        with atomic_path(partial / HEAD_NAME) as tmp:
-            save_file({"weight": head.detach().cpu().contiguous()}, str(tmp))
-    if state is not None:
-        with atomic_path(partial / STATE_NAME) as tmp:
-            torch.save(dict(state), tmp)
+            with atomic_path(partial / HEAD_NAME) as tmp:
+                save_file({"weight": head.detach().cpu().contiguous()}, str(tmp))
+        if state is not None:
+            with atomic_path(partial / STATE_NAME) as tmp:
+                torch.save(dict(state), tmp)
+    except BaseException:  # a full disk, an I/O error, Ctrl-C: the previous checkpoint stays, no half folder
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
@@ -165,3 +205,77 @@ def load_training_state(folder: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a starft training state (format {STATE_FORMAT})")
     return state
+
+
+def _lock_owner(path: Path) -> tuple[int | None, str]:
+    """(pid, host) written in a lock file; (None, "?") when it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+        pid, _, host = text.partition("@")
+        return int(pid), host
+    except (OSError, ValueError):
+        return None, "?"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(root: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold ``ROOT/.lock`` (``PID@HOST``, created with ``O_EXCL``) while a run writes ``root``; removed at exit.
+
+    A lock left by a process that is no longer running on this host (a SIGKILL, a power cut) is taken over with a
+    warning. A folder this call created is removed again at exit when nothing else was written into it.
+
+    Raises:
+        RunInUseError: another live process (or one on another host) holds the lock; names its PID and host.
+    """
+    root = Path(root)
+    created = []  # the folders this call makes, deepest first
+    for folder in (root, *root.parents):
+        if folder.exists():
+            break
+        created.append(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_NAME
+    host = socket.gethostname()
+    me = f"{os.getpid()}@{host}"
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid, owner_host = _lock_owner(path)
+            if pid is not None and owner_host == host and pid != os.getpid() and not _pid_alive(pid):
+                logger.warning("%s: taking over the lock of process %d, which is no longer running", root, pid)
+                path.unlink(missing_ok=True)
+                continue
+            who = f"pid {pid} on {owner_host}" if pid is not None else "another process"
+            raise RunInUseError(
+                f"{root} is in use by another starft run ({who}, see {path})",
+                "Wait for it to finish or choose another --out; if that process is gone, delete the lock file",
+            ) from None
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(me + "\n")
+        break
+    else:  # pragma: no cover - a lock taken over by someone else at every try
+        raise RunInUseError(f"{root} is in use by another starft run (see {path})", "Try again")
+    try:
+        yield path
+    finally:
+        try:
+            if path.read_text(encoding="utf-8").strip() == me:
+                path.unlink()
+        except OSError:
+            pass
+        for folder in created:  # only when empty: a run that failed before writing anything leaves nothing behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,15 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from starft_cli.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from starft_cli.train.checkpoint import RunDir, load_training_state, save_training_checkpoint
+from starft_cli.train.checkpoint import LOCK_NAME, RunDir, load_training_state, run_lock, save_training_checkpoint
 from starft_cli.train.config import RESUME_MUTABLE, TrainConfig, config_from_json
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[dict[str, Any]], None]
 METHOD_NAMES = {"star": "starft", "kl": "kl", "none": "flyp"}
-# Test hook: stop (sleep until killed) right after the checkpoint of this step is written.
-STALL_ENV = "_STARFT_TEST_STALL_AT_STEP"
 
 
 def method_name(config: TrainConfig) -> str:
@@ -65,7 +62,7 @@ def prepare(config: TrainConfig) -> Prepared:
                     "Resume with the run's own settings",
                 )
             resume_from = run.find_checkpoint("last")
-        elif run.root.exists() and any(run.root.iterdir()):
+        elif run.root.exists() and any(p.name != LOCK_NAME for p in run.root.iterdir()):
             raise CheckpointError(f"{run.root} is not a starft run (no config.json)", "Check --out")
     elif run.config.is_file():
         raise CheckpointError(
@@ -107,18 +104,29 @@ def finetune(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
     Raises:
         TrainingDiverged: a non-finite loss or gradient (beyond ``max_bad_steps`` skipped steps) or non-finite
             weights at a checkpoint; the previous checkpoint is kept.
+        RunInUseError: another process is writing ``--out`` (its PID and host are named).
         StarftError: bad settings, data, devices or run directory (checked before any model is loaded).
     """
+    from starft_cli.train.distributed import env_from_environment
+
+    if config.out is None:
+        config = config.replace(out=default_out(config))
+    env = env_from_environment()
+    if env.is_main:  # one writer per run directory: a second process on the same --out is refused
+        with run_lock(config.out):
+            run = RunDir(config.out)
+            if config.resume and not env.distributed and run.config.is_file():  # (others may be reading it)
+                for name in run.recover():
+                    logger.warning("checkpoints/%s: restored the previous checkpoint after an interrupted save", name)
+            return _finetune(config, env, progress)
+    return _finetune(config, env, progress)
+
+
+def _finetune(config: TrainConfig, env: Any, progress: ProgressFn | None) -> Path:
     from starft_cli.device import cuda_call_args, resolve_device
-    from starft_cli.train.distributed import (
-        destroy_process_group,
-        device_for,
-        env_from_environment,
-        init_process_group,
-    )
+    from starft_cli.train.distributed import destroy_process_group, device_for, init_process_group
 
     prepared = prepare(config)
-    env = env_from_environment()
     device = device_for(env, resolve_device(prepared.config.device))
     calls = cuda_call_args(device)
     if calls.set_device is not None:
@@ -292,7 +300,6 @@ class _Trainer:
         normalize = batch_normalizer(base.preprocess_cfg)
         sampler = ResumableSampler(len(dataset), world, env.rank, cfg.seed)
         self.progress({"kind": "start", "total_steps": total_steps, "step": step, "run_dir": str(self.run_dir.root)})
-        stall_at = int(os.environ.get(STALL_ENV, "0") or 0)
         tb = None
         if cfg.tensorboard and env.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -378,10 +385,6 @@ class _Trainer:
                         best = self._after_epoch(epoch - 1, step, best)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or epoch_end or step >= total_steps:
                     self._save("last", step, epoch, in_epoch, best)
-                if stall_at and step == stall_at:
-                    logger.warning("%s=%d: stalling for the test harness", STALL_ENV, stall_at)
-                    while True:
-                        time.sleep(60)
                 if epoch_end:
                     break
             del batches, loader
