@@ -408,7 +408,9 @@ def probe(
     info = {f"{k}_version": v for k, v in versions().items()}
     records: list[dict[str, Any]] = []
     for model in model_list:
-        loaded = load(model, device=device) if isinstance(model, str) else model
+        loaded = (
+            model if not isinstance(model, str) else ref_loaded if model == reference else load(model, device=device)
+        )
         side = ref_side if loaded is ref_loaded else _side(loaded, *args, progress)
         drifts, count = compare(
             side,
