@@ -138,13 +138,39 @@ def drift_rows(
     """
     import torch
 
-    from starft_cli.losses import star_regularizer_rows
-
     out = np.zeros(len(labels), dtype=np.float64)
     y_all = torch.as_tensor(labels, dtype=torch.long)
     k_all = torch.as_tensor(templates, dtype=torch.long)
     ref_text = reference_text.to(device)
     mod_text = model_text.to(device)
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        # blocks of reg_batch_size^2 entries are small: on CPU, thread hand-offs cost more than the arithmetic
+        # (tens of times more on a loaded machine), so one thread computes them
+        torch.set_num_threads(1)
+    try:
+        _fill_rows(out, batches, y_all, k_all, reference_images, ref_text, model_images, mod_text, scale, device)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _fill_rows(
+    out: np.ndarray,
+    batches: Sequence[np.ndarray],
+    y_all: torch.Tensor,
+    k_all: torch.Tensor,
+    reference_images: torch.Tensor,
+    ref_text: torch.Tensor,
+    model_images: torch.Tensor,
+    mod_text: torch.Tensor,
+    scale: float,
+    device: str | torch.device,
+) -> None:
+    import torch
+
+    from starft_cli.losses import star_regularizer_rows
+
     with torch.no_grad():
         for batch in batches:
             if len(batch) == 0:
@@ -161,7 +187,6 @@ def drift_rows(
                 masked=True,
             )
             out[batch] = rows.double().cpu().numpy()
-    return out
 
 
 def bootstrap_ci(
@@ -273,8 +298,9 @@ def compare(
     valid = (model.valid & reference.valid).numpy()
     index = np.flatnonzero(valid)
     labels_all = np.asarray(dataset.labels)
-    position = {c: i for i, c in enumerate(present)}
-    labels = np.asarray([position[int(y)] for y in labels_all[index]], dtype=np.int64)
+    position = np.full(max(present) + 1, -1, dtype=np.int64)
+    position[present] = np.arange(len(present))
+    labels = position[labels_all[index]]
     scale = float(reference.loaded.model.logit_scale.exp().item())
     groups = None if dataset.groups is None else np.asarray(dataset.groups)[index]
     out = []
