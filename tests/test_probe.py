@@ -222,3 +222,20 @@ def test_cli_probe_bad_input_is_one_line(class_folders: Path, extra: list[str], 
     result = runner.invoke(app, [*args, "--workers", "0", *extra])
     assert result.exit_code == code
     assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_probe_cost_helpers_share_tokenizers_and_restore_threads(tiny) -> None:
+    """Loading a model and its reference builds the BPE tokenizer once; the one-thread block computation on CPU
+    leaves torch's thread count as it found it."""
+    import torch
+
+    from starft_cli.models import load
+    from starft_cli.probe import drift_rows
+
+    assert load(TINY).tokenizer is load(TINY).tokenizer
+    threads = torch.get_num_threads()
+    feats = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    text = torch.nn.functional.normalize(torch.randn(2, 3, 8), dim=-1)
+    labels, templates = np.array([0, 1, 0, 1, 0, 1]), np.array([0, 1, 2, 0, 1, 2])
+    rows = drift_rows(feats, text, feats, text, labels, templates, [np.arange(6)], 10.0)
+    assert (rows == 0).all() and torch.get_num_threads() == threads
