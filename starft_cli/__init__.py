@@ -35,6 +35,7 @@ _API = {
     "build_config": "starft_cli.train.config",
     "star_regularizer": "starft_cli.losses",
     "kl_regularizer": "starft_cli.losses",
+    "star_regularizer_rows": "starft_cli.losses",
     "contrastive_loss": "starft_cli.losses",
     "wise": "starft_cli.wise",
     "write_wise": "starft_cli.wise",

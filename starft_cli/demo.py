@@ -12,7 +12,8 @@ Stages, each cached so that an interrupted demo picks up where it stopped:
    one resumed;
 4. evaluation of the zero-shot model and every run on ``val`` (in-distribution accuracy) and on the balanced
    ``test`` split (average, mean-group and worst-group accuracy, ECE), through the evaluation feature cache;
-5. the leaderboard (deltas against the zero-shot model), ``results.json``, ``leaderboard.md``/``.csv`` and
+5. each model's spurious drift from the zero-shot model on ``test`` (:mod:`starft_cli.probe`, digits pool);
+6. the leaderboard (deltas against the zero-shot model), ``results.json``, ``leaderboard.md``/``.csv`` and
    ``demo.png``.
 
 The core never prints: progress goes to the ``progress`` callback, as events (dicts with a ``kind``).
@@ -106,6 +107,7 @@ QUICK_BUDGET: dict[str, Any] = {"epochs": 2, "batch_size": 64, "lr": 1e-4, "wd":
 QUICK_PRETRAIN: dict[str, Any] = {"epochs": 1, "max_steps": 6, "warmup": 2}
 TEST_METRICS = ("top1", "mean_group_acc", "worst_group_acc", "ece")
 FIGURE_NAME = "demo.png"
+DRIFT_POOL = "digits"  # the pool the demo's StarFT runs use: `starft probe` reports each model's drift over it
 
 
 def plot_available() -> bool:
@@ -351,6 +353,7 @@ def run_demo(config: DemoConfig, progress: ProgressFn | None = None) -> DemoResu
         seed=config.seed,
         progress=lambda name, done, total: emit({"kind": "eval", "name": name, "done": done, "total": total}),
     )
+    frame = _with_drift(frame, names, zero_shot, device, config)
     frame["model"] = frame["model"].map(lambda raw: names.get(raw, raw))
     report = write_report(out, frame, baseline=ZERO_SHOT, description=suite().description)
     paths = list(report["paths"])
@@ -362,6 +365,29 @@ def run_demo(config: DemoConfig, progress: ProgressFn | None = None) -> DemoResu
         paths.append(demo_figure(report["frame"], out / FIGURE_NAME, [ZERO_SHOT, *config.methods], majority))
     emit({"kind": "stage", "stage": "report", "status": "written", "path": str(out)})
     return DemoResult(frame=report["frame"], paths=paths, runs=runs, zero_shot=zero_shot)
+
+
+def _with_drift(frame: Any, names: dict[str, str], zero_shot: Path, device: str, config: DemoConfig) -> Any:
+    """``frame`` plus every model's spurious drift from the zero-shot model on the ``test`` split (``starft probe``
+    with the demo's pool and training batch size; the zero-shot model's own drift is 0 by definition)."""
+    import pandas as pd
+
+    from starft_cli.probe import probe
+
+    batch = {**(QUICK_BUDGET if config.quick else BUDGET), **config.overrides}["batch_size"]
+    drift = probe(
+        list(names),
+        str(zero_shot),
+        DATASET,
+        None,
+        "test",
+        [DRIFT_POOL],
+        device=device,
+        seed=config.seed,
+        reg_batch_size=int(batch),
+    )
+    drift["reference"] = ZERO_SHOT
+    return pd.concat([frame, drift], ignore_index=True)
 
 
 def _forget_stale_runs(runs_root: Path, zero_shot: Path) -> None:

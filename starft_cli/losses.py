@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 MASK_VALUE = -1e8
 
 
-def star_regularizer(
+def star_regularizer_rows(
     teacher_image: torch.Tensor,
     teacher_spurious_text: torch.Tensor,
     student_image: torch.Tensor,
@@ -24,18 +24,16 @@ def star_regularizer(
     masked: bool = True,
     *,
     column_labels: torch.Tensor | None = None,
-    normalizer: int | None = None,
 ) -> torch.Tensor:
-    """StarReg: KL(softmax(T_i) || softmax(S_i)) averaged over the batch (``batchmean``).
+    """StarReg per row: ``KL(softmax(T_i) || softmax(S_i))`` for each row ``i``, shape ``[n_rows]`` (float32, nats).
 
     ``T = scale * teacher_image @ teacher_spurious_text.T`` and ``S = scale * student_image @
-    student_spurious_text.T`` with the teacher's fixed ``scale``. With ``masked`` every pair of samples that
-    share a label (the diagonal included) is masked out of both distributions; a row with nothing left
-    contributes exactly zero. ``masked=False`` is the plain KL ablation. Computed in float32 whatever the
-    input dtype.
-
-    For a global batch split over processes, pass this process's rows (``*_image``, ``labels``), the gathered
-    columns (``*_spurious_text`` and their ``column_labels``) and ``normalizer`` = the global batch size.
+    student_spurious_text.T`` (images ``[n_rows, d]``, texts ``[n_cols, d]``, the teacher's and the student's
+    dimensions may differ) with the teacher's fixed ``scale``. With ``masked`` every pair of samples that share a
+    label (``labels [n_rows]`` against ``column_labels [n_cols]``, default ``labels``; the diagonal included) is
+    masked out of both distributions; a row with nothing left is exactly zero. ``masked=False`` is the plain KL
+    ablation. Computed in float32 whatever the input dtype. This is the one formula of the regulariser:
+    :func:`star_regularizer` (training) and :mod:`starft_cli.probe` (held-out drift) aggregate these rows.
     """
     import torch
     import torch.nn.functional as F
@@ -43,7 +41,6 @@ def star_regularizer(
     if column_labels is None:
         column_labels = labels
     n_rows = teacher_image.shape[0]
-    normalizer = n_rows if normalizer is None else normalizer
     scale = torch.as_tensor(teacher_scale, dtype=torch.float32, device=student_image.device).detach()
     with torch.autocast(device_type=student_image.device.type, enabled=False):
         t_logits = scale * (teacher_image.float() @ teacher_spurious_text.float().T)
@@ -56,11 +53,43 @@ def star_regularizer(
         else:
             valid_rows = torch.ones(n_rows, dtype=torch.bool, device=student_image.device)
         log_q = F.log_softmax(s_logits, dim=1)
-        p = F.softmax(t_logits.detach(), dim=1)
-        # kl_div uses xlogy for the target term, so masked entries (p == 0) add exactly 0.
-        per_row = F.kl_div(log_q, p, reduction="none").sum(dim=1)
-        per_row = torch.where(valid_rows, per_row, torch.zeros_like(per_row))
-        return per_row.sum() / max(int(normalizer), 1)
+        log_p = F.log_softmax(t_logits.detach(), dim=1)
+        # p * (log p - log q) with p = exp(log p): masked entries (p == 0) add exactly 0, and identical teacher and
+        # student logits give exactly 0 (not float noise of either sign).
+        per_row = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1)
+        return torch.where(valid_rows, per_row, torch.zeros_like(per_row))
+
+
+def star_regularizer(
+    teacher_image: torch.Tensor,
+    teacher_spurious_text: torch.Tensor,
+    student_image: torch.Tensor,
+    student_spurious_text: torch.Tensor,
+    teacher_scale: torch.Tensor | float,
+    labels: torch.Tensor,
+    masked: bool = True,
+    *,
+    column_labels: torch.Tensor | None = None,
+    normalizer: int | None = None,
+) -> torch.Tensor:
+    """StarReg: :func:`star_regularizer_rows` averaged over the batch (``batchmean``), a scalar.
+
+    A row with every entry masked contributes zero (and still counts in the mean). For a global batch split over
+    processes, pass this process's rows (``*_image``, ``labels``), the gathered columns (``*_spurious_text`` and
+    their ``column_labels``) and ``normalizer`` = the global batch size.
+    """
+    per_row = star_regularizer_rows(
+        teacher_image,
+        teacher_spurious_text,
+        student_image,
+        student_spurious_text,
+        teacher_scale,
+        labels,
+        masked,
+        column_labels=column_labels,
+    )
+    normalizer = teacher_image.shape[0] if normalizer is None else normalizer
+    return per_row.sum() / max(int(normalizer), 1)
 
 
 def kl_regularizer(

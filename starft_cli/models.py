@@ -17,6 +17,7 @@ Nothing here unpickles arbitrary objects: safetensors, or ``torch.load(weights_o
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -498,7 +499,7 @@ def _build(
     model_cfg = dict(open_clip.get_model_config(arch))
     if quick_gelu:
         model_cfg["quick_gelu"] = True
-    return _finish(ref, model, open_clip.get_tokenizer(arch), model_cfg, arch=arch, source=source)
+    return _finish(ref, model, _arch_tokenizer(arch), model_cfg, arch=arch, source=source)
 
 
 def _build_from_config(ref: ModelRef, config: Mapping[str, Any], *, seed: int, source: str) -> LoadedModel:
@@ -541,7 +542,25 @@ def _tokenizer_for_cfg(model_cfg: Mapping[str, Any]) -> Any:
         return open_clip.get_tokenizer(
             f"hf-hub:{text_cfg['hf_tokenizer_name']}", context_length=text_cfg.get("context_length")
         )
-    return open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", 77))
+    return _simple_tokenizer(int(text_cfg.get("context_length", 77)))
+
+
+@functools.cache
+def _arch_tokenizer(arch: str) -> Any:
+    """``open_clip.get_tokenizer(arch)``, built once per architecture in a process (tokenizers hold no per-model
+    state; building the BPE vocabulary takes ~0.2 s per load otherwise)."""
+    import open_clip
+
+    return open_clip.get_tokenizer(arch)
+
+
+@functools.cache
+def _simple_tokenizer(context_length: int) -> Any:
+    """open_clip's BPE tokenizer, built once per context length (building its vocabulary takes ~0.2 s; it holds no
+    per-model state, so models loaded in one process, e.g. a model and its reference, share it)."""
+    import open_clip
+
+    return open_clip.SimpleTokenizer(context_length=context_length)
 
 
 def _quiet(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

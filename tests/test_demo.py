@@ -154,6 +154,10 @@ def test_quick_demo_end_to_end_then_reuses_every_stage(tmp_path: Path) -> None:
     metrics = {(r["split"], r["metric"]) for r in records}
     assert {("val", "top1"), ("test", "top1"), ("test", "worst_group_acc"), ("test", "mean_group_acc")} <= metrics
     assert ("test", "ece") in metrics
+    drift = {r["model"]: r for r in records if r["metric"] == "spurious_drift[digits]"}
+    assert set(drift) == models and drift["zero-shot"]["value"] == 0.0 and drift["zero-shot"]["split"] == "test"
+    assert {r["reference"] for r in drift.values()} == {"zero-shot"}
+    assert drift["flyp"]["value"] > 0 and "spurious_drift[digits]" in first.stdout
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for line in ("zero-shot", "ft ", "flyp", "starft"):
         assert line in first.stdout

@@ -197,10 +197,10 @@ def _wrap_help_at_spaces_only() -> None:
 
 def _register() -> None:
     # Each module defines its commands without importing torch at module level (`starft --help` stays light).
-    from starft_cli.cli import cache, classify, data, demo, evaluate, finetune, zoo
+    from starft_cli.cli import cache, classify, data, demo, evaluate, finetune, probe, zoo
 
     app.command("classify", help=classify.HELP)(classify.classify_command)
-    for module in (demo, finetune, evaluate):
+    for module in (demo, finetune, evaluate, probe):
         for name, fn, help_text in module.COMMANDS:
             app.command(name, help=help_text)(fn)
     app.add_typer(data.app, name="data")

@@ -23,12 +23,18 @@ HEADLINE = (
     "ece",
 )
 LOWER_IS_BETTER = {"ece"}
+DRIFT_PREFIX = "spurious_drift["  # `starft probe`: nats, shown as they are (not in %), after the headline metrics
 DOMAIN_SHIFTS = ("imagenet-v2", "imagenet-r", "imagenet-a", "imagenet-sketch")
 AVG_OOD = "avg OOD"
 
 
 def _is_headline(metric: str) -> bool:
-    return "[" not in metric
+    return "[" not in metric or _is_drift(metric)
+
+
+def _is_drift(metric: str) -> bool:
+    """``spurious_drift[<pool>]`` (a headline); the per-class/group drift records stay in results.json."""
+    return metric.startswith(DRIFT_PREFIX) and metric.endswith("]") and metric.count("[") == 1
 
 
 def leaderboard(
@@ -74,14 +80,16 @@ def leaderboard(
     return table
 
 
-def _fmt(value: Any, delta: Any, is_base: bool, show_delta: bool) -> str:
+def _fmt(value: Any, delta: Any, is_base: bool, show_delta: bool, raw: bool = False) -> str:
+    """A cell: a fraction in % with 2 decimals, or (``raw``: drift in nats) the value itself with 4 decimals."""
     import math
 
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    text = f"{100 * value:.2f}"
+    factor, digits = (1, 4) if raw else (100, 2)
+    text = f"{factor * value:.{digits}f}"
     if show_delta and not is_base and delta is not None and not (isinstance(delta, float) and math.isnan(delta)):
-        text += f" ({100 * delta:+.2f})"
+        text += f" ({factor * delta:+.{digits}f})"
     return text
 
 
@@ -100,6 +108,11 @@ def footnotes(
     meaning += "; mean_group_acc = unweighted mean of group accuracies; worst_group_acc / worst_region_acc = the lowest"
     if "ece" in shown:
         meaning += "; ece = expected calibration error (15 bins; lower is better)"
+    if any(_is_drift(str(m)) for m in shown):
+        meaning += (
+            "; spurious_drift[pool] = StarReg's masked KL between the reference's and the model's distributions over "
+            "other-class spurious descriptions on this split (`starft probe`; in nats, not %; 0 = the reference's view)"
+        )
     out.append(meaning + "; deltas in parentheses are against the baseline (first) model.")
     if "num_skipped" in frame.columns:
         skipped = frame.drop_duplicates(["model", "dataset"]).query("num_skipped > 0")
@@ -142,7 +155,9 @@ def render(
 
     rows = []
     for model in board.index:
-        cells = [_fmt(board.at[model, c], deltas.at[model, c], model == base, True) for c in board.columns]
+        cells = [
+            _fmt(board.at[model, c], deltas.at[model, c], model == base, True, DRIFT_PREFIX in c) for c in board.columns
+        ]
         rows.append([model, *cells])
     headers = ["model", *board.columns]
     lines = footnotes(frame, missing, description, notes)
