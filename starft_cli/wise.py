@@ -53,11 +53,22 @@ def wise(
         if theta0.is_floating_point():
             mixed = (1.0 - alpha) * theta0.double() + alpha * theta1.to(theta0.device).double()
             out[key] = mixed.to(theta0.dtype)
+        elif is_counter(key):  # a BatchNorm step counter: not a weight; the fine-tuned model's count
+            out[key] = theta1.to(theta0.device).clone()
         else:
             if not torch.equal(theta0, theta1.to(theta0.device)):
                 raise WrongArchitectureError(f"non-float tensor {key} differs between the two models")
             out[key] = theta0.clone()
     return out
+
+
+COUNTERS = ("num_batches_tracked",)
+
+
+def is_counter(key: str) -> bool:
+    """Whether a state-dict entry is a step counter (BatchNorm's ``num_batches_tracked``), not a weight: runs of
+    one model differ in it, and the weight-space recipes take it from a model instead of averaging it."""
+    return key.rsplit(".", 1)[-1] in COUNTERS
 
 
 def write_wise(
@@ -156,6 +167,8 @@ def uniform_soup(states: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Te
         if first.is_floating_point():
             total = sum(s[key].to(first.device).double() for s in states)
             out[key] = (total / len(states)).to(first.dtype)
+        elif is_counter(key):
+            out[key] = first.clone()
         else:
             if not all(torch.equal(first, s[key].to(first.device)) for s in states[1:]):
                 raise WrongArchitectureError(f"non-float tensor {key} differs between the runs")
@@ -217,6 +230,9 @@ def model_stock(
     out: dict[str, torch.Tensor] = {}
     ratios: dict[str, float] = {}
     for key, w0 in pretrained.items():
+        if is_counter(key):
+            out[key] = fine_tuned[0][key].to(w0.device).clone()
+            continue
         if not w0.is_floating_point():
             if not all(torch.equal(w0, w[key].to(w0.device)) for w in fine_tuned):
                 raise WrongArchitectureError(f"non-float tensor {key} differs between the models")

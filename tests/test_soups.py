@@ -134,3 +134,19 @@ def test_soup_command_refuses_wrong_combinations(args: list[str], message: str, 
     result = runner.invoke(app, ["soup", "--run", "starft-tiny:none", *args, "--out", str(tmp_path / "x")])
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_batchnorm_step_counters_are_not_weights():
+    """The demo model's image tower has BatchNorm: its integer step counters differ between runs."""
+    from starft_cli.wise import wise
+
+    zs = {"bn.weight": torch.tensor([1.0]), "bn.num_batches_tracked": torch.tensor(0)}
+    ft = {"bn.weight": torch.tensor([3.0]), "bn.num_batches_tracked": torch.tensor(120)}
+    other = {"bn.weight": torch.tensor([5.0]), "bn.num_batches_tracked": torch.tensor(240)}
+    mid = wise(zs, ft, 0.5)
+    assert torch.equal(mid["bn.weight"], torch.tensor([2.0])) and int(mid["bn.num_batches_tracked"]) == 120
+    assert int(uniform_soup([ft, other])["bn.num_batches_tracked"]) == 120
+    merged, _ = model_stock(zs, [ft, other])
+    assert int(merged["bn.num_batches_tracked"]) == 120
+    with pytest.raises(WrongArchitectureError, match="non-float tensor"):
+        wise({"ids": torch.tensor([0, 1])}, {"ids": torch.tensor([1, 0])}, 0.5)  # other integers must agree
