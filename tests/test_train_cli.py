@@ -249,3 +249,33 @@ def test_no_warning_reaches_the_user(tmp_path: Path, class_folders: Path, extra)
     assert result.exit_code == 0, result.output
     assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
     assert "Warning" not in result.stderr  # no Python warning printed (starft's own notes are "warning: ...")
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_an_unreadable_training_image_is_one_line_even_from_a_worker(tmp_path: Path, class_folders: Path, workers):
+    victim = sorted((class_folders / "dog").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:60])  # a truncated JPEG
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--backbone",
+            "starft-tiny:none",
+            "--data",
+            f"folder:{class_folders}",
+            "--batch-size",
+            "12",
+            "--epochs",
+            "1",
+            "--warmup",
+            "0",
+            "--workers",
+            workers,
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and victim.name in errors[0] and "truncated" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and "Caught" not in result.stderr
