@@ -30,7 +30,7 @@ def test_cache_list_shows_what_each_cache_holds_and_clear_empties_one_kind(tiny,
     from tests.imagegen import make_class_folders
 
     empty = _usage()
-    assert set(empty) == {"heads", "features", "bank", "zoo-verify"}
+    assert set(empty) == {"heads", "features", "bank", "zoo-verify", "datasets", "models"}
     assert all(row["files"] == 0 and row["bytes"] == 0 for row in empty.values())
     assert empty["heads"]["path"] == str(starft_home / "cache" / "heads")
 
@@ -84,3 +84,14 @@ def test_human_size():
         "5.0 MiB",
         "3.0 GiB",
     ]
+
+
+def test_cache_list_shows_generated_datasets_and_built_models(starft_home: Path):
+    from starft_cli.data import digits
+
+    digits.ensure(digits.default_root())
+    rows = _usage()
+    assert rows["datasets"]["files"] == 5 and rows["datasets"]["bytes"] > 10_000_000
+    assert rows["datasets"]["path"] == str(starft_home / "cache" / "datasets")
+    cleared = runner.invoke(app, ["cache", "clear", "--kind", "datasets"])
+    assert cleared.exit_code == 0 and not digits.default_root().exists()

@@ -276,6 +276,7 @@ def test_demo_interrupted_during_fine_tuning_resumes_where_it_stopped(tmp_path: 
     out = tmp_path / "demo"
     first = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
     assert first.exit_code == 130, first.output
+    assert f"run `starft demo --out {out} --seed 0 --methods ft,flyp,starft --quick` again" in first.stderr
     assert not (out / "results.json").exists()
     second = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
     assert second.exit_code == 0, second.output

@@ -1,7 +1,8 @@
 """``starft cache list | clear``: what starft's own caches hold, and emptying them.
 
-Every entry of these caches is recomputed when missing, so clearing one only costs time. Model weights are not
-here: they live in the Hugging Face cache (``starft zoo rm NAME`` deletes a zoo model's weights).
+Every entry of these caches is recomputed (or regenerated, rebuilt) when missing, so clearing one only costs time.
+Downloaded model weights are not here: they live in the Hugging Face cache (``starft zoo rm NAME`` deletes a zoo
+model's weights); locally built models (the demo's) and generated datasets are.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(
-    help="starft's caches (zero-shot heads, eval features, spurious text banks, zoo verification records).",
+    help="starft's caches (zero-shot heads, eval features, spurious text banks, zoo verification records, generated "
+    "datasets, locally built models).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -26,6 +28,8 @@ class CacheKind(StrEnum):
     features = "features"
     bank = "bank"
     zoo_verify = "zoo-verify"
+    datasets = "datasets"
+    models = "models"
 
 
 # kind -> (sub-folder of the cache directory, what it holds)
@@ -34,6 +38,8 @@ KINDS: dict[CacheKind, tuple[tuple[str, ...], str]] = {
     CacheKind.features: (("features",), "image features of evaluated datasets (eval)"),
     CacheKind.bank: (("spurious_bank",), "teacher spurious-text banks (finetune)"),
     CacheKind.zoo_verify: (("zoo", "verified"), "records of zoo files whose sha256 was verified"),
+    CacheKind.datasets: (("datasets",), "generated datasets (spurious-digits)"),
+    CacheKind.models: (("models",), "locally built models (the demo's zero-shot model, its unfinished builds)"),
 }
 
 KindOpt = Annotated[
@@ -83,12 +89,14 @@ def list_command(
     typer.echo(tabulate(table, headers=["cache", "files", "size", "folder"], tablefmt="simple", disable_numparse=True))
     total = sum(r["bytes"] for r in rows)
     typer.echo(f"\ntotal {human_size(total)}; `starft cache clear [--kind KIND]` empties them (they are rebuilt)")
-    typer.echo(f"model weights are in the Hugging Face cache ({hub_cache_dir()}): `starft zoo rm NAME` deletes some")
+    typer.echo(
+        f"downloaded model weights are in the Hugging Face cache ({hub_cache_dir()}): `starft zoo rm NAME` deletes some"
+    )
 
 
 @app.command("clear")
 def clear_command(kind: KindOpt = None) -> None:
-    """Delete the files of the chosen caches (default: all four); they are recomputed when needed."""
+    """Delete the files of the chosen caches (default: all of them); they are recomputed when needed."""
     kinds = list(dict.fromkeys(kind or list(KINDS)))
     for k in kinds:
         folder, count, size = cache_usage(k)

@@ -41,8 +41,16 @@ def demo_command(
         out=out, seed=seed, methods=parse_methods(methods), rebuild=rebuild, device=device, quick=quick, plot=plot
     )
     started = time.monotonic()
-    with _DemoProgress() as progress:
-        result = run_demo(config, progress=progress)
+    try:
+        with _DemoProgress() as progress:
+            result = run_demo(config, progress=progress)
+    except KeyboardInterrupt:
+        import shlex
+
+        again = f"starft demo --out {shlex.quote(str(out))} --seed {seed} --methods {','.join(config.methods)}"
+        again += " --quick" * quick + " --no-plot" * (not plot) + (f" --device {device}" if device != "auto" else "")
+        typer.echo(f"interrupted: finished stages are kept; run `{again}` again to pick up where it stopped", err=True)
+        raise typer.Exit(130) from None
     typer.echo(f"wrote {', '.join(str(p) for p in result.paths)} in {time.monotonic() - started:.0f} s", err=True)
     typer.echo(render(result.frame, "table", "zero-shot", None, _description()), nl=False)
 

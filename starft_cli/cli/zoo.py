@@ -157,7 +157,8 @@ def verify_command(
     if bad:
         raise ZooError(
             f"{len(bad)} zoo model(s) failed verification: {', '.join(r.name for r in bad)}",
-            "Mismatching files were deleted; download them again with `starft zoo download NAME`, or fix the entry",
+            "Mismatching downloaded files were deleted (download them again with `starft zoo download NAME`, or fix "
+            "the entry); a damaged locally built model is built again on its next use or by `starft zoo download NAME`",
         )
 
 
