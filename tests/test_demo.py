@@ -288,3 +288,20 @@ def test_demo_interrupted_during_fine_tuning_resumes_where_it_stopped(tmp_path: 
     ]
     assert steps == [1, 2, 3, 4]  # resumed at step 3: no step lost or repeated
     assert (out / "results.json").is_file()
+
+
+def test_zoo_verify_of_a_damaged_built_model_says_it_is_rebuilt(tmp_path: Path, monkeypatch) -> None:
+    from starft_cli import demo
+    from starft_cli.models import CONFIG_NAME, WEIGHTS_NAME
+
+    monkeypatch.setenv("STARFT_HOME", str(tmp_path / "home"))
+    folder = demo.zero_shot_dir()
+    folder.mkdir(parents=True)
+    (folder / WEIGHTS_NAME).write_bytes(b"not the weights that were built")
+    (folder / CONFIG_NAME).write_text("{}")
+    (folder / "build.json").write_text(json.dumps({"recipe_version": demo.RECIPE_VERSION, "sha256": "0" * 64}))
+    done = runner.invoke(app, ["zoo", "verify", "starft-demo-zero-shot"])
+    assert done.exit_code == 1
+    assert "starft-demo-zero-shot: mismatch" in done.stdout and "damaged" in done.stdout
+    assert "A damaged locally built model is built again on its next use" in done.stderr
+    assert "were deleted" not in done.stderr and (folder / WEIGHTS_NAME).exists()

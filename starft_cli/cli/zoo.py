@@ -155,10 +155,20 @@ def verify_command(
     if name is not None and results[0].status == "missing":
         raise ZooError(f"zoo model '{name}' is not downloaded", f"Run `starft zoo download {name}`")
     if bad:
+        from starft_cli import zoo as zoo_core
+
+        built = {r.name for r in bad if zoo_core.get_entry(r.name).source.kind == "recipe"}
+        hints = []
+        if len(built) < len(bad):
+            hints.append(
+                "Mismatching files were deleted; download them again with `starft zoo download NAME`, or fix the entry"
+            )
+        if built:
+            hints.append(
+                "A damaged locally built model is built again on its next use, or by `starft zoo download NAME`"
+            )
         raise ZooError(
-            f"{len(bad)} zoo model(s) failed verification: {', '.join(r.name for r in bad)}",
-            "Mismatching downloaded files were deleted (download them again with `starft zoo download NAME`, or fix "
-            "the entry); a damaged locally built model is built again on its next use or by `starft zoo download NAME`",
+            f"{len(bad)} zoo model(s) failed verification: {', '.join(r.name for r in bad)}", "; ".join(hints)
         )
 
 
