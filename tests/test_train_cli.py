@@ -279,3 +279,12 @@ def test_an_unreadable_training_image_is_one_line_even_from_a_worker(tmp_path: P
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and victim.name in errors[0] and "truncated" in errors[0], result.stderr
     assert "Traceback" not in result.stderr and "Caught" not in result.stderr
+
+
+def test_a_batch_that_leaves_much_of_each_epoch_out_is_a_warning(tmp_path: Path, class_folders: Path):
+    # 12 images, batch 8: each epoch trains on 8 and leaves 4 out (33%)
+    result = _finetune("--data", f"folder:{class_folders}", "--batch-size", "8", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert "each epoch trains on 8 of the 12 images (whole batches of 8 only" in result.stderr
+    quiet = _finetune("--data", f"folder:{class_folders}", "--batch-size", "4", "--out", str(tmp_path / "run2"))
+    assert quiet.exit_code == 0 and "each epoch trains on" not in quiet.stderr

@@ -328,6 +328,16 @@ class _Trainer:
                 lr=cfg.lr,
             ):
                 logger.warning("%s", warning)
+            used = steps_per_epoch * cfg.batch_size
+            if len(dataset) - used >= 0.1 * len(dataset):
+                logger.warning(
+                    "each epoch trains on %d of the %d images (whole batches of %d only; the %d left over are drawn "
+                    "anew each epoch): lower --batch-size to use more of them",
+                    used,
+                    len(dataset),
+                    cfg.batch_size,
+                    len(dataset) - used,
+                )
         while epoch < cfg.epochs and step < total_steps:
             samples.epoch = epoch
             sampler.set_position(epoch, in_epoch * accum * micro)
