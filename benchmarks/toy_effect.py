@@ -4,9 +4,11 @@
 
 Runs `starft demo` once per seed (the zero-shot model is built once and shared: the seeds vary the fine-tuning
 data order and crops), then prints, per method, the mean and standard deviation over seeds of the in-distribution
-accuracy (biased val split), the average accuracy and the worst-group and mean-group accuracy (balanced test
-split), and how many seeds the method beat FLYP's worst-group accuracy on. Finished runs and evaluations are
-reused, so a second call only prints.
+accuracy (biased val split), the average, worst-group and mean-group accuracy and ECE (balanced test split) and the
+spurious drift from the zero-shot model (`starft probe`'s measure, digits pool, test split, in nats), how many seeds
+the method beat FLYP's worst-group accuracy on, and the Spearman rank correlation between drift and worst-group
+accuracy over the fine-tuned methods x seeds (and with the zero-shot model, whose drift is 0 by definition).
+Finished runs and evaluations are reused, so a second call only prints.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import sys
 import time
 from pathlib import Path
 
+# column title, split, metric, scale, decimals
 ROWS = (
-    ("ID acc", "val", "top1"),
-    ("avg acc", "test", "top1"),
-    ("worst-group", "test", "worst_group_acc"),
-    ("mean-group", "test", "mean_group_acc"),
-    ("ECE", "test", "ece"),
+    ("ID acc %", "val", "top1", 100, 1),
+    ("avg acc %", "test", "top1", 100, 1),
+    ("worst-group %", "test", "worst_group_acc", 100, 1),
+    ("mean-group %", "test", "mean_group_acc", 100, 1),
+    ("ECE %", "test", "ece", 100, 1),
+    ("drift (nats)", "test", "spurious_drift[digits]", 1, 4),
 )
 
 
@@ -33,6 +37,8 @@ def main() -> None:
     parser.add_argument("--out", default="toy-effect", help="folder for the per-seed demo outputs")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+
+    from scipy.stats import spearmanr
 
     from starft_cli.demo import METHODS, ZERO_SHOT, DemoConfig, parse_methods, run_demo
 
@@ -47,17 +53,17 @@ def main() -> None:
             values.setdefault((record["model"], record["split"], record["metric"]), []).append(float(record["value"]))
         print(f"seed {seed} done ({time.monotonic() - started:.0f} s)", file=sys.stderr)
 
-    def cell(model: str, split: str, metric: str) -> str:
-        xs = [100 * v for v in values.get((model, split, metric), [])]
+    def cell(model: str, split: str, metric: str, scale: float, decimals: int) -> str:
+        xs = [scale * v for v in values.get((model, split, metric), [])]
         if not xs:
             return "-"
         spread = statistics.stdev(xs) if len(xs) > 1 else 0.0
-        return f"{statistics.mean(xs):.1f} ± {spread:.1f}"
+        return f"{statistics.mean(xs):.{decimals}f} ± {spread:.{decimals}f}"
 
     models = [ZERO_SHOT, *methods]
     flyp = values.get(("flyp", "test", "worst_group_acc"))
     header = ["method", *[r[0] for r in ROWS], "worst-group > FLYP"]
-    print(f"spurious-digits, {len(seeds)} seed(s) ({', '.join(map(str, seeds))}): mean ± std over seeds, in %")
+    print(f"spurious-digits, {len(seeds)} seed(s) ({', '.join(map(str, seeds))}): mean ± std over seeds")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for model in models:
@@ -65,9 +71,18 @@ def main() -> None:
         mine = values.get((model, "test", "worst_group_acc"))
         if flyp and mine and model != "flyp":
             wins = f"{sum(a > b for a, b in zip(mine, flyp, strict=True))}/{len(mine)}"
-        print("| " + " | ".join([model, *[cell(model, s, m) for _, s, m in ROWS], wins]) + " |")
+        print("| " + " | ".join([model, *[cell(model, *row[1:]) for row in ROWS], wins]) + " |")
     for model in methods:
         print(f"- {model}: {METHODS[model].doc}")
+    drift = ROWS[-1][2]
+    for label, group in (("fine-tuned methods", methods), ("with the zero-shot model", models)):
+        xs = [x for m in group for x in values.get((m, "test", drift), [])]
+        ys = [y for m in group for y in values.get((m, "test", "worst_group_acc"), [])]
+        if len(xs) == len(ys) > 2:
+            rho, p = spearmanr(xs, ys)
+            print(
+                f"Spearman rho(drift, worst-group acc) over {label} x seeds (n = {len(xs)}): {rho:+.3f} (p = {p:.3g})"
+            )
     print(f"total wall time {time.monotonic() - started:.0f} s", file=sys.stderr)
 
 

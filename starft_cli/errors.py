@@ -17,10 +17,21 @@ class StarftError(Exception):
         self.hint = hint
 
     def one_line(self) -> str:
-        text = self.message.rstrip(".")
+        text = (worker_message(self.message) or self.message).rstrip(".")
         if self.hint:
             text = f"{text}. {self.hint}"
         return " ".join(text.split())
+
+
+def worker_message(text: str) -> str | None:
+    """The original message inside an error that a torch DataLoader worker raised: torch re-raises it in the main
+    process with the worker's whole traceback as its message (``Caught X in DataLoader worker process N. Original
+    Traceback ... X: message``). None when ``text`` is not such a message."""
+    if not text.startswith("Caught ") or "Original Traceback" not in text:
+        return None
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    _, sep, message = lines[-1].partition(": ")
+    return message.strip() if sep else None
 
 
 class UsageError(StarftError):

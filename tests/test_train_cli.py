@@ -288,3 +288,47 @@ def test_a_batch_that_leaves_much_of_each_epoch_out_is_a_warning(tmp_path: Path,
     assert "each epoch trains on 8 of the 12 images (whole batches of 8 only" in result.stderr
     quiet = _finetune("--data", f"folder:{class_folders}", "--batch-size", "4", "--out", str(tmp_path / "run2"))
     assert quiet.exit_code == 0 and "each epoch trains on" not in quiet.stderr
+
+
+def test_an_unreadable_validation_image_is_one_line_from_a_worker(tmp_path: Path, class_folders: Path):
+    val = make_class_folders(tmp_path / "val", ["cat", "dog", "car"], per_class=2)
+    victim = sorted((val / "car").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:60])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--backbone",
+            "starft-tiny:none",
+            "--data",
+            f"folder:{class_folders}",
+            "--val-data",
+            f"folder:{val}",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--warmup",
+            "0",
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and victim.name in errors[0] and "truncated" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and "Caught" not in result.stderr
+
+
+def test_worker_message_unwraps_what_torch_reraises():
+    from starft_cli.errors import ImageError, worker_message
+
+    wrapped = (
+        "Caught ImageError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n    raise ImageError(...)\nstarft_cli.errors.ImageError: /d/a.jpg is damaged\n'
+    )
+    assert worker_message(wrapped) == "/d/a.jpg is damaged"
+    assert worker_message("a plain message") is None
+    assert ImageError(wrapped).one_line() == "/d/a.jpg is damaged"

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from starft_cli.errors import CheckpointError, ConfigError, DataError, StarftError, TrainingDiverged
+from starft_cli.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from starft_cli.train.checkpoint import LOCK_NAME, RunDir, load_training_state, run_lock, save_training_checkpoint
 from starft_cli.train.config import RESUME_MUTABLE, TrainConfig, config_from_json
 
@@ -439,7 +439,7 @@ class _Trainer:
         if cfg.loss != "ce":  # this process's rows of the global batch, in micro-batch order
             tidx = _templates(cfg.seed, step, 0, cfg.batch_size, len(self.step_fn.pool), env).to(device)
         for m in range(accum):
-            images, labels, index = next_batch(batches)
+            images, labels, index = next(batches)
             images = self.normalize(images.to(device, non_blocking=True))
             labels = labels.to(device)
             if cfg.loss == "ce":
@@ -712,27 +712,3 @@ class _null:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def next_batch(batches: Any) -> Any:
-    """The next batch of a DataLoader iterator. An error a data-loading worker raised (e.g. an unreadable image)
-    arrives re-raised with the worker's whole traceback as its message: it is raised again with the original
-    one-line message, so the user sees ``error: <file> is damaged ...`` and not a traceback."""
-    try:
-        return next(batches)
-    except StarftError as exc:
-        original = worker_message(exc.message)
-        if original is None:
-            raise
-        raise type(exc)(original) from None
-
-
-def worker_message(text: str) -> str | None:
-    """The original message inside a DataLoader worker's re-raised error text (``Caught X in DataLoader worker
-    process N. Original Traceback ... X: message``), or None when ``text`` is not one."""
-    if not text.startswith("Caught ") or "Original Traceback" not in text:
-        return None
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    last = lines[-1]
-    _, sep, message = last.partition(": ")
-    return message.strip() if sep else None
