@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from starft_cli.cli.command import Command
 from starft_cli.cli.options import ArchOpt, BatchSizeOpt, DeviceOpt, ModelOpt, TemplatesOpt
 from starft_cli.cli.progress import progress_bar
 from starft_cli.errors import UsageError
@@ -113,3 +114,6 @@ def render(results: list[dict[str, Any]], output_format: OutputFormat) -> str:
         colalign=("left", "right", "left", "right"),
     )
     return table + "\n"
+
+
+COMMANDS = [Command("classify", classify_command, HELP)]

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from starft_cli.cli.command import Command
 from starft_cli.cli.options import BatchSizeOpt, DeviceOpt
 from starft_cli.cli.progress import progress_bar
 from starft_cli.errors import UsageError
@@ -239,4 +240,4 @@ def report_command(
         typer.echo(text, nl=False)
 
 
-COMMANDS = [("eval", eval_command, EVAL_HELP), ("report", report_command, REPORT_HELP)]
+COMMANDS = [Command("eval", eval_command, EVAL_HELP), Command("report", report_command, REPORT_HELP)]

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from starft_cli.cli.command import Command
 from starft_cli.cli.options import ArchOpt, DeviceOpt
 from starft_cli.cli.progress import progress_bar
 from starft_cli.errors import UsageError
@@ -367,4 +368,8 @@ def parse_alphas(text: str) -> list[float]:
     return values
 
 
-COMMANDS = [("finetune", finetune_command, HELP), ("wise", wise_command, WISE_HELP), ("soup", soup_command, SOUP_HELP)]
+COMMANDS = [
+    Command("finetune", finetune_command, HELP),
+    Command("wise", wise_command, WISE_HELP),
+    Command("soup", soup_command, SOUP_HELP),
+]

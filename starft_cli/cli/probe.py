@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from starft_cli.cli.command import Command
 from starft_cli.cli.options import BatchSizeOpt, DeviceOpt
 from starft_cli.formats import OutputFormat, parse_format
 
@@ -153,4 +154,4 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
     return text + "\n" + "".join(f"* {n}\n" for n in notes)
 
 
-COMMANDS = [("probe", probe_command, HELP)]
+COMMANDS = [Command("probe", probe_command, HELP)]

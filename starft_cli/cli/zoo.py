@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from starft_cli.cli.command import Command
 from starft_cli.errors import StarftError, UsageError, ZooError
 from starft_cli.formats import OutputFormat
 from starft_cli.zoo.manifest import ZooKind
@@ -311,3 +312,6 @@ def _unpinned(entry: Any) -> str:
     if entry.source.kind == "recipe":
         return "- (built on this machine; its build.json records the sha256 that every use checks)"
     return "- (none pinned; open_clip's pretrained registry serves the file)"
+
+
+COMMANDS = [Command("zoo", app)]
