@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 ProgressFn = Callable[[int, int], None]
-# Features ``[N, D]`` and the skipped images (a JSON sidecar) per key: see feature_cache_key.
-FEATURE_CACHE: TensorCache[Features] = TensorCache("features", "feature", with_meta=True)
 
 
 @dataclass
@@ -50,6 +48,10 @@ class Features:
         if self.skipped:
             mask[torch.tensor(self.skipped)] = False
         return mask
+
+
+# Features ``[N, D]`` and the skipped images (a JSON sidecar) per key: see feature_cache_key.
+FEATURE_CACHE: TensorCache[Features] = TensorCache("features", "feature", with_meta=True)
 
 
 def open_for_eval(path: Path, min_side: int | None) -> Any:
