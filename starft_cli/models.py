@@ -16,7 +16,6 @@ Nothing here unpickles arbitrary objects: safetensors, or ``torch.load(weights_o
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import json
@@ -50,6 +49,7 @@ from starft_cli.pretrained import (
     short_error,
     unreachable,
 )
+from starft_cli.suggest import did_you_mean
 
 if TYPE_CHECKING:
     import torch
@@ -143,20 +143,14 @@ def parse_model_ref(ref: str, arch: str | None = None) -> ModelRef:
         return ModelRef(raw=ref, kind="pretrained", arch=name, tag=tag or _default_tag(name))
     if not sep and _zoo_lookup(ref) is not None:
         return _zoo_ref(ref, ref)
-    choices = archs + _zoo_names()
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
-    hint = f"Did you mean {', '.join(close)}? " if close else ""
-    raise ModelNotFoundError(
-        f"unknown model '{ref}'",
-        hint + "See `starft zoo list` for named models; architectures are open_clip's (e.g. ViT-B-16)",
-    )
+    see = "See `starft zoo list` for named models; architectures are open_clip's (e.g. ViT-B-16)"
+    raise ModelNotFoundError(f"unknown model '{ref}'", did_you_mean(name, archs + _zoo_names(), then=see))
 
 
 def _zoo_ref(raw: str, name: str) -> ModelRef:
     if _zoo_lookup(name) is None:
-        close = difflib.get_close_matches(name, _zoo_names(), n=3)
-        hint = f"Did you mean {', '.join(close)}? " if close else ""
-        raise ModelNotFoundError(f"unknown zoo model '{name}'", hint + "See `starft zoo list`")
+        hint = did_you_mean(name, _zoo_names(), then="See `starft zoo list`")
+        raise ModelNotFoundError(f"unknown zoo model '{name}'", hint)
     return ModelRef(raw=raw, kind="zoo", tag=name)
 
 
@@ -260,11 +254,9 @@ def _load_pretrained(ref: ModelRef, seed: int) -> LoadedModel:
     cfg = pretrained_cfg(arch, tag)
     if cfg is None:
         tags = open_clip.list_pretrained_tags_by_model(arch)
-        close = difflib.get_close_matches(tag, tags, n=3, cutoff=0.5)
-        hint = f"Did you mean {', '.join(close)}? " if close else ""
+        known = f"Known tags: {', '.join(tags) or 'none'}; or {arch}:none for random weights"
         raise ModelNotFoundError(
-            f"unknown pretrained tag '{tag}' for {arch}",
-            hint + f"Known tags: {', '.join(tags) or 'none'}; or {arch}:none for random weights",
+            f"unknown pretrained tag '{tag}' for {arch}", did_you_mean(tag, tags, then=known, cutoff=0.5)
         )
     checkpoint = fetch_pretrained(arch, tag, cfg)
     loaded = _build(
@@ -431,9 +423,9 @@ def find_weights(directory: Path) -> Path | None:
 def _check_arch(arch: str) -> str:
     archs = list_architectures()
     if arch not in archs:
-        close = difflib.get_close_matches(arch, archs, n=3)
-        hint = f"Did you mean {', '.join(close)}?" if close else "See open_clip.list_models()"
-        raise ModelNotFoundError(f"unknown architecture '{arch}'", hint)
+        raise ModelNotFoundError(
+            f"unknown architecture '{arch}'", did_you_mean(arch, archs) or "See open_clip.list_models()"
+        )
     return arch
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from starft_cli.diskcache import Entry, TensorCache, cache_key
 from starft_cli.errors import DataError, UsageError
-from starft_cli.paths import atomic_path, cache_dir, cache_write
 from starft_cli.prompts import fill, load_templates
 
 if TYPE_CHECKING:
@@ -21,6 +19,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
+# Unscaled class embeddings ``head [C, D]`` per (model identity, class names, templates): see head_cache_key.
+HEAD_CACHE: TensorCache[torch.Tensor] = TensorCache("heads", "zero-shot head")
 
 
 def validate_labels(labels: Sequence[str]) -> list[str]:
@@ -142,8 +142,7 @@ def _template_fn(template: str) -> Callable[[str], str]:
 def head_cache_key(identity: str, classnames: Sequence[str], templates: Sequence[str]) -> str:
     """Cache key of a head: the model's :func:`~starft_cli.models.model_identity` (weights, model and preprocessing
     config, tokenizer, dtype, device type), the class names and the templates."""
-    payload = json.dumps({"model": identity, "c": list(classnames), "t": list(templates)}, ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:40]
+    return cache_key({"model": identity, "c": list(classnames), "t": list(templates)})
 
 
 def cached_zero_shot_head(
@@ -153,27 +152,26 @@ def cached_zero_shot_head(
     device: str | torch.device | None = None,
     use_cache: bool = True,
 ) -> torch.Tensor:
-    """Like :func:`zero_shot_head` (scaled), cached on disk under ``<cache>/heads``."""
+    """Like :func:`zero_shot_head` (scaled), cached on disk under ``<cache>/heads`` (:data:`HEAD_CACHE`)."""
     import torch
-    from safetensors.torch import load_file, save_file
 
     from starft_cli.models import model_identity
 
     device = device if device is not None else next(loaded.model.parameters()).device
     scale = loaded.model.logit_scale.detach().exp().float().to(device)
     key = head_cache_key(model_identity(loaded, device=device), classnames, templates)
-    path = cache_dir("heads") / f"{key}.safetensors"
-    if use_cache and path.is_file():
-        try:
-            head = load_file(str(path))["head"]
-            if head.shape[0] == len(classnames):
-                return head.to(device) * scale
-        except Exception as exc:  # a damaged cache entry is rebuilt, never trusted
-            logger.warning("ignoring unreadable head cache %s (%s)", path, exc)
-    head = zero_shot_head(loaded.model, loaded.tokenizer, classnames, templates, device=device, scale=False)
-    if use_cache:
-        with cache_write("zero-shot head"), atomic_path(path) as tmp:
-            save_file({"head": head.detach().to("cpu").contiguous()}, str(tmp))
+
+    def decode(entry: Entry) -> torch.Tensor | None:
+        head = entry.tensors["head"]
+        return head if head.shape[0] == len(classnames) else None
+
+    head, _ = HEAD_CACHE.get_or_compute(
+        key,
+        lambda: zero_shot_head(loaded.model, loaded.tokenizer, classnames, templates, device=device, scale=False),
+        encode=lambda head: Entry({"head": head}),
+        decode=decode,
+        use_cache=use_cache,
+    )
     return head.to(device) * scale if isinstance(head, torch.Tensor) else head
 
 

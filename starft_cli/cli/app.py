@@ -195,17 +195,18 @@ def _wrap_help_at_spaces_only() -> None:
     _textwrap.TextWrapper = TextWrapper
 
 
+# The modules of starft_cli/cli that hold commands, in the order `starft --help` lists them. Each ends with
+# COMMANDS, a list of cli.command.Command (a command function, or a Typer app of sub-commands).
+CLI_MODULES = ("classify", "demo", "finetune", "evaluate", "probe", "data", "zoo", "cache")
+
+
 def _register() -> None:
     # Each module defines its commands without importing torch at module level (`starft --help` stays light).
-    from starft_cli.cli import cache, classify, data, demo, evaluate, finetune, probe, zoo
+    import importlib
 
-    app.command("classify", help=classify.HELP)(classify.classify_command)
-    for module in (demo, finetune, evaluate, probe):
-        for name, fn, help_text in module.COMMANDS:
-            app.command(name, help=help_text)(fn)
-    app.add_typer(data.app, name="data")
-    app.add_typer(zoo.app, name="zoo")
-    app.add_typer(cache.app, name="cache")
+    for name in CLI_MODULES:
+        for command in importlib.import_module(f"starft_cli.cli.{name}").COMMANDS:
+            command.register(app)
 
 
 _wrap_help_at_spaces_only()

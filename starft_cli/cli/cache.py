@@ -15,6 +15,8 @@ from typing import Annotated
 
 import typer
 
+from starft_cli.cli.command import Command
+
 app = typer.Typer(
     help="starft's caches (zero-shot heads, eval features, spurious text banks, zoo verification records, generated "
     "datasets, locally built models).",
@@ -103,3 +105,6 @@ def clear_command(kind: KindOpt = None) -> None:
         if folder.is_dir():
             shutil.rmtree(folder)
         typer.echo(f"{k.value}: removed {count} file(s), {human_size(size)} ({folder})")
+
+
+COMMANDS = [Command("cache", app)]

@@ -10,11 +10,15 @@ from typing import Annotated, Any
 
 import typer
 
-from starft_cli.cli.options import ArchOpt, BatchSizeOpt, DeviceOpt, ModelOpt, OutputFormat, TemplatesOpt
+from starft_cli.cli.command import Command
+from starft_cli.cli.options import ArchOpt, BatchSizeOpt, DeviceOpt, ModelOpt, TemplatesOpt
+from starft_cli.cli.progress import progress_bar
 from starft_cli.errors import UsageError
+from starft_cli.formats import OutputFormat
 
 HELP = "Zero-shot classify images: each label's probability, best first."
 PROGRESS_THRESHOLD = 32
+ClassifyFormat = OutputFormat.choices("table", "json", "csv")
 
 
 def classify_command(
@@ -25,7 +29,7 @@ def classify_command(
     arch: ArchOpt = None,
     templates: TemplatesOpt = "ensemble",
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, help="Show the K best labels.")] = None,
-    output_format: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
+    output_format: Annotated[ClassifyFormat, typer.Option("--format", help="Output format.")] = ClassifyFormat.table,
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = 32,
     strict: Annotated[
@@ -47,7 +51,7 @@ def classify_command(
     results = _run_with_progress(
         classify, paths, label_list, loaded, templates, resolved, batch_size, top_k, strict, skipped
     )
-    typer.echo(render(results, output_format), nl=False)
+    typer.echo(render(results, OutputFormat(output_format)), nl=False)
     if skipped:
         typer.echo(f"warning: {len(skipped)} of {len(paths)} image(s) skipped (unreadable, listed above)", err=True)
 
@@ -75,20 +79,12 @@ def _run_with_progress(classify: Any, paths: list[Path], *args: Any) -> list[dic
         strict=strict,
         skipped=skipped,
     )
-    if len(paths) <= PROGRESS_THRESHOLD:
+    bar = progress_bar(quiet=len(paths) <= PROGRESS_THRESHOLD)
+    if bar is None:
         return classify(paths, labels, **kwargs)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True, console=_stderr_console()) as bar:
+    with bar:
         task = bar.add_task("classifying", total=len(paths))
         return classify(paths, labels, progress=lambda done, total: bar.update(task, completed=done), **kwargs)
-
-
-def _stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True)
 
 
 def render(results: list[dict[str, Any]], output_format: OutputFormat) -> str:
@@ -118,3 +114,6 @@ def render(results: list[dict[str, Any]], output_format: OutputFormat) -> str:
         colalign=("left", "right", "left", "right"),
     )
     return table + "\n"
+
+
+COMMANDS = [Command("classify", classify_command, HELP)]

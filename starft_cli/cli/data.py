@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from starft_cli.cli.command import Command
+
 app = typer.Typer(
     help="Benchmark datasets: list them, check their layout, download where a public source exists.",
     no_args_is_help=True,
@@ -164,3 +166,6 @@ def download_command(
         raise UsageError("data download needs --data-root", "Name the folder to download into")
     result = download_dataset(name, data_root)
     typer.echo(f"downloaded {name} to {result.root}")
+
+
+COMMANDS = [Command("data", app)]

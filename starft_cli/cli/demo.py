@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from starft_cli.cli.command import Command
 from starft_cli.cli.options import DeviceOpt
 
 HELP = (
@@ -100,4 +101,4 @@ class _DemoProgress:
                 self._end_training()
 
 
-COMMANDS = [("demo", demo_command, HELP)]
+COMMANDS = [Command("demo", demo_command, HELP)]

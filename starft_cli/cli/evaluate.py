@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from starft_cli.cli.command import Command
 from starft_cli.cli.options import BatchSizeOpt, DeviceOpt
+from starft_cli.cli.progress import progress_bar
 from starft_cli.errors import UsageError
+from starft_cli.formats import parse_format
 
 EVAL_HELP = "Evaluate models on a benchmark suite or datasets: leaderboard, results.json/md/csv."
 REPORT_HELP = "Merge result files into one leaderboard, with deltas against a baseline and optional plots."
-FORMATS = ("table", "md", "csv", "json")
 METRIC_NAMES = (
     "top1",
     "top5",
@@ -26,12 +27,6 @@ METRIC_NAMES = (
     "adjusted_avg_acc",
 )
 PROGRESS_THRESHOLD = 256
-
-
-def _check_format(value: str) -> str:
-    if value not in FORMATS:
-        raise UsageError(f"unknown format '{value}'", f"Use one of {', '.join(FORMATS)}")
-    return value
 
 
 def eval_command(
@@ -100,7 +95,7 @@ def eval_command(
     seed: Annotated[int, typer.Option("--seed", help="Random seed recorded with the results.")] = 0,
 ) -> None:
     """Evaluate models on a benchmark suite or datasets: leaderboard, results.json/md/csv."""
-    _check_format(output_format)
+    fmt = parse_format(output_format)
     if (suite is None) == (not data):
         raise UsageError("give exactly one of --suite and --data", "e.g. --suite group-shift, or --data folder:PATH")
     if (classnames is not None or split is not None or metric) and not data:
@@ -170,32 +165,29 @@ def eval_command(
     # the missing datasets were listed on stderr, one line each: stdout names them once, in one line
     names = frame.attrs.get("missing_names", [])
     summary = [f"{len(names)} dataset(s) not present (listed on stderr): {', '.join(names)}"] if names else []
-    typer.echo(render(shown, output_format, baseline, summary, resolved.description, notes=notes), nl=False)
+    typer.echo(render(shown, fmt, baseline, summary, resolved.description, notes=notes), nl=False)
 
 
 class _progress:
-    """A rich progress bar on stderr for datasets large enough to need one."""
+    """A progress bar on stderr (:func:`~starft_cli.cli.progress.progress_bar`) for datasets large enough to need
+    one; quiet when stderr is not a terminal."""
 
     def __enter__(self) -> Any:
         self.bar: Any = None
+        self.asked = False
         self.tasks: dict[str, Any] = {}
         return self.update
 
     def update(self, name: str, done: int, total: int) -> None:
-        if total < PROGRESS_THRESHOLD or not sys.stderr.isatty():
+        if total < PROGRESS_THRESHOLD:
             return
+        if not self.asked:  # the bar is made (and started) when the first large dataset reports
+            self.asked = True
+            self.bar = progress_bar()
+            if self.bar is not None:
+                self.bar.start()
         if self.bar is None:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-            columns = (
-                "[progress.description]{task.description}",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-            )
-            self.bar = Progress(*columns, transient=True, console=Console(stderr=True))
-            self.bar.start()
+            return
         if name not in self.tasks:
             self.tasks[name] = self.bar.add_task(name, total=total)
         self.bar.update(self.tasks[name], completed=done)
@@ -223,7 +215,7 @@ def report_command(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out or --plot file.")] = False,
 ) -> None:
     """Merge result files into one leaderboard, with deltas against a baseline and optional plots."""
-    _check_format(output_format)
+    fmt = parse_format(output_format)
     for target in (out, plot):
         if target is not None and target.exists() and not force:
             raise UsageError(f"{target} exists", "Pass --force to overwrite it, or choose another name")
@@ -233,7 +225,7 @@ def report_command(
     frame = load_results(results)
     if frame.empty:
         raise UsageError("the results hold no records")
-    text = render(frame, output_format, baseline)
+    text = render(frame, fmt, baseline)
     if plot is not None:
         from starft_cli.reports.plots import plot as make_plot
 
@@ -248,4 +240,4 @@ def report_command(
         typer.echo(text, nl=False)
 
 
-COMMANDS = [("eval", eval_command, EVAL_HELP), ("report", report_command, REPORT_HELP)]
+COMMANDS = [Command("eval", eval_command, EVAL_HELP), Command("report", report_command, REPORT_HELP)]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from starft_cli.cli.command import Command
 from starft_cli.cli.options import ArchOpt, DeviceOpt
+from starft_cli.cli.progress import progress_bar
 from starft_cli.errors import UsageError
 
 HELP = "Fine-tune a CLIP model with StarFT or any robust fine-tuning method it is compared with (--method)."
@@ -215,7 +216,6 @@ class _Progress:
         import os
 
         self.rank = int(os.environ.get("RANK", "0"))
-        self.live = sys.stderr.isatty() and self.rank == 0
         self.bar: Any = None
         self.task: Any = None
         self.last_line = 0.0
@@ -242,18 +242,8 @@ class _Progress:
         return f"interrupted at step {self.step}; {kept}. Resume with: {command}"
 
     def __enter__(self) -> _Progress:
-        if self.live:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
+        self.bar = progress_bar(stats=True, transient=False, quiet=self.rank != 0)
+        if self.bar is not None:
             self.bar.__enter__()
         return self
 
@@ -394,4 +384,8 @@ def parse_alphas(text: str) -> list[float]:
     return values
 
 
-COMMANDS = [("finetune", finetune_command, HELP), ("wise", wise_command, WISE_HELP), ("soup", soup_command, SOUP_HELP)]
+COMMANDS = [
+    Command("finetune", finetune_command, HELP),
+    Command("wise", wise_command, WISE_HELP),
+    Command("soup", soup_command, SOUP_HELP),
+]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -29,9 +28,3 @@ TemplatesOpt = Annotated[
     str,
     typer.Option("--templates", help="Template set (imagenet80, ensemble, single, ...) or a file, one per line."),
 ]
-
-
-class OutputFormat(StrEnum):
-    table = "table"
-    json = "json"
-    csv = "csv"

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from starft_cli.cli.command import Command
 from starft_cli.cli.options import BatchSizeOpt, DeviceOpt
-from starft_cli.errors import UsageError
+from starft_cli.formats import OutputFormat, parse_format
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,7 +19,7 @@ HELP = (
     "Spurious drift of models from a zero-shot reference: StarReg's masked KL over other-class spurious "
     "descriptions on held-out data, per pool, with a bootstrap CI, per class and per group."
 )
-FORMATS = ("table", "json", "csv")
+PROBE_FORMATS = OutputFormat.choices("table", "json", "csv")
 DETAIL_LIMIT = 16  # groups listed in full up to this many; classes: the highest few
 
 
@@ -73,8 +74,7 @@ def probe_command(
     workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 2,
 ) -> None:
     """Spurious drift of models from a zero-shot reference (StarReg on held-out data)."""
-    if output_format not in FORMATS:
-        raise UsageError(f"unknown format '{output_format}'", f"Use one of {', '.join(FORMATS)}")
+    fmt = parse_format(output_format, PROBE_FORMATS)
     from starft_cli.device import resolve_device
     from starft_cli.models import parse_model_ref
     from starft_cli.probe import load_pools, probe
@@ -106,7 +106,7 @@ def probe_command(
         written = write_report(out, frame, description=f"spurious drift from {reference}")
         note = f" ({written['replaced']} earlier record(s) replaced)" if written["replaced"] else ""
         typer.echo(f"wrote {', '.join(str(p) for p in written['paths'])}{note}", err=True)
-    typer.echo(render(frame, output_format), nl=False)
+    typer.echo(render(frame, fmt), nl=False)
 
 
 def render(frame: pd.DataFrame, fmt: str) -> str:
@@ -154,4 +154,4 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
     return text + "\n" + "".join(f"* {n}\n" for n in notes)
 
 
-COMMANDS = [("probe", probe_command, HELP)]
+COMMANDS = [Command("probe", probe_command, HELP)]

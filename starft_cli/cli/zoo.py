@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from starft_cli.cli.command import Command
 from starft_cli.errors import StarftError, UsageError, ZooError
+from starft_cli.formats import OutputFormat
+from starft_cli.zoo.manifest import ZooKind
 
 app = typer.Typer(
     name="zoo",
@@ -20,16 +22,7 @@ app = typer.Typer(
 )
 
 
-class ListFormat(StrEnum):
-    table = "table"
-    json = "json"
-
-
-class Kind(StrEnum):
-    zero_shot = "zero-shot"
-    starft = "starft"
-    baseline = "baseline"
-
+ListFormat = OutputFormat.choices("table", "json")  # zoo list --format
 
 NameArg = Annotated[str, typer.Argument(help="Zoo model name (see `starft zoo list`).", show_default=False)]
 
@@ -43,7 +36,7 @@ def _metrics_summary(entry: Any, limit: int = 3) -> str:
 
 @app.command("list")
 def list_command(
-    kind: Annotated[Kind | None, typer.Option("--kind", help="Only models of this kind.")] = None,
+    kind: Annotated[ZooKind | None, typer.Option("--kind", help="Only models of this kind.")] = None,
     output_format: Annotated[ListFormat, typer.Option("--format", help="Output format.")] = ListFormat.table,
 ) -> None:
     """List the zoo's models: architecture, source, license and reported metrics."""
@@ -229,7 +222,7 @@ def add_command(
     arch: Annotated[str, typer.Option("--arch", help="open_clip architecture, e.g. ViT-B-16.")],
     sha256: Annotated[str | None, typer.Option("--sha256", help="sha256 of the weights file.")] = None,
     kind: Annotated[
-        Kind | None,
+        ZooKind | None,
         typer.Option("--kind", help="Kind of model (default: zero-shot for open_clip: sources, else starft)."),
     ] = None,
     license_: Annotated[str, typer.Option("--license", help="License of the weights.")] = "unknown",
@@ -245,7 +238,7 @@ def add_command(
     from starft_cli.zoo.manifest import read_user_entries, validate_entry, write_user_entries
 
     if kind is None:
-        kind = Kind.zero_shot if source.strip().startswith("open_clip:") else Kind.starft
+        kind = ZooKind.zero_shot if source.strip().startswith("open_clip:") else ZooKind.starft
     data: dict[str, Any] = {"arch": arch, "source": source, "kind": kind.value, "license": license_}
     for key, value in (("sha256", sha256), ("training_data", training_data), ("description", description)):
         if value is not None:
@@ -319,3 +312,6 @@ def _unpinned(entry: Any) -> str:
     if entry.source.kind == "recipe":
         return "- (built on this machine; its build.json records the sha256 that every use checks)"
     return "- (none pinned; open_clip's pretrained registry serves the file)"
+
+
+COMMANDS = [Command("zoo", app)]

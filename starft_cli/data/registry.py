@@ -5,7 +5,6 @@ One registry serves training (``starft finetune --data``) and evaluation (``star
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from starft_cli.errors import DataError
+from starft_cli.suggest import did_you_mean
 
 # Modules that register datasets; imported on first use of the registry.
 DATASET_MODULES = (
@@ -87,11 +87,14 @@ def get_builder(name: str) -> DatasetBuilder:
     _ensure_loaded()
     if name in _REGISTRY:
         return _REGISTRY[name]
-    close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-    hint = f"Did you mean {', '.join(close)}? " if close else ""
     raise DataError(
         f"unknown dataset '{name}'",
-        hint + "`starft data list` shows them all; folder:PATH and csv:PATH name your own data",
+        did_you_mean(
+            name,
+            _REGISTRY,
+            then="`starft data list` shows them all; folder:PATH and csv:PATH name your own data",
+            cutoff=0.5,
+        ),
     )
 
 

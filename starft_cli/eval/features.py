@@ -8,8 +8,6 @@ recomputed. Entries are safetensors files under ``<cache>/features``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -17,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from starft_cli.diskcache import Entry, TensorCache, cache_key
 from starft_cli.errors import ImageError
 from starft_cli.images import RGB_VERSION, open_image
-from starft_cli.paths import atomic_path, cache_dir, cache_write
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +48,10 @@ class Features:
         if self.skipped:
             mask[torch.tensor(self.skipped)] = False
         return mask
+
+
+# Features ``[N, D]`` and the skipped images (a JSON sidecar) per key: see feature_cache_key.
+FEATURE_CACHE: TensorCache[Features] = TensorCache("features", "feature", with_meta=True)
 
 
 def open_for_eval(path: Path, min_side: int | None) -> Any:
@@ -142,7 +144,7 @@ def feature_cache_key(
         "autocast": str(autocast_dtype(device)),
         "decode": decode,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:40]
+    return cache_key(payload, sort_keys=True)
 
 
 def compute_features(
@@ -163,24 +165,40 @@ def compute_features(
     :class:`~starft_cli.errors.ImageError`. Mixed precision (autocast) is used on CUDA only. ``data_fingerprint``
     saves recomputing ``dataset.fingerprint()`` when the caller has it.
     """
-    import torch
-    from safetensors.torch import load_file, save_file
-
     min_side = 2 * input_size(loaded) if fast_decode else None
     decode = f"rgb{RGB_VERSION}:" + (f"draft>={min_side}" if min_side else "full")
     key = feature_cache_key(loaded, dataset, decode, data_fingerprint, device=device)
-    path = cache_dir("features") / f"{key}.safetensors"
-    if use_cache and path.is_file():
-        try:
-            stored = load_file(str(path))
-            meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-            features = stored["features"]
-            if features.shape[0] == len(dataset) and not (strict and meta["skipped"]):
-                if progress is not None:
-                    progress(len(dataset), len(dataset))
-                return Features(features, list(meta["skipped"]), list(meta["names"]), from_cache=True)
-        except Exception as exc:  # a damaged entry is recomputed, never trusted
-            logger.warning("ignoring unreadable feature cache %s (%s)", path, exc)
+
+    def from_entry(entry: Entry) -> Features | None:
+        features, meta = entry.tensors["features"], entry.meta or {}
+        if features.shape[0] != len(dataset) or (strict and meta["skipped"]):
+            return None
+        return Features(features, list(meta["skipped"]), list(meta["names"]), from_cache=True)
+
+    result, hit = FEATURE_CACHE.get_or_compute(
+        key,
+        lambda: _compute(loaded, dataset, device, batch_size, workers, strict, min_side, progress),
+        encode=lambda f: Entry({"features": f.features}, {"skipped": f.skipped, "names": f.skipped_names}),
+        decode=from_entry,
+        use_cache=use_cache,
+    )
+    if hit and progress is not None:
+        progress(len(dataset), len(dataset))
+    return result
+
+
+def _compute(
+    loaded: LoadedModel,
+    dataset: ImageDataset,
+    device: str | torch.device,
+    batch_size: int,
+    workers: int,
+    strict: bool,
+    min_side: int | None,
+    progress: ProgressFn | None,
+) -> Features:
+    """The features of :func:`compute_features`, computed (no cache)."""
+    import torch
 
     device = torch.device(device)
     model = loaded.model
@@ -233,11 +251,4 @@ def compute_features(
     if out is None:
         out = torch.zeros(len(dataset), dim or 1, dtype=torch.float32)
     pairs = sorted(zip(skipped, names, strict=True))
-    result = Features(out, [i for i, _ in pairs], [n for _, n in pairs])
-    if use_cache:
-        with cache_write("feature", path.with_suffix(".json")):
-            with atomic_path(path.with_suffix(".json")) as tmp:
-                tmp.write_text(json.dumps({"skipped": result.skipped, "names": result.skipped_names}), encoding="utf-8")
-            with atomic_path(path) as tmp:
-                save_file({"features": out.contiguous()}, str(tmp))
-    return result
+    return Features(out, [i for i, _ in pairs], [n for _, n in pairs])

@@ -136,11 +136,10 @@ def get_suite(name_or_file: str | Path) -> Suite:
     path = Path(text).expanduser()
     if path.suffix.lower() == ".toml" or path.is_file():
         return load_suite_file(path)
-    import difflib
+    from starft_cli.suggest import did_you_mean
 
-    close = difflib.get_close_matches(text, suite_names(), n=3, cutoff=0.5)
-    hint = f"Did you mean {', '.join(close)}? " if close else ""
-    raise ConfigError(f"unknown suite '{text}'", hint + f"Use one of {', '.join(suite_names())} or a TOML file")
+    use = f"Use one of {', '.join(suite_names())} or a TOML file"
+    raise ConfigError(f"unknown suite '{text}'", did_you_mean(text, suite_names(), then=use, cutoff=0.5))
 
 
 def load_suite_file(path: Path) -> Suite:

@@ -9,14 +9,12 @@ type), the class names, the caption template and the pool.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from starft_cli.paths import atomic_path, cache_dir, cache_write
+from starft_cli.diskcache import Entry, TensorCache, cache_key
 from starft_cli.prompts import fill
 
 if TYPE_CHECKING:
@@ -55,12 +53,13 @@ class TextBank:
         return TextBank(self.spurious.to(device), self.captions.to(device))
 
 
+# The teacher's bank per (model identity, class names, caption template, pool): see bank_key.
+BANK_CACHE: TensorCache[TextBank] = TensorCache("spurious_bank", "spurious bank")
+
+
 def bank_key(identity: str, classnames: Sequence[str], caption_template: str, pool: Sequence[str]) -> str:
     """Cache key of a bank: the teacher's model identity, the class names, the caption template and the pool."""
-    payload = json.dumps(
-        {"model": identity, "c": list(classnames), "cap": caption_template, "pool": list(pool)}, ensure_ascii=False
-    )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:40]
+    return cache_key({"model": identity, "c": list(classnames), "cap": caption_template, "pool": list(pool)})
 
 
 def encode_texts(model: Any, tokenizer: Callable[..., Any], texts: Sequence[str], device: torch.device) -> torch.Tensor:
@@ -103,25 +102,23 @@ def cached_bank(
 ) -> TextBank:
     """:func:`build_bank`, cached under ``<cache>/spurious_bank``. ``fingerprint`` is the teacher's
     :func:`~starft_cli.models.weights_fingerprint`; the key is its full :func:`~starft_cli.models.model_identity`."""
-    from safetensors.torch import load_file, save_file
-
     from starft_cli.models import model_identity
 
     identity = model_identity(model, tokenizer, fingerprint=fingerprint, device=device)
-    path = cache_dir("spurious_bank") / f"{bank_key(identity, classnames, caption_template, pool)}.safetensors"
-    if use_cache and path.is_file():
-        try:
-            data = load_file(str(path))
-            bank = TextBank(spurious=data["spurious"], captions=data["captions"])
-            if tuple(bank.spurious.shape[:2]) == (len(classnames), len(pool)):
-                logger.info("spurious bank read from %s", path)
-                return bank.to(device)
-        except Exception as exc:  # a damaged cache entry is rebuilt, never trusted
-            logger.warning("ignoring unreadable spurious bank %s (%s)", path, exc)
-    bank = build_bank(model, tokenizer, classnames, caption_template, pool, device)
-    if use_cache:
-        with cache_write("spurious bank"), atomic_path(path) as tmp:
-            save_file(
-                {"spurious": bank.spurious.cpu().contiguous(), "captions": bank.captions.cpu().contiguous()}, str(tmp)
-            )
+    key = bank_key(identity, classnames, caption_template, pool)
+
+    def decode(entry: Entry) -> TextBank | None:
+        bank = TextBank(spurious=entry.tensors["spurious"], captions=entry.tensors["captions"])
+        return bank if tuple(bank.spurious.shape[:2]) == (len(classnames), len(pool)) else None
+
+    bank, hit = BANK_CACHE.get_or_compute(
+        key,
+        lambda: build_bank(model, tokenizer, classnames, caption_template, pool, device),
+        encode=lambda bank: Entry({"spurious": bank.spurious, "captions": bank.captions}),
+        decode=decode,
+        use_cache=use_cache,
+    )
+    if hit:
+        logger.info("spurious bank read from %s", BANK_CACHE.path(key))
+        return bank.to(device)
     return bank

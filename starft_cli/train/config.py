@@ -191,7 +191,10 @@ def _normalise_keys(data: Mapping[str, Any], source: str, tables: bool = False) 
             continue
         name = _ALIASES.get(key, key.replace("-", "_"))
         if name not in FIELD_NAMES and name not in ("reg", "loss"):
-            hint = did_you_mean(name, FIELD_NAMES) or "See `starft finetune --help` for the options"
+            hint = (
+                did_you_mean(name, sorted(FIELD_NAMES), n=1, quote=True)
+                or "See `starft finetune --help` for the options"
+            )
             raise ConfigError(f"{source}: unknown setting '{key}'", hint)
         out[name] = value
     if method_tables:

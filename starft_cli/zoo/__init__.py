@@ -61,13 +61,10 @@ def entry_names() -> list[str]:
 
 def get_entry(name: str) -> ZooEntry:
     """The entry called ``name``; an unknown name raises ``ModelNotFoundError`` with close matches."""
-    import difflib
-
     from starft_cli.errors import ModelNotFoundError
+    from starft_cli.suggest import did_you_mean
 
     found = load_all()
     if name in found:
         return found[name]
-    close = difflib.get_close_matches(name, list(found), n=3)
-    hint = f"Did you mean {', '.join(close)}? " if close else ""
-    raise ModelNotFoundError(f"unknown zoo model '{name}'", hint + "See `starft zoo list`")
+    raise ModelNotFoundError(f"unknown zoo model '{name}'", did_you_mean(name, found, then="See `starft zoo list`"))

@@ -154,17 +154,15 @@ def _open_clip_cfg(entry: ZooEntry, fix: str | None = None) -> dict[str, Any]:
     register_builtin_configs()
     cfg = pretrained_cfg(entry.arch, str(entry.source.tag))
     if not cfg:
-        import difflib
-
         import open_clip
 
+        from starft_cli.suggest import did_you_mean
+
         tags = list(open_clip.list_pretrained_tags_by_model(entry.arch))
-        close = difflib.get_close_matches(str(entry.source.tag), tags, n=3, cutoff=0.5)
-        known = f"Did you mean {', '.join(close)}? " if close else ""
-        known += f"Tags of {entry.arch}: {', '.join(tags) or 'none'}. "
+        known = f"Tags of {entry.arch}: {', '.join(tags) or 'none'}. " + _fix_hint(entry, fix)
         raise ModelNotFoundError(
             f"zoo model '{entry.name}': open_clip has no pretrained tag '{entry.source.tag}' for {entry.arch}",
-            known + _fix_hint(entry, fix),
+            did_you_mean(str(entry.source.tag), tags, then=known, cutoff=0.5),
         )
     return dict(cfg)
 
@@ -336,19 +334,16 @@ def _fix_hint(entry: ZooEntry, fix: str | None = None) -> str:
 
 
 def _check_arch(entry: ZooEntry, fix: str | None = None) -> None:
-    import difflib
-
     from starft_cli.errors import ModelNotFoundError
     from starft_cli.pretrained import list_architectures
+    from starft_cli.suggest import did_you_mean
 
     archs = list_architectures()
     if entry.arch not in archs:
-        close = difflib.get_close_matches(entry.arch, archs, n=3)
-        hint = f"Did you mean {', '.join(close)}? " if close else ""
         raise ModelNotFoundError(
             f"zoo model '{entry.name}' names an unknown architecture '{entry.arch}' (architectures are open_clip's "
             "and starft's own starft-tiny/starft-small)",
-            hint + _fix_hint(entry, fix),
+            did_you_mean(entry.arch, archs, then=_fix_hint(entry, fix)),
         )
 
 

@@ -33,6 +33,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,17 @@ SCHEMA_VERSION = 1
 # Models starft builds on this machine instead of downloading (no sha256 in the manifest: the build records
 # its own, and every use verifies it). name -> what it is.
 RECIPES = {"starft-demo": "the demo's zero-shot model, pre-trained by `starft demo` (starft_cli/demo.py)"}
-KINDS = ("zero-shot", "starft", "baseline")
+
+
+class ZooKind(StrEnum):
+    """What a zoo model is (a manifest entry's ``kind``; ``starft zoo list|add --kind``)."""
+
+    zero_shot = "zero-shot"
+    starft = "starft"
+    baseline = "baseline"
+
+
+KINDS = tuple(kind.value for kind in ZooKind)
 DEFAULT_HF_FILENAME = "open_clip_model.safetensors"
 USER_MANIFEST_NAME = "zoo.toml"
 ENV_VAR = "STARFT_ZOO"

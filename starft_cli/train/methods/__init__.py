@@ -77,7 +77,7 @@ def get_method(name: str) -> type[Method]:
 
     methods = available()
     if name not in methods:
-        hint = did_you_mean(name, methods) or "Run `starft finetune --help-method` for the list"
+        hint = did_you_mean(name, methods, n=1, quote=True) or "Run `starft finetune --help-method` for the list"
         raise ConfigError(f"unknown method '{name}' (known: {', '.join(methods)})", hint)
     return methods[name]
 

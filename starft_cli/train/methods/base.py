@@ -232,6 +232,7 @@ def resolve_hparams(method: type[Method], given: Mapping[str, Any]) -> dict[str,
             names = ", ".join(known) if known else "none"
             raise ConfigError(
                 f"{method.name} has no hyper-parameter '{key}' (it has: {names})",
-                did_you_mean(key, known) or f"See `starft finetune --method {method.name} --help-method`",
+                did_you_mean(key, known, n=1, quote=True)
+                or f"See `starft finetune --method {method.name} --help-method`",
             )
     return {name: p.parse(given[name], method.name) if name in given else p.default for name, p in known.items()}
