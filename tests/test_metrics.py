@@ -176,6 +176,8 @@ def test_registry_flags_and_docs():
     assert M.detail_metric("top1") is None and M.detail_metric("spurious_drift[x]") is None
     with pytest.raises(ValueError, match="unknown need"):
         M.Metric("x", "doc", lambda x: 0.0, needs=("colour",))
+    with pytest.raises(ValueError, match="metric defined twice: top1"):
+        M._define(M.METRICS["top1"], M.METRICS["ece"], M.METRICS["top1"])
 
 
 def test_unknown_metric_names_the_known_ones():

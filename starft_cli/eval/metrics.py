@@ -282,6 +282,13 @@ def _worst_region(x: MetricInput) -> float | None:
 
 
 def _define(*metrics: Metric) -> dict[str, Metric]:
+    """The registry of ``metrics``, keyed by name; a name or detail prefix used twice is a programming error."""
+    names = [m.name for m in metrics]
+    details = [m.detail for m in metrics if m.detail]
+    for kind, values in (("metric", names), ("detail prefix", details)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise ValueError(f"{kind} defined twice: {', '.join(twice)}")
     return {m.name: m for m in metrics}
 
 
