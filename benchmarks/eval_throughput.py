@@ -82,10 +82,10 @@ def ours(loaded, root: Path, batch_size: int, workers: int, device, fast_decode:
     from starft_cli.eval.suites import Suite, SuiteEntry
 
     suite = Suite("bench", (SuiteEntry(f"folder:{root}", ("top1",), templates="single"),))
-    frame = evaluate(
+    result = evaluate(
         [loaded], suite, None, device=device, batch_size=batch_size, workers=workers, fast_decode=fast_decode
     )
-    return float(frame.loc[frame["metric"] == "top1", "value"].iloc[0])
+    return result.value(f"folder:{root}", "top1")
 
 
 def changed_predictions(loaded, root: Path, batch_size: int, workers: int, device) -> tuple[int, float]:

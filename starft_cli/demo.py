@@ -355,19 +355,19 @@ def run_demo(config: DemoConfig, progress: ProgressFn | None = None) -> DemoResu
         device=device,
         seed=config.seed,
         progress=lambda name, done, total: emit({"kind": "eval", "name": name, "done": done, "total": total}),
-    )
+    ).frame
     frame = _with_drift(frame, names, zero_shot, device, config)
     frame["model"] = frame["model"].map(lambda raw: names.get(raw, raw))
     report = write_report(out, frame, baseline=ZERO_SHOT, description=suite().description)
-    paths = list(report["paths"])
+    paths = list(report.paths)
     if config.plot and plot_available():
         from starft_cli.data.digits import BACKGROUNDS, CLASSNAMES
         from starft_cli.reports.plots import demo_figure
 
         majority = [f"{c} on {b}" for c, b in zip(CLASSNAMES, BACKGROUNDS, strict=True)]
-        paths.append(demo_figure(report["frame"], out / FIGURE_NAME, [ZERO_SHOT, *config.methods], majority))
+        paths.append(demo_figure(report.frame, out / FIGURE_NAME, [ZERO_SHOT, *config.methods], majority))
     emit({"kind": "stage", "stage": "report", "status": "written", "path": str(out)})
-    return DemoResult(frame=report["frame"], paths=paths, runs=runs, zero_shot=zero_shot)
+    return DemoResult(frame=report.frame, paths=paths, runs=runs, zero_shot=zero_shot)
 
 
 def _with_drift(frame: Any, names: dict[str, str], zero_shot: Path, device: str, config: DemoConfig) -> Any:

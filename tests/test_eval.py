@@ -103,10 +103,10 @@ def test_corrupt_image_is_skipped_and_counted(tiny, tmp_path: Path):
     victim = root / "dog" / "1.jpg"
     victim.write_bytes(victim.read_bytes()[:50])
     suite = Suite("custom", (SuiteEntry(f"folder:{root}", ("top1",)),))
-    frame = evaluate([tiny], suite, None)
-    row = frame.iloc[0]
+    result = evaluate([tiny], suite, None)
+    row = result.frame.iloc[0]
     assert (row["num_samples"], row["num_skipped"]) == (5, 1)
-    assert "1.jpg" in frame.attrs["skipped"][0]
+    assert len(result.skipped) == 1 and "1.jpg" in result.skipped[0]
     with pytest.raises(ImageError, match=r"1\.jpg"):
         evaluate([tiny], suite, None, strict=True)
 
@@ -120,7 +120,7 @@ def test_imagenet_r_logits_are_restricted_to_the_present_classes(tiny, data_root
     head = torch.arange(20, dtype=torch.float32).reshape(5, 4)
     assert logits_for(features, head, [1, 3]).tolist() == [[4.0, 12.0], [5.0, 13.0], [6.0, 14.0]]
 
-    frame = evaluate([tiny], "domain-shift", data_root, templates="single")  # one template: a fast 1000-class head
+    frame = evaluate([tiny], "domain-shift", data_root, templates="single").frame  # one template: a fast head
     r = frame[frame["dataset"] == "imagenet-r"].set_index("metric")
     assert r.loc["top1", "num_classes"] == 2  # the two wnid folders present, out of 1000 head rows
     assert "top5" not in r.index  # fewer than 5 classes once restricted: absent, not NaN
@@ -331,11 +331,41 @@ def test_missing_data_of_a_named_suite_is_an_error(tmp_path: Path):
 def test_evaluate_python_api(tiny, data_root: Path):
     from starft_cli.eval import evaluate
 
-    frame = evaluate([tiny], "group-shift", data_root)
-    assert set(frame["dataset"]) == {"waterbirds", "pacs", "cifar10.02"}
-    assert frame.attrs["missing"] == []
+    result = evaluate([tiny], "group-shift", data_root)
+    assert set(result.frame["dataset"]) == {"waterbirds", "pacs", "cifar10.02"}
+    assert result.missing == [] and result.suite.name == "group-shift"
     with pytest.raises(UsageError, match="needs --data-root"):
         evaluate([tiny], "group-shift", None)
+
+
+def test_eval_result_and_plans(tiny, tmp_path: Path):
+    """evaluate() returns an EvalResult (records, suite, missing, skipped, notes); a Plan is run by evaluate_plan(),
+    and evaluate() refuses one rather than ignoring its data options."""
+    from starft_cli.eval.runner import EvalResult, evaluate, evaluate_plan, plan
+    from starft_cli.eval.suites import Suite, SuiteEntry
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "f", ["cat", "dog", "car"], per_class=2, size=(32, 32))
+    suite = Suite("custom", (SuiteEntry(f"folder:{root}", ("top1", "top5")),), "my suite")
+    result = evaluate(tiny, suite)
+    assert isinstance(result, EvalResult)
+    assert result.suite is suite and result.missing == result.missing_names == result.skipped == []
+    assert result.notes == [f"folder:{root}: top5 not computed (top5 needs at least 5 classes and folder:{root} has 3)"]
+    assert list(result.frame["metric"]) == ["top1"]
+    (record,) = result.records
+    assert record["metric"] == "top1" and record["num_samples"] == 6 and record["suite"] == "custom"
+    assert result.value(f"folder:{root}", "top1") == record["value"]
+    with pytest.raises(KeyError, match="0 records of ece"):
+        result.value(f"folder:{root}", "ece")
+
+    prepared = plan(suite, None)
+    again = evaluate_plan([tiny], prepared)
+    assert again.frame["value"].tolist() == result.frame["value"].tolist() and again.notes == result.notes
+    with pytest.raises(UsageError, match="not a Plan") as info:
+        evaluate([tiny], prepared, None, templates="single")  # the plan's templates are fixed: not ignored silently
+    assert "evaluate_plan" in info.value.one_line()
+    with pytest.raises(UsageError, match="no model to evaluate"):
+        evaluate([], suite)
 
 
 def test_cli_warns_about_skipped_images_and_strict_fails(tmp_path: Path):
@@ -360,7 +390,7 @@ def test_evaluation_checks_only_the_split_it_reads(tiny, tmp_path: Path):
 
     make_imagenet(tmp_path)
     (tmp_path / "imagenet" / "train" / "not-a-wnid").mkdir()  # a broken training set does not block evaluation
-    frame = evaluate([tiny], _suite("imagenet", "val"), tmp_path, templates="single")
+    frame = evaluate([tiny], _suite("imagenet", "val"), tmp_path, templates="single").frame
     assert set(frame["dataset"]) == {"imagenet"}
     from starft_cli.data.manage import check_dataset
 
@@ -376,8 +406,8 @@ def _suite(dataset: str, split: str):
 def test_a_second_head_over_the_same_images_reuses_the_features(tiny, data_root: Path, starft_home: Path):
     from starft_cli.eval.runner import evaluate
 
-    first = evaluate([tiny], _suite("pacs", "test"), data_root, templates="single")
-    second = evaluate([tiny], _suite("pacs", "test"), data_root, templates="ensemble")
+    first = evaluate([tiny], _suite("pacs", "test"), data_root, templates="single").frame
+    second = evaluate([tiny], _suite("pacs", "test"), data_root, templates="ensemble").frame
     assert len(list((starft_home / "cache" / "features").glob("*.safetensors"))) == 1  # computed once
     assert len(list((starft_home / "cache" / "heads").glob("*.safetensors"))) == 2  # one head per template set
     assert first["templates"].iloc[0] == "single" and second["templates"].iloc[0] == "ensemble"
@@ -475,16 +505,48 @@ def test_default_metrics_that_do_not_apply_are_noted(tmp_path: Path):
 
 
 def test_every_metric_has_a_rule_and_every_kept_metric_is_reported(tiny, data_root: Path):
-    from starft_cli.eval.runner import METRIC_RULES, evaluate
-    from starft_cli.eval.suites import METRICS, Suite, SuiteEntry
+    from starft_cli.eval.metrics import METRICS
+    from starft_cli.eval.runner import evaluate
+    from starft_cli.eval.suites import Suite, SuiteEntry
 
-    assert set(METRIC_RULES) == set(METRICS)
     names = ("top1", "top5", "ece", "mean_per_class_recall", "macro_f1", "mean_group_acc", "worst_group_acc")
     names += ("worst_region_acc", "adjusted_avg_acc")
     assert set(names) == set(METRICS)
-    suite = Suite("s", (SuiteEntry("waterbirds", tuple(m for m in names if m != "top5"), explicit=True),))
-    frame = evaluate([tiny], suite, data_root)
-    assert set(names) - {"top5"} <= set(frame["metric"])
+    on_waterbirds = tuple(m for m in names if m not in ("top5", "worst_region_acc"))  # 2 classes, groups not regions
+    suite = Suite(
+        "s",
+        (
+            SuiteEntry("waterbirds", on_waterbirds, explicit=True),
+            SuiteEntry("fmow", ("top5", "worst_region_acc"), explicit=True),
+        ),
+    )
+    frame = evaluate([tiny], suite, data_root).frame
+    assert set(on_waterbirds) <= set(frame.loc[frame["dataset"] == "waterbirds", "metric"])
+    assert {"top5", "worst_region_acc"} <= set(frame.loc[frame["dataset"] == "fmow", "metric"])
+
+
+def test_worst_region_acc_on_groups_that_are_not_regions_is_an_error(tiny, data_root: Path):
+    """Waterbirds has groups (label x place) but no regions: a requested worst_region_acc is an error naming why,
+    before any model is loaded; in a built-in suite it would be left out with a note."""
+    from starft_cli.eval.runner import evaluate, plan
+    from starft_cli.eval.suites import Suite, SuiteEntry
+
+    suite = Suite("s", (SuiteEntry("waterbirds", ("top1", "worst_region_acc"), explicit=True),))
+    with pytest.raises(UsageError) as info:
+        evaluate([tiny], suite, data_root)
+    line = info.value.one_line()
+    assert "worst_region_acc needs regions and the groups of waterbirds (test split) are not regions" in line
+    assert "worst_group_acc" in line  # the metrics that do apply
+    implicit = plan(Suite("s", (SuiteEntry("waterbirds", ("top1", "worst_region_acc")),)), data_root)
+    assert implicit.datasets[0].metrics == ("top1",)
+    assert implicit.notes == [
+        "waterbirds: worst_region_acc not computed (worst_region_acc needs regions and the groups of waterbirds "
+        "(test split) are not regions)"
+    ]
+    result = runner.invoke(
+        app, ["eval", "--data", "pacs", "--metric", "worst_region_acc", "-m", TINY, "--data-root", str(data_root)]
+    )
+    assert result.exit_code == 2 and "needs regions" in result.stderr and "Traceback" not in result.output
 
 
 def test_adjusted_average_accuracy_uses_the_training_group_shares(tiny, data_root: Path):
@@ -492,10 +554,10 @@ def test_adjusted_average_accuracy_uses_the_training_group_shares(tiny, data_roo
     the training shares (equal here: 1/4 each), i.e. the mean group accuracy; top1 is sample-weighted."""
     from starft_cli.eval.runner import evaluate
 
-    frame = evaluate([tiny], "group-shift", data_root)
-    wb = frame[frame["dataset"] == "waterbirds"].set_index("metric")["value"]
+    result = evaluate([tiny], "group-shift", data_root)
+    wb = result.frame[result.frame["dataset"] == "waterbirds"].set_index("metric")["value"]
     assert wb["adjusted_avg_acc"] == pytest.approx(wb["mean_group_acc"], abs=1e-6)
-    assert frame.attrs["notes"] == []
+    assert result.notes == []
 
 
 def test_empty_results_do_not_crash_the_renderer():

@@ -114,3 +114,122 @@ def test_adjusted_average_accuracy_by_hand():
     )
     assert M.adjusted_average_accuracy(preds, labels, groups, np.array([5, 5])) is None
     assert M.group_shares([1, 1, 0, 1]) == {0: 0.25, 1: 0.75}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry: every metric through its registry entry, on the table above
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _registry_input() -> M.MetricInput:
+    """The table above with 6-class one-hot logits (argmax = PREDS; ties rank lower classes first, so every label
+    0..2 is among the 5 best), groups named as regions (group 2 is "Other") and a training split whose groups are
+    25% group 0 and 75% group 2 (group 1 has no training samples)."""
+    return M.MetricInput(
+        logits=one_hot_logits(PREDS, 6),
+        labels=np.array(LABELS),
+        preds=np.array(PREDS),
+        groups=np.array(GROUPS),
+        group_names=("Europe", "Asia", "Other"),
+        train_groups=np.array([0, 2, 2, 2]),
+    )
+
+
+REGISTRY_VALUES = {
+    "top1": 5 / 8,
+    "top5": 1.0,
+    "mean_per_class_recall": (2 / 3 + 2 / 3 + 1 / 2) / 3,
+    "macro_f1": (4 / 7 + 4 / 6 + 2 / 3) / 3,
+    "mean_group_acc": (2 / 3 + 2 / 3 + 1 / 2) / 3,
+    "worst_group_acc": 1 / 2,
+    "worst_region_acc": 2 / 3,  # "Other" (1/2) left out
+    # weights renormalised over the groups with test and training samples: 0.25 * 2/3 + 0.75 * 1/2
+    "adjusted_avg_acc": 0.25 * 2 / 3 + 0.75 * 1 / 2,
+    # every sample's confidence is e / (e + 5) (one logit 1, five 0): one bin, |5/8 - e / (e + 5)|
+    "ece": abs(5 / 8 - math.e / (math.e + 5)),
+}
+
+
+def test_every_registered_metric_by_hand():
+    x = _registry_input()
+    assert set(REGISTRY_VALUES) == set(M.METRICS)
+    for name, expected in REGISTRY_VALUES.items():
+        metric = M.get_metric(name)
+        values = dict(metric.values(x))
+        assert values[name] == pytest.approx(expected), name
+    groups = dict(M.METRICS["worst_group_acc"].values(x))
+    assert groups == pytest.approx(
+        {"worst_group_acc": 0.5, "group_acc[Europe]": 2 / 3, "group_acc[Asia]": 2 / 3, "group_acc[Other]": 0.5}
+    )
+    regions = dict(M.METRICS["worst_region_acc"].values(x))
+    assert set(regions) == {"worst_region_acc", "region_acc[Europe]", "region_acc[Asia]", "region_acc[Other]"}
+    assert len(M.METRICS["top1"].values(x)) == 1  # no detail records
+
+
+def test_registry_flags_and_docs():
+    assert [m for m, e in M.METRICS.items() if not e.higher_is_better] == ["ece"]
+    assert all(e.headline and e.doc and "\n" not in e.doc for e in M.METRICS.values())
+    assert M.METRICS["worst_region_acc"].needs == ("regions",)
+    assert M.METRICS["adjusted_avg_acc"].needs == ("groups", "train_groups")
+    assert M.detail_prefixes() == ("group_acc", "region_acc")
+    assert M.detail_metric("region_acc[Asia]") is M.METRICS["worst_region_acc"]
+    assert M.detail_metric("top1") is None and M.detail_metric("spurious_drift[x]") is None
+    with pytest.raises(ValueError, match="unknown need"):
+        M.Metric("x", "doc", lambda x: 0.0, needs=("colour",))
+    with pytest.raises(ValueError, match="metric defined twice: top1"):
+        M._define(M.METRICS["top1"], M.METRICS["ece"], M.METRICS["top1"])
+
+
+def test_unknown_metric_names_the_known_ones():
+    from starft_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        M.get_metric("worst_grup_acc")
+    line = info.value.one_line()
+    assert line.startswith("unknown metric 'worst_grup_acc'")
+    assert "Did you mean worst_group_acc" in line and "Known: " + ", ".join(M.METRICS) in line
+    with pytest.raises(ConfigError, match="unknown metric 'f2' for pacs"):
+        M.check_metric_names(["top1", "f2"], "for pacs")
+    assert M.check_metric_names(["top1", "ece"]) == ("top1", "ece")
+
+
+def test_metric_problem_says_what_is_missing():
+    from types import SimpleNamespace
+
+    def ds(groups=None, kind="group", classes=3):
+        names = [f"c{i}" for i in range(classes)]
+        return SimpleNamespace(name="d", classnames=names, class_subset=None, groups=groups, group_kind=kind)
+
+    assert M.metric_problem("top5", ds(), "test") == "top5 needs at least 5 classes and d has 3"
+    assert M.metric_problem("top5", ds(classes=5), "test") is None
+    assert M.metric_problem("worst_group_acc", ds(), "val") == "worst_group_acc needs groups and d (val split) has none"
+    assert M.metric_problem("worst_group_acc", ds([0, 1]), "val") is None
+    assert (
+        M.metric_problem("worst_region_acc", ds(), "test")
+        == "worst_region_acc needs regions and d (test split) has none"
+    )
+    assert M.metric_problem("worst_region_acc", ds([0, 1]), "test") == (
+        "worst_region_acc needs regions and the groups of d (test split) are not regions"
+    )
+    assert M.metric_problem("worst_region_acc", ds([0, 1], kind="region"), "test") is None
+    assert M.metric_problem("adjusted_avg_acc", ds([0, 1]), "test", train_groups=None) == (
+        "adjusted_avg_acc needs a training split with groups and d has none here"
+    )
+    assert M.metric_problem("adjusted_avg_acc", ds([0, 1]), "test", train_groups=[0, 1]) is None
+
+
+def test_checkpoint_selection_criteria_are_registered_metrics_where_higher_is_better():
+    """`finetune --select-by` keeps the checkpoint with the highest value: each criterion must be a registered
+    metric for which higher is better."""
+    from starft_cli.train.validate import SELECT_BY
+
+    assert all(M.get_metric(name).higher_is_better for name in SELECT_BY)
+
+
+def test_listing_metric_names_does_not_import_numpy():
+    import subprocess
+    import sys
+
+    code = "import sys; from starft_cli.eval.metrics import metric_names; metric_names(); print('numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

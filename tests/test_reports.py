@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from starft_cli.cli.app import app
-from starft_cli.errors import DataError, UsageError
+from starft_cli.errors import ConfigError, DataError, UsageError
 from starft_cli.reports import load_results, merge_records, write_report
 from starft_cli.reports.tables import leaderboard, render
 
@@ -115,10 +115,12 @@ def test_write_report_merges_with_existing_results(tmp_path: Path):
     import pandas as pd
 
     first = write_report(tmp_path, pd.DataFrame(GROUPS[:4]))
-    assert (first["added"], first["replaced"]) == (4, 0)
+    assert (first.added, first.replaced) == (4, 0)
     changed = [dict(GROUPS[0], value=0.5), *GROUPS[4:]]
     second = write_report(tmp_path, pd.DataFrame(changed))
-    assert (second["added"], second["replaced"]) == (4, 1)
+    assert (second.added, second.replaced) == (4, 1)
+    assert second.paths == [tmp_path / "results.json", tmp_path / "leaderboard.md", tmp_path / "leaderboard.csv"]
+    assert len(second.frame) == 8  # the merged records
     stored = json.loads((tmp_path / "results.json").read_text())
     assert len(stored) == 8
     assert next(r for r in stored if r["model"] == "zs" and r["metric"] == "top1")["value"] == 0.5
@@ -249,3 +251,64 @@ def test_domain_shift_figure_is_id_vs_ood_with_diagonal(tmp_path: Path):
     lo, hi = left.get_xlim()
     assert lo <= 57.5 and hi >= 80.0 and lo >= 0 and hi <= 100  # zs (70, 57.5) and ft (80, 55) inside
     plt.close(fig)
+
+
+def test_leaderboards_read_the_metric_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Columns follow the registry's order, its headline flag decides what is shown and its higher-is-better flag
+    what the footnote says; each shown metric is explained by its registry doc."""
+    import dataclasses
+
+    from starft_cli.eval import metrics as M
+
+    records = [
+        rec("zs", "waterbirds", "ece", 0.1),
+        rec("zs", "waterbirds", "mean_group_acc", 0.7),
+        rec("zs", "waterbirds", "top1", 0.9),
+        rec("zs", "waterbirds", "group_acc[landbird on land]", 0.95),
+    ]
+    frame = load_results([write(tmp_path / "r.json", records)])
+    assert list(leaderboard(frame).columns) == ["waterbirds top1", "waterbirds mean_group_acc", "waterbirds ece"]
+    table = render(frame, "table")
+    assert f"top1 = {M.METRICS['top1'].doc}" in table and f"mean_group_acc = {M.METRICS['mean_group_acc'].doc}" in table
+    assert f"ece = {M.METRICS['ece'].doc} (lower is better)" in table
+    assert "worst_group_acc =" not in table  # not shown, not explained
+
+    flipped = dict(M.METRICS)
+    flipped["ece"] = dataclasses.replace(M.METRICS["ece"], headline=False)
+    flipped["mean_group_acc"] = dataclasses.replace(M.METRICS["mean_group_acc"], higher_is_better=False)
+    monkeypatch.setattr(M, "METRICS", flipped)
+    assert list(leaderboard(frame).columns) == ["waterbirds top1", "waterbirds mean_group_acc"]
+    table = render(frame, "table")
+    assert "waterbirds ece" not in table and "ece =" not in table
+    assert f"mean_group_acc = {M.METRICS['mean_group_acc'].doc} (lower is better)" in table
+
+
+def test_avg_ood_averages_the_ood_entries_of_the_suite_roles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """avg OOD is the mean top-1 over the datasets whose suite entry has role "ood": with imagenet-a's role taken
+    away it averages the other three."""
+    from starft_cli.eval import suites
+
+    frame = load_results([write(tmp_path / "r.json", DOMAIN)])
+    entries = tuple(
+        suites.SuiteEntry(e.dataset, e.metrics, e.split, role="" if e.dataset == "imagenet-a" else e.role)
+        for e in suites.BUILTIN_SUITES["domain-shift"].entries
+    )
+    monkeypatch.setitem(suites.BUILTIN_SUITES, "domain-shift", suites.Suite("domain-shift", entries))
+    board = leaderboard(frame)
+    assert board.loc["zs", "avg OOD top1"] == pytest.approx((0.6 + 0.8 + 0.5) / 3)
+    assert suites.shifts() == [
+        suites.Shift("domain-shift", "imagenet", ("imagenet-v2", "imagenet-r", "imagenet-sketch"))
+    ]
+    with pytest.raises(ConfigError, match="unknown role 'shifted'"):
+        suites.SuiteEntry("imagenet-a", ("top1",), role="shifted")
+
+
+def test_write_report_returns_a_typed_result(tmp_path: Path):
+    import pandas as pd
+
+    from starft_cli.reports import WrittenReport
+
+    written = write_report(tmp_path, pd.DataFrame(DOMAIN))
+    assert isinstance(written, WrittenReport)
+    assert (written.added, written.replaced, len(written.frame)) == (len(DOMAIN), 0, len(DOMAIN))
+    assert all(p.is_file() for p in written.paths)

@@ -11,21 +11,11 @@ from starft_cli.cli.command import Command
 from starft_cli.cli.options import BatchSizeOpt, DeviceOpt
 from starft_cli.cli.progress import progress_bar
 from starft_cli.errors import UsageError
+from starft_cli.eval.metrics import metric_names
 from starft_cli.formats import parse_format
 
 EVAL_HELP = "Evaluate models on a benchmark suite or datasets: leaderboard, results.json/md/csv."
 REPORT_HELP = "Merge result files into one leaderboard, with deltas against a baseline and optional plots."
-METRIC_NAMES = (
-    "top1",
-    "top5",
-    "ece",
-    "mean_per_class_recall",
-    "macro_f1",
-    "mean_group_acc",
-    "worst_group_acc",
-    "worst_region_acc",
-    "adjusted_avg_acc",
-)
 PROGRESS_THRESHOLD = 256
 
 
@@ -55,7 +45,7 @@ def eval_command(
         typer.Option(
             "--metric",
             help="Metric for --data datasets (repeatable; default top1, top5, ece; one that does not apply is an "
-            "error): " + ", ".join(METRIC_NAMES) + ".",
+            "error): " + ", ".join(metric_names()) + ".",
         ),
     ] = None,
     classnames: Annotated[
@@ -120,7 +110,7 @@ def eval_command(
         resolved = get_suite(suite)
 
     from starft_cli.device import resolve_device
-    from starft_cli.eval.runner import evaluate, plan
+    from starft_cli.eval.runner import evaluate_plan, plan
     from starft_cli.models import parse_model_ref
 
     for ref in model:
@@ -133,39 +123,33 @@ def eval_command(
         typer.echo(f"note: {line}", err=True)
     resolved_device = resolve_device(device)
     with _progress() as progress:
-        frame = evaluate(
+        result = evaluate_plan(
             model,
             prepared,
-            data_root,
             device=resolved_device,
             batch_size=batch_size,
             workers=workers,
             strict=strict,
             use_cache=cache,
-            skip_missing=skip,
-            templates=templates,
-            classnames_file=classnames,
             seed=seed,
             progress=progress,
             fast_decode=fast_decode,
         )
-    for line in frame.attrs.get("skipped", []):
+    for line in result.skipped:
         typer.echo(f"warning: {line}", err=True)
     from starft_cli.reports import write_report
     from starft_cli.reports.tables import render
 
-    missing = frame.attrs.get("missing", [])
-    notes = frame.attrs.get("notes", [])
-    shown = frame
+    shown = result.frame
     if out is not None:
-        written = write_report(out, frame, baseline, missing, resolved.description, notes=notes)
-        shown = written["frame"]
-        note = f" ({written['replaced']} earlier record(s) replaced)" if written["replaced"] else ""
-        typer.echo(f"wrote {', '.join(str(p) for p in written['paths'])}{note}", err=True)
+        written = write_report(out, result.frame, baseline, result.missing, resolved.description, notes=result.notes)
+        shown = written.frame
+        note = f" ({written.replaced} earlier record(s) replaced)" if written.replaced else ""
+        typer.echo(f"wrote {', '.join(str(p) for p in written.paths)}{note}", err=True)
     # the missing datasets were listed on stderr, one line each: stdout names them once, in one line
-    names = frame.attrs.get("missing_names", [])
+    names = result.missing_names
     summary = [f"{len(names)} dataset(s) not present (listed on stderr): {', '.join(names)}"] if names else []
-    typer.echo(render(shown, fmt, baseline, summary, resolved.description, notes=notes), nl=False)
+    typer.echo(render(shown, fmt, baseline, summary, resolved.description, notes=result.notes), nl=False)
 
 
 class _progress:

@@ -104,8 +104,8 @@ def probe_command(
         from starft_cli.reports import write_report
 
         written = write_report(out, frame, description=f"spurious drift from {reference}")
-        note = f" ({written['replaced']} earlier record(s) replaced)" if written["replaced"] else ""
-        typer.echo(f"wrote {', '.join(str(p) for p in written['paths'])}{note}", err=True)
+        note = f" ({written.replaced} earlier record(s) replaced)" if written.replaced else ""
+        typer.echo(f"wrote {', '.join(str(p) for p in written.paths)}{note}", err=True)
     typer.echo(render(frame, fmt), nl=False)
 
 

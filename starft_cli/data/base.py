@@ -36,7 +36,8 @@ def classname_collisions(names: Sequence[str]) -> list[tuple[int, int]]:
 class ImageDataset(torch.utils.data.Dataset):
     """Labelled images with class names and, where the benchmark has them, groups and captions.
 
-    ``dataset[i]`` is ``(transform(image), label)``. ``groups[i]`` indexes ``group_names``;
+    ``dataset[i]`` is ``(transform(image), label)``. ``groups[i]`` indexes ``group_names``; ``group_kind`` says
+    what the groups are: ``"group"``, or ``"region"`` for geographic regions (FMoW; what worst_region_acc needs);
     ``captions[i]`` (training data) overrides the ``a photo of a {classname}.`` caption.
 
     Class names must be distinct once case and spacing are ignored (:class:`~starft_cli.errors.DataError`
@@ -52,6 +53,7 @@ class ImageDataset(torch.utils.data.Dataset):
         transform: Callable[[Any], Any] | None = None,
         groups: Sequence[int] | None = None,
         group_names: Sequence[str] | None = None,
+        group_kind: str = "group",
         captions: Sequence[str] | None = None,
         templates: str = "imagenet80",
         class_subset: Sequence[int] | None = None,
@@ -71,6 +73,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.groups = None if groups is None else [int(g) for g in groups]
         self.group_names = None if group_names is None else list(group_names)
+        self.group_kind = group_kind
         self.captions = None if captions is None else list(captions)
         self.templates = templates
         # For datasets that cover a subset of a larger label space (ImageNet-R/A): the indices, in the

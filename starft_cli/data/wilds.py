@@ -166,6 +166,7 @@ class FMoW:
             paths=paths,
             groups=groups,
             group_names=FMOW_REGIONS,
+            group_kind="region",
             templates="fmow",
         )
 

@@ -6,6 +6,10 @@ from typing import Any
 
 _API = {
     "evaluate": "starft_cli.eval.runner",
+    "evaluate_plan": "starft_cli.eval.runner",
+    "EvalResult": "starft_cli.eval.runner",
+    "METRICS": "starft_cli.eval.metrics",
+    "Metric": "starft_cli.eval.metrics",
     "plan": "starft_cli.eval.runner",
     "get_suite": "starft_cli.eval.suites",
     "suite_names": "starft_cli.eval.suites",

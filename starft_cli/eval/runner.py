@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from starft_cli.errors import DataError, UsageError
-from starft_cli.eval import metrics as M
-from starft_cli.eval.suites import METRICS, Suite, SuiteEntry, get_suite
+from starft_cli.eval.metrics import METRICS, MetricInput, metric_problem
+from starft_cli.eval.suites import Suite, SuiteEntry, get_suite
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,93 +51,6 @@ class Plan:
     notes: list[str] = field(default_factory=list)  # metrics of built-in suites left out, one line each
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Metrics: name -> how to compute it and what it needs. Every name of suites.METRICS has a rule (checked at import),
-# so a metric can never be dropped for want of code; one that does not apply to a dataset is found by plan().
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MetricInput:
-    """What a metric is computed from: ``logits [N, C]``, ``labels [N]``, ``preds [N]`` (argmax), ``groups [N]``
-    or None, the group names, and the training split's groups (adjusted_avg_acc)."""
-
-    logits: np.ndarray
-    labels: np.ndarray
-    preds: np.ndarray
-    groups: np.ndarray | None
-    group_names: list[str]
-    train_groups: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class MetricRule:
-    """``compute`` returns ``(name, value)`` pairs: the metric's own first, then any per-group detail records."""
-
-    compute: Callable[[MetricInput], list[tuple[str, float | None]]]
-    needs_groups: bool = False
-    needs_train_groups: bool = False
-    min_classes: int = 1
-
-
-def _per_group(name: str, prefix: str, ignore_other: bool = False) -> Callable[[MetricInput], list]:
-    def compute(x: MetricInput) -> list[tuple[str, float | None]]:
-        assert x.groups is not None
-        accs = M.group_accuracies(x.preds, x.labels, x.groups)
-        if ignore_other:  # FMoW's catch-all region is left out, as WILDS does
-            other = [g for g, n in enumerate(x.group_names) if n == "Other"]
-            value = M.worst_region_accuracy(x.preds, x.labels, x.groups, ignore=other)
-        else:
-            value = M.worst_group_accuracy(x.preds, x.labels, x.groups)
-        return [(name, value), *((f"{prefix}[{_group_name(x, g)}]", acc) for g, acc in accs.items())]
-
-    return compute
-
-
-def _group_name(x: MetricInput, g: int) -> str:
-    return x.group_names[g] if 0 <= g < len(x.group_names) else str(g)
-
-
-METRIC_RULES: dict[str, MetricRule] = {
-    "top1": MetricRule(lambda x: [("top1", M.top_k_accuracy(x.logits, x.labels, 1))]),
-    "top5": MetricRule(lambda x: [("top5", M.top_k_accuracy(x.logits, x.labels, 5))], min_classes=5),
-    "mean_per_class_recall": MetricRule(
-        lambda x: [("mean_per_class_recall", M.mean_per_class_recall(x.preds, x.labels))]
-    ),
-    "macro_f1": MetricRule(lambda x: [("macro_f1", M.macro_f1(x.preds, x.labels))]),
-    "ece": MetricRule(lambda x: [("ece", M.expected_calibration_error(x.logits, x.labels))]),
-    "mean_group_acc": MetricRule(
-        lambda x: [("mean_group_acc", M.mean_group_accuracy(x.preds, x.labels, x.groups))], needs_groups=True
-    ),
-    "worst_group_acc": MetricRule(_per_group("worst_group_acc", "group_acc"), needs_groups=True),
-    "worst_region_acc": MetricRule(_per_group("worst_region_acc", "region_acc", ignore_other=True), needs_groups=True),
-    "adjusted_avg_acc": MetricRule(
-        lambda x: [("adjusted_avg_acc", M.adjusted_average_accuracy(x.preds, x.labels, x.groups, x.train_groups))],
-        needs_groups=True,
-        needs_train_groups=True,
-    ),
-}
-if set(METRIC_RULES) != set(METRICS):  # pragma: no cover - a programming error, caught by the test suite too
-    raise RuntimeError(f"metrics without a rule or description: {sorted(set(METRIC_RULES) ^ set(METRICS))}")
-
-
-def metric_problem(
-    metric: str, dataset: Any, split: str, train_groups: Sequence[int] | None = None, name: str | None = None
-) -> str | None:
-    """Why ``metric`` does not apply to ``dataset`` (a loaded ImageDataset, called ``name`` in the message), or None
-    when it does."""
-    rule = METRIC_RULES[metric]
-    name = name or dataset.name
-    classes = len(dataset.class_subset or dataset.classnames)
-    if classes < rule.min_classes:
-        return f"{metric} needs at least {rule.min_classes} classes and {name} has {classes}"
-    if rule.needs_groups and dataset.groups is None:
-        return f"{metric} needs groups and {name} ({split} split) has none"
-    if rule.needs_train_groups and not train_groups:
-        return f"{metric} needs a training split with groups and {name} has none here"
-    return None
-
-
 def _train_groups(entry: SuiteEntry, data_root: str | Path | None, split: str) -> list[int] | None:
     """The groups of a registered dataset's training split (None when it has none or it is absent)."""
     from starft_cli.data.registry import dataset_root, get_builder
@@ -160,7 +73,7 @@ def _applicable_metrics(
 ) -> tuple[tuple[str, ...], list[int] | None]:
     """The metrics of ``entry`` that apply to ``ds``. One that does not is a :class:`UsageError` when the user named
     it, else left out with a note in ``result.notes``."""
-    wants_train = any(METRIC_RULES[m].needs_train_groups for m in entry.metrics)
+    wants_train = any("train_groups" in METRICS[m].needs for m in entry.metrics)
     train_groups = _train_groups(entry, data_root, split) if wants_train else None
     kept, problems = [], []
     for metric in entry.metrics:
@@ -269,11 +182,12 @@ def plan(
 
 
 def _metric_values(item: PreparedDataset, x: MetricInput) -> list[tuple[str, float]]:
-    """``(name, value)`` of every metric the plan kept for ``item``; an undefined value (no samples left after
-    skipping unreadable images) is a warning, never silently absent."""
+    """``(name, value)`` of every metric the plan kept for ``item`` (its registry entry's own value, then its
+    per-group detail records); an undefined value (no samples left after skipping unreadable images) is a warning,
+    never silently absent."""
     out: list[tuple[str, float]] = []
     for name in item.metrics or item.entry.metrics:
-        for metric, value in METRIC_RULES[name].compute(x):
+        for metric, value in METRICS[name].values(x):
             if value is None:
                 where, count = item.entry.dataset, len(x.labels)
                 logger.warning("%s: %s is undefined for the %d readable sample(s)", where, metric, count)
@@ -390,45 +304,72 @@ def evaluate_model(
     return records
 
 
-def evaluate(
-    models: Sequence[str | LoadedModel] | str,
-    suite: Suite | Plan | str | Path,
-    data_root: str | Path | None,
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` / :func:`evaluate_plan` return.
+
+    ``frame``: one row per (model, dataset, split, metric) record (columns: :data:`starft_cli.reports.FIELDS`);
+    ``suite``: the suite evaluated; ``missing``: one line per dataset left out as absent or broken (what, where,
+    how to get it) and ``missing_names`` their names; ``skipped``: one line per (model, dataset) that had unreadable
+    images (skipped and counted in ``num_skipped``); ``notes``: metrics of built-in suites that did not apply to a
+    dataset and were left out."""
+
+    frame: pd.DataFrame
+    suite: Suite
+    missing: list[str] = field(default_factory=list)
+    missing_names: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The rows as flat JSON-safe records (as ``results.json`` stores them)."""
+        from starft_cli.reports.schema import to_records
+
+        return to_records(self.frame)
+
+    def value(self, dataset: str, metric: str, model: str | None = None, split: str | None = None) -> float:
+        """The value of one record: ``metric`` on ``dataset`` (of ``model`` and ``split`` where several are
+        measured). Raises :class:`KeyError` unless exactly one record matches."""
+        rows = self.frame[(self.frame["dataset"] == dataset) & (self.frame["metric"] == metric)]
+        if model is not None:
+            rows = rows[rows["model"] == model]
+        if split is not None:
+            rows = rows[rows["split"] == split]
+        if len(rows) != 1:
+            raise KeyError(f"{len(rows)} records of {metric} on {dataset} (model {model}, split {split})")
+        return float(rows["value"].iloc[0])
+
+
+def _model_list(models: Sequence[str | LoadedModel] | str | LoadedModel) -> list[str | LoadedModel]:
+    """One model (a reference or a loaded model) or several, as a list; :class:`UsageError` for none."""
+    model_list = list(models) if isinstance(models, Sequence) and not isinstance(models, str) else [models]
+    if not model_list:
+        raise UsageError("no model to evaluate", "Pass --model REF (repeatable)")
+    return model_list
+
+
+def evaluate_plan(
+    models: Sequence[str | LoadedModel] | str | LoadedModel,
+    prepared: Plan,
     *,
     device: str | torch.device = "cpu",
     batch_size: int = 64,
     workers: int = 0,
     strict: bool = False,
     use_cache: bool = True,
-    skip_missing: bool | None = None,
-    templates: str | None = None,
-    classnames_file: str | Path | None = None,
     seed: int = 0,
     progress: ProgressFn | None = None,
     fast_decode: bool = False,
-) -> pd.DataFrame:
-    """Evaluate one or more models on a suite; one row per (model, dataset, metric).
-
-    ``suite`` is a built-in name, a TOML file, a :class:`Suite`, or a :class:`Plan` made by :func:`plan`.
-    Every dataset is checked before any model is loaded. With ``skip_missing`` (default: only for the ``all``
-    suite) missing datasets are left out and listed in ``df.attrs["missing"]``; ``df.attrs["skipped"]`` lists
-    unreadable images that were skipped. A metric that does not apply to a dataset (see :func:`metric_problem`)
-    raises :class:`UsageError` when its entry is ``explicit`` (named by the user), else it is left out and said
-    in ``df.attrs["notes"]``.
-    """
+) -> EvalResult:
+    """Evaluate one or more models (references or loaded models) on a :class:`Plan` made by :func:`plan` (its
+    datasets already checked and loaded, with the plan's templates and class names); one row per (model, dataset,
+    metric). Raises :class:`UsageError` without a model."""
     import pandas as pd
 
     from starft_cli.models import load
 
-    model_list = [models] if isinstance(models, str) else list(models)
-    if not model_list:
-        raise UsageError("no model to evaluate", "Pass --model REF (repeatable)")
-    if isinstance(suite, Plan):
-        prepared, resolved = suite, suite.suite
-    else:
-        resolved = suite if isinstance(suite, Suite) else get_suite(suite)
-        skip = resolved.name == "all" if skip_missing is None else skip_missing
-        prepared = plan(resolved, data_root, templates, classnames_file, skip)
+    model_list = _model_list(models)
     records: list[dict[str, Any]] = []
     skipped: list[str] = []
     for model in model_list:
@@ -451,10 +392,61 @@ def evaluate(
     from starft_cli.reports.schema import FIELDS
 
     frame = pd.DataFrame.from_records(records, columns=list(FIELDS) if not records else None)
-    frame.attrs["missing"] = list(prepared.missing)
-    frame.attrs["missing_names"] = list(prepared.missing_names)
-    frame.attrs["notes"] = list(prepared.notes)
-    frame.attrs["skipped"] = skipped
-    frame.attrs["suite"] = resolved.name
-    frame.attrs["description"] = resolved.description
-    return frame
+    return EvalResult(
+        frame=frame,
+        suite=prepared.suite,
+        missing=list(prepared.missing),
+        missing_names=list(prepared.missing_names),
+        skipped=skipped,
+        notes=list(prepared.notes),
+    )
+
+
+def evaluate(
+    models: Sequence[str | LoadedModel] | str | LoadedModel,
+    suite: Suite | str | Path,
+    data_root: str | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    workers: int = 0,
+    strict: bool = False,
+    use_cache: bool = True,
+    skip_missing: bool | None = None,
+    templates: str | None = None,
+    classnames_file: str | Path | None = None,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    fast_decode: bool = False,
+) -> EvalResult:
+    """Evaluate one or more models on a suite: :func:`plan` (every dataset under ``data_root`` checked and loaded
+    before any model is loaded) then :func:`evaluate_plan`.
+
+    ``suite`` is a built-in name, a TOML file or a :class:`Suite`; for a :class:`Plan` made by :func:`plan`, call
+    :func:`evaluate_plan` (a Plan here is a :class:`UsageError`: its data options are fixed already). With
+    ``skip_missing`` (default: only for the ``all`` suite) missing datasets are left out and listed in
+    ``EvalResult.missing``; otherwise one is a :class:`DataError`. A metric that does not apply to a dataset (see
+    :func:`starft_cli.eval.metrics.metric_problem`) raises :class:`UsageError` when its entry is ``explicit`` (named
+    by the user), else it is left out and said in ``EvalResult.notes``.
+    """
+    if isinstance(suite, Plan):
+        raise UsageError(
+            "evaluate() takes a suite, not a Plan (its data root, templates and class names are fixed already)",
+            "Call evaluate_plan(models, plan, ...) for a Plan made by plan()",
+        )
+    _model_list(models)  # no model is an error before any data is read
+    resolved = suite if isinstance(suite, Suite) else get_suite(suite)
+    skip = resolved.name == "all" if skip_missing is None else skip_missing
+    prepared = plan(resolved, data_root, templates, classnames_file, skip)
+    return evaluate_plan(
+        models,
+        prepared,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        strict=strict,
+        use_cache=use_cache,
+        seed=seed,
+        progress=progress,
+        fast_decode=fast_decode,
+    )

@@ -7,22 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from starft_cli.errors import ConfigError
+from starft_cli.eval.metrics import check_metric_names
 
-# metric name -> what it means (the runner computes each from the logits, labels and groups; the rule of each, e.g.
-# that it needs groups, is in starft_cli.eval.runner.METRIC_RULES, which must cover every name here)
-METRICS = {
-    "top1": "top-1 accuracy over all test samples (each sample counts once: the sample-weighted average accuracy)",
-    "top5": "top-5 accuracy (needs at least 5 classes)",
-    "mean_per_class_recall": "unweighted mean over classes of each class's recall",
-    "macro_f1": "unweighted mean of per-class F1 over the classes present in the labels (as WILDS reports it)",
-    "mean_group_acc": "unweighted mean over groups of each group's accuracy",
-    "worst_group_acc": "lowest accuracy over the groups",
-    "worst_region_acc": "lowest accuracy over the regions (FMoW)",
-    "adjusted_avg_acc": "test group accuracies weighted by the training split's group shares (the 'adjusted average "
-    "accuracy' of group-robustness papers on Waterbirds; needs a training split with groups)",
-    "ece": "expected calibration error, 15 equal-width confidence bins",
-}
-GROUP_METRICS = ("mean_group_acc", "worst_group_acc", "worst_region_acc", "adjusted_avg_acc")
+ROLES = ("", "id", "ood")  # a suite entry's role: none, in-distribution, or a distribution shift of the "id" one
 
 
 @dataclass(frozen=True)
@@ -34,15 +21,17 @@ class SuiteEntry:
     split: str | None = None
     classnames: str | None = None  # class-names file for folder:/csv: data
     templates: str | None = None  # template set name or file; default: the dataset's own
-    role: str = ""  # "id" / "ood" in domain-shift suites
+    # "id" / "ood" in domain-shift suites: leaderboards average the top-1 of the "ood" entries of a built-in suite
+    # ("avg OOD top1", when all are present) and plot it against the "id" entry's
+    role: str = ""
     # the user named these metrics (--metric, a suite file): one that does not apply is an error; otherwise (built-in
     # suites, the default metrics) it is left out with a note in the report
     explicit: bool = False
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.metrics if m not in METRICS]
-        if unknown:
-            raise ConfigError(f"unknown metric '{unknown[0]}' for {self.dataset}", f"Use any of {', '.join(METRICS)}")
+        check_metric_names(self.metrics, f"for {self.dataset}")
+        if self.role not in ROLES:
+            raise ConfigError(f"unknown role '{self.role}' for {self.dataset}", "Use 'id', 'ood' or none")
         if not self.metrics:
             raise ConfigError(f"no metrics for {self.dataset}")
 
@@ -122,6 +111,26 @@ def _merge_all() -> Suite:
     return Suite("all", tuple(merged.values()), "Every built-in suite; datasets that are not present are skipped.")
 
 
+@dataclass(frozen=True)
+class Shift:
+    """A built-in suite's in-distribution dataset (its "id" entry) and its distribution shifts ("ood" entries)."""
+
+    suite: str
+    id: str | None
+    ood: tuple[str, ...]
+
+
+def shifts() -> list[Shift]:
+    """Every built-in suite that has "ood" entries, as a :class:`Shift` (the leaderboard's ``avg OOD top1``)."""
+    out = []
+    for suite in BUILTIN_SUITES.values():
+        ood = tuple(e.dataset for e in suite.entries if e.role == "ood")
+        if ood:
+            first_id = next((e.dataset for e in suite.entries if e.role == "id"), None)
+            out.append(Shift(suite.name, first_id, ood))
+    return out
+
+
 def suite_names() -> list[str]:
     return [*BUILTIN_SUITES, "all"]
 
@@ -172,6 +181,7 @@ def load_suite_file(path: Path) -> Suite:
         metrics = item.get("metrics", ["top1"])
         if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
             raise ConfigError(f"{path}: metrics of {item['name']} must be a list of names")
+        check_metric_names(metrics, f"for {item['name']} in {path}")
 
         def rel(value: object) -> str | None:
             if value is None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from starft_cli.paths import atomic_write_text
 from starft_cli.reports.schema import (
@@ -19,7 +20,28 @@ from starft_cli.reports.schema import (
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["FIELDS", "RESULTS_NAME", "load_results", "merge_records", "read_records", "to_records", "write_report"]
+__all__ = [
+    "FIELDS",
+    "RESULTS_NAME",
+    "WrittenReport",
+    "load_results",
+    "merge_records",
+    "read_records",
+    "to_records",
+    "write_report",
+]
+
+
+@dataclass
+class WrittenReport:
+    """What :func:`write_report` wrote: ``paths`` (results.json, leaderboard.md, leaderboard.csv), how many of the
+    new records ``replaced`` earlier ones with the same key and how many were ``added``, and ``frame``, the merged
+    records (old and new) the leaderboards show."""
+
+    paths: list[Path]
+    replaced: int
+    added: int
+    frame: pd.DataFrame
 
 
 def write_report(
@@ -30,11 +52,11 @@ def write_report(
     description: str = "",
     *,
     notes: list[str] | None = None,
-) -> dict[str, Any]:
+) -> WrittenReport:
     """Write ``results.json`` (merged with the one already there: only records with the same (model, dataset,
     split, metric) are replaced), ``leaderboard.md`` and ``leaderboard.csv`` (of the merged records).
 
-    Returns ``{"paths": [...], "replaced": n, "added": n, "frame": merged DataFrame}``.
+    Returns a :class:`WrittenReport`.
     """
     import pandas as pd
 
@@ -53,9 +75,9 @@ def write_report(
     write_results_json(target, merged)
     atomic_write_text(out / "leaderboard.md", render(merged_frame, "md", baseline, missing, description, notes=notes))
     atomic_write_text(out / "leaderboard.csv", render(merged_frame, "csv", baseline))
-    return {
-        "paths": [target, out / "leaderboard.md", out / "leaderboard.csv"],
-        "replaced": replaced,
-        "added": len(new) - replaced,
-        "frame": merged_frame,
-    }
+    return WrittenReport(
+        paths=[target, out / "leaderboard.md", out / "leaderboard.csv"],
+        replaced=replaced,
+        added=len(new) - replaced,
+        frame=merged_frame,
+    )

@@ -13,7 +13,12 @@ from starft_cli.paths import atomic_path
 if TYPE_CHECKING:
     import pandas as pd
 
-_GROUP = re.compile(r"^(group_acc|region_acc)\[(.*)\]$")
+
+def _group_pattern() -> re.Pattern[str]:
+    """Per-group detail records of the registered metrics: ``group_acc[<group>]``, ``region_acc[<region>]``."""
+    from starft_cli.eval.metrics import detail_prefixes
+
+    return re.compile(rf"^({'|'.join(map(re.escape, detail_prefixes()))})\[(.*)\]$")
 
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -52,17 +57,29 @@ def figure(frame: pd.DataFrame) -> Any:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UsageError("--plot needs matplotlib", "Install the plot extra: pip install 'starft[plot]'") from None
-    from starft_cli.reports.tables import AVG_OOD, leaderboard
+    from starft_cli.reports.tables import avg_ood_columns, leaderboard
 
     board = leaderboard(frame)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.5))
     points: dict[str, list[tuple[float, float, str]]] = {}  # model -> (x, y, label)
-    if f"{AVG_OOD} top1" in board.columns and "imagenet top1" in board.columns:
+    # a built-in suite's "id" entry against the average of its "ood" entries (their roles), when all are present
+    shift = next(
+        (
+            (avg, id_col, ood)
+            for avg, id_col, ood in avg_ood_columns()
+            if avg in board.columns and id_col in board.columns
+        ),
+        None,
+    )
+    if shift is not None:
+        avg, id_col, ood = shift
         for model in board.index:
-            x, y = board.at[model, "imagenet top1"], board.at[model, f"{AVG_OOD} top1"]
+            x, y = board.at[model, id_col], board.at[model, avg]
             points[model] = [(100 * x, 100 * y, "")]
-        left.set_xlabel("ImageNet top-1 accuracy (ID), %")
-        left.set_ylabel("avg OOD top-1 accuracy (4 ImageNet shifts), %")
+        id_name = id_col[: -len(" top1")]
+        left.set_xlabel(f"{'ImageNet' if id_name == 'imagenet' else id_name} top-1 accuracy (ID), %")
+        shifts = f"{len(ood)} ImageNet shifts" if id_name == "imagenet" else f"{len(ood)} shifts"
+        left.set_ylabel(f"avg OOD top-1 accuracy ({shifts}), %")
         left.set_title("ID vs OOD accuracy")
     else:
         grouped = [c[: -len(" top1")] for c in board.columns if c.endswith(" top1")]
@@ -127,7 +144,8 @@ def axis_limits(values: list[float], min_pad: float = 5.0) -> tuple[float, float
 
 
 def _group_bars(ax: Any, frame: pd.DataFrame) -> None:
-    groups = frame[frame["metric"].str.match(_GROUP.pattern)]
+    pattern = _group_pattern()
+    groups = frame[frame["metric"].str.match(pattern.pattern)]
     if groups.empty:
         ax.text(0.5, 0.5, "no per-group results", ha="center", va="center")
         ax.set_axis_off()
@@ -141,7 +159,7 @@ def _group_bars(ax: Any, frame: pd.DataFrame) -> None:
         values = data[data["model"] == model].set_index("metric")["value"].reindex(names)
         ax.bar([i + k * width for i in range(len(names))], 100 * values.to_numpy(), width, label=model)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
-    ax.set_xticklabels([_GROUP.match(n).group(2) for n in names], rotation=60, ha="right", fontsize=7)
+    ax.set_xticklabels([pattern.match(n).group(2) for n in names], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("accuracy, %")
     ax.set_ylim(0, 100)
     ax.set_title(f"per-group accuracy: {dataset}")
@@ -207,7 +225,8 @@ def demo_figure(
     left.grid(alpha=0.3)
     left.legend(fontsize=8, loc="lower left")
 
-    groups = frame[(frame["split"] == "test") & frame["metric"].str.match(_GROUP.pattern)]
+    pattern = _group_pattern()
+    groups = frame[(frame["split"] == "test") & frame["metric"].str.match(pattern.pattern)]
     names = list(dict.fromkeys(groups["metric"]))
     width = 0.8 / max(1, len(models))
     for k, model in enumerate(models):
@@ -220,7 +239,7 @@ def demo_figure(
             color=colours[k % len(colours)],
         )
     right.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
-    labels = [_GROUP.match(n).group(2) for n in names]
+    labels = [pattern.match(n).group(2) for n in names]
     right.set_xticklabels([f"{g} *" if g in majority else g for g in labels], rotation=70, ha="right", fontsize=7)
     right.set_ylabel("accuracy %")
     right.set_ylim(0, 100)

@@ -9,26 +9,21 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-FORMATS = ("table", "md", "csv", "json")
-# The headline metrics shown in leaderboards, best first; per-group records stay in results.json.
-HEADLINE = (
-    "top1",
-    "adjusted_avg_acc",
-    "worst_group_acc",
-    "mean_group_acc",
-    "macro_f1",
-    "worst_region_acc",
-    "mean_per_class_recall",
-    "top5",
-    "ece",
-)
-LOWER_IS_BETTER = {"ece"}
 DRIFT_PREFIX = "spurious_drift["  # `starft probe`: nats, shown as they are (not in %), after the headline metrics
-DOMAIN_SHIFTS = ("imagenet-v2", "imagenet-r", "imagenet-a", "imagenet-sketch")
 AVG_OOD = "avg OOD"
+AVG_OOD_METRIC = "top1"  # what "avg OOD" averages over a suite's "ood" entries
 
 
 def _is_headline(metric: str) -> bool:
+    """Whether leaderboards show records of ``metric``: a registered metric when its registry entry says so, never
+    a per-group detail record (``group_acc[...]``), a drift record when it is a pool's (not a class's or group's);
+    any other name (records from elsewhere) when it has no brackets."""
+    from starft_cli.eval.metrics import METRICS, detail_metric
+
+    if metric in METRICS:
+        return METRICS[metric].headline
+    if detail_metric(metric) is not None:
+        return False
     return "[" not in metric or _is_drift(metric)
 
 
@@ -37,15 +32,32 @@ def _is_drift(metric: str) -> bool:
     return metric.startswith(DRIFT_PREFIX) and metric.endswith("]") and metric.count("[") == 1
 
 
+def avg_ood_columns() -> list[tuple[str, str | None, list[str]]]:
+    """``(column, id column, ood columns)`` of every built-in suite with "ood" entries (their roles): the
+    leaderboard column ``avg OOD top1`` averages the ood columns (``avg OOD[<suite>] top1`` when several suites
+    have shifts)."""
+    from starft_cli.eval.suites import shifts
+
+    found = shifts()
+    out = []
+    for shift in found:
+        name = AVG_OOD if len(found) == 1 else f"{AVG_OOD}[{shift.suite}]"
+        id_column = None if shift.id is None else f"{shift.id} {AVG_OOD_METRIC}"
+        out.append((f"{name} {AVG_OOD_METRIC}", id_column, [f"{d} {AVG_OOD_METRIC}" for d in shift.ood]))
+    return out
+
+
 def leaderboard(
     frame: pd.DataFrame, baseline: str | None = None, metrics: tuple[str, ...] | None = None
 ) -> pd.DataFrame:
-    """Wide table: index = model (in order of first appearance), columns = ``dataset metric`` (plus ``avg OOD
-    top1`` when all four ImageNet shifts are present), values as fractions. ``attrs["deltas"]`` holds the
-    differences to ``baseline`` (default: the first model)."""
+    """Wide table: index = model (in order of first appearance), columns = ``dataset metric`` (each dataset's
+    headline metrics in registry order, see :data:`starft_cli.eval.metrics.METRICS`; plus ``avg OOD top1`` when
+    every "ood" entry of a built-in suite is present: the four ImageNet shifts), values as fractions.
+    ``attrs["deltas"]`` holds the differences to ``baseline`` (default: the first model)."""
     import pandas as pd
 
     from starft_cli.errors import UsageError
+    from starft_cli.eval.metrics import METRICS
 
     data = frame[frame["metric"].map(_is_headline)].copy()
     if metrics is not None:
@@ -59,19 +71,19 @@ def leaderboard(
         ]
     models = list(dict.fromkeys(data["model"]))
     order_ds = list(dict.fromkeys(data["dataset"]))
-    metric_rank = {m: i for i, m in enumerate(HEADLINE)}
+    metric_rank = {m: i for i, m in enumerate(METRICS)}
     columns: list[tuple[str, str]] = []
     for ds in order_ds:
         present = list(dict.fromkeys(data.loc[data["dataset"] == ds, "metric"]))
-        present.sort(key=lambda m: metric_rank.get(m, len(HEADLINE)))
+        present.sort(key=lambda m: metric_rank.get(m, len(METRICS)))
         columns.extend((ds, m) for m in present)
     table = pd.DataFrame(index=pd.Index(models, name="model"))
     for ds, metric in columns:
         rows = data[(data["dataset"] == ds) & (data["metric"] == metric)]
         table[f"{ds} {metric}"] = rows.groupby("model", sort=False)["value"].last().reindex(models)
-    shift_cols = [f"{ds} top1" for ds in DOMAIN_SHIFTS]
-    if all(c in table.columns for c in shift_cols):
-        table[f"{AVG_OOD} top1"] = table[shift_cols].mean(axis=1, skipna=False)
+    for column, _, ood_columns in avg_ood_columns():
+        if all(c in table.columns for c in ood_columns):
+            table[column] = table[ood_columns].mean(axis=1, skipna=False)
     base = baseline if baseline is not None else (models[0] if models else None)
     if base is not None and base not in table.index:
         raise UsageError(f"baseline '{base}' is not among the models", f"Use one of: {', '.join(models)}")
@@ -98,22 +110,25 @@ def footnotes(
 ) -> list[str]:
     """The lines under a leaderboard: the description, what each metric means, skipped images, missing datasets
     and ``notes`` (e.g. metrics of a suite that did not apply to a dataset)."""
+    from starft_cli.eval.metrics import METRICS
+
     out = []
     if description:
         out.append(description)
     shown = set(frame["metric"]) if "metric" in frame.columns else set()
-    meaning = "Values in %. top1 = accuracy over all test samples (sample-weighted: this is the 'average accuracy')"
-    if "adjusted_avg_acc" in shown:
-        meaning += "; adjusted_avg_acc = test group accuracies weighted by the training split's group shares"
-    meaning += "; mean_group_acc = unweighted mean of group accuracies; worst_group_acc / worst_region_acc = the lowest"
-    if "ece" in shown:
-        meaning += "; ece = expected calibration error (15 bins; lower is better)"
+    # what each metric shown means, from its registry entry, in column order
+    parts = [
+        f"{m.name} = {m.doc}" + ("" if m.higher_is_better else " (lower is better)")
+        for m in METRICS.values()
+        if m.headline and m.name in shown
+    ]
     if any(_is_drift(str(m)) for m in shown):
-        meaning += (
-            "; spurious_drift[pool] = StarReg's masked KL between the reference's and the model's distributions over "
+        parts.append(
+            "spurious_drift[pool] = StarReg's masked KL between the reference's and the model's distributions over "
             "other-class spurious descriptions on this split (`starft probe`; in nats, not %; 0 = the reference's view)"
         )
-    out.append(meaning + "; deltas in parentheses are against the baseline (first) model.")
+    parts.append("deltas in parentheses are against the baseline (first) model")
+    out.append("Values in %. " + "; ".join(parts) + ".")
     if "num_skipped" in frame.columns:
         skipped = frame.drop_duplicates(["model", "dataset"]).query("num_skipped > 0")
         for _, row in skipped.iterrows():
