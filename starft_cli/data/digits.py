@@ -335,7 +335,7 @@ class SpuriousDigits(Builder):
         if report.problems:
             report.notes.append("any use of the dataset (or `starft data download spurious-digits`) generates it")
             return report
-        for split in SPLITS:
+        for split in self.info.splits:
             tensors, _ = read_split(root, split)
             labels = tensors["labels"].tolist()
             backgrounds = tensors["backgrounds"].tolist()
