@@ -141,7 +141,7 @@ def metric_problem(
 
 def _train_groups(entry: SuiteEntry, data_root: str | Path | None, split: str) -> list[int] | None:
     """The groups of a registered dataset's training split (None when it has none or it is absent)."""
-    from starft_cli.data.registry import Missing, is_generic, resolve
+    from starft_cli.data.registry import is_generic, resolve
 
     if is_generic(entry.dataset) or data_root is None or split == "train":
         return None
