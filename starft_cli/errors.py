@@ -68,6 +68,15 @@ class DataError(StarftError):
     """A dataset that is missing, unknown or laid out wrongly."""
 
 
+class SplitError(DataError, UsageError):
+    """A split that the dataset does not have (the hint lists those it has). A :class:`DataError` raised by every
+    reader, and a usage error (exit code 2) since a flag or suite entry named it."""
+
+
+class DataRootError(DataError, UsageError):
+    """A registered dataset asked for without a data root to find it under (exit code 2, like a missing flag)."""
+
+
 class ZooError(StarftError):
     """A zoo manifest, lookup, download or publish problem."""
 

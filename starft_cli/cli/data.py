@@ -28,21 +28,21 @@ def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the registered datasets (with --data-root: whether each is present)."""
-    from starft_cli.data.manage import DOWNLOADERS
-    from starft_cli.data.registry import dataset_root, get_builder, list_datasets
+    from starft_cli.data.registry import get_builder, list_datasets, root_for
 
     rows = []
     for name in list_datasets():
-        info = get_builder(name).info
+        builder = get_builder(name)
+        info = builder.info
         row = {
             "name": name,
             "title": info.title,
             "folder": info.folder,
             "splits": list(info.splits),
-            "download": "yes" if name in DOWNLOADERS else "manual",
+            "download": "manual" if info.download is None else "yes",
         }
         if data_root is not None:
-            row["present"] = dataset_root(name, data_root).exists()
+            row["present"] = root_for(builder, data_root).exists()
         rows.append(row)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -100,16 +100,14 @@ def check_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Check a dataset's layout: counts per split/class/group, and every problem with how to fix it."""
-    from starft_cli.data.manage import check_dataset, instructions
-    from starft_cli.data.registry import get_builder
+    from starft_cli.data.manage import check_dataset
+    from starft_cli.data.registry import is_generic
     from starft_cli.errors import UsageError
 
-    generic = name.startswith(("folder:", "csv:"))
-    generated = not generic and getattr(get_builder(name), "generated", False)  # unknown names fail with hints
-    if classnames is not None and not generic:
+    if classnames is not None and not is_generic(name):
         raise UsageError("--classnames applies to folder:PATH and csv:PATH data", "Drop it for a registered dataset")
-    if data_root is None and not generic and not generated:
-        raise UsageError("data check needs --data-root", "Point it at the folder holding the datasets")
+    # an unknown name fails with close matches; a registered one (not generated) without --data-root, with a usage
+    # error naming the folder it needs
     report = check_dataset(name, data_root, deep=deep, classnames_file=classnames)
     if as_json:
         payload = {
@@ -129,8 +127,8 @@ def check_command(
             typer.echo(f"  note: {note}")
         for problem in report.problems:
             typer.echo(f"  problem: {problem}")
-        if not report.ok and not generic:
-            for line in instructions(name, data_root)[1:]:
+        if not report.ok:
+            for line in report.get_it:
                 typer.echo(f"  {line}")
     if not report.ok:
         from starft_cli.errors import DataError
@@ -145,26 +143,18 @@ def download_command(
 ) -> None:
     """Download a dataset through torchvision where a public, stable source exists; otherwise say where to get it
     and how to lay it out."""
-    from starft_cli.data.manage import DOWNLOADERS, download_dataset, instructions
-    from starft_cli.data.registry import get_builder
-    from starft_cli.errors import UsageError
+    from starft_cli.data.manage import download_dataset
+    from starft_cli.errors import DataError
 
-    get_builder(name)
-    if name not in DOWNLOADERS:
+    result = download_dataset(name, data_root)  # a generated dataset without --data-root goes into the cache
+    if not result.downloaded:
         typer.echo(f"{name} has no public, stable download source that starft can fetch; get it by hand:")
-        for line in instructions(name, data_root):
+        for line in result.instructions:
             typer.echo(f"  {line}")
-        from starft_cli.errors import DataError
-
         raise DataError(  # exit 1: nothing was downloaded, so a script must not go on as if it had been
             f"{name} was not downloaded (no public download source)",
             f"Get it by hand as above, then run `starft data check {name} --data-root DATA_ROOT`",
         )
-    if data_root is None and getattr(get_builder(name), "generated", False):
-        data_root = get_builder(name).default_root().parent  # generated into the cache
-    if data_root is None:
-        raise UsageError("data download needs --data-root", "Name the folder to download into")
-    result = download_dataset(name, data_root)
     typer.echo(f"downloaded {name} to {result.root}")
 
 

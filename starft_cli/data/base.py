@@ -38,7 +38,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
     ``dataset[i]`` is ``(transform(image), label)``. ``groups[i]`` indexes ``group_names``; ``group_kind`` says
     what the groups are: ``"group"``, or ``"region"`` for geographic regions (FMoW; what worst_region_acc needs);
-    ``captions[i]`` (training data) overrides the ``a photo of a {classname}.`` caption.
+    ``captions[i]`` (training data) overrides the ``a photo of a {classname}.`` caption. ``templates`` names the
+    default zero-shot templates; ``split`` is the split it holds (set by :func:`starft_cli.data.registry.resolve`).
 
     Class names must be distinct once case and spacing are ignored (:class:`~starft_cli.errors.DataError`
     otherwise); ``duplicate_classnames_ok`` is for a benchmark's standard list that has duplicates (ImageNet's).
@@ -76,6 +77,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.group_kind = group_kind
         self.captions = None if captions is None else list(captions)
         self.templates = templates
+        self.split: str | None = None
         # For datasets that cover a subset of a larger label space (ImageNet-R/A): the indices, in the
         # larger space, of this dataset's classes; labels are then indices into the larger space.
         self.class_subset = None if class_subset is None else [int(c) for c in class_subset]
@@ -183,13 +185,15 @@ def _ints_bytes(values: Sequence[int]) -> bytes:
 
 @dataclass
 class CheckReport:
-    """What ``starft data check`` found: problems (empty when the layout is right) and counts."""
+    """What ``starft data check`` found: problems (empty when the layout is right) and counts; for a registered
+    dataset, ``get_it`` says where to get it and how to lay it out (one line each)."""
 
     name: str
     root: Path
     problems: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    get_it: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

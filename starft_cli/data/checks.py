@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from starft_cli.data.base import CheckReport
 from starft_cli.images import is_image_name
@@ -62,3 +63,14 @@ def count_groups(report: CheckReport, prefix: str, groups: Sequence[int], group_
         report.counts[f"{prefix} group {name}"] = present.get(g, 0)
         if present.get(g, 0) == 0:
             report.problems.append(f"{prefix}: group '{name}' has no images (worst-group accuracy needs every group)")
+
+
+def torchvision_download(cls_name: str, **kwargs: Any) -> Callable[[Path], None]:
+    """A registration's ``download``: torchvision's checksummed downloader ``cls_name`` into the data root."""
+
+    def run(data_root: Path) -> None:
+        import torchvision.datasets as tvd
+
+        getattr(tvd, cls_name)(str(data_root), download=True, **kwargs)
+
+    return run

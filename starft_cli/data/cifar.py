@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from starft_cli.data.base import ArrayImageDataset, CheckReport
-from starft_cli.data.checks import asset_lines, count_groups, count_into
-from starft_cli.data.registry import register_dataset
+from starft_cli.data.checks import asset_lines, count_groups, count_into, torchvision_download
+from starft_cli.data.registry import Builder, register_dataset
 from starft_cli.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -63,11 +63,9 @@ def read_cifar_pickle(path: Path) -> dict[str, Any]:
     return data
 
 
-class _Cifar:
+class _Cifar(Builder):
     """Shared reader of the two CIFAR python-version layouts."""
 
-    name = ""
-    folder = ""
     tv_class = ""
     label_key = ""  # "labels" (CIFAR-10) or "fine_labels" (CIFAR-100)
     names_key = ""  # "label_names" or "fine_label_names"
@@ -108,17 +106,16 @@ class _Cifar:
 
     def build(self, root: Path, split: str) -> ArrayImageDataset:
         images, labels, names = self.read(root, split)
-        return ArrayImageDataset(
-            name=self.name,
+        return self.dataset(
+            ArrayImageDataset,
             classnames=names,
             labels=labels,
             images=images,
             sources=[root / f for f in self.files(split)],
-            templates="cifar",
         )
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name=self.name, root=root)
+        report = self.report(root)
         if not root.is_dir():
             report.problems.append(f"missing folder {root}")
             return report
@@ -127,7 +124,7 @@ class _Cifar:
             report.problems.append(f"missing {', '.join(str(root / n) for n in missing)}")
         elif self._official(root):
             report.notes.append("official files (md5 sums match)")
-        for split in ("train", "test"):
+        for split in self.info.splits:
             if any(n in missing for n in (*self.files(split), self.meta_file)):
                 continue  # reported above; the other split is still checked
             try:
@@ -156,10 +153,9 @@ class _Cifar:
     splits=("train", "test"),
     default_split="test",
     templates="cifar",
+    download=torchvision_download("CIFAR10", train=False),
 )
 class Cifar10(_Cifar):
-    name = "cifar10"
-    folder = CIFAR10_FOLDER
     tv_class = "CIFAR10"
     label_key = "labels"
     names_key = "label_names"
@@ -178,10 +174,9 @@ class Cifar10(_Cifar):
     splits=("train", "test"),
     default_split="test",
     templates="cifar",
+    download=torchvision_download("CIFAR100", train=False),
 )
 class Cifar100(_Cifar):
-    name = "cifar100"
-    folder = CIFAR100_FOLDER
     tv_class = "CIFAR100"
     label_key = "fine_labels"
     names_key = "fine_label_names"
@@ -209,8 +204,8 @@ def read_cifar102(root: Path, split: str) -> tuple[np.ndarray, list[int]]:
     return images, labels
 
 
-def _check_cifar102(report: CheckReport, root: Path) -> None:
-    for split in ("train", "test"):
+def _check_cifar102(report: CheckReport, root: Path, splits: tuple[str, ...]) -> None:
+    for split in splits:
         if not (root / f"cifar102_{split}.npz").is_file():
             report.problems.append(f"missing {root / f'cifar102_{split}.npz'}")
             continue
@@ -235,21 +230,20 @@ def _check_cifar102(report: CheckReport, root: Path) -> None:
     default_split="test",
     templates="cifar",
 )
-class Cifar102:
+class Cifar102(Builder):
     def build(self, root: Path, split: str) -> ArrayImageDataset:
         images, labels = read_cifar102(root, split)
-        return ArrayImageDataset(
-            name="cifar10.2",
+        return self.dataset(
+            ArrayImageDataset,
             classnames=cifar10_classnames(),
             labels=labels,
             images=images,
             sources=[root / f"cifar102_{split}.npz"],
-            templates="cifar",
         )
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name="cifar10.2", root=root)
-        _check_cifar102(report, root)
+        report = self.report(root)
+        _check_cifar102(report, root, self.info.splits)
         return report
 
 
@@ -264,8 +258,8 @@ class Cifar102:
     default_split="test",
     templates="cifar",
 )
-class Cifar1002:
-    sources = ("cifar10", "cifar10.2")
+class Cifar1002(Builder):
+    sources = (Cifar10.info.name, Cifar102.info.name)
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -276,23 +270,22 @@ class Cifar1002:
         b_images, b_labels = read_cifar102(root, "test")
         labels = a_labels + b_labels
         groups = a_labels + [10 + y for y in b_labels]
-        return ArrayImageDataset(
-            name="cifar10.02",
+        return self.dataset(
+            ArrayImageDataset,
             classnames=cifar10_classnames(),
             labels=labels,
             images=np.concatenate([a_images, b_images]),
             sources=[root.parent / CIFAR10_FOLDER / "test_batch", root / "cifar102_test.npz"],
             groups=groups,
             group_names=self.group_names,
-            templates="cifar",
         )
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name="cifar10.02", root=root)
+        report = self.report(root)
         inner = Cifar10().check(root.parent / CIFAR10_FOLDER)
         report.problems.extend(inner.problems)
         report.counts.update({f"cifar-10 {k}": v for k, v in inner.counts.items() if k.startswith("test")})
-        _check_cifar102(report, root)
+        _check_cifar102(report, root, Cifar102.info.splits)
         if report.ok:
             ds = self.build(root, "test")
             count_groups(report, "test", ds.groups or [], self.group_names)
@@ -324,27 +317,28 @@ def _stl10_reader() -> type:
     splits=("train", "test"),
     default_split="test",
     templates="stl10",
+    download=torchvision_download("STL10", split="test"),
 )
-class STL10:
+class STL10(Builder):
     def build(self, root: Path, split: str) -> ArrayImageDataset:
         tv = _stl10_reader()(str(root.parent), split=split, download=False)
         names = list(getattr(tv, "classes", None) or asset_lines("stl10_classes.txt"))
         images = np.ascontiguousarray(np.asarray(tv.data).transpose(0, 2, 3, 1))
-        return ArrayImageDataset(
-            name="stl10",
+        return self.dataset(
+            ArrayImageDataset,
             classnames=names,
             labels=[int(v) for v in tv.labels],
             images=images,
             sources=[root / f for f in STL10_SPLIT_FILES[split]],
-            templates="stl10",
         )
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name="stl10", root=root)
+        report = self.report(root)
         if not root.is_dir():
             report.problems.append(f"missing folder {root}")
             return report
-        for split, (x_name, y_name) in STL10_SPLIT_FILES.items():
+        for split in self.info.splits:
+            x_name, y_name = STL10_SPLIT_FILES[split]
             x_path, y_path = root / x_name, root / y_name
             if not x_path.is_file() or not y_path.is_file():
                 report.problems.append(f"missing {x_path if not x_path.is_file() else y_path}")

@@ -28,7 +28,7 @@ import numpy as np
 
 from starft_cli.data.base import ArrayImageDataset, CheckReport
 from starft_cli.data.checks import count_groups, count_into
-from starft_cli.data.registry import register_dataset
+from starft_cli.data.registry import Builder, register_dataset
 from starft_cli.errors import DataError
 from starft_cli.paths import atomic_dir, sha256_file
 
@@ -301,11 +301,11 @@ def read_split(root: Path, split: str) -> tuple[dict[str, Any], list[str]]:
     splits=SPLITS,
     default_split="test",
     templates="digits",
+    generated=True,
+    download=lambda data_root: ensure(data_root / NAME),  # "downloading" it generates it there
 )
-class SpuriousDigits:
+class SpuriousDigits(Builder):
     """The registered builder: ``build(root, split)`` reads a split, ``check(root)`` verifies the copy."""
-
-    generated = True
 
     def default_root(self) -> Path:
         return default_root()
@@ -318,8 +318,8 @@ class SpuriousDigits:
         labels = tensors["labels"].tolist()
         backgrounds = tensors["backgrounds"].tolist()
         groups = [group_of(y, b) for y, b in zip(labels, backgrounds, strict=True)]
-        return ArrayImageDataset(
-            name=NAME,
+        return self.dataset(
+            ArrayImageDataset,
             classnames=CLASSNAMES,
             labels=labels,
             images=tensors["images"],
@@ -327,16 +327,15 @@ class SpuriousDigits:
             groups=groups,
             group_names=GROUP_NAMES,
             captions=captions if split == "pretrain" else None,
-            templates="digits",
         )
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name=NAME, root=root)
+        report = self.report(root)
         report.problems.extend(verify(root))
         if report.problems:
             report.notes.append("any use of the dataset (or `starft data download spurious-digits`) generates it")
             return report
-        for split in SPLITS:
+        for split in self.info.splits:
             tensors, _ = read_split(root, split)
             labels = tensors["labels"].tolist()
             backgrounds = tensors["backgrounds"].tolist()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from starft_cli.data.base import CheckReport, FileImageDataset
 from starft_cli.data.checks import count_groups, count_into, image_files
-from starft_cli.data.registry import register_dataset
+from starft_cli.data.registry import Builder, register_dataset
 
 WATERBIRDS_FOLDER = "waterbird_complete95_forest2water2"
 WATERBIRDS_CLASSES = ("landbird", "waterbird")
@@ -57,24 +57,23 @@ def _waterbirds_rows(root: Path, problems: list[str]) -> list[dict[str, str]]:
     default_split="test",
     templates="waterbirds",
 )
-class Waterbirds:
+class Waterbirds(Builder):
     group_names = tuple(f"{c} on {p}" for c in WATERBIRDS_CLASSES for p in WATERBIRDS_PLACES)
 
     def build(self, root: Path, split: str) -> FileImageDataset:
         rows = [r for r in _waterbirds_rows(root, []) if r["split"] == WATERBIRDS_SPLITS[split]]
         labels = [int(r["y"]) for r in rows]
-        return FileImageDataset(
-            name="waterbirds",
+        return self.dataset(
+            FileImageDataset,
             classnames=WATERBIRDS_CLASSES,
             labels=labels,
             paths=[root / r["img_filename"] for r in rows],
             groups=[2 * int(r["y"]) + int(r["place"]) for r in rows],
             group_names=self.group_names,
-            templates="waterbirds",
         )
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name="waterbirds", root=root)
+        report = self.report(root)
         rows = _waterbirds_rows(root, report.problems)
         if not rows:
             if not report.problems:
@@ -83,13 +82,14 @@ class Waterbirds:
         absent = [r["img_filename"] for r in rows if not (root / r["img_filename"]).is_file()]
         if absent:
             report.problems.append(f"{len(absent)} images listed in metadata.csv are missing (e.g. {root / absent[0]})")
-        for split, code in WATERBIRDS_SPLITS.items():
+        for split in self.info.splits:
+            code = WATERBIRDS_SPLITS[split]
             chosen = [r for r in rows if r["split"] == code]
             if not chosen:
                 report.problems.append(f"metadata.csv has no {split} rows (split={code})")
                 continue
             count_into(report, split, [int(r["y"]) for r in chosen], WATERBIRDS_CLASSES)
-            if split == "test":
+            if split == self.info.default_split:
                 count_groups(report, split, [2 * int(r["y"]) + int(r["place"]) for r in chosen], self.group_names)
         return report
 
@@ -110,7 +110,7 @@ PACS_CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "perso
     default_split="test",
     templates="pacs",
 )
-class PACS:
+class PACS(Builder):
     group_names = tuple(f"{d}/{c}" for d in PACS_DOMAINS for c in PACS_CLASSES)
 
     def _scan(self, root: Path, problems: list[str]) -> tuple[list[Path], list[int], list[int]]:
@@ -143,20 +143,20 @@ class PACS:
 
     def build(self, root: Path, split: str) -> FileImageDataset:
         paths, labels, groups = self._scan(root, [])
-        return FileImageDataset(
-            name="pacs",
+        return self.dataset(
+            FileImageDataset,
             classnames=PACS_CLASSES,
             labels=labels,
             paths=paths,
             groups=groups,
             group_names=self.group_names,
-            templates="pacs",
         )
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name="pacs", root=root)
+        report = self.report(root)
         paths, labels, groups = self._scan(root, report.problems)
         if paths:
-            count_into(report, "test", labels, PACS_CLASSES)
-            count_groups(report, "test", groups, self.group_names)
+            split = self.info.default_split  # the one split: every image
+            count_into(report, split, labels, PACS_CLASSES)
+            count_groups(report, split, groups, self.group_names)
         return report

@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 from starft_cli.data.base import CheckReport, FileImageDataset
-from starft_cli.data.registry import register_dataset
+from starft_cli.data.registry import Builder, register_dataset
 from starft_cli.images import is_image_name
 
 
@@ -49,26 +49,27 @@ def scan_wnid_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
     splits=("train", "val"),
     default_split="val",
     templates="imagenet80",
+    check_splits=True,
 )
-class ImageNet:
+class ImageNet(Builder):
     def build(self, root: Path, split: str) -> FileImageDataset:
         _, names = imagenet_classes()
         paths, labels, _ = scan_wnid_folders(root / split)
-        return FileImageDataset(
-            name="imagenet",
+        return self.dataset(
+            FileImageDataset,
             classnames=names,
             labels=labels,
             paths=paths,
-            templates="imagenet80",
             duplicate_classnames_ok=True,  # OpenAI's list names two pairs alike (missile, sunglasses), as published
         )
 
-    def check(self, root: Path, splits: tuple[str, ...] = ("train", "val")) -> CheckReport:
-        """Check the given splits (evaluation checks only ``val``: scanning 1.28M training files is slow)."""
-        report = CheckReport(name="imagenet", root=root)
-        for split in splits:
+    def check(self, root: Path, splits: tuple[str, ...] | None = None) -> CheckReport:
+        """Check the given splits, all by default (evaluation checks only the split it reads: scanning 1.28M
+        training files is slow). A split folder is required when asked for, or when it is the default split."""
+        report = self.report(root)
+        for split in splits or self.info.splits:
             if not (root / split).is_dir():
-                if split == "val":
+                if splits is not None or split == self.info.default_split:
                     report.problems.append(f"missing folder {root / split}")
                 continue
             paths, labels, problems = scan_wnid_folders(root / split)

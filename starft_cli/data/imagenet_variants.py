@@ -12,9 +12,17 @@ from pathlib import Path
 from starft_cli.data.base import CheckReport, FileImageDataset
 from starft_cli.data.checks import asset_lines, count_into, image_files, subfolders
 from starft_cli.data.imagenet import imagenet_classes, scan_wnid_folders
-from starft_cli.data.registry import register_dataset
+from starft_cli.data.registry import Builder, register_dataset
 
 V2_FOLDER = "imagenetv2-matched-frequency-format-val"
+
+
+def _download_v2(data_root: Path) -> None:
+    from huggingface_hub import hf_hub_download
+    from torchvision.datasets.utils import extract_archive
+
+    archive = hf_hub_download("vaishaal/ImageNetV2", "imagenetv2-matched-frequency.tar.gz", repo_type="dataset")
+    extract_archive(archive, str(data_root))  # -> imagenetv2-matched-frequency-format-val/<class index>/
 
 
 @register_dataset(
@@ -27,8 +35,9 @@ V2_FOLDER = "imagenetv2-matched-frequency-format-val"
     splits=("test",),
     default_split="test",
     templates="imagenet80",
+    download=_download_v2,
 )
-class ImageNetV2:
+class ImageNetV2(Builder):
     def _scan(self, root: Path) -> tuple[list[Path], list[int], list[str]]:
         paths: list[Path] = []
         labels: list[int] = []
@@ -49,12 +58,12 @@ class ImageNetV2:
     def build(self, root: Path, split: str) -> FileImageDataset:
         _, names = imagenet_classes()
         paths, labels, _ = self._scan(root)
-        return FileImageDataset(
-            name="imagenet-v2", classnames=names, labels=labels, paths=paths, duplicate_classnames_ok=True
+        return self.dataset(
+            FileImageDataset, classnames=names, labels=labels, paths=paths, duplicate_classnames_ok=True
         )
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name="imagenet-v2", root=root)
+        report = self.report(root)
         paths, labels, problems = self._scan(root)
         report.problems.extend(problems)
         if paths:
@@ -73,7 +82,7 @@ class ImageNetV2:
     default_split="test",
     templates="imagenet80",
 )
-class ImageNetSketch:
+class ImageNetSketch(Builder):
     @staticmethod
     def _base(root: Path) -> Path:
         return root / "sketch" if (root / "sketch").is_dir() else root
@@ -81,12 +90,12 @@ class ImageNetSketch:
     def build(self, root: Path, split: str) -> FileImageDataset:
         _, names = imagenet_classes()
         paths, labels, _ = scan_wnid_folders(self._base(root))
-        return FileImageDataset(
-            name="imagenet-sketch", classnames=names, labels=labels, paths=paths, duplicate_classnames_ok=True
+        return self.dataset(
+            FileImageDataset, classnames=names, labels=labels, paths=paths, duplicate_classnames_ok=True
         )
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name="imagenet-sketch", root=root)
+        report = self.report(root)
         paths, labels, problems = scan_wnid_folders(self._base(root))
         report.problems.extend(problems)
         if paths:
@@ -94,39 +103,38 @@ class ImageNetSketch:
         return report
 
 
-class ImageNetSubset:
+class ImageNetSubset(Builder):
     """ImageNet-R and ImageNet-A: wnid folders covering (up to) 200 ImageNet classes. The published class list
-    (an asset file) is used to check the folders; the subset evaluated is the folders actually present."""
+    (the asset ``<name>_wnids.txt``) is used to check the folders; the subset evaluated is the folders present."""
 
-    name = ""
-    title = ""
-    wnids_asset = ""
-    expected = 200
+    def published(self) -> set[str]:
+        """The wnids of the published class list."""
+        return set(asset_lines(f"{self.info.name.replace('-', '_')}_wnids.txt"))
 
     def build(self, root: Path, split: str) -> FileImageDataset:
         _, names = imagenet_classes()
         paths, labels, _ = scan_wnid_folders(root)
         subset = sorted(set(labels))
-        return FileImageDataset(
-            name=self.name,
+        return self.dataset(
+            FileImageDataset,
             classnames=names,
             labels=labels,
             paths=paths,
             class_subset=subset,
-            templates="imagenet80",
             duplicate_classnames_ok=True,  # the full ImageNet list (see imagenet.py); the subset's names are distinct
         )
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name=self.name, root=root)
+        report = self.report(root)
         paths, labels, problems = scan_wnid_folders(root)
         report.problems.extend(problems)
         wnids = imagenet_classes()[0]
-        allowed = set(asset_lines(self.wnids_asset))
+        allowed = self.published()
+        title = self.info.title.partition(" (")[0]
         foreign = sorted({wnids[y] for y in labels} - allowed)
         if foreign:
             report.problems.append(
-                f"{root} has wnid folder(s) that are not among {self.title}'s {self.expected} classes: "
+                f"{root} has wnid folder(s) that are not among {title}'s {len(allowed)} classes: "
                 + ", ".join(foreign[:5])
                 + (" ..." if len(foreign) > 5 else "")
             )
@@ -134,9 +142,9 @@ class ImageNetSubset:
             report.counts["test images"] = len(paths)
             classes = len(set(labels))
             report.counts["test classes"] = classes
-            if classes != self.expected:
+            if classes != len(allowed):
                 report.notes.append(
-                    f"{classes} wnid folders hold images; the published set has {self.expected}. The logits are "
+                    f"{classes} wnid folders hold images; the published set has {len(allowed)}. The logits are "
                     f"restricted to the {classes} present, so scores are not comparable to published ones"
                 )
         return report
@@ -153,9 +161,7 @@ class ImageNetSubset:
     templates="imagenet80",
 )
 class ImageNetR(ImageNetSubset):
-    name = "imagenet-r"
-    title = "ImageNet-R"
-    wnids_asset = "imagenet_r_wnids.txt"
+    """ImageNet-R: its registration and ``imagenet_r_wnids.txt`` say the rest."""
 
 
 @register_dataset(
@@ -169,6 +175,4 @@ class ImageNetR(ImageNetSubset):
     templates="imagenet80",
 )
 class ImageNetA(ImageNetSubset):
-    name = "imagenet-a"
-    title = "ImageNet-A"
-    wnids_asset = "imagenet_a_wnids.txt"
+    """ImageNet-A: its registration and ``imagenet_a_wnids.txt`` say the rest."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -11,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from starft_cli.data.base import CheckReport
-from starft_cli.data.registry import dataset_root, get_builder
-from starft_cli.errors import DataError, ImageError
+from starft_cli.data.registry import DatasetInfo, check_layout, get_builder, is_generic, root_for
+from starft_cli.errors import DataError, DataRootError, ImageError
 
 logger = logging.getLogger(__name__)
 
@@ -28,25 +27,21 @@ def check_dataset(
     """Check a dataset's layout (a registered name under ``data_root``, ``folder:PATH`` or ``csv:PATH``) and list
     every problem found, not only the first. With ``deep``, also decode every image that can be enumerated (even
     when other problems exist) and report the unreadable ones and the conversions reading applies (16-bit,
-    animated, alpha...). ``splits`` narrows the check where a builder supports it (ImageNet: evaluation need not
-    scan the training set). ``classnames_file`` names the classes of ``folder:``/``csv:`` data."""
-    if name.startswith(("folder:", "csv:")):
+    animated, alpha...). ``splits`` narrows the check where the registration says it can (``check_splits``:
+    ImageNet). ``classnames_file`` names the classes of ``folder:``/``csv:`` data. A registered dataset's report
+    says in ``get_it`` where to get it and how to lay it out.
+
+    Raises :class:`DataError` for an unknown name, :class:`~starft_cli.errors.DataRootError` when a registered,
+    non-generated dataset has no ``data_root``."""
+    if is_generic(name):
         report = _check_generic(name, deep, progress, classnames_file)
         report.problems = list(dict.fromkeys(report.problems))
         return report
     builder = get_builder(name)
-    root = dataset_root(name, data_root)
-    if getattr(builder, "generated", False):
-        builder.ensure(root)  # generated on first use (and again when damaged)
-    if not root.exists():
-        report = CheckReport(name=name, root=root)
-        report.problems.append(f"missing folder {root}")
-        return report
-    if splits is not None and "splits" in inspect.signature(builder.check).parameters:
-        report = builder.check(root, splits=splits)
-    else:
-        report = builder.check(root)
-    if deep:
+    root = root_for(builder, data_root)
+    report = check_layout(builder, root, splits)  # a generated dataset is generated first (again when damaged)
+    report.get_it = instructions(builder.info, data_root)[1:]
+    if deep and root.exists():
         notes: Counter[str] = Counter()
         for split in splits or builder.info.splits:
             try:
@@ -105,12 +100,12 @@ def _check_generic(
     """``folder:PATH`` / ``csv:PATH``: loadable, every listed file present, counts per class; with ``deep``, every
     image decoded (for a folder, every image file under it even when it does not load as a dataset)."""
     from starft_cli.data.generic import image_files_under
-    from starft_cli.data.registry import load_dataset
+    from starft_cli.data.registry import resolve
 
     root = Path(ref.split(":", 1)[1]).expanduser()
     report = CheckReport(name=ref, root=root)
     try:
-        ds = load_dataset(ref, classnames_file=classnames_file)
+        ds = resolve(ref, classnames_file=classnames_file)  # folder:/csv: data load or raise
     except DataError as exc:
         report.problems.extend(getattr(exc, "problems", None) or [exc.one_line()])
         if deep and ref.startswith("folder:") and root.is_dir():
@@ -159,62 +154,41 @@ class DownloadResult:
     instructions: list[str] = field(default_factory=list)
 
 
-def _tv_download(cls_name: str, **kwargs: Any) -> Callable[[Path], None]:
-    def run(data_root: Path) -> None:
-        import torchvision.datasets as tvd
-
-        getattr(tvd, cls_name)(str(data_root), download=True, **kwargs)
-
-    return run
-
-
-def _imagenet_v2_download(data_root: Path) -> None:
-    from huggingface_hub import hf_hub_download
-    from torchvision.datasets.utils import extract_archive
-
-    archive = hf_hub_download("vaishaal/ImageNetV2", "imagenetv2-matched-frequency.tar.gz", repo_type="dataset")
-    extract_archive(archive, str(data_root))  # -> imagenetv2-matched-frequency-format-val/<class index>/
-
-
-def _generate_digits(data_root: Path) -> None:
-    from starft_cli.data import digits
-
-    digits.ensure(data_root / digits.NAME)
-
-
-DOWNLOADERS: dict[str, Callable[[Path], None]] = {
-    "spurious-digits": _generate_digits,
-    "imagenet-v2": _imagenet_v2_download,
-    "cifar10": _tv_download("CIFAR10", train=False),
-    "cifar100": _tv_download("CIFAR100", train=False),
-    "stl10": _tv_download("STL10", split="test"),
-    "caltech101": _tv_download("Caltech101"),
-    "flowers102": _tv_download("Flowers102", split="test"),
-}
-
-
-def instructions(name: str, data_root: str | Path | None) -> list[str]:
-    """Where to get a dataset and how to lay it out."""
-    info = get_builder(name).info
+def instructions(dataset: str | DatasetInfo, data_root: str | Path | None) -> list[str]:
+    """Where to get a dataset (a registered name, or its info) and how to lay it out: its title, then one line
+    each for the source, the layout and the folder expected."""
+    info = dataset if isinstance(dataset, DatasetInfo) else get_builder(dataset).info
     where = Path(data_root).expanduser() / info.folder if data_root else Path("DATA_ROOT") / info.folder
     return [f"{info.title}", f"get it from: {info.source}", f"lay it out as: {info.layout}", f"expected at: {where}"]
 
 
-def download_dataset(name: str, data_root: str | Path) -> DownloadResult:
-    """Fetch a dataset where a public, stable source exists (torchvision's checksummed downloaders; ImageNet-V2
-    from its Hugging Face dataset repository); otherwise return instructions and download nothing."""
-    get_builder(name)
+def download_dataset(name: str, data_root: str | Path | None) -> DownloadResult:
+    """Fetch a dataset where its registration has a ``download`` (torchvision's checksummed downloaders; ImageNet-V2
+    from its Hugging Face dataset repository; a generated dataset is generated, by default into the cache);
+    otherwise download nothing and return instructions (``downloaded`` False).
+
+    Raises :class:`~starft_cli.errors.DataRootError` when there is something to download and no ``data_root``,
+    :class:`DataError` when the download fails."""
+    builder = get_builder(name)
+    info = builder.info
+    if info.download is None:
+        return DownloadResult(
+            name=name,
+            root=Path(data_root or "DATA_ROOT").expanduser() / info.folder,
+            downloaded=False,
+            instructions=instructions(info, data_root),
+        )
+    if data_root is None and info.generated:
+        data_root = builder.default_root().parent  # type: ignore[attr-defined]
+    if data_root is None:
+        raise DataRootError("data download needs --data-root", "Name the folder to download into")
     root = Path(data_root).expanduser()
-    target = root / get_builder(name).info.folder
-    downloader = DOWNLOADERS.get(name)
-    if downloader is None:
-        return DownloadResult(name=name, root=target, downloaded=False, instructions=instructions(name, data_root))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        downloader(root)
+        info.download(root)
     except Exception as exc:  # network and checksum failures from torchvision's downloader
         raise DataError(
             f"downloading {name} failed ({' '.join(str(exc).split())[:200]})",
-            "Check the network, or get it by hand: " + "; ".join(instructions(name, data_root)[1:]),
+            "Check the network, or get it by hand: " + "; ".join(instructions(info, data_root)[1:]),
         ) from exc
-    return DownloadResult(name=name, root=target, downloaded=True)
+    return DownloadResult(name=name, root=root / info.folder, downloaded=True)

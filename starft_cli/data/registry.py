@@ -1,18 +1,24 @@
-"""The dataset registry: ``@register_dataset`` and name resolution with helpful misses.
+"""The dataset registry (``@register_dataset``) and the data layer's one entry point, :func:`resolve`.
 
-One registry serves training (``starft finetune --data``) and evaluation (``starft eval``).
+One registry serves training (``starft finetune --data``), evaluation (``starft eval``) and ``starft data``.
+A dataset's registration says everything about it that is not code: its folder, layout, source, splits,
+default split, default zero-shot templates, whether it is generated locally, whether its check can be narrowed
+to some splits, and how to download it. Builders read it (``self.info``) instead of restating it.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from starft_cli.errors import DataError
+from starft_cli.errors import DataError, DataRootError, SplitError
 from starft_cli.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from starft_cli.data.base import CheckReport, ImageDataset
 
 # Modules that register datasets; imported on first use of the registry.
 DATASET_MODULES = (
@@ -26,10 +32,12 @@ DATASET_MODULES = (
     "starft_cli.data.digits",
 )
 
+GENERIC_PREFIXES = ("folder:", "csv:")
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a user needs to know about a registered dataset."""
+    """What a user needs to know about a registered dataset, and what the data layer needs to handle it."""
 
     name: str
     title: str
@@ -38,7 +46,10 @@ class DatasetInfo:
     source: str  # where to obtain it
     splits: tuple[str, ...] = ("test",)
     default_split: str = "test"
-    templates: str = "imagenet80"
+    templates: str = "imagenet80"  # the default zero-shot templates of its datasets (``ImageDataset.templates``)
+    generated: bool = False  # made locally on first use: the builder has ``default_root()`` and ``ensure(root)``
+    check_splits: bool = False  # the builder's ``check(root, splits=...)`` can check only the splits asked for
+    download: Callable[[Path], None] | None = field(default=None, compare=False)  # fetch it into a data root
 
 
 class DatasetBuilder(Protocol):
@@ -51,19 +62,36 @@ class DatasetBuilder(Protocol):
         ...
 
 
+class Builder:
+    """A convenient base for registered builders: datasets and check reports named as registered, with the
+    registration's templates."""
+
+    info: ClassVar[DatasetInfo]
+
+    def dataset(self, kind: type[ImageDataset], **fields: Any) -> Any:
+        """``kind(name=info.name, templates=info.templates, **fields)``."""
+        return kind(name=self.info.name, templates=self.info.templates, **fields)
+
+    def report(self, root: Path) -> CheckReport:
+        """An empty :class:`~starft_cli.data.base.CheckReport` of this dataset at ``root``."""
+        from starft_cli.data.base import CheckReport
+
+        return CheckReport(name=self.info.name, root=root)
+
+
 _REGISTRY: dict[str, DatasetBuilder] = {}
 _LOADED = False
 
 
 def register_dataset(name: str, **info: Any) -> Callable[[type], type]:
-    """Class decorator: register a builder class (``build(root, split)``, ``check(root)``) under ``name``."""
+    """Class decorator: register a builder class (``build(root, split)``, ``check(root)``) under ``name``. The
+    keywords are the fields of :class:`DatasetInfo`; the class gets it as ``info``."""
 
     def decorator(cls: type) -> type:
         if name in _REGISTRY:
             raise ValueError(f"dataset '{name}' registered twice")
-        builder = cls()
-        builder.info = DatasetInfo(name=name, **info)
-        _REGISTRY[name] = builder
+        cls.info = DatasetInfo(name=name, **info)  # type: ignore[attr-defined]
+        _REGISTRY[name] = cls()
         return cls
 
     return decorator
@@ -83,7 +111,7 @@ def list_datasets() -> list[str]:
 
 
 def get_builder(name: str) -> DatasetBuilder:
-    """The builder registered as ``name``; an unknown name lists close matches."""
+    """The builder registered as ``name``; an unknown name is a :class:`DataError` listing close matches."""
     _ensure_loaded()
     if name in _REGISTRY:
         return _REGISTRY[name]
@@ -98,18 +126,149 @@ def get_builder(name: str) -> DatasetBuilder:
     )
 
 
-def dataset_root(name: str, data_root: str | Path | None) -> Path:
-    """Where a registered dataset lives: ``DATA_ROOT/<folder>``, or DATA_ROOT itself if it is that folder."""
-    builder = get_builder(name)
-    if data_root is None and getattr(builder, "generated", False):
-        return builder.default_root()  # a generated dataset lives in the cache
+def is_generic(ref: str) -> bool:
+    """Whether ``ref`` names the user's own data (``folder:PATH``, ``csv:PATH``) rather than a registered name."""
+    return ref.startswith(GENERIC_PREFIXES)
+
+
+def root_for(builder: DatasetBuilder, data_root: str | Path | None) -> Path:
+    """Where ``builder``'s dataset lives: ``DATA_ROOT/<folder>``, or DATA_ROOT itself if it is that folder; a
+    generated dataset without a data root lives in the cache. No data root otherwise: :class:`DataRootError`."""
+    info = builder.info
+    if data_root is None and info.generated:
+        return builder.default_root()  # type: ignore[attr-defined]
     if data_root is None:
-        raise DataError(f"dataset '{name}' needs --data-root", f"Point it at the folder holding {builder.info.folder}/")
+        raise DataRootError(
+            f"dataset '{info.name}' needs --data-root", f"Point it at the folder holding {info.folder}/"
+        )
     root = Path(data_root).expanduser()
-    nested = root / builder.info.folder
-    if nested.is_dir() or root.name != builder.info.folder:
+    nested = root / info.folder
+    if nested.is_dir() or root.name != info.folder:
         return nested
     return root
+
+
+def dataset_root(name: str, data_root: str | Path | None) -> Path:
+    """:func:`root_for` the dataset registered as ``name``."""
+    return root_for(get_builder(name), data_root)
+
+
+def check_split(info: DatasetInfo, split: str | None) -> str:
+    """``split``, or the default split when None; one the dataset lacks is a :class:`SplitError` listing its
+    splits."""
+    split = split or info.default_split
+    if split not in info.splits:
+        raise SplitError(f"dataset '{info.name}' has no split '{split}'", f"Use one of {', '.join(info.splits)}")
+    return split
+
+
+def check_layout(builder: DatasetBuilder, root: Path, splits: tuple[str, ...] | None = None) -> CheckReport:
+    """``builder``'s layout check at ``root`` (a generated dataset is generated first, or again when damaged); a
+    missing ``root`` is one problem. ``splits`` narrows the check where the registration says it can
+    (``check_splits``: ImageNet, whose evaluation need not scan the training set)."""
+    from starft_cli.data.base import CheckReport
+
+    info = builder.info
+    if info.generated:
+        builder.ensure(root)  # type: ignore[attr-defined]
+    if not root.exists():
+        return CheckReport(name=info.name, root=root, problems=[f"missing folder {root}"])
+    if splits is not None and info.check_splits:
+        return builder.check(root, splits=splits)  # type: ignore[call-arg]
+    return builder.check(root)
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A registered dataset that :func:`resolve` found absent or broken: what is wrong and how to get it."""
+
+    name: str
+    root: Path  # where it was looked for
+    split: str
+    problems: tuple[str, ...]  # every problem found; the first says what is absent
+    layout: str
+    source: str
+    data_root: Path | None = None  # the data root given (None: a generated dataset's cache folder)
+
+    @property
+    def problem(self) -> str:
+        return self.problems[0]
+
+    @property
+    def hint(self) -> str:
+        """How to get it and lay it out, and the command that shows the details."""
+        where = self.data_root if self.data_root is not None else "DATA_ROOT"
+        return (
+            f"Run `starft data check {self.name} --data-root {where}` for details. Layout: {self.layout}. "
+            f"Source: {self.source}"
+        )
+
+    def line(self) -> str:
+        """One line: the dataset, its first problem, its layout and source."""
+        return f"{self.name}: {self.problem}. Layout: {self.layout}. Source: {self.source}"
+
+    def short(self) -> str:
+        """``name (first problem)``."""
+        return f"{self.name} ({self.problem})"
+
+    def error(self) -> DataError:
+        """The :class:`DataError` to raise when the dataset is required."""
+        more = len(self.problems) - 1
+        return DataError(
+            f"dataset '{self.name}' at {self.root} is not laid out right: {self.problem}"
+            + (f" (and {more} more problem(s))" if more else ""),
+            self.hint,
+        )
+
+
+def resolve(
+    ref: str,
+    data_root: str | Path | None = None,
+    split: str | None = None,
+    classnames_file: str | Path | None = None,
+) -> ImageDataset | Missing:
+    """The data layer's entry point: the dataset ``ref`` names, built, or a :class:`Missing` report.
+
+    ``ref`` is a registered name (under ``data_root``), ``folder:PATH`` or ``csv:PATH`` (``classnames_file`` names
+    their classes). ``split`` defaults to the dataset's default split (``test`` for ``folder:``/``csv:``); the
+    returned dataset has it as ``split``. A registered dataset is looked up once, its split checked, its layout
+    checked (a generated one is generated on first use), then built; a bad layout, a build error or an empty
+    split is a :class:`Missing`.
+
+    Raises :class:`DataError` for an unknown name and for ``folder:``/``csv:`` data that do not load,
+    :class:`SplitError` for a split the dataset lacks, :class:`DataRootError` when a registered, non-generated
+    dataset has no ``data_root``.
+    """
+    from starft_cli.data import generic
+
+    if is_generic(ref):
+        path = Path(ref.split(":", 1)[1]).expanduser()
+        if ref.startswith("folder:"):
+            ds = generic.load_folder(path, split, classnames_file)
+        else:
+            ds = generic.load_csv(path, classnames_file)
+        ds.split = split or "test"
+        return ds
+    builder = get_builder(ref)
+    info = builder.info
+    split = check_split(info, split)
+    root = root_for(builder, data_root)
+    given = None if data_root is None else Path(data_root).expanduser()
+
+    def missing(*problems: str) -> Missing:
+        return Missing(ref, root, split, tuple(problems), info.layout, info.source, given)
+
+    report = check_layout(builder, root, (split,))
+    if not report.ok:
+        return missing(*report.problems)
+    try:
+        ds = builder.build(root, split)
+    except DataError as exc:
+        return missing(exc.message)
+    if len(ds) == 0:
+        return missing(f"the '{split}' split holds no images")
+    ds.split = split
+    return ds
 
 
 def load_dataset(
@@ -118,29 +277,10 @@ def load_dataset(
     split: str | None = None,
     transform: Callable[[Any], Any] | None = None,
     classnames_file: str | Path | None = None,
-) -> Any:
-    """Build a dataset from a registered name, ``folder:PATH`` or ``csv:PATH``."""
-    from starft_cli.data import generic
-
-    if ref.startswith("folder:"):
-        ds = generic.load_folder(Path(ref[len("folder:") :]).expanduser(), split, classnames_file)
-    elif ref.startswith("csv:"):
-        ds = generic.load_csv(Path(ref[len("csv:") :]).expanduser(), classnames_file)
-    else:
-        builder = get_builder(ref)
-        split = split or builder.info.default_split
-        if split not in builder.info.splits:
-            raise DataError(f"dataset '{ref}' has no split '{split}'", f"Use one of {', '.join(builder.info.splits)}")
-        root = dataset_root(ref, data_root)
-        if getattr(builder, "generated", False):
-            builder.ensure(root)  # generated datasets are made on first use
-        report = builder.check(root)
-        if not report.ok:
-            more = len(report.problems) - 1
-            raise DataError(
-                f"dataset '{ref}' at {root} is not laid out right: {report.problems[0]}"
-                + (f" (and {more} more problem(s))" if more else ""),
-                f"Run `starft data check {ref} --data-root {data_root}` for details",
-            )
-        ds = builder.build(root, split)
+) -> ImageDataset:
+    """:func:`resolve`, for callers that need the data: a :class:`Missing` dataset raises its
+    :meth:`Missing.error`. With ``transform``, the dataset applies it to every image."""
+    ds = resolve(ref, data_root, split, classnames_file)
+    if isinstance(ds, Missing):
+        raise ds.error()
     return ds.with_transform(transform) if transform is not None else ds

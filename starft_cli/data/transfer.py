@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from starft_cli.data.base import CheckReport, FileImageDataset
-from starft_cli.data.checks import asset_lines, asset_table, count_into, require_files
-from starft_cli.data.registry import register_dataset
+from starft_cli.data.checks import asset_lines, asset_table, count_into, require_files, torchvision_download
+from starft_cli.data.registry import Builder, register_dataset
 from starft_cli.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -36,8 +36,9 @@ CALTECH_TRAIN_PER_CLASS = 30
     splits=("test", "train", "all"),
     default_split="test",
     templates="caltech101",
+    download=torchvision_download("Caltech101"),
 )
-class Caltech101:
+class Caltech101(Builder):
     def _index(self, root: Path) -> tuple[list[str], list[Path], list[int], list[int]]:
         from torchvision.datasets import Caltech101 as TVCaltech101
 
@@ -52,16 +53,15 @@ class Caltech101:
         keep = [
             k for k, n in enumerate(numbers) if split == "all" or (n <= CALTECH_TRAIN_PER_CLASS) == (split == "train")
         ]
-        return FileImageDataset(
-            name="caltech101",
+        return self.dataset(
+            FileImageDataset,
             classnames=[names.get(c, c.replace("_", " ")) for c in categories],
             labels=[labels[k] for k in keep],
             paths=[paths[k] for k in keep],
-            templates="caltech101",
         )
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name="caltech101", root=root)
+        report = self.report(root)
         base = root / CALTECH_IMAGES
         if not require_files(report, root, [CALTECH_IMAGES, f"{CALTECH_IMAGES}/{CALTECH_BACKGROUND}"]):
             return report
@@ -121,24 +121,21 @@ def _flowers_index(root: Path, split: str) -> tuple[list[Path], list[int]]:
     splits=("train", "val", "test"),
     default_split="test",
     templates="flowers102",
+    download=torchvision_download("Flowers102", split="test"),
 )
-class Flowers102:
+class Flowers102(Builder):
     def build(self, root: Path, split: str) -> FileImageDataset:
         paths, labels = _flowers_index(root, split)
-        return FileImageDataset(
-            name="flowers102",
-            classnames=list(asset_lines("flowers102_classes.txt")),
-            labels=labels,
-            paths=paths,
-            templates="flowers102",
+        return self.dataset(
+            FileImageDataset, classnames=list(asset_lines("flowers102_classes.txt")), labels=labels, paths=paths
         )
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name="flowers102", root=root)
+        report = self.report(root)
         if not require_files(report, root, ["jpg", "imagelabels.mat", "setid.mat"]):
             return report
         names = list(asset_lines("flowers102_classes.txt"))
-        for split in FLOWERS_SPLITS:
+        for split in self.info.splits:
             try:
                 paths, labels = _flowers_index(root, split)
             except DataError as exc:
@@ -188,17 +185,17 @@ def _cars_index(root: Path, split: str) -> tuple[list[str], list[Path], list[int
     default_split="test",
     templates="cars",
 )
-class StanfordCars:
+class StanfordCars(Builder):
     def build(self, root: Path, split: str) -> FileImageDataset:
         classes, paths, labels = _cars_index(root, split)
-        return FileImageDataset(name="stanford-cars", classnames=classes, labels=labels, paths=paths, templates="cars")
+        return self.dataset(FileImageDataset, classnames=classes, labels=labels, paths=paths)
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name="stanford-cars", root=root)
-        needed = ["devkit/cars_meta.mat"] + [x for pair in CARS_FILES.values() for x in pair]
+        report = self.report(root)
+        needed = ["devkit/cars_meta.mat"] + [x for split in self.info.splits for x in CARS_FILES[split]]
         if not require_files(report, root, needed):
             return report
-        for split in CARS_FILES:
+        for split in self.info.splits:
             try:
                 classes, paths, labels = _cars_index(root, split)
             except DataError as exc:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from starft_cli.data.base import CheckReport, FileImageDataset
 from starft_cli.data.checks import asset_lines, count_into
-from starft_cli.data.registry import register_dataset
+from starft_cli.data.registry import Builder, register_dataset
 from starft_cli.errors import DataError
 
 IWILDCAM_FOLDER = "iwildcam_v2.0"
@@ -46,7 +46,7 @@ def _iwildcam_classes(root: Path, num: int) -> list[str]:
     default_split="test",
     templates="iwildcam",
 )
-class IWildCam:
+class IWildCam(Builder):
     def _rows(self, root: Path) -> list[dict[str, str]]:
         return _read_csv(root / "metadata.csv", ("split", "y", "filename"))
 
@@ -54,16 +54,15 @@ class IWildCam:
         rows = self._rows(root)
         num = max(int(r["y"]) for r in rows) + 1
         chosen = [r for r in rows if r["split"] == split]
-        return FileImageDataset(
-            name="iwildcam",
+        return self.dataset(
+            FileImageDataset,
             classnames=_iwildcam_classes(root, num),
             labels=[int(r["y"]) for r in chosen],
             paths=[root / "train" / r["filename"] for r in chosen],
-            templates="iwildcam",
         )
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name="iwildcam", root=root)
+        report = self.report(root)
         try:
             rows = self._rows(root)
         except DataError as exc:
@@ -75,15 +74,15 @@ class IWildCam:
         if not (root / "categories.csv").is_file():
             report.notes.append(f"no {root / 'categories.csv'}: classes are named 'class N'")
         classes = _iwildcam_classes(root, max(int(r["y"]) for r in rows) + 1)
-        for split in IWILDCAM_SPLITS:
+        for split in self.info.splits:
             chosen = [r for r in rows if r["split"] == split]
             absent = [r["filename"] for r in chosen if not (root / "train" / r["filename"]).is_file()]
             if absent:
                 report.problems.append(f"{split}: {len(absent)} images are missing (e.g. {root / 'train' / absent[0]})")
             if chosen:
                 count_into(report, split, [int(r["y"]) for r in chosen], classes)
-        if "test images" not in report.counts:
-            report.problems.append("metadata.csv has no 'test' rows")
+        if f"{self.info.default_split} images" not in report.counts:
+            report.problems.append(f"metadata.csv has no '{self.info.default_split}' rows")
         return report
 
 
@@ -120,7 +119,7 @@ def _fmow_split(row: dict[str, str]) -> str | None:
     default_split="test",
     templates="fmow",
 )
-class FMoW:
+class FMoW(Builder):
     group_names = FMOW_REGIONS
 
     def _rows(self, root: Path) -> list[tuple[int, dict[str, str], str]]:
@@ -159,23 +158,22 @@ class FMoW:
             paths.append(root / "images" / f"rgb_img_{row_index}.png")
             labels.append(index[name])
             groups.append(FMOW_REGIONS.index(region) if region in FMOW_REGIONS else FMOW_REGIONS.index("Other"))
-        return FileImageDataset(
-            name="fmow",
+        return self.dataset(
+            FileImageDataset,
             classnames=classes,
             labels=labels,
             paths=paths,
             groups=groups,
             group_names=FMOW_REGIONS,
             group_kind="region",
-            templates="fmow",
         )
 
     def build(self, root: Path, split: str) -> FileImageDataset:
         return self._dataset(root, split)
 
     def check(self, root: Path) -> CheckReport:
-        report = CheckReport(name="fmow", root=root)
-        for split in FMOW_SPLITS:
+        report = self.report(root)
+        for split in self.info.splits:
             try:
                 ds = self._dataset(root, split)
             except DataError as exc:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from starft_cli.errors import DataError, UsageError
+from starft_cli.data.registry import Missing
+from starft_cli.errors import DataError, SplitError, UsageError
 from starft_cli.eval.metrics import METRICS, MetricInput, metric_problem
 from starft_cli.eval.suites import Suite, SuiteEntry, get_suite
 
@@ -53,17 +54,19 @@ class Plan:
 
 def _train_groups(entry: SuiteEntry, data_root: str | Path | None, split: str) -> list[int] | None:
     """The groups of a registered dataset's training split (None when it has none or it is absent)."""
-    from starft_cli.data.registry import dataset_root, get_builder
+    from starft_cli.data.registry import is_generic, resolve
 
-    if entry.dataset.startswith(("folder:", "csv:")) or data_root is None:
-        return None
-    builder = get_builder(entry.dataset)
-    if "train" not in builder.info.splits or split == "train":
+    if is_generic(entry.dataset) or data_root is None or split == "train":
         return None
     try:
-        train = builder.build(dataset_root(entry.dataset, data_root), "train")
+        train = resolve(entry.dataset, data_root, "train")
+    except SplitError:  # no training split
+        return None
     except (DataError, OSError) as exc:
         logger.info("%s: no training split for adjusted_avg_acc (%s)", entry.dataset, exc)
+        return None
+    if isinstance(train, Missing):
+        logger.info("%s: no training split for adjusted_avg_acc (%s)", entry.dataset, train.problem)
         return None
     return list(train.groups) if train.groups else None
 
@@ -96,20 +99,10 @@ def _applicable_metrics(
     return tuple(kept), train_groups
 
 
-def _add_missing(plan: Plan, entry: SuiteEntry, data_root: str | Path | None, problem: str) -> None:
-    plan.missing.append(_missing_line(entry, data_root, problem))
-    plan.missing_short.append(f"{entry.dataset} ({problem})")
-    plan.missing_names.append(entry.dataset)
-
-
-def _missing_line(entry: SuiteEntry, data_root: str | Path | None, problem: str) -> str:
-    from starft_cli.data.registry import get_builder
-
-    try:
-        info = get_builder(entry.dataset).info
-    except DataError:
-        return f"{entry.dataset}: {problem}"
-    return f"{entry.dataset}: {problem}. Layout: {info.layout}. Source: {info.source}"
+def _add_missing(plan: Plan, missing: Missing) -> None:
+    plan.missing.append(missing.line())
+    plan.missing_short.append(missing.short())
+    plan.missing_names.append(missing.name)
 
 
 def plan(
@@ -119,48 +112,23 @@ def plan(
     classnames_file: str | Path | None = None,
     skip_missing: bool = False,
 ) -> Plan:
-    """Check and load every dataset of ``suite`` (before any model is loaded). Missing or broken datasets are
-    listed in ``Plan.missing`` when ``skip_missing``; otherwise the first problem raises :class:`DataError`
-    naming all of them."""
-    from starft_cli.data.manage import check_dataset
-    from starft_cli.data.registry import dataset_root, get_builder, load_dataset
+    """Check and load every dataset of ``suite`` (before any model is loaded), each through
+    :func:`starft_cli.data.registry.resolve`. Missing or broken datasets are listed in ``Plan.missing`` when
+    ``skip_missing``; otherwise the first problem raises :class:`DataError` naming all of them. A split a dataset
+    lacks raises :class:`~starft_cli.errors.SplitError`, a registered dataset without ``data_root``
+    :class:`~starft_cli.errors.DataRootError` (both usage errors)."""
+    from starft_cli.data.registry import resolve
     from starft_cli.prompts import load_templates
 
     suite = suite if isinstance(suite, Suite) else get_suite(suite)
     result = Plan(suite=suite)
     for entry in suite.entries:
-        registered = not entry.dataset.startswith(("folder:", "csv:"))
-        if registered:
-            builder = get_builder(entry.dataset)
-            if data_root is None and not getattr(builder, "generated", False):
-                raise UsageError(f"dataset '{entry.dataset}' needs --data-root", "Point it at the folder holding them")
-            split = entry.split or builder.info.default_split
-            if split not in builder.info.splits:
-                raise UsageError(
-                    f"dataset '{entry.dataset}' has no split '{split}'", f"Use one of {', '.join(builder.info.splits)}"
-                )
-            report = check_dataset(entry.dataset, data_root, splits=(split,))
-            if not report.ok:
-                _add_missing(result, entry, data_root, report.problems[0])
-                continue
-        else:
-            split = entry.split or "test"
-        try:
-            if registered:  # checked above: build it without checking the layout a second time
-                ds = builder.build(dataset_root(entry.dataset, data_root), split)
-            else:
-                ds = load_dataset(
-                    entry.dataset, data_root, entry.split, classnames_file=entry.classnames or classnames_file
-                )
-        except DataError as exc:
-            if registered:
-                _add_missing(result, entry, data_root, exc.message)
-                continue
-            raise
-        if len(ds) == 0:
-            _add_missing(result, entry, data_root, f"the '{split}' split holds no images")
+        ds = resolve(entry.dataset, data_root, entry.split, entry.classnames or classnames_file)
+        if isinstance(ds, Missing):
+            _add_missing(result, ds)
             continue
-        name = entry.templates or templates or ds.templates
+        split = ds.split
+        name = entry.templates or templates or ds.templates  # the dataset's registered templates by default
         metrics, train_groups = _applicable_metrics(result, entry, ds, split, data_root)
         result.datasets.append(
             PreparedDataset(entry, ds, split, load_templates(name), Path(str(name)).name, metrics, train_groups)
