@@ -50,6 +50,7 @@ from starft_cli.pretrained import (
     short_error,
     unreachable,
 )
+from starft_cli.runs import CONFIG_NAME, HF_WEIGHT_CANDIDATES, WEIGHTS_NAME  # a model folder's files (re-exported)
 
 if TYPE_CHECKING:
     import torch
@@ -57,9 +58,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
-HF_WEIGHT_CANDIDATES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 RANDOM_TAGS = ("none", "random", "scratch")
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import typer
 
 from starft_cli.cli.options import ArchOpt, DeviceOpt
 from starft_cli.errors import UsageError
+from starft_cli.runs import BEST, LAST, RunLayout
 
 HELP = "Fine-tune a CLIP model with StarFT (or FLYP, the KL ablation, or the CE baseline)."
 WISE_HELP = "WiSE-FT: interpolate a zero-shot and a fine-tuned model's weights for one or more alphas."
@@ -139,7 +140,7 @@ def finetune_command(
     if resume:
         if not out:
             raise UsageError("--resume needs --out RUN_DIR", "Name the run directory to continue")
-        stored = Path(out) / "config.json"
+        stored = RunLayout(out).config
         if stored.is_file():
             base = config_from_json(stored.read_text(encoding="utf-8"), str(stored))
             cfg = merge_for_resume(base, overrides)
@@ -222,7 +223,7 @@ class _Progress:
         if self.saved is None:
             kept = "no checkpoint was written yet, so a resume starts again at step 0"
         else:
-            kept = f"the last checkpoint is step {self.saved} ({Path(run) / 'checkpoints' / 'last'})"
+            kept = f"the last checkpoint is step {self.saved} ({RunLayout(run).checkpoint(LAST)})"
         return f"interrupted at step {self.step}; {kept}. Resume with: {command}"
 
     def __enter__(self) -> _Progress:
@@ -261,7 +262,7 @@ class _Progress:
             else:
                 typer.echo(f"training {event['run_dir']}: {event['total_steps']} steps", err=True)
         elif kind == "checkpoint":
-            if event["name"] == "last":
+            if event["name"] == LAST:
                 self.saved = event["step"]
         elif kind == "finished":
             typer.echo(
@@ -299,11 +300,12 @@ def _summary(event: dict[str, Any]) -> str:
     parts = [f"finished {event['step']} of {event['total_steps']} steps in {took}"]
     if event.get("bad_steps"):
         parts.append(f"{event['bad_steps']} non-finite step(s) skipped")
-    checkpoints = Path(event["run_dir"]) / "checkpoints"
+    layout = RunLayout(event["run_dir"])
+    checkpoints = layout.checkpoints
     if event.get("best") is not None:
         by = event.get("select_by", "top1")
         what = "accuracy" if by == "top1" else by
-        parts.append(f"best validation {what} {event['best']:.4f} ({checkpoints / 'best'})")
+        parts.append(f"best validation {what} {event['best']:.4f} ({layout.checkpoint(BEST)})")
     parts.append(f"checkpoints in {checkpoints}")
     return "; ".join(parts)
 

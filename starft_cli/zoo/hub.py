@@ -185,7 +185,7 @@ def cached_path(entry: ZooEntry, revision: str | None = None) -> Path | None:
         return path if path.is_file() else None
     if source.kind == "recipe":
         from starft_cli import demo
-        from starft_cli.models import WEIGHTS_NAME
+        from starft_cli.runs import WEIGHTS_NAME
 
         folder = demo.zero_shot_dir()
         return folder / WEIGHTS_NAME if (folder / WEIGHTS_NAME).is_file() else None
@@ -218,7 +218,7 @@ def fetch(entry: ZooEntry, *, revision: str | None = None, tqdm_class: Any = Non
 def _build_recipe(entry: ZooEntry) -> Path:
     """A locally built model: built on first use, verified against the sha256 its build recorded."""
     from starft_cli import demo
-    from starft_cli.models import WEIGHTS_NAME
+    from starft_cli.runs import WEIGHTS_NAME
 
     return demo.ensure_zero_shot() / WEIGHTS_NAME
 

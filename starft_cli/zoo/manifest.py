@@ -38,13 +38,14 @@ from typing import Any
 
 from starft_cli.errors import ZooError
 from starft_cli.paths import atomic_write_text, config_dir
+from starft_cli.runs import WEIGHTS_NAME
 
 SCHEMA_VERSION = 1
 # Models starft builds on this machine instead of downloading (no sha256 in the manifest: the build records
 # its own, and every use verifies it). name -> what it is.
 RECIPES = {"starft-demo": "the demo's zero-shot model, pre-trained by `starft demo` (starft_cli/demo.py)"}
 KINDS = ("zero-shot", "starft", "baseline")
-DEFAULT_HF_FILENAME = "open_clip_model.safetensors"
+DEFAULT_HF_FILENAME = WEIGHTS_NAME  # what `starft zoo publish` uploads
 USER_MANIFEST_NAME = "zoo.toml"
 ENV_VAR = "STARFT_ZOO"
 
