@@ -175,6 +175,14 @@ def zero_shot_dir(quick: bool = False) -> Path:
     return cache_dir("models") / (MODEL_FOLDER + ("-quick" if quick else ""))
 
 
+def zero_shot_recipe() -> Any:
+    """The zoo recipe ``recipe:starft-demo``: the demo's zero-shot model, pre-trained by ``starft demo`` (a
+    :class:`~starft_cli.zoo.recipes.Recipe`)."""
+    from starft_cli.zoo.recipes import Recipe
+
+    return Recipe(folder=zero_shot_dir, build=ensure_zero_shot, verify=verify_zero_shot)
+
+
 def recipe(quick: bool = False) -> dict[str, Any]:
     """The zero-shot model's pre-training settings (a :class:`~starft_cli.train.config.TrainConfig` dict)."""
     return {**PRETRAIN, **(QUICK_PRETRAIN if quick else {})}
