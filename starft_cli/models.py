@@ -67,7 +67,14 @@ RANDOM_TAGS = ("none", "random", "scratch")
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A parsed model reference. ``kind`` is one of pretrained, file, dir, hf-hub, zoo."""
+    """A parsed model reference (:func:`parse_model_ref`); :func:`load` takes it as it is, so a reference checked
+    early is not parsed again. ``kind`` is one of pretrained, file, dir, hf-hub, zoo; the fields that kind uses:
+
+    * pretrained: ``arch`` and ``tag`` (the open_clip pretrained tag, or none/random/scratch)
+    * file, dir: ``path`` (and ``arch`` when one was given for it)
+    * hf-hub: ``repo`` and ``revision`` (None: the default branch)
+    * zoo: ``zoo_name`` (the manifest entry's name)
+    """
 
     raw: str
     kind: str
@@ -76,6 +83,7 @@ class ModelRef:
     path: Path | None = None
     repo: str | None = None
     revision: str | None = None
+    zoo_name: str | None = None
 
     @property
     def is_random(self) -> bool:
@@ -155,7 +163,7 @@ def _zoo_ref(raw: str, name: str) -> ModelRef:
         close = difflib.get_close_matches(name, _zoo_names(), n=3)
         hint = f"Did you mean {', '.join(close)}? " if close else ""
         raise ModelNotFoundError(f"unknown zoo model '{name}'", hint + "See `starft zoo list`")
-    return ModelRef(raw=raw, kind="zoo", tag=name)
+    return ModelRef(raw=raw, kind="zoo", zoo_name=name)
 
 
 def _default_tag(arch: str) -> str:
@@ -220,7 +228,16 @@ class LoadedModel:
 def load_model(
     ref: str | ModelRef, device: str | torch.device = "cpu", arch: str | None = None, seed: int = 0
 ) -> tuple[Any, Callable[..., Any], Callable[..., Any]]:
-    """Load a model reference: returns ``(model, preprocess, tokenizer)``, the model in eval mode."""
+    """Deprecated alias of :func:`load`: returns ``(model, preprocess, tokenizer)`` of ``load(...)`` and warns
+    (``DeprecationWarning``). Use ``load(ref)`` and its ``.model``, ``.preprocess`` and ``.tokenizer``."""
+    import warnings
+
+    warnings.warn(
+        "starft_cli.load_model() is deprecated; use starft_cli.load(ref), which returns a LoadedModel "
+        "(.model, .preprocess, .tokenizer)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     loaded = load(ref, device=device, arch=arch, seed=seed)
     return loaded.model, loaded.preprocess, loaded.tokenizer
 
@@ -228,7 +245,18 @@ def load_model(
 def load(
     ref: str | ModelRef, device: str | torch.device = "cpu", arch: str | None = None, seed: int = 0
 ) -> LoadedModel:
-    """Load a model reference with its transforms, tokenizer and configuration (eval mode)."""
+    """Load a model reference (a string, parsed here, or a :class:`ModelRef` from :func:`parse_model_ref`, used as
+    it is) with its transforms, tokenizer and configuration; the model is in eval mode on ``device``.
+
+    ``arch`` names the architecture of a bare weights file (see the module docstring); ``seed`` seeds random
+    initialisation (``ARCH:none``).
+
+    Raises:
+        ModelNotFoundError, UsageError: the reference names nothing loadable (see :func:`parse_model_ref`).
+        WeightsUnavailableError: the weights are neither cached nor reachable.
+        WrongArchitectureError: the weights do not fit the architecture.
+        CheckpointError: a weights or config file cannot be read (or holds NaN/inf: NonFiniteWeightsError).
+    """
     register_builtin_configs()
     parsed = ref if isinstance(ref, ModelRef) else parse_model_ref(ref, arch=arch)
     if parsed.kind == "pretrained":
@@ -342,8 +370,8 @@ def _download_hf_repo(ref: ModelRef) -> Path:
 def _load_zoo(ref: ModelRef, seed: int) -> LoadedModel:
     from starft_cli import zoo
 
-    assert ref.tag is not None
-    entry = zoo.find_entry(ref.tag)
+    assert ref.zoo_name is not None
+    entry = zoo.find_entry(ref.zoo_name)
     resolved = zoo.resolve(entry)  # downloads and verifies when needed
     if resolved.pretrained_tag is not None:
         inner = ModelRef(raw=ref.raw, kind="pretrained", arch=resolved.arch, tag=resolved.pretrained_tag)
@@ -354,11 +382,13 @@ def _load_zoo(ref: ModelRef, seed: int) -> LoadedModel:
             ref,
             resolved.arch,
             seed=seed,
-            source=f"zoo:{ref.tag}",
+            source=f"zoo:{ref.zoo_name}",
             quick_gelu=resolved.quick_gelu,
             preprocess_overrides=resolved.preprocess,
         )
-        _apply_state_dict(loaded.model, read_state_dict(resolved.weights), source=f"zoo:{ref.tag}", arch=loaded.arch)
+        _apply_state_dict(
+            loaded.model, read_state_dict(resolved.weights), source=f"zoo:{ref.zoo_name}", arch=loaded.arch
+        )
     loaded.ref = ref
     return loaded
 

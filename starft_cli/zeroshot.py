@@ -16,7 +16,7 @@ from starft_cli.prompts import fill, load_templates
 if TYPE_CHECKING:
     import torch
 
-    from starft_cli.models import LoadedModel
+    from starft_cli.models import LoadedModel, ModelRef
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def cached_zero_shot_head(
 def classify(
     images: Sequence[str | Path],
     labels: Sequence[str],
-    model: str | LoadedModel = "ViT-B-16",
+    model: str | ModelRef | LoadedModel = "ViT-B-16",
     templates: str | Sequence[str] = "ensemble",
     device: str | torch.device = "cpu",
     batch_size: int = 32,
@@ -200,7 +200,7 @@ def classify(
 
     from starft_cli.errors import ImageError
     from starft_cli.images import open_image
-    from starft_cli.models import load
+    from starft_cli.models import ModelRef, load
 
     labels = validate_labels(labels)
     if batch_size < 1:
@@ -208,7 +208,7 @@ def classify(
     if top_k is not None and top_k < 1:
         raise UsageError("--top-k must be at least 1")
     template_list = load_templates(templates) if isinstance(templates, str | Path) else list(templates)
-    loaded = model if not isinstance(model, str) else load(model, device=device)
+    loaded = load(model, device=device) if isinstance(model, str | ModelRef) else model
     device = next(loaded.model.parameters()).device
     head = cached_zero_shot_head(loaded, labels, template_list, device=device)
     k = min(top_k or len(labels), len(labels))

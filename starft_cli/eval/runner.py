@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from starft_cli.models import LoadedModel
+    from starft_cli.models import LoadedModel, ModelRef
 
 logger = logging.getLogger(__name__)
 
@@ -391,7 +391,7 @@ def evaluate_model(
 
 
 def evaluate(
-    models: Sequence[str | LoadedModel] | str,
+    models: Sequence[str | ModelRef | LoadedModel] | str | ModelRef,
     suite: Suite | Plan | str | Path,
     data_root: str | Path | None,
     *,
@@ -407,7 +407,8 @@ def evaluate(
     progress: ProgressFn | None = None,
     fast_decode: bool = False,
 ) -> pd.DataFrame:
-    """Evaluate one or more models on a suite; one row per (model, dataset, metric).
+    """Evaluate one or more models on a suite; one row per (model, dataset, metric). Each model is a reference (a
+    string or a parsed :class:`~starft_cli.models.ModelRef`, loaded here) or a loaded model.
 
     ``suite`` is a built-in name, a TOML file, a :class:`Suite`, or a :class:`Plan` made by :func:`plan`.
     Every dataset is checked before any model is loaded. With ``skip_missing`` (default: only for the ``all``
@@ -418,9 +419,9 @@ def evaluate(
     """
     import pandas as pd
 
-    from starft_cli.models import load
+    from starft_cli.models import ModelRef, load
 
-    model_list = [models] if isinstance(models, str) else list(models)
+    model_list = [models] if isinstance(models, str | ModelRef) else list(models)
     if not model_list:
         raise UsageError("no model to evaluate", "Pass --model REF (repeatable)")
     if isinstance(suite, Plan):
@@ -432,7 +433,7 @@ def evaluate(
     records: list[dict[str, Any]] = []
     skipped: list[str] = []
     for model in model_list:
-        loaded = load(model, device=device) if isinstance(model, str) else model
+        loaded = load(model, device=device) if isinstance(model, str | ModelRef) else model
         records.extend(
             evaluate_model(
                 loaded,
