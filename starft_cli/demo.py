@@ -425,5 +425,5 @@ def check_writable(out: Path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise UsageError(
-            f"cannot write to --out {out} ({exc.strerror or exc})", "Choose a folder you can write to"
+            f"cannot write to `out` {out} ({exc.strerror or exc})", "Choose a folder you can write to", param="out"
         ) from None

@@ -122,7 +122,7 @@ def parse_model_ref(ref: str, arch: str | None = None) -> ModelRef:
     """Parse any supported model reference (see the module docstring)."""
     ref = (ref or "").strip()
     if not ref:
-        raise UsageError("empty model reference", "Pass e.g. --model ViT-B-16")
+        raise UsageError("empty model reference", "Name a model, e.g. ViT-B-16")
     if ref.startswith("hf-hub:"):
         repo, _, revision = ref[len("hf-hub:") :].partition("@")
         if repo.count("/") != 1 or not all(repo.split("/")):
@@ -418,7 +418,8 @@ def _load_file(ref: ModelRef, path: Path, arch: str | None, seed: int) -> Loaded
     else:
         raise UsageError(
             f"cannot tell the architecture of {path}",
-            f"Pass --arch (e.g. --arch ViT-B-16), or put an {CONFIG_NAME} beside the file",
+            f"Pass `arch` (e.g. ViT-B-16), or put an {CONFIG_NAME} beside the file",
+            param="arch",
         )
     _apply_state_dict(loaded.model, read_state_dict(path), source=str(path), arch=loaded.arch)
     return loaded
@@ -439,7 +440,9 @@ def _load_dir(ref: ModelRef, directory: Path, arch: str | None, seed: int) -> Lo
     elif config is not None:
         loaded = _build_from_config(ref, config, seed=seed, source=str(directory))
     else:
-        raise UsageError(f"{directory} has no {CONFIG_NAME}", "Pass --arch, or save the model with starft")
+        raise UsageError(
+            f"{directory} has no {CONFIG_NAME}", "Pass `arch`, or save the model with starft", param="arch"
+        )
     _apply_state_dict(loaded.model, read_state_dict(weights), source=str(weights), arch=loaded.arch)
     return loaded
 
@@ -486,9 +489,10 @@ def _check_arch_matches_config(arch: str, config: Mapping[str, Any], config_path
     what = f"architecture '{named}'" if named else "another model config"
     detail = f" (differs in: {', '.join(differ[:5])})" if differ and not named else ""
     raise WrongArchitectureError(
-        f"--arch {arch} conflicts with {config_path}, which describes {what}{detail}",
-        f"Drop --arch to load the model that {CONFIG_NAME} describes, or move the weights away from it to load "
+        f"`arch` {arch} conflicts with {config_path}, which describes {what}{detail}",
+        f"Drop `arch` to load the model that {CONFIG_NAME} describes, or move the weights away from it to load "
         f"them as {arch}",
+        param="arch",
     )
 
 
@@ -689,7 +693,8 @@ def check_finite_weights(state: Mapping[str, torch.Tensor], source: str) -> None
     if bad:
         raise NonFiniteWeightsError(
             f"weights in {source} are not finite: {len(bad)} of {len(state)} tensors hold NaN or inf (e.g. {bad[0]})",
-            "They come from a diverged run; use an earlier checkpoint, or fine-tune again with a lower --lr",
+            "They come from a diverged run; use an earlier checkpoint, or fine-tune again with a lower `lr`",
+            param="lr",
         )
 
 
@@ -791,10 +796,11 @@ def _apply_state_dict(model: Any, state: dict[str, Any], source: str, arch: str 
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         guesses = guess_architectures(state, exclude=arch)
         looks = f"; the file looks like {' or '.join(guesses[:3])}" if guesses else ""
-        hint = f"Pass --arch {guesses[0]}" if guesses else "Pass the architecture the weights were trained with"
+        hint = f"Pass `arch` {guesses[0]}" if guesses else "Pass the architecture the weights were trained with"
         raise WrongArchitectureError(
             f"weights in {source} do not fit {arch or 'the architecture'}{looks}: " + "; ".join(parts),
-            f"{hint} (--arch), or check the file" if not guesses else f"{hint}, or check the file",
+            f"{hint} (`arch`), or check the file" if not guesses else f"{hint}, or check the file",
+            param="arch",
         )
     model.load_state_dict(state, strict=True)
 

@@ -95,7 +95,8 @@ def check_caption_template(template: str) -> str:
     if template.count("{}") != 1:
         raise ConfigError(
             f"caption template '{template}' must have exactly one {{}} slot",
-            'e.g. --caption-template "a photo of a {}."',
+            'Write `caption_template` with one, e.g. "a photo of a {}."',
+            param="caption_template",
         )
     return template
 
@@ -407,7 +408,7 @@ def probe(
 
     model_list = list(models) if isinstance(models, list | tuple) else [models]
     if not model_list:
-        raise UsageError("no model to probe", "Pass --model REF (repeatable)")
+        raise UsageError("no model to probe", "Name one or more in `models`", param="models")
     if bootstrap < 0:
         raise ConfigError(f"bootstrap resamples must be >= 0 (got {bootstrap})")
     if reg_batch_size < 1:

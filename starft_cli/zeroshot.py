@@ -27,7 +27,7 @@ def validate_labels(labels: Sequence[str]) -> list[str]:
     """Strip labels; refuse empty and duplicate ones."""
     cleaned = [label.strip() for label in labels]
     if not cleaned:
-        raise UsageError("no labels given", "Pass --labels a,b,c or --labels-file FILE")
+        raise UsageError("no labels given", "Give two or more class names in `labels`", param="labels")
     if any(not label for label in cleaned):
         raise UsageError("empty label in the label list", "Remove the empty entry (look for ',,' or a trailing comma)")
     seen: set[str] = set()
@@ -35,7 +35,9 @@ def validate_labels(labels: Sequence[str]) -> list[str]:
     if dupes:
         raise UsageError(f"duplicate labels: {', '.join(dupes)}", "Give each label once")
     if len(cleaned) < 2:
-        raise UsageError("classification needs at least two labels", "Pass --labels a,b")
+        raise UsageError(
+            "classification needs at least two labels", "Give two or more class names in `labels`", param="labels"
+        )
     return cleaned
 
 
@@ -204,9 +206,9 @@ def classify(
 
     labels = validate_labels(labels)
     if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+        raise UsageError(f"`batch_size` must be at least 1 (got {batch_size})", param="batch_size")
     if top_k is not None and top_k < 1:
-        raise UsageError("--top-k must be at least 1")
+        raise UsageError(f"`top_k` must be at least 1 (got {top_k})", param="top_k")
     template_list = load_templates(templates) if isinstance(templates, str | Path) else list(templates)
     loaded = load(model, device=device) if isinstance(model, str | ModelRef) else model
     device = next(loaded.model.parameters()).device
@@ -226,7 +228,7 @@ def classify(
             except ImageError as exc:
                 if strict:
                     raise ImageError(
-                        exc.message, "Remove or replace the file, or run without --strict to skip it"
+                        exc.message, "Remove or replace the file, or run without `strict` to skip it", param="strict"
                     ) from None
                 bad.append(exc)
         if chunk:

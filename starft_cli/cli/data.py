@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from starft_cli.cli.flags import with_flags
+
 app = typer.Typer(
     help="Benchmark datasets: list them, check their layout, download where a public source exists.",
     no_args_is_help=True,
@@ -114,7 +116,7 @@ def check_command(
             "name": name,
             "root": str(report.root),
             "ok": report.ok,
-            "problems": report.problems,
+            "problems": [with_flags(p) for p in report.problems],
             "counts": report.counts,
             "notes": report.notes,
         }
@@ -126,7 +128,7 @@ def check_command(
         for note in report.notes:
             typer.echo(f"  note: {note}")
         for problem in report.problems:
-            typer.echo(f"  problem: {problem}")
+            typer.echo(f"  problem: {with_flags(problem)}")
         if not report.ok and not generic:
             for line in instructions(name, data_root)[1:]:
                 typer.echo(f"  {line}")

@@ -101,7 +101,11 @@ def dataset_root(name: str, data_root: str | Path | None) -> Path:
     if data_root is None and getattr(builder, "generated", False):
         return builder.default_root()  # a generated dataset lives in the cache
     if data_root is None:
-        raise DataError(f"dataset '{name}' needs --data-root", f"Point it at the folder holding {builder.info.folder}/")
+        raise DataError(
+            f"dataset '{name}' needs `data_root`",
+            f"Point it at the folder holding {builder.info.folder}/",
+            param="data_root",
+        )
     root = Path(data_root).expanduser()
     nested = root / builder.info.folder
     if nested.is_dir() or root.name != builder.info.folder:

@@ -174,7 +174,8 @@ def _applicable_metrics(
         raise UsageError(
             f"metric {problems[0][0]} does not apply to {entry.dataset}: "
             + "; ".join(problem for _, problem in problems),
-            f"Drop --metric {' / '.join(m for m, _ in problems)}; metrics that apply: {', '.join(applicable)}",
+            f"Drop {' / '.join(m for m, _ in problems)} from `metrics`; metrics that apply: {', '.join(applicable)}",
+            param="metrics",
         )
     for metric, problem in problems:
         result.notes.append(f"{entry.dataset}: {metric} not computed ({problem})")
@@ -220,7 +221,11 @@ def plan(
         if registered:
             builder = get_builder(entry.dataset)
             if data_root is None and not getattr(builder, "generated", False):
-                raise UsageError(f"dataset '{entry.dataset}' needs --data-root", "Point it at the folder holding them")
+                raise UsageError(
+                    f"dataset '{entry.dataset}' needs `data_root`",
+                    "Point it at the folder holding them",
+                    param="data_root",
+                )
             split = entry.split or builder.info.default_split
             if split not in builder.info.splits:
                 raise UsageError(
@@ -256,8 +261,9 @@ def plan(
         raise DataError(
             f"{len(result.missing)} dataset(s) of suite '{suite.name}' are missing or broken: "
             + "; ".join(result.missing_short),
-            "`starft data check NAME --data-root DIR` shows each one's layout and source; `--skip-missing` (or "
-            "`--suite all`) runs the datasets that are present",
+            "`starft data check NAME --data-root DIR` shows each one's layout and source; `skip_missing` (or the "
+            "suite 'all') runs the datasets that are present",
+            param="skip_missing",
         )
     if not result.datasets:
         raise DataError(
@@ -423,7 +429,7 @@ def evaluate(
 
     model_list = [models] if isinstance(models, str | ModelRef) else list(models)
     if not model_list:
-        raise UsageError("no model to evaluate", "Pass --model REF (repeatable)")
+        raise UsageError("no model to evaluate", "Name one or more in `models`", param="models")
     if isinstance(suite, Plan):
         prepared, resolved = suite, suite.suite
     else:

@@ -191,7 +191,7 @@ def load_training_state(folder: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
-            f"cannot read training state {path} ({exc})", "Start a new run with another --out"
+            f"cannot read training state {path} ({exc})", "Start a new run with another `out`", param="out"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a starft training state (format {STATE_FORMAT})")
@@ -250,7 +250,8 @@ def run_lock(root: str | os.PathLike[str]) -> Iterator[Path]:
             who = f"pid {pid} on {owner_host}" if pid is not None else "another process"
             raise RunInUseError(
                 f"{root} is in use by another starft run ({who}, see {path})",
-                "Wait for it to finish or choose another --out; if that process is gone, delete the lock file",
+                "Wait for it to finish or choose another `out`; if that process is gone, delete the lock file",
+                param="out",
             ) from None
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(me + "\n")

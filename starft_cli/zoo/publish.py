@@ -50,7 +50,7 @@ class PublishPlan:
 
 def check_repo(repo: str) -> str:
     if not _REPO_RE.match(repo) or ".." in repo:
-        raise UsageError(f"invalid Hub repository '{repo}'", "Use --repo ORG/NAME")
+        raise UsageError(f"invalid Hub repository '{repo}'", "Write `repo` as ORG/NAME", param="repo")
     return repo
 
 
@@ -297,9 +297,9 @@ def write_folder(p: PublishPlan, out: Path) -> list[Path]:
     """Write the folder that would be uploaded (weights, open_clip config, model card), atomically per file."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a directory", "Pass another --out")
+        raise UsageError(f"{out} exists and is not a directory", "Choose another `out`", param="out")
     if out.resolve() == p.checkpoint.resolve():
-        raise UsageError("--out must not be the checkpoint folder itself", "Pass another --out")
+        raise UsageError("`out` must not be the checkpoint folder itself", "Choose another `out`", param="out")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / WEIGHTS_NAME) as tmp:
         shutil.copyfile(p.checkpoint / WEIGHTS_NAME, tmp)
@@ -336,7 +336,8 @@ def upload(p: PublishPlan, folder: Path, *, private: bool = False, message: str 
         raise ZooError(
             f"upload to {where} failed ({type(exc).__name__}: {_first_line(exc)})",
             "Check your network (and that HF_HUB_OFFLINE is not set), then retry; the folder can be "
-            "written with --dry-run",
+            "written without an upload (`dry_run`)",
+            param="dry_run",
         ) from exc
     oid = getattr(info, "oid", None)
     if not isinstance(oid, str) or not re.fullmatch(r"[0-9a-f]{40}", oid):
