@@ -29,6 +29,7 @@ FLAGS = {
     "runs": "--run",
     "skip_missing": "--skip-missing",
     "strict": "--strict",
+    "suite": "--suite",
     "top_k": "--top-k",
     "val_data": "--val-data",
     "val_split": "--val-split",

@@ -261,9 +261,9 @@ def plan(
         raise DataError(
             f"{len(result.missing)} dataset(s) of suite '{suite.name}' are missing or broken: "
             + "; ".join(result.missing_short),
-            "`starft data check NAME --data-root DIR` shows each one's layout and source; `skip_missing` (or the "
-            "suite 'all') runs the datasets that are present",
-            param="skip_missing",
+            "`starft data check NAME --data-root DIR` shows each one's layout and source; `skip_missing` (or `suite` "
+            "all) runs the datasets that are present",
+            param=("skip_missing", "suite"),
         )
     if not result.datasets:
         raise DataError(
