@@ -11,8 +11,11 @@ __version__ = "0.2.0"
 
 _API = {
     # models and zero-shot classification
-    "load_model": "starft_cli.models",
+    "load": "starft_cli.models",
+    "load_model": "starft_cli.models",  # deprecated alias of load (returns a tuple, warns)
     "parse_model_ref": "starft_cli.models",
+    "ModelRef": "starft_cli.models",
+    "LoadedModel": "starft_cli.models",
     "save_checkpoint": "starft_cli.models",
     "zero_shot_head": "starft_cli.zeroshot",
     "classify": "starft_cli.zeroshot",

@@ -33,6 +33,7 @@ from typing import Any
 
 from starft_cli.errors import ConfigError, UsageError
 from starft_cli.paths import atomic_dir, sha256_file
+from starft_cli.runs import LAST, RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +178,14 @@ def zero_shot_dir(quick: bool = False) -> Path:
     return cache_dir("models") / (MODEL_FOLDER + ("-quick" if quick else ""))
 
 
+def zero_shot_recipe() -> Any:
+    """The zoo recipe ``recipe:starft-demo``: the demo's zero-shot model, pre-trained by ``starft demo`` (a
+    :class:`~starft_cli.zoo.recipes.Recipe`)."""
+    from starft_cli.zoo.recipes import Recipe
+
+    return Recipe(folder=zero_shot_dir, build=ensure_zero_shot, verify=verify_zero_shot)
+
+
 def recipe(quick: bool = False) -> dict[str, Any]:
     """The zero-shot model's pre-training settings (a :class:`~starft_cli.train.config.TrainConfig` dict)."""
     return {**PRETRAIN, **(QUICK_PRETRAIN if quick else {})}
@@ -185,7 +194,7 @@ def recipe(quick: bool = False) -> dict[str, Any]:
 def verify_zero_shot(folder: Path) -> str | None:
     """The problem with a built zero-shot model folder, or None when its weights match their recorded sha256
     and recipe."""
-    from starft_cli.models import CONFIG_NAME, WEIGHTS_NAME
+    from starft_cli.runs import CONFIG_NAME, WEIGHTS_NAME
 
     build = folder / BUILD_NAME
     if not build.is_file():
@@ -214,7 +223,7 @@ def ensure_zero_shot(
     model; an interrupted build resumes. The finished model is copied into place atomically with a
     ``build.json`` recording the recipe and the weights' sha256.
     """
-    from starft_cli.models import CONFIG_NAME, WEIGHTS_NAME
+    from starft_cli.runs import CONFIG_NAME, WEIGHTS_NAME
     from starft_cli.train import build_config, finetune
 
     emit = progress or (lambda event: None)
@@ -229,10 +238,10 @@ def ensure_zero_shot(
     settings = {**recipe(quick), "out": str(run_dir), "workers": 0, "device": device, "checkpoint_every": 20}
     if rebuild and run_dir.exists():
         shutil.rmtree(run_dir)
-    resume = (run_dir / "config.json").is_file()
+    resume = RunLayout(run_dir).is_run()
     emit({"kind": "stage", "stage": "zero-shot model", "status": "resuming" if resume else "building"})
     finetune(build_config({**settings, "resume": resume}), progress=progress)
-    last = run_dir / "checkpoints" / "last"
+    last = RunLayout(run_dir).checkpoint(LAST)
     with atomic_dir(folder) as tmp:
         for name in (WEIGHTS_NAME, CONFIG_NAME):
             shutil.copyfile(last / name, tmp / name)
@@ -277,7 +286,7 @@ def _run(settings: dict[str, Any], device: str, progress: ProgressFn | None) -> 
 
     out = Path(settings["out"])
     cfg = build_config({**settings, "device": device})
-    stored = out / "config.json"
+    stored = RunLayout(out).config
     if stored.is_file():
         old = config_from_json(stored.read_text(encoding="utf-8"), str(stored))
         if old.replace(device=cfg.device, workers=cfg.workers, resume=False) != cfg.replace(resume=False):
@@ -291,7 +300,7 @@ def _run(settings: dict[str, Any], device: str, progress: ProgressFn | None) -> 
 def model_checkpoint(run_dir: Path) -> Path:
     """The checkpoint the demo evaluates: the final one (every method trains the same number of steps; no
     checkpoint selection, whose ties on the small, saturated ID split would add noise to the comparison)."""
-    return run_dir / "checkpoints" / "last"
+    return RunLayout(run_dir).checkpoint(LAST)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -419,5 +428,5 @@ def check_writable(out: Path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise UsageError(
-            f"cannot write to --out {out} ({exc.strerror or exc})", "Choose a folder you can write to"
+            f"cannot write to `out` {out} ({exc.strerror or exc})", "Choose a folder you can write to", param="out"
         ) from None

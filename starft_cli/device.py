@@ -68,7 +68,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise UsageError(f"unknown device '{spec}'", f"Use one of {DEVICE_CHOICES}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError(f"device '{spec}' asked for but CUDA is not available", "Use --device cpu or auto")
+            raise UsageError(
+                f"device '{spec}' asked for but CUDA is not available", "Set `device` to cpu or auto", param="device"
+            )
         if device.index is None:
             return torch.device("cuda", default_cuda_index())
         if device.index >= torch.cuda.device_count():
@@ -78,7 +80,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
             )
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise UsageError("device 'mps' asked for but MPS is not available", "Use --device cpu or auto")
+            raise UsageError(
+                "device 'mps' asked for but MPS is not available", "Set `device` to cpu or auto", param="device"
+            )
     elif device.type != "cpu":
         raise UsageError(f"unsupported device '{spec}'", f"Use one of {DEVICE_CHOICES}")
     return device

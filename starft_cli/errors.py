@@ -1,25 +1,38 @@
 """The error hierarchy. Every error a user can cause is a ``StarftError`` with a hint.
 
 The CLI turns these into one line on stderr (see ``starft_cli.cli.app``); the core only raises.
+
+The core speaks of its arguments, never of command-line flags: an error about an argument names it in backticks
+(`` `top_k` must be at least 1``) and lists it in ``param``; the CLI shows the flag instead (``--top-k``, see
+:mod:`starft_cli.cli.flags`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 
 class StarftError(Exception):
-    """An error the user can fix. ``hint`` says how."""
+    """An error the user can fix. ``hint`` says how; ``param`` names the argument(s) it is about, written in
+    backticks in the message and hint."""
 
     exit_code: int = 1
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, param: str | Sequence[str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.params: tuple[str, ...] = (param,) if isinstance(param, str) else tuple(param or ())
 
-    def one_line(self) -> str:
+    def one_line(self, flag: Callable[[str], str] | None = None) -> str:
+        """Message and hint on one line. With ``flag`` (the CLI's: argument name -> flag), each `` `name` `` of
+        an argument in ``params`` reads as that flag."""
         text = (worker_message(self.message) or self.message).rstrip(".")
         if self.hint:
             text = f"{text}. {self.hint}"
+        if flag is not None:
+            for name in self.params:
+                text = text.replace(f"`{name}`", flag(name))
         return " ".join(text.split())
 
 

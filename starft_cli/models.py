@@ -49,6 +49,7 @@ from starft_cli.pretrained import (
     short_error,
     unreachable,
 )
+from starft_cli.runs import CONFIG_NAME, HF_WEIGHT_CANDIDATES, WEIGHTS_NAME  # a model folder's files (re-exported)
 from starft_cli.suggest import did_you_mean
 
 if TYPE_CHECKING:
@@ -57,9 +58,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-CONFIG_NAME = "open_clip_config.json"
-WEIGHTS_NAME = "open_clip_model.safetensors"
-HF_WEIGHT_CANDIDATES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 RANDOM_TAGS = ("none", "random", "scratch")
 
 # ----------------------------------------------------------------------------------------------
@@ -69,7 +67,14 @@ RANDOM_TAGS = ("none", "random", "scratch")
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A parsed model reference. ``kind`` is one of pretrained, file, dir, hf-hub, zoo."""
+    """A parsed model reference (:func:`parse_model_ref`); :func:`load` takes it as it is, so a reference checked
+    early is not parsed again. ``kind`` is one of pretrained, file, dir, hf-hub, zoo; the fields that kind uses:
+
+    * pretrained: ``arch`` and ``tag`` (the open_clip pretrained tag, or none/random/scratch)
+    * file, dir: ``path`` (and ``arch`` when one was given for it)
+    * hf-hub: ``repo`` and ``revision`` (None: the default branch)
+    * zoo: ``zoo_name`` (the manifest entry's name)
+    """
 
     raw: str
     kind: str
@@ -78,6 +83,7 @@ class ModelRef:
     path: Path | None = None
     repo: str | None = None
     revision: str | None = None
+    zoo_name: str | None = None
 
     @property
     def is_random(self) -> bool:
@@ -116,7 +122,7 @@ def parse_model_ref(ref: str, arch: str | None = None) -> ModelRef:
     """Parse any supported model reference (see the module docstring)."""
     ref = (ref or "").strip()
     if not ref:
-        raise UsageError("empty model reference", "Pass e.g. --model ViT-B-16")
+        raise UsageError("empty model reference", "Name a model, e.g. ViT-B-16")
     if ref.startswith("hf-hub:"):
         repo, _, revision = ref[len("hf-hub:") :].partition("@")
         if repo.count("/") != 1 or not all(repo.split("/")):
@@ -151,7 +157,7 @@ def _zoo_ref(raw: str, name: str) -> ModelRef:
     if _zoo_lookup(name) is None:
         hint = did_you_mean(name, _zoo_names(), then="See `starft zoo list`")
         raise ModelNotFoundError(f"unknown zoo model '{name}'", hint)
-    return ModelRef(raw=raw, kind="zoo", tag=name)
+    return ModelRef(raw=raw, kind="zoo", zoo_name=name)
 
 
 def _default_tag(arch: str) -> str:
@@ -216,7 +222,16 @@ class LoadedModel:
 def load_model(
     ref: str | ModelRef, device: str | torch.device = "cpu", arch: str | None = None, seed: int = 0
 ) -> tuple[Any, Callable[..., Any], Callable[..., Any]]:
-    """Load a model reference: returns ``(model, preprocess, tokenizer)``, the model in eval mode."""
+    """Deprecated alias of :func:`load`: returns ``(model, preprocess, tokenizer)`` of ``load(...)`` and warns
+    (``DeprecationWarning``). Use ``load(ref)`` and its ``.model``, ``.preprocess`` and ``.tokenizer``."""
+    import warnings
+
+    warnings.warn(
+        "starft_cli.load_model() is deprecated; use starft_cli.load(ref), which returns a LoadedModel "
+        "(.model, .preprocess, .tokenizer)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     loaded = load(ref, device=device, arch=arch, seed=seed)
     return loaded.model, loaded.preprocess, loaded.tokenizer
 
@@ -224,7 +239,18 @@ def load_model(
 def load(
     ref: str | ModelRef, device: str | torch.device = "cpu", arch: str | None = None, seed: int = 0
 ) -> LoadedModel:
-    """Load a model reference with its transforms, tokenizer and configuration (eval mode)."""
+    """Load a model reference (a string, parsed here, or a :class:`ModelRef` from :func:`parse_model_ref`, used as
+    it is) with its transforms, tokenizer and configuration; the model is in eval mode on ``device``.
+
+    ``arch`` names the architecture of a bare weights file (see the module docstring); ``seed`` seeds random
+    initialisation (``ARCH:none``).
+
+    Raises:
+        ModelNotFoundError, UsageError: the reference names nothing loadable (see :func:`parse_model_ref`).
+        WeightsUnavailableError: the weights are neither cached nor reachable.
+        WrongArchitectureError: the weights do not fit the architecture.
+        CheckpointError: a weights or config file cannot be read (or holds NaN/inf: NonFiniteWeightsError).
+    """
     register_builtin_configs()
     parsed = ref if isinstance(ref, ModelRef) else parse_model_ref(ref, arch=arch)
     if parsed.kind == "pretrained":
@@ -336,8 +362,8 @@ def _download_hf_repo(ref: ModelRef) -> Path:
 def _load_zoo(ref: ModelRef, seed: int) -> LoadedModel:
     from starft_cli import zoo
 
-    assert ref.tag is not None
-    entry = zoo.find_entry(ref.tag)
+    assert ref.zoo_name is not None
+    entry = zoo.find_entry(ref.zoo_name)
     resolved = zoo.resolve(entry)  # downloads and verifies when needed
     if resolved.pretrained_tag is not None:
         inner = ModelRef(raw=ref.raw, kind="pretrained", arch=resolved.arch, tag=resolved.pretrained_tag)
@@ -348,11 +374,13 @@ def _load_zoo(ref: ModelRef, seed: int) -> LoadedModel:
             ref,
             resolved.arch,
             seed=seed,
-            source=f"zoo:{ref.tag}",
+            source=f"zoo:{ref.zoo_name}",
             quick_gelu=resolved.quick_gelu,
             preprocess_overrides=resolved.preprocess,
         )
-        _apply_state_dict(loaded.model, read_state_dict(resolved.weights), source=f"zoo:{ref.tag}", arch=loaded.arch)
+        _apply_state_dict(
+            loaded.model, read_state_dict(resolved.weights), source=f"zoo:{ref.zoo_name}", arch=loaded.arch
+        )
     loaded.ref = ref
     return loaded
 
@@ -382,7 +410,8 @@ def _load_file(ref: ModelRef, path: Path, arch: str | None, seed: int) -> Loaded
     else:
         raise UsageError(
             f"cannot tell the architecture of {path}",
-            f"Pass --arch (e.g. --arch ViT-B-16), or put an {CONFIG_NAME} beside the file",
+            f"Pass `arch` (e.g. ViT-B-16), or put an {CONFIG_NAME} beside the file",
+            param="arch",
         )
     _apply_state_dict(loaded.model, read_state_dict(path), source=str(path), arch=loaded.arch)
     return loaded
@@ -403,7 +432,9 @@ def _load_dir(ref: ModelRef, directory: Path, arch: str | None, seed: int) -> Lo
     elif config is not None:
         loaded = _build_from_config(ref, config, seed=seed, source=str(directory))
     else:
-        raise UsageError(f"{directory} has no {CONFIG_NAME}", "Pass --arch, or save the model with starft")
+        raise UsageError(
+            f"{directory} has no {CONFIG_NAME}", "Pass `arch`, or save the model with starft", param="arch"
+        )
     _apply_state_dict(loaded.model, read_state_dict(weights), source=str(weights), arch=loaded.arch)
     return loaded
 
@@ -450,9 +481,10 @@ def _check_arch_matches_config(arch: str, config: Mapping[str, Any], config_path
     what = f"architecture '{named}'" if named else "another model config"
     detail = f" (differs in: {', '.join(differ[:5])})" if differ and not named else ""
     raise WrongArchitectureError(
-        f"--arch {arch} conflicts with {config_path}, which describes {what}{detail}",
-        f"Drop --arch to load the model that {CONFIG_NAME} describes, or move the weights away from it to load "
+        f"`arch` {arch} conflicts with {config_path}, which describes {what}{detail}",
+        f"Drop `arch` to load the model that {CONFIG_NAME} describes, or move the weights away from it to load "
         f"them as {arch}",
+        param="arch",
     )
 
 
@@ -653,7 +685,8 @@ def check_finite_weights(state: Mapping[str, torch.Tensor], source: str) -> None
     if bad:
         raise NonFiniteWeightsError(
             f"weights in {source} are not finite: {len(bad)} of {len(state)} tensors hold NaN or inf (e.g. {bad[0]})",
-            "They come from a diverged run; use an earlier checkpoint, or fine-tune again with a lower --lr",
+            "They come from a diverged run; use an earlier checkpoint, or fine-tune again with a lower `lr`",
+            param="lr",
         )
 
 
@@ -755,10 +788,11 @@ def _apply_state_dict(model: Any, state: dict[str, Any], source: str, arch: str 
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         guesses = guess_architectures(state, exclude=arch)
         looks = f"; the file looks like {' or '.join(guesses[:3])}" if guesses else ""
-        hint = f"Pass --arch {guesses[0]}" if guesses else "Pass the architecture the weights were trained with"
+        hint = f"Pass `arch` {guesses[0]}" if guesses else "Pass the architecture the weights were trained with"
         raise WrongArchitectureError(
             f"weights in {source} do not fit {arch or 'the architecture'}{looks}: " + "; ".join(parts),
-            f"{hint} (--arch), or check the file" if not guesses else f"{hint}, or check the file",
+            f"{hint} (`arch`), or check the file" if not guesses else f"{hint}, or check the file",
+            param="arch",
         )
     model.load_state_dict(state, strict=True)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from starft_cli.errors import WeightsUnavailableError
+from starft_cli.runs import HF_WEIGHT_CANDIDATES
 
 # The paper's weights: LAION-400M, as published through open_clip's pretrained registry.
 PAPER_DEFAULT_TAG = "laion400m_e31"
@@ -166,7 +167,7 @@ def hub_files(cfg: Mapping[str, Any]) -> tuple[str, list[str]] | None:
         name = "/".join(parts[2:])
         safe = [name.rsplit(".", 1)[0] + ".safetensors"] if not name.endswith(".safetensors") else []
         return repo, [*safe, name]
-    return repo, ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    return repo, list(HF_WEIGHT_CANDIDATES)
 
 
 def cached_pretrained(cfg: Mapping[str, Any]) -> Path | None:

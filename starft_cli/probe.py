@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from starft_cli.models import LoadedModel
+    from starft_cli.models import LoadedModel, ModelRef
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ def check_caption_template(template: str) -> str:
     if template.count("{}") != 1:
         raise ConfigError(
             f"caption template '{template}' must have exactly one {{}} slot",
-            'e.g. --caption-template "a photo of a {}."',
+            'Write `caption_template` with one, e.g. "a photo of a {}."',
+            param="caption_template",
         )
     return template
 
@@ -370,8 +371,8 @@ def _records(
 
 
 def probe(
-    models: Sequence[str | LoadedModel] | str | LoadedModel,
-    reference: str | LoadedModel,
+    models: Sequence[str | ModelRef | LoadedModel] | str | ModelRef | LoadedModel,
+    reference: str | ModelRef | LoadedModel,
     data: str | Any,
     data_root: str | Path | None = None,
     split: str | None = None,
@@ -401,13 +402,13 @@ def probe(
     import pandas as pd
 
     from starft_cli.eval.runner import versions
-    from starft_cli.models import load
+    from starft_cli.models import ModelRef, load
     from starft_cli.reports.schema import FIELDS
     from starft_cli.train.config import DEFAULT_CAPTION
 
     model_list = list(models) if isinstance(models, list | tuple) else [models]
     if not model_list:
-        raise UsageError("no model to probe", "Pass --model REF (repeatable)")
+        raise UsageError("no model to probe", "Name one or more in `models`", param="models")
     if bootstrap < 0:
         raise ConfigError(f"bootstrap resamples must be >= 0 (got {bootstrap})")
     if reg_batch_size < 1:
@@ -428,15 +429,18 @@ def probe(
     present = sorted(set(dataset.labels))
     classnames = [dataset.classnames[c] for c in present]
     args = (dataset, data_fingerprint, classnames, pool_list, caption, device, batch_size, workers, strict, use_cache)
-    ref_loaded = load(reference, device=device) if isinstance(reference, str) else reference
+    ref_loaded = load(reference, device=device) if isinstance(reference, str | ModelRef) else reference
     ref_side = _side(ref_loaded, *args, progress)
     date = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
     info = {f"{k}_version": v for k, v in versions().items()}
     records: list[dict[str, Any]] = []
     for model in model_list:
-        loaded = (
-            model if not isinstance(model, str) else ref_loaded if model == reference else load(model, device=device)
-        )
+        if not isinstance(model, str | ModelRef):
+            loaded = model
+        elif _same_ref(model, reference):
+            loaded = ref_loaded
+        else:
+            loaded = load(model, device=device)
         side = ref_side if loaded is ref_loaded else _side(loaded, *args, progress)
         drifts, count = compare(
             side,
@@ -470,6 +474,16 @@ def probe(
         records.extend(_records(loaded, ref_loaded, drifts, base))
     columns = list(FIELDS) if not records else None
     return pd.DataFrame.from_records(records, columns=columns)
+
+
+def _same_ref(a: str | ModelRef, b: Any) -> bool:
+    """Whether two model references (strings or parsed) are written the same (then the model is loaded once)."""
+    from starft_cli.models import ModelRef
+
+    def raw(x: Any) -> Any:
+        return x.raw if isinstance(x, ModelRef) else x
+
+    return raw(a) == raw(b)
 
 
 def _default_split(ref: str) -> str:

@@ -224,7 +224,9 @@ def model_stock(
     from starft_cli.errors import UsageError
 
     if len(fine_tuned) < 2:
-        raise UsageError("Model Stock needs at least two fine-tuned runs", "Pass --run twice or more")
+        raise UsageError(
+            "Model Stock needs at least two fine-tuned runs", "Give two or more in `fine_tuned`", param="fine_tuned"
+        )
     _check_same([pretrained, *fine_tuned], "model")
     n = len(fine_tuned)
     out: dict[str, torch.Tensor] = {}
@@ -283,15 +285,23 @@ def write_soup(
     if method not in SOUP_METHODS:
         raise UsageError(f"unknown soup method '{method}'", f"Use one of {', '.join(SOUP_METHODS)}")
     if method == "model-stock" and pretrained is None:
-        raise UsageError("Model Stock needs the pre-trained model the runs started from", "Pass it as --pretrained")
+        raise UsageError(
+            "Model Stock needs the pre-trained model the runs started from",
+            "Pass it as `pretrained`",
+            param="pretrained",
+        )
     if method != "model-stock" and pretrained is not None:
-        raise UsageError(f"--pretrained is for model-stock, not {method}", "Drop it")
+        raise UsageError(f"`pretrained` is for model-stock, not {method}", "Drop it", param="pretrained")
     if method == "greedy" and val_data is None:
-        raise UsageError("the greedy soup needs held-out ID validation data", "Pass --val-data (and --val-split)")
+        raise UsageError(
+            "the greedy soup needs held-out ID validation data",
+            "Pass `val_data` (and `val_split`)",
+            param=("val_data", "val_split"),
+        )
     if method != "greedy" and val_data is not None:
-        raise UsageError(f"--val-data is for the greedy soup, not {method}", "Drop it")
+        raise UsageError(f"`val_data` is for the greedy soup, not {method}", "Drop it", param="val_data")
     if len(runs) < (2 if method == "model-stock" else 1):
-        raise UsageError(f"{method} needs more runs", "Pass --run once per fine-tuned run")
+        raise UsageError(f"{method} needs more runs", "Give every fine-tuned run in `runs`", param="runs")
     loaded = [models.load(r, device=device) for r in runs]
     base = models.load(pretrained, device=device) if pretrained is not None else loaded[0]
     for ref, item in zip(runs, loaded, strict=True):

@@ -14,7 +14,7 @@ from starft_cli.prompts import fill, load_templates
 if TYPE_CHECKING:
     import torch
 
-    from starft_cli.models import LoadedModel
+    from starft_cli.models import LoadedModel, ModelRef
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def validate_labels(labels: Sequence[str]) -> list[str]:
     """Strip labels; refuse empty and duplicate ones."""
     cleaned = [label.strip() for label in labels]
     if not cleaned:
-        raise UsageError("no labels given", "Pass --labels a,b,c or --labels-file FILE")
+        raise UsageError("no labels given", "Give two or more class names in `labels`", param="labels")
     if any(not label for label in cleaned):
         raise UsageError("empty label in the label list", "Remove the empty entry (look for ',,' or a trailing comma)")
     seen: set[str] = set()
@@ -35,7 +35,9 @@ def validate_labels(labels: Sequence[str]) -> list[str]:
     if dupes:
         raise UsageError(f"duplicate labels: {', '.join(dupes)}", "Give each label once")
     if len(cleaned) < 2:
-        raise UsageError("classification needs at least two labels", "Pass --labels a,b")
+        raise UsageError(
+            "classification needs at least two labels", "Give two or more class names in `labels`", param="labels"
+        )
     return cleaned
 
 
@@ -178,7 +180,7 @@ def cached_zero_shot_head(
 def classify(
     images: Sequence[str | Path],
     labels: Sequence[str],
-    model: str | LoadedModel = "ViT-B-16",
+    model: str | ModelRef | LoadedModel = "ViT-B-16",
     templates: str | Sequence[str] = "ensemble",
     device: str | torch.device = "cpu",
     batch_size: int = 32,
@@ -198,15 +200,15 @@ def classify(
 
     from starft_cli.errors import ImageError
     from starft_cli.images import open_image
-    from starft_cli.models import load
+    from starft_cli.models import ModelRef, load
 
     labels = validate_labels(labels)
     if batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
+        raise UsageError(f"`batch_size` must be at least 1 (got {batch_size})", param="batch_size")
     if top_k is not None and top_k < 1:
-        raise UsageError("--top-k must be at least 1")
+        raise UsageError(f"`top_k` must be at least 1 (got {top_k})", param="top_k")
     template_list = load_templates(templates) if isinstance(templates, str | Path) else list(templates)
-    loaded = model if not isinstance(model, str) else load(model, device=device)
+    loaded = load(model, device=device) if isinstance(model, str | ModelRef) else model
     device = next(loaded.model.parameters()).device
     head = cached_zero_shot_head(loaded, labels, template_list, device=device)
     k = min(top_k or len(labels), len(labels))
@@ -224,7 +226,7 @@ def classify(
             except ImageError as exc:
                 if strict:
                     raise ImageError(
-                        exc.message, "Remove or replace the file, or run without --strict to skip it"
+                        exc.message, "Remove or replace the file, or run without `strict` to skip it", param="strict"
                     ) from None
                 bad.append(exc)
         if chunk:

@@ -113,8 +113,12 @@ def test_arch_conflicting_with_the_sidecar_config_is_refused(twins, tmp_path: Pa
     save_checkpoint(small.model, tmp_path / "small", small.model_cfg, small.preprocess_cfg, arch="starft-small")
     with pytest.raises(WrongArchitectureError) as info:
         load(str(tmp_path / "small" / WEIGHTS_NAME), arch="starft-tiny")
-    message = info.value.one_line()
-    assert "--arch starft-tiny" in message and "'starft-small'" in message and "Drop --arch" in message
+    message = info.value.one_line()  # the Python API names the argument, the CLI the flag
+    assert "`arch` starft-tiny" in message and "'starft-small'" in message and "Drop `arch`" in message
+    from starft_cli.cli.flags import error_line
+
+    shown = error_line(info.value)
+    assert "--arch starft-tiny" in shown and "'starft-small'" in shown and "Drop --arch" in shown
     # a config without an arch name that differs from --arch names the differing keys
     with pytest.raises(WrongArchitectureError, match=r"differs in: quick_gelu"):
         load(str(twins[1]), arch="starft-tiny")

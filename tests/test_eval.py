@@ -334,7 +334,7 @@ def test_evaluate_python_api(tiny, data_root: Path):
     result = evaluate([tiny], "group-shift", data_root)
     assert set(result.frame["dataset"]) == {"waterbirds", "pacs", "cifar10.02"}
     assert result.missing == [] and result.suite.name == "group-shift"
-    with pytest.raises(UsageError, match="needs --data-root"):
+    with pytest.raises(UsageError, match="needs `data_root`"):
         evaluate([tiny], "group-shift", None)
 
 

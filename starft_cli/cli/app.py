@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from starft_cli import __version__
+from starft_cli.cli.flags import error_line
 from starft_cli.errors import StarftError
 
 
@@ -31,7 +32,7 @@ class StarftGroup(TyperGroup):
         except StarftError as exc:
             if _debug():
                 traceback.print_exc()
-            typer.echo(f"error: {exc.one_line()}", err=True)
+            typer.echo(f"error: {error_line(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from starft_cli.cli.command import Command
+from starft_cli.cli.flags import with_flags
 
 app = typer.Typer(
     help="Benchmark datasets: list them, check their layout, download where a public source exists.",
@@ -114,7 +115,7 @@ def check_command(
             "name": name,
             "root": str(report.root),
             "ok": report.ok,
-            "problems": report.problems,
+            "problems": [with_flags(p) for p in report.problems],
             "counts": report.counts,
             "notes": report.notes,
         }
@@ -126,7 +127,7 @@ def check_command(
         for note in report.notes:
             typer.echo(f"  note: {note}")
         for problem in report.problems:
-            typer.echo(f"  problem: {problem}")
+            typer.echo(f"  problem: {with_flags(problem)}")
         if not report.ok:
             for line in report.get_it:
                 typer.echo(f"  {line}")

@@ -113,8 +113,7 @@ def eval_command(
     from starft_cli.eval.runner import evaluate_plan, plan
     from starft_cli.models import parse_model_ref
 
-    for ref in model:
-        parse_model_ref(ref)  # a typo in a model reference fails before any data is read
+    refs = [parse_model_ref(ref) for ref in model]  # a typo in a model reference fails before any data is read
     skip = resolved.name == "all" if skip_missing is None else skip_missing
     prepared = plan(resolved, data_root, templates, classnames, skip)  # data checked before any model is loaded
     for line in prepared.missing:
@@ -124,7 +123,7 @@ def eval_command(
     resolved_device = resolve_device(device)
     with _progress() as progress:
         result = evaluate_plan(
-            model,
+            refs,
             prepared,
             device=resolved_device,
             batch_size=batch_size,

@@ -12,6 +12,7 @@ from starft_cli.cli.command import Command
 from starft_cli.cli.options import ArchOpt, DeviceOpt
 from starft_cli.cli.progress import progress_bar
 from starft_cli.errors import UsageError
+from starft_cli.runs import BEST, LAST, RunLayout
 
 HELP = "Fine-tune a CLIP model with StarFT or any robust fine-tuning method it is compared with (--method)."
 WISE_HELP = "WiSE-FT: interpolate a zero-shot and a fine-tuned model's weights for one or more alphas."
@@ -238,7 +239,7 @@ class _Progress:
         if self.saved is None:
             kept = "no checkpoint was written yet, so a resume starts again at step 0"
         else:
-            kept = f"the last checkpoint is step {self.saved} ({Path(run) / 'checkpoints' / 'last'})"
+            kept = f"the last checkpoint is step {self.saved} ({RunLayout(run).checkpoint(LAST)})"
         return f"interrupted at step {self.step}; {kept}. Resume with: {command}"
 
     def __enter__(self) -> _Progress:
@@ -267,7 +268,7 @@ class _Progress:
             else:
                 typer.echo(f"training {event['run_dir']}: {event['total_steps']} steps", err=True)
         elif kind == "checkpoint":
-            if event["name"] == "last":
+            if event["name"] == LAST:
                 self.saved = event["step"]
         elif kind == "finished":
             typer.echo(
@@ -305,11 +306,12 @@ def _summary(event: dict[str, Any]) -> str:
     parts = [f"finished {event['step']} of {event['total_steps']} steps in {took}"]
     if event.get("bad_steps"):
         parts.append(f"{event['bad_steps']} non-finite step(s) skipped")
-    checkpoints = Path(event["run_dir"]) / "checkpoints"
+    layout = RunLayout(event["run_dir"])
+    checkpoints = layout.checkpoints
     if event.get("best") is not None:
         by = event.get("select_by", "top1")
         what = "accuracy" if by == "top1" else by
-        parts.append(f"best validation {what} {event['best']:.4f} ({checkpoints / 'best'})")
+        parts.append(f"best validation {what} {event['best']:.4f} ({layout.checkpoint(BEST)})")
     parts.append(f"checkpoints in {checkpoints}")
     return "; ".join(parts)
 

@@ -79,12 +79,12 @@ def probe_command(
     from starft_cli.models import parse_model_ref
     from starft_cli.probe import load_pools, probe
 
-    for ref in [*model, reference]:
-        parse_model_ref(ref)  # a typo fails before any data is read
+    refs = [parse_model_ref(ref) for ref in model]  # a typo fails before any data is read
+    reference_ref = parse_model_ref(reference)
     load_pools(pool)  # so does a bad pool
     frame = probe(
-        model,
-        reference,
+        refs,
+        reference_ref,
         data,
         data_root,
         split,

@@ -21,8 +21,8 @@ GROUPS_FILE = "groups.csv"
 class DataProblems(DataError):
     """Several problems of one data file, all reported at once (``problems``; the message joins them)."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems) if len(problems) > 1 else problems[0])
+    def __init__(self, problems: list[str], *, param: str | None = None) -> None:
+        super().__init__("; ".join(problems) if len(problems) > 1 else problems[0], param=param)
         self.problems = list(problems)
 
 
@@ -152,8 +152,8 @@ def load_csv(path: Path, classnames_file: str | Path | None = None) -> FileImage
     if all(v.lstrip("-").isdigit() for v in raw_labels if v):
         if not has_names:
             problems.append(
-                f"{path} has integer labels but no class names. Pass --classnames FILE, or put {names_file} beside "
-                "the CSV (one name per line: line 1 names label 0)"
+                f"{path} has integer labels but no class names. Pass `classnames_file`, "
+                f"or put {names_file} beside the CSV (one name per line: line 1 names label 0)"
             )
         else:
             classnames = read_classnames(names_file)
@@ -217,7 +217,7 @@ def load_csv(path: Path, classnames_file: str | Path | None = None) -> FileImage
         else:
             groups, group_names = _group_indices(values)
     if problems:
-        raise DataProblems(problems)
+        raise DataProblems(problems, param="classnames_file")
     return FileImageDataset(
         name=f"csv:{path}",
         classnames=classnames,

@@ -139,7 +139,9 @@ def root_for(builder: DatasetBuilder, data_root: str | Path | None) -> Path:
         return builder.default_root()  # type: ignore[attr-defined]
     if data_root is None:
         raise DataRootError(
-            f"dataset '{info.name}' needs --data-root", f"Point it at the folder holding {info.folder}/"
+            f"dataset '{info.name}' needs `data_root`",
+            f"Point it at the folder holding {info.folder}/",
+            param="data_root",
         )
     root = Path(data_root).expanduser()
     nested = root / info.folder

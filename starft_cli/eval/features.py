@@ -228,7 +228,9 @@ def _compute(
             for images, indices, bad in loader:
                 for index, message in bad:
                     if strict:
-                        raise ImageError(message, "Remove or replace the file, or run without --strict to skip it")
+                        raise ImageError(
+                            message, "Remove or replace the file, or run without `strict` to skip it", param="strict"
+                        )
                     logger.warning("skipping unreadable image: %s", message)
                     skipped.append(index)
                     names.append(dataset.describe(index))

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from starft_cli.models import LoadedModel
+    from starft_cli.models import LoadedModel, ModelRef
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def _applicable_metrics(
         raise UsageError(
             f"metric {problems[0][0]} does not apply to {entry.dataset}: "
             + "; ".join(problem for _, problem in problems),
-            f"Drop --metric {' / '.join(m for m, _ in problems)}; metrics that apply: {', '.join(applicable)}",
+            f"Drop {' / '.join(m for m, _ in problems)} from `metrics`; metrics that apply: {', '.join(applicable)}",
+            param="metrics",
         )
     for metric, problem in problems:
         result.notes.append(f"{entry.dataset}: {metric} not computed ({problem})")
@@ -137,8 +138,9 @@ def plan(
         raise DataError(
             f"{len(result.missing)} dataset(s) of suite '{suite.name}' are missing or broken: "
             + "; ".join(result.missing_short),
-            "`starft data check NAME --data-root DIR` shows each one's layout and source; `--skip-missing` (or "
-            "`--suite all`) runs the datasets that are present",
+            "`starft data check NAME --data-root DIR` shows each one's layout and source; `skip_missing` (or `suite` "
+            "all) runs the datasets that are present",
+            param=("skip_missing", "suite"),
         )
     if not result.datasets:
         raise DataError(
@@ -309,16 +311,20 @@ class EvalResult:
         return float(rows["value"].iloc[0])
 
 
-def _model_list(models: Sequence[str | LoadedModel] | str | LoadedModel) -> list[str | LoadedModel]:
-    """One model (a reference or a loaded model) or several, as a list; :class:`UsageError` for none."""
-    model_list = list(models) if isinstance(models, Sequence) and not isinstance(models, str) else [models]
+def _model_list(models: Any) -> list[Any]:
+    """One model (a reference, a parsed :class:`~starft_cli.models.ModelRef` or a loaded model) or several, as a
+    list; :class:`UsageError` for none."""
+    from starft_cli.models import ModelRef
+
+    single = isinstance(models, str | ModelRef) or not isinstance(models, Sequence)
+    model_list = [models] if single else list(models)
     if not model_list:
-        raise UsageError("no model to evaluate", "Pass --model REF (repeatable)")
+        raise UsageError("no model to evaluate", "Name one or more in `models`", param="models")
     return model_list
 
 
 def evaluate_plan(
-    models: Sequence[str | LoadedModel] | str | LoadedModel,
+    models: Sequence[str | ModelRef | LoadedModel] | str | ModelRef | LoadedModel,
     prepared: Plan,
     *,
     device: str | torch.device = "cpu",
@@ -335,13 +341,13 @@ def evaluate_plan(
     metric). Raises :class:`UsageError` without a model."""
     import pandas as pd
 
-    from starft_cli.models import load
+    from starft_cli.models import ModelRef, load
 
     model_list = _model_list(models)
     records: list[dict[str, Any]] = []
     skipped: list[str] = []
     for model in model_list:
-        loaded = load(model, device=device) if isinstance(model, str) else model
+        loaded = load(model, device=device) if isinstance(model, str | ModelRef) else model
         records.extend(
             evaluate_model(
                 loaded,
@@ -371,7 +377,7 @@ def evaluate_plan(
 
 
 def evaluate(
-    models: Sequence[str | LoadedModel] | str | LoadedModel,
+    models: Sequence[str | ModelRef | LoadedModel] | str | ModelRef | LoadedModel,
     suite: Suite | str | Path,
     data_root: str | Path | None = None,
     *,

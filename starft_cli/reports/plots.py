@@ -28,7 +28,7 @@ def plot(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write :func:`figure` of ``frame`` as a PNG at ``path`` (atomically)."""
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise UsageError(f"--plot writes a PNG, got '{path.name}'", "Name the file *.png")
+        raise UsageError(f"`plot` writes a PNG, got '{path.name}'", "Name the file *.png", param="plot")
     fig = figure(frame)
     import matplotlib.pyplot as plt
 
@@ -56,7 +56,9 @@ def figure(frame: pd.DataFrame) -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UsageError("--plot needs matplotlib", "Install the plot extra: pip install 'starft[plot]'") from None
+        raise UsageError(
+            "`plot` needs matplotlib", "Install the plot extra: pip install 'starft[plot]'", param="plot"
+        ) from None
     from starft_cli.reports.tables import avg_ood_columns, leaderboard
 
     board = leaderboard(frame)

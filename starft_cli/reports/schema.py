@@ -8,13 +8,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from starft_cli import runs
 from starft_cli.errors import DataError
 from starft_cli.paths import atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
 
-RESULTS_NAME = "results.json"
+RESULTS_NAME = runs.RESULTS_NAME
 REQUIRED = ("model", "dataset", "metric", "value")
 # every field a record written by `starft eval` carries, in this order
 FIELDS = (
@@ -94,7 +95,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Records of a results file, or of ``DIR/results.json`` / ``DIR/eval/results.json`` for a folder."""
     path = Path(path).expanduser()
     if path.is_dir():
-        for candidate in (path / RESULTS_NAME, path / "eval" / RESULTS_NAME):
+        for candidate in (path / RESULTS_NAME, runs.RunLayout(path).eval_results):
             if candidate.is_file():
                 path = candidate
                 break

@@ -1,13 +1,4 @@
-"""The run directory and its checkpoints.
-
-Layout::
-
-    RUN/config.json                  resolved TrainConfig, written before step 0
-    RUN/metrics.jsonl                one JSON object per optimizer step
-    RUN/checkpoints/last/            model folder (open_clip_model.safetensors + open_clip_config.json)
-    RUN/checkpoints/last/training_state.pt   optimizer, scaler, step, epoch, position in the epoch, RNG states
-    RUN/checkpoints/best/            model folder, best ID validation accuracy (with --val-data)
-    RUN/.lock                        PID@HOST of the process writing the run (while it runs)
+"""Writing the run directory and its checkpoints (the layout itself is :mod:`starft_cli.runs`'s).
 
 A checkpoint folder is written complete under ``checkpoints/.NAME.partial`` and then swapped in by renames, so
 a crash at any moment leaves either the previous or the new checkpoint, never a mix. The training state holds
@@ -28,37 +19,37 @@ from typing import Any
 
 from starft_cli.errors import CheckpointError, RunInUseError
 from starft_cli.paths import atomic_path, atomic_write_text
+from starft_cli.runs import HEAD_NAME, LAST, LOCK_NAME, STATE_NAME, RunLayout
 
-STATE_NAME = "training_state.pt"
-HEAD_NAME = "classification_head.safetensors"
+__all__ = [
+    "HEAD_NAME",
+    "LOCK_NAME",
+    "STATE_FORMAT",
+    "STATE_NAME",
+    "NonFiniteWeights",
+    "RunDir",
+    "finite_json",
+    "load_training_state",
+    "run_lock",
+    "save_training_checkpoint",
+]
+
 STATE_FORMAT = 1
-LOCK_NAME = ".lock"
 
 logger = logging.getLogger(__name__)
 
 
-class RunDir:
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    def checkpoint(self, name: str) -> Path:
-        return self.root / "checkpoints" / name
+class RunDir(RunLayout):
+    """A run directory being written: the paths of :class:`~starft_cli.runs.RunLayout`, crash recovery, the
+    config and the metrics log."""
 
     def find_checkpoint(self, name: str) -> Path | None:
         """The complete checkpoint ``name``, also after a crash between the two renames of a swap."""
         final = self.checkpoint(name)
-        if (final / STATE_NAME).is_file() or (name != "last" and final.is_dir()):
+        if (final / STATE_NAME).is_file() or (name != LAST and final.is_dir()):
             return final
         old = final.parent / f".{name}.old"
-        if (old / STATE_NAME).is_file() or (name != "last" and old.is_dir() and not final.exists()):
+        if (old / STATE_NAME).is_file() or (name != LAST and old.is_dir() and not final.exists()):
             return old
         return None
 
@@ -70,7 +61,7 @@ class RunDir:
         ``.NAME.old`` is only ever made by renaming a complete ``NAME``, and only deleted once the new ``NAME`` is in
         place, so when ``NAME`` is missing it is the complete previous checkpoint.
         """
-        folder = self.root / "checkpoints"
+        folder = self.checkpoints
         restored = []
         if not folder.is_dir():
             return restored
@@ -200,7 +191,7 @@ def load_training_state(folder: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(
-            f"cannot read training state {path} ({exc})", "Start a new run with another --out"
+            f"cannot read training state {path} ({exc})", "Start a new run with another `out`", param="out"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a starft training state (format {STATE_FORMAT})")
@@ -244,7 +235,7 @@ def run_lock(root: str | os.PathLike[str]) -> Iterator[Path]:
             break
         created.append(folder)
     root.mkdir(parents=True, exist_ok=True)
-    path = root / LOCK_NAME
+    path = RunLayout(root).lock
     host = socket.gethostname()
     me = f"{os.getpid()}@{host}"
     for _ in range(3):
@@ -259,7 +250,8 @@ def run_lock(root: str | os.PathLike[str]) -> Iterator[Path]:
             who = f"pid {pid} on {owner_host}" if pid is not None else "another process"
             raise RunInUseError(
                 f"{root} is in use by another starft run ({who}, see {path})",
-                "Wait for it to finish or choose another --out; if that process is gone, delete the lock file",
+                "Wait for it to finish or choose another `out`; if that process is gone, delete the lock file",
+                param="out",
             ) from None
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(me + "\n")

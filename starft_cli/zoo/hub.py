@@ -182,10 +182,10 @@ def cached_path(entry: ZooEntry, revision: str | None = None) -> Path | None:
         path = _url_cache_path(entry)
         return path if path.is_file() else None
     if source.kind == "recipe":
-        from starft_cli import demo
-        from starft_cli.models import WEIGHTS_NAME
+        from starft_cli.runs import WEIGHTS_NAME
+        from starft_cli.zoo.recipes import get_recipe
 
-        folder = demo.zero_shot_dir()
+        folder = get_recipe(str(source.tag)).folder()
         return folder / WEIGHTS_NAME if (folder / WEIGHTS_NAME).is_file() else None
     return cached_pretrained(_open_clip_cfg(entry))
 
@@ -215,10 +215,10 @@ def fetch(entry: ZooEntry, *, revision: str | None = None, tqdm_class: Any = Non
 
 def _build_recipe(entry: ZooEntry) -> Path:
     """A locally built model: built on first use, verified against the sha256 its build recorded."""
-    from starft_cli import demo
-    from starft_cli.models import WEIGHTS_NAME
+    from starft_cli.runs import WEIGHTS_NAME
+    from starft_cli.zoo.recipes import get_recipe
 
-    return demo.ensure_zero_shot() / WEIGHTS_NAME
+    return get_recipe(str(entry.source.tag)).build() / WEIGHTS_NAME
 
 
 def _fetch_hub(entry: ZooEntry, *, revision: str | None, tqdm_class: Any) -> Path:
@@ -395,9 +395,9 @@ def verify(entry: ZooEntry) -> VerifyResult:
     if path is None:
         return VerifyResult(entry.name, "missing", None, entry.sha256, None, "not downloaded")
     if entry.source.kind == "recipe":
-        from starft_cli import demo
+        from starft_cli.zoo.recipes import get_recipe
 
-        problem = demo.verify_zero_shot(path.parent)
+        problem = get_recipe(str(entry.source.tag)).verify(path.parent)
         if problem is not None:
             return VerifyResult(entry.name, "mismatch", path, None, None, problem)
         return VerifyResult(entry.name, "ok", path, None, sha256_file(path), "built locally; matches its build record")

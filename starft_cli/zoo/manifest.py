@@ -39,11 +39,12 @@ from typing import Any
 
 from starft_cli.errors import ZooError
 from starft_cli.paths import atomic_write_text, config_dir
+from starft_cli.runs import WEIGHTS_NAME
+from starft_cli.zoo.recipes import RECIPES
 
 SCHEMA_VERSION = 1
-# Models starft builds on this machine instead of downloading (no sha256 in the manifest: the build records
-# its own, and every use verifies it). name -> what it is.
-RECIPES = {"starft-demo": "the demo's zero-shot model, pre-trained by `starft demo` (starft_cli/demo.py)"}
+# RECIPES: models starft builds on this machine instead of downloading (no sha256 in the manifest: the build
+# records its own, and every use verifies it); see starft_cli/zoo/recipes.py.
 
 
 class ZooKind(StrEnum):
@@ -55,7 +56,7 @@ class ZooKind(StrEnum):
 
 
 KINDS = tuple(kind.value for kind in ZooKind)
-DEFAULT_HF_FILENAME = "open_clip_model.safetensors"
+DEFAULT_HF_FILENAME = WEIGHTS_NAME  # what `starft zoo publish` uploads
 USER_MANIFEST_NAME = "zoo.toml"
 ENV_VAR = "STARFT_ZOO"
 

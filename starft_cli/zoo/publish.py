@@ -1,8 +1,9 @@
 """Publishing a fine-tuned model: the upload folder, its model card, the Hub upload and the manifest entry.
 
-A run directory (written by ``starft finetune``) holds ``config.json``, ``metrics.jsonl``,
-``checkpoints/best/`` or ``checkpoints/last/`` (each an open_clip model folder: ``open_clip_model.safetensors`` +
-``open_clip_config.json``) and optionally ``eval/results.json``. A checkpoint folder can be published directly.
+A run directory (written by ``starft finetune``, laid out as :mod:`starft_cli.runs` says) holds ``config.json``,
+``metrics.jsonl``, ``checkpoints/best/`` or ``checkpoints/last/`` (each an open_clip model folder:
+``open_clip_model.safetensors`` + ``open_clip_config.json``) and optionally ``eval/results.json``. A checkpoint folder
+can be published directly.
 The folder uploaded holds the weights, ``open_clip_config.json`` and a ``README.md`` model card; it loads with
 plain open_clip (``create_model_and_transforms(arch, pretrained=FILE)`` or ``hf-hub:ORG/NAME``).
 """
@@ -19,13 +20,12 @@ from typing import Any
 
 from starft_cli.errors import CheckpointError, UsageError, ZooError
 from starft_cli.paths import atomic_path, atomic_write_text
+from starft_cli.runs import CONFIG_NAME, WEIGHTS_NAME, RunLayout, find_model_folder
 from starft_cli.zoo.hub import endpoint, sha256_file
 from starft_cli.zoo.manifest import Metric, Source, ZooEntry, entry_to_toml, validate_entry
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "open_clip_model.safetensors"
-CONFIG_NAME = "open_clip_config.json"
 CARD_NAME = "README.md"
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
@@ -50,7 +50,7 @@ class PublishPlan:
 
 def check_repo(repo: str) -> str:
     if not _REPO_RE.match(repo) or ".." in repo:
-        raise UsageError(f"invalid Hub repository '{repo}'", "Use --repo ORG/NAME")
+        raise UsageError(f"invalid Hub repository '{repo}'", "Write `repo` as ORG/NAME", param="repo")
     return repo
 
 
@@ -59,13 +59,9 @@ def find_checkpoint(path: Path) -> tuple[Path, Path | None]:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"no such run or checkpoint directory: {path}", "Pass RUN_DIR or a checkpoint folder")
-    if (path / WEIGHTS_NAME).is_file():
-        run = path.parent.parent if path.parent.name == "checkpoints" else None
-        return path, run if run is not None and (run / "config.json").is_file() else None
-    for name in ("best", "last"):
-        candidate = path / "checkpoints" / name
-        if (candidate / WEIGHTS_NAME).is_file():
-            return candidate, path
+    found = find_model_folder(path)
+    if found is not None:
+        return found
     raise CheckpointError(
         f"{path} holds no publishable checkpoint",
         f"Expected {WEIGHTS_NAME} in it, or in checkpoints/best/ or checkpoints/last/ of a run directory",
@@ -115,15 +111,16 @@ def plan(path: Path, repo: str, *, license: str = "mit", name: str | None = None
     results: list[dict[str, Any]] = []
     last_metrics = None
     if run_dir is not None:
-        if (run_dir / "config.json").is_file():
-            run_config = _read_json(run_dir / "config.json", "run config")
-        results_path = run_dir / "eval" / "results.json"
+        layout = RunLayout(run_dir)
+        if layout.config.is_file():
+            run_config = _read_json(layout.config, "run config")
+        results_path = layout.eval_results
         if results_path.is_file():
             data = _read_json(results_path, "evaluation results")
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
                 raise CheckpointError(f"{results_path} is not a JSON list of records", "Rerun `starft evaluate`")
             results = [r for r in data if {"dataset", "metric", "value"} <= set(r)]
-        last_metrics = _read_metrics_jsonl(run_dir / "metrics.jsonl")
+        last_metrics = _read_metrics_jsonl(layout.metrics)
     metadata = config.get("starft") if isinstance(config.get("starft"), dict) else {}
     from starft_cli.models import read_state_dict
 
@@ -300,9 +297,9 @@ def write_folder(p: PublishPlan, out: Path) -> list[Path]:
     """Write the folder that would be uploaded (weights, open_clip config, model card), atomically per file."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a directory", "Pass another --out")
+        raise UsageError(f"{out} exists and is not a directory", "Choose another `out`", param="out")
     if out.resolve() == p.checkpoint.resolve():
-        raise UsageError("--out must not be the checkpoint folder itself", "Pass another --out")
+        raise UsageError("`out` must not be the checkpoint folder itself", "Choose another `out`", param="out")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / WEIGHTS_NAME) as tmp:
         shutil.copyfile(p.checkpoint / WEIGHTS_NAME, tmp)
@@ -339,7 +336,8 @@ def upload(p: PublishPlan, folder: Path, *, private: bool = False, message: str 
         raise ZooError(
             f"upload to {where} failed ({type(exc).__name__}: {_first_line(exc)})",
             "Check your network (and that HF_HUB_OFFLINE is not set), then retry; the folder can be "
-            "written with --dry-run",
+            "written without an upload (`dry_run`)",
+            param="dry_run",
         ) from exc
     oid = getattr(info, "oid", None)
     if not isinstance(oid, str) or not re.fullmatch(r"[0-9a-f]{40}", oid):

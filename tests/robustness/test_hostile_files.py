@@ -149,7 +149,7 @@ def test_weights_of_another_architecture_name_both(tmp_path: Path, tiny) -> None
     with pytest.raises(WrongArchitectureError) as info:
         load(str(path), arch="starft-small")
     line = info.value.one_line()
-    assert "do not fit starft-small" in line and "looks like starft-tiny" in line and "--arch starft-tiny" in line
+    assert "do not fit starft-small" in line and "looks like starft-tiny" in line and "`arch` starft-tiny" in line
 
 
 def test_symlink_loops_in_a_dataset_do_not_hang(tmp_path: Path) -> None:

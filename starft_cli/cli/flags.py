@@ -1,0 +1,54 @@
+"""Core errors name arguments (`` `top_k` ``); the CLI names the flag that sets each one (``--top-k``).
+
+:data:`FLAGS` lists every argument a core error names (``param=``) with its flag (a test checks both ways); an
+argument not listed reads as ``--NAME-WITH-DASHES``.
+"""
+
+from __future__ import annotations
+
+from starft_cli.errors import StarftError
+
+# core argument name -> how the CLI sets it
+FLAGS = {
+    "arch": "--arch",
+    "batch_size": "--batch-size",
+    "caption_template": "--caption-template",
+    "classnames_file": "--classnames FILE",
+    "data_root": "--data-root",
+    "device": "--device",
+    "dry_run": "--dry-run",
+    "fine_tuned": "--run",
+    "labels": "--labels (or --labels-file)",
+    "lr": "--lr",
+    "metrics": "--metric",
+    "models": "--model",
+    "out": "--out",
+    "plot": "--plot",
+    "pretrained": "--pretrained",
+    "repo": "--repo",
+    "runs": "--run",
+    "skip_missing": "--skip-missing",
+    "strict": "--strict",
+    "suite": "--suite",
+    "top_k": "--top-k",
+    "val_data": "--val-data",
+    "val_split": "--val-split",
+}
+
+
+def flag_for(name: str) -> str:
+    """The command-line flag of the core argument ``name``."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def error_line(exc: StarftError) -> str:
+    """``exc`` on one line, each argument it names shown as its flag."""
+    return exc.one_line(flag_for)
+
+
+def with_flags(text: str) -> str:
+    """A core message kept as text (e.g. a data check's problem list), each `` `argument` `` of :data:`FLAGS`
+    shown as its flag."""
+    for name, flag in FLAGS.items():
+        text = text.replace(f"`{name}`", flag)
+    return text
