@@ -181,7 +181,7 @@ def download_dataset(name: str, data_root: str | Path | None) -> DownloadResult:
     if data_root is None and info.generated:
         data_root = builder.default_root().parent  # type: ignore[attr-defined]
     if data_root is None:
-        raise DataRootError("data download needs --data-root", "Name the folder to download into")
+        raise DataRootError("data download needs `data_root`", "Name the folder to download into", param="data_root")
     root = Path(data_root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     try:

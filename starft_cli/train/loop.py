@@ -65,10 +65,12 @@ def prepare(config: TrainConfig) -> Prepared:
             check_resume(config, config_from_json(run.config.read_text(encoding="utf-8"), str(run.config)))
             resume_from = run.find_checkpoint("last")
         elif run.root.exists() and any(p.name != LOCK_NAME for p in run.root.iterdir()):
-            raise CheckpointError(f"{run.root} is not a starft run (no config.json)", "Check --out")
+            raise CheckpointError(f"{run.root} is not a starft run (no config.json)", "Check `out`", param="out")
     elif run.config.is_file():
         raise CheckpointError(
-            f"{run.root} already holds a run", "Pass --resume to continue it, or choose another --out"
+            f"{run.root} already holds a run",
+            "Pass `resume` to continue it, or choose another `out`",
+            param=("resume", "out"),
         )
     dataset = load_dataset(config.data, config.data_root, config.split, classnames_file=config.classnames)
     from starft_cli.train.methods import get_method
@@ -84,15 +86,18 @@ def prepare(config: TrainConfig) -> Prepared:
 
         if config.select_by in GROUP_CRITERIA and val.groups is None:
             raise DataError(
-                f"--select-by {config.select_by} needs a validation set with groups, and {config.val_data} has none",
-                "Use --select-by top1, or validate on data with groups (e.g. waterbirds)",
+                f"`select_by` {config.select_by} needs a validation set with groups, and {config.val_data} has none",
+                "Use `select_by` top1, or validate on data with groups (e.g. waterbirds)",
+                param="select_by",
             )
     if config.tensorboard:
         try:
             import torch.utils.tensorboard  # noqa: F401
         except ImportError:
             raise ConfigError(
-                "--tensorboard needs the tensorboard package", "pip install 'starft[tensorboard]', or drop the flag"
+                "`tensorboard` needs the tensorboard package",
+                "pip install 'starft[tensorboard]', or drop `tensorboard`",
+                param="tensorboard",
             ) from None
     from starft_cli.models import parse_model_ref
 
@@ -214,15 +219,18 @@ class _Trainer:
         cfg, world, accum = self.cfg, self.env.world_size, self.cfg.grad_accum
         if cfg.batch_size % (world * accum):
             raise ConfigError(
-                f"--batch-size {cfg.batch_size} is not divisible by {world} processes x --grad-accum {accum}",
+                f"`batch_size` {cfg.batch_size} is not divisible by {world} processes x `grad_accum` {accum}",
                 "The global batch is split evenly over processes and micro-batches",
+                param=("batch_size", "grad_accum"),
             )
         micro = cfg.batch_size // (world * accum)
         n = len(self.p.dataset)
         steps_per_epoch = (-(-n // world)) // (micro * accum)
         if steps_per_epoch == 0:
             raise DataError(
-                f"{cfg.data} has {n} images, fewer than one batch of {cfg.batch_size}", "Lower --batch-size"
+                f"{cfg.data} has {n} images, fewer than one batch of {cfg.batch_size}",
+                "Lower `batch_size`",
+                param="batch_size",
             )
         total = cfg.epochs * steps_per_epoch
         return _Plan(micro, steps_per_epoch, total if cfg.max_steps is None else min(total, cfg.max_steps))
@@ -701,6 +709,7 @@ class _Trainer:
                 f"training diverged: the weights after step {step} are not finite ({exc}); "
                 f"checkpoints/{name} was not written. {self._last_good()}",
                 self._diverged_hint(),
+                param="lr",
             ) from None
         if with_state:
             self.last_saved = step
@@ -741,6 +750,7 @@ class _Trainer:
         raise TrainingDiverged(
             f"training diverged at step {step}: {detail}{skipped}; stopped. {self._last_good()}",
             self._diverged_hint(),
+            param="lr",
         )
 
     def _last_good(self) -> str:
@@ -750,7 +760,7 @@ class _Trainer:
 
     def _diverged_hint(self) -> str:
         return (
-            f"Lower --lr (now {self.cfg.lr:g}) in a new run, or skip such steps with "
+            f"Lower `lr` (now {self.cfg.lr:g}) in a new run, or skip such steps with "
             f"`starft finetune --out {self.run_dir.root} --resume --max-bad-steps N`"
         )
 

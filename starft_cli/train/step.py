@@ -24,10 +24,13 @@ import torch.nn as nn
 
 from starft_cli.train.bank import TextBank, spurious_text
 from starft_cli.train.distributed import DistEnv
+from starft_cli.train.methods.base import Features
 from starft_cli.train.text import encode_text
 
 if TYPE_CHECKING:
     from starft_cli.train.methods import Method, RunContext
+
+__all__ = ["ClassifierStep", "Features", "MicroBatch", "StarStep", "StepOutput", "Towers", "template_indices"]
 
 
 class Towers(nn.Module):
@@ -58,33 +61,6 @@ class StepOutput:
     loss: torch.Tensor  # what this process back-propagates (its share of the global loss)
     contrastive: torch.Tensor
     reg: torch.Tensor
-
-
-@dataclass
-class Features:
-    """One (micro-)batch's features, rows in sample order: student image ``img`` (n, d), captions ``cap`` (n, d),
-    student spurious texts ``s_sp`` (n, d), teacher image ``t_img`` (n, d) and spurious texts ``t_sp`` (n, d)
-    (None when the method needs none), ``scale`` = exp(logit_scale) (scalar), and ``extra``: the method's own
-    per-sample rows without gradient (:meth:`Method.teacher_features`, e.g. an EMA teacher's features)."""
-
-    img: torch.Tensor
-    cap: torch.Tensor
-    s_sp: torch.Tensor | None
-    scale: torch.Tensor
-    t_img: torch.Tensor | None
-    t_sp: torch.Tensor | None
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @staticmethod
-    def cat(parts: Sequence[Features], scale: torch.Tensor) -> Features:
-        """The micro-batches' features as one batch (rows concatenated in order), with ``scale``."""
-
-        def join(name: str) -> torch.Tensor | None:
-            values = [getattr(p, name) for p in parts]
-            return None if values[0] is None else torch.cat(values, dim=0)
-
-        extra = {k: torch.cat([p.extra[k] for p in parts], dim=0) for k in parts[0].extra}
-        return Features(join("img"), join("cap"), join("s_sp"), scale, join("t_img"), join("t_sp"), extra)  # type: ignore[arg-type]
 
 
 @dataclass

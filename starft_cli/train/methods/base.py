@@ -17,14 +17,13 @@ that a resumed run is bitwise the uninterrupted one.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import torch
 
     from starft_cli.train.distributed import DistEnv
-    from starft_cli.train.step import Features
 
 OBJECTIVES = ("contrastive", "classifier")
 
@@ -72,6 +71,35 @@ class HParam:
         if self.maximum is not None and number > self.maximum:
             raise ConfigError(f"{where} must be <= {self.maximum:g} (got {value!r})")
         return number
+
+
+@dataclass
+class Features:
+    """One (micro-)batch's features, rows in sample order: student image ``img`` (n, d), captions ``cap`` (n, d),
+    student spurious texts ``s_sp`` (n, d), teacher image ``t_img`` (n, d) and spurious texts ``t_sp`` (n, d)
+    (None when the method needs none), ``scale`` = exp(logit_scale) (scalar), and ``extra``: the method's own
+    per-sample rows without gradient (:meth:`Method.teacher_features`, e.g. an EMA teacher's features)."""
+
+    img: torch.Tensor
+    cap: torch.Tensor
+    s_sp: torch.Tensor | None
+    scale: torch.Tensor
+    t_img: torch.Tensor | None
+    t_sp: torch.Tensor | None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @staticmethod
+    def cat(parts: Sequence[Features], scale: torch.Tensor) -> Features:
+        """The micro-batches' features as one batch (rows concatenated in order), with ``scale``."""
+
+        import torch
+
+        def join(name: str) -> torch.Tensor | None:
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else torch.cat(values, dim=0)
+
+        extra = {k: torch.cat([p.extra[k] for p in parts], dim=0) for k in parts[0].extra}
+        return Features(join("img"), join("cap"), join("s_sp"), scale, join("t_img"), join("t_sp"), extra)  # type: ignore[arg-type]
 
 
 @dataclass

@@ -10,7 +10,7 @@ from starft_cli.train.methods.base import Method, RunContext
 if TYPE_CHECKING:
     import torch
 
-    from starft_cli.train.step import Features
+    from starft_cli.train.methods.base import Features
 
 
 @register
