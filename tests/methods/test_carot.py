@@ -1,0 +1,239 @@
+"""CaRot's formulas against an independent float64 transcription of the paper's equations (explicit loops)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from starft_cli.errors import UsageError
+from starft_cli.train.methods import carot
+
+# ---------------------------------------------------------------------------------------------------------------
+# Independent float64 references, written from the equations with explicit loops (no product code).
+
+
+def _ref_orthogonality(w: list[list[float]]) -> float:
+    """sqrt(sum_{a,b} ((W^T W)_{ab} - delta_ab)^2) for W given as rows (width x embed)."""
+    width, embed = len(w), len(w[0])
+    total = 0.0
+    for a in range(embed):
+        for b in range(embed):
+            gram = sum(w[k][a] * w[k][b] for k in range(width))
+            target = 1.0 if a == b else 0.0
+            total += (gram - target) ** 2
+    return math.sqrt(total)
+
+
+def _ref_cross(wv: list[list[float]], wt: list[list[float]]) -> float:
+    """sqrt(sum_{i,j} (sum_k Wv[i][k] Wt[j][k])^2)."""
+    total = 0.0
+    for row_v in wv:
+        for row_t in wt:
+            total += sum(a * b for a, b in zip(row_v, row_t, strict=True)) ** 2
+    return math.sqrt(total)
+
+
+def _softmax(xs: list[float]) -> list[float]:
+    top = max(xs)
+    exps = [math.exp(x - top) for x in xs]
+    z = sum(exps)
+    return [e / z for e in exps]
+
+
+def _dot(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+def _ref_self_distillation(img, txt, s, t_img, t_txt, t) -> float:
+    """(1/N) sum_i [ -sum_j p^{I->T}_ij log q^{I->T}_ij - sum_j p^{T->I}_ij log q^{T->I}_ij ] with
+    p from the teacher's in-batch similarities (teacher's scale), q from the student's (student's scale)."""
+    n = len(img)
+    total = 0.0
+    for i in range(n):
+        p_i2t = _softmax([t * _dot(t_img[i], t_txt[j]) for j in range(n)])
+        q_i2t = _softmax([s * _dot(img[i], txt[j]) for j in range(n)])
+        p_t2i = _softmax([t * _dot(t_txt[i], t_img[j]) for j in range(n)])
+        q_t2i = _softmax([s * _dot(txt[i], img[j]) for j in range(n)])
+        total -= sum(p_i2t[j] * math.log(q_i2t[j]) for j in range(n))
+        total -= sum(p_t2i[j] * math.log(q_t2i[j]) for j in range(n))
+    return total / n
+
+
+def _normalised(gen: torch.Generator, n: int, d: int) -> torch.Tensor:
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    return x / x.norm(dim=1, keepdim=True)
+
+
+def _rows(x: torch.Tensor) -> list[list[float]]:
+    return [[float(v) for v in row] for row in x]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (5, 5), (8, 3)])
+def test_orthogonality_penalty_matches_reference(shape: tuple[int, int]) -> None:
+    gen = torch.Generator().manual_seed(sum(shape))
+    w = torch.randn(*shape, generator=gen, dtype=torch.float64) * 0.4
+    expected = _ref_orthogonality(_rows(w))
+    assert carot.orthogonality_penalty(w).item() == pytest.approx(expected, abs=1e-5, rel=1e-5)
+    got32 = carot.orthogonality_penalty(w.float())
+    assert got32.dtype == torch.float32
+    assert got32.item() == pytest.approx(expected, abs=1e-5, rel=1e-5)
+
+
+def test_orthogonality_penalty_hand_values() -> None:
+    # Orthonormal columns: zero, with a finite (zero) gradient.
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], requires_grad=True)
+    value = carot.orthogonality_penalty(w)
+    value.backward()
+    assert value.item() == 0.0
+    assert torch.equal(w.grad, torch.zeros_like(w))
+    # W = 2 I_2: W^T W - I = 3 I, Frobenius norm sqrt(9 + 9) (not squared).
+    assert carot.orthogonality_penalty(2 * torch.eye(2)).item() == pytest.approx(math.sqrt(18.0), abs=1e-6)
+
+
+def test_orthogonality_gradient_matches_reference_derivative() -> None:
+    # d/dW ||W^T W - I||_F = 2 W (W^T W - I) / ||W^T W - I||_F, written out here in float64.
+    gen = torch.Generator().manual_seed(3)
+    w = (torch.randn(5, 3, generator=gen, dtype=torch.float64) * 0.5).requires_grad_(True)
+    carot.orthogonality_penalty(w).backward()
+    rows = _rows(w.detach())
+    norm = _ref_orthogonality(rows)
+    for i in range(5):
+        for a in range(3):
+            grad = 0.0
+            for b in range(3):
+                gram = sum(rows[k][a] * rows[k][b] for k in range(5))
+                grad += 2.0 * rows[i][b] * (gram - (1.0 if a == b else 0.0))
+            assert w.grad[i, a].item() == pytest.approx(grad / norm, abs=1e-5)
+
+
+def test_cross_modal_penalty_matches_reference() -> None:
+    gen = torch.Generator().manual_seed(11)
+    wv = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    wt = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    expected = _ref_cross(_rows(wv), _rows(wt))
+    assert carot.cross_modal_penalty(wv, wt).item() == pytest.approx(expected, abs=1e-5, rel=1e-5)
+    assert carot.cross_modal_penalty(wv.float(), wt.float()).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(("n", "d", "s", "t"), [(4, 3, 10.0, 7.0), (6, 5, 100.0, 100.0), (3, 8, 1.0, 30.0)])
+def test_self_distillation_matches_reference(n: int, d: int, s: float, t: float) -> None:
+    gen = torch.Generator().manual_seed(n * 100 + d)
+    img, txt = _normalised(gen, n, d), _normalised(gen, n, d)
+    t_img, t_txt = _normalised(gen, n, d), _normalised(gen, n, d)
+    expected = _ref_self_distillation(_rows(img), _rows(txt), s, _rows(t_img), _rows(t_txt), t)
+    got64 = carot.self_distillation_loss(img, txt, s, t_img, t_txt, t)
+    assert got64.item() == pytest.approx(expected, abs=1e-5, rel=1e-5)
+    got32 = carot.self_distillation_loss(
+        img.float(), txt.float(), torch.tensor(s), t_img.float(), t_txt.float(), torch.tensor(t)
+    )
+    assert got32.dtype == torch.float32
+    assert got32.item() == pytest.approx(expected, abs=1e-4, rel=1e-5)
+
+
+def test_self_distillation_identical_models_is_entropy_with_zero_gradient() -> None:
+    # Teacher == student: the loss is the two directions' entropies and the student's gradient vanishes.
+    gen = torch.Generator().manual_seed(5)
+    img, txt = _normalised(gen, 4, 3), _normalised(gen, 4, 3)
+    student_img = img.clone().requires_grad_(True)
+    loss = carot.self_distillation_loss(student_img, txt, 5.0, img, txt, 5.0)
+    loss.backward()
+    entropy = 0.0
+    rows_i, rows_t = _rows(img), _rows(txt)
+    for i in range(4):
+        for p in (
+            _softmax([5.0 * _dot(rows_i[i], rows_t[j]) for j in range(4)]),
+            _softmax([5.0 * _dot(rows_t[i], rows_i[j]) for j in range(4)]),
+        ):
+            entropy -= sum(x * math.log(x) for x in p)
+    assert loss.item() == pytest.approx(entropy / 4, abs=1e-5)
+    assert student_img.grad.abs().max().item() < 1e-12
+
+
+def test_self_distillation_split_rows_sum_to_whole_batch() -> None:
+    # A batch split over two "processes": each computes its rows against the gathered columns, normalised by
+    # the global batch size; the two shares add up to the whole batch's loss (what the mean over ranks of the
+    # per-rank losses times world size gives).
+    gen = torch.Generator().manual_seed(9)
+    n, d = 6, 4
+    img, txt, t_img, t_txt = (_normalised(gen, n, d) for _ in range(4))
+    whole = carot.self_distillation_loss(img, txt, 3.0, t_img, t_txt, 4.0)
+    shares = [
+        carot.self_distillation_loss(
+            img[rows],
+            txt[rows],
+            3.0,
+            t_img[rows],
+            t_txt[rows],
+            4.0,
+            image_columns=img,
+            text_columns=txt,
+            teacher_image_columns=t_img,
+            teacher_text_columns=t_txt,
+            normalizer=n,
+        )
+        for rows in (slice(0, 3), slice(3, 6))
+    ]
+    assert (shares[0] + shares[1]).item() == pytest.approx(whole.item(), abs=1e-12)
+
+
+def test_self_distillation_teacher_carries_no_gradient() -> None:
+    gen = torch.Generator().manual_seed(2)
+    img, txt = _normalised(gen, 3, 4), _normalised(gen, 3, 4)
+    t_img = _normalised(gen, 3, 4).requires_grad_(True)
+    t_txt = _normalised(gen, 3, 4).requires_grad_(True)
+    scale = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    loss = carot.self_distillation_loss(img.requires_grad_(True), txt, scale, t_img, t_txt, 3.0)
+    loss.backward()
+    assert t_img.grad is None and t_txt.grad is None
+    assert img.grad is not None and scale.grad is not None  # the student's logit scale is trained by SD too
+
+
+def test_ema_momentum_schedule() -> None:
+    # 1000 steps, ramp over the first 200: 0.05 at step 0, half-way (0.475) at step 100, then 0.9.
+    assert carot.ema_momentum(0, 1000) == pytest.approx(0.05)
+    assert carot.ema_momentum(100, 1000) == pytest.approx(0.05 + 0.85 * 0.5)
+    assert carot.ema_momentum(199, 1000) == pytest.approx(0.05 + 0.85 * 199 / 200)
+    assert carot.ema_momentum(200, 1000) == 0.9
+    assert carot.ema_momentum(999, 1000) == 0.9
+    assert carot.ema_momentum(3, 10, start=0.0, end=1.0, warmup=0.5) == pytest.approx(0.6)
+    assert carot.ema_momentum(0, 10, warmup=0.0) == 0.9  # no ramp
+
+
+def test_ema_due() -> None:
+    assert [s for s in range(12) if carot.ema_due(s, 5)] == [0, 5, 10]
+    assert not any(carot.ema_due(s, 0) for s in range(5))
+
+
+def test_ema_update_hand_computed() -> None:
+    teacher = [torch.tensor([1.0, 2.0, -4.0]), torch.tensor([[0.5]])]
+    student = [torch.tensor([3.0, 0.0, 4.0]), torch.tensor([[2.5]])]
+    carot.ema_update_(teacher, student, 0.75)
+    # 0.75 * 1 + 0.25 * 3 = 1.5; 0.75 * 2 + 0 = 1.5; 0.75 * -4 + 0.25 * 4 = -2; 0.75 * 0.5 + 0.25 * 2.5 = 1.0
+    assert torch.equal(teacher[0], torch.tensor([1.5, 1.5, -2.0]))
+    assert torch.equal(teacher[1], torch.tensor([[1.0]]))
+    assert torch.equal(student[0], torch.tensor([3.0, 0.0, 4.0]))  # the student is untouched
+    carot.ema_update_(teacher, student, 0.0)  # momentum 0 copies the student
+    assert torch.equal(teacher[0], student[0]) and torch.equal(teacher[1], student[1])
+    with pytest.raises(ValueError, match="2 teacher tensors but 1 student"):
+        carot.ema_update_(teacher, student[:1], 0.5)
+
+
+def test_visual_projection_of_the_tiny_model(tiny) -> None:
+    proj = carot.visual_projection(tiny.model)
+    assert proj is tiny.model.visual.proj
+    assert tuple(proj.shape) == (64, 32)  # starft-tiny: vision width 64, embed_dim 32
+
+
+def test_visual_projection_missing_is_a_usage_error() -> None:
+    class NoProj(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.visual = torch.nn.Identity()
+
+    with pytest.raises(UsageError, match="linear projection"):
+        carot.visual_projection(NoProj())
