@@ -237,3 +237,149 @@ def test_visual_projection_missing_is_a_usage_error() -> None:
 
     with pytest.raises(UsageError, match="linear projection"):
         carot.visual_projection(NoProj())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registered method on the tiny model.
+
+
+def _method_and_ctx(tiny, hp: dict | None = None, total_steps: int = 10):
+    import copy
+
+    from starft_cli.train.distributed import DistEnv
+    from starft_cli.train.methods import RunContext, make_method
+
+    student = copy.deepcopy(tiny.model)
+    ctx = RunContext(student, None, None, tiny.tokenizer, [], [], torch.device("cpu"), DistEnv(), 0, total_steps)
+    method = make_method("carot", hp or {})
+    method.setup(ctx)
+    return method, ctx
+
+
+def _perturb(model: torch.nn.Module, seed: int, size: float = 0.05) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(size * torch.randn(p.shape, generator=gen))
+
+
+def test_method_declares_the_paper_defaults() -> None:
+    from starft_cli.train.methods import get_method, make_method
+
+    cls = get_method("carot")
+    assert (cls.objective, cls.regularized, cls.needs_teacher, cls.needs_pool) == ("contrastive", True, False, False)
+    assert cls.default_lambda == 1.5 and "NeurIPS 2024" in cls.source
+    assert make_method("carot").hp == {
+        "lambda_oc": 0.2,
+        "ema_every": 500,
+        "momentum_start": 0.05,
+        "momentum_end": 0.9,
+        "momentum_warmup": 0.2,
+        "lambda_cross": 0.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("hp", "message"),
+    [
+        ({"momentum_end": 1.5}, "carot hyper-parameter 'momentum_end' must be <= 1"),
+        ({"ema_every": 2.5}, "carot hyper-parameter 'ema_every' must be a whole number"),
+        ({"lambda_oc": -0.1}, "carot hyper-parameter 'lambda_oc' must be >= 0"),
+    ],
+)
+def test_bad_hyper_parameters_are_config_errors(hp: dict, message: str) -> None:
+    from starft_cli.errors import ConfigError
+    from starft_cli.train.methods import make_method
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        make_method("carot", hp)
+
+
+def test_weight_penalty_is_the_weighted_reference(tiny) -> None:
+    method, ctx = _method_and_ctx(tiny, {"lambda_oc": 0.3, "lambda_cross": 0.07})
+    wv = _rows(ctx.student.visual.proj.detach().double())
+    wt = _rows(ctx.student.text_projection.detach().double())
+    expected = 0.3 * _ref_orthogonality(wv) + 0.07 * _ref_cross(wv, wt)
+    penalty = method.weight_penalty(ctx)
+    assert penalty.item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    penalty.backward()
+    assert ctx.student.visual.proj.grad.abs().sum() > 0 and ctx.student.text_projection.grad.abs().sum() > 0
+    none, ctx2 = _method_and_ctx(tiny, {"lambda_oc": 0.0})
+    assert none.weight_penalty(ctx2) is None  # both weights 0: no term at all
+
+
+def test_setup_refuses_a_model_without_an_image_projection(tiny) -> None:
+    method, ctx = _method_and_ctx(tiny)
+    ctx.student.visual.proj = None
+    with pytest.raises(UsageError, match="linear projection"):
+        method.setup(ctx)
+
+
+def test_teacher_features_and_regularizer_use_the_ema_model(tiny) -> None:
+    from starft_cli.train.step import Features
+
+    method, ctx = _method_and_ctx(tiny)
+    _perturb(ctx.student, 1)  # the student moves away from its EMA teacher
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    tokens = tiny.tokenizer(["a photo of a cat.", "a photo of a dog.", "a dog", "a car"])
+    method.begin_step(ctx, 0)
+    assert method.teacher_features(ctx, images, tokens) == {}  # step 0: the teacher is the student, no term
+    method.begin_step(ctx, 1)
+    extra = method.teacher_features(ctx, images, tokens)
+    with torch.no_grad():
+        want_img = method.ema.encode_image(images, normalize=True)
+        want_cap = method.ema.encode_text(tokens, normalize=True)
+        student_img = ctx.student.encode_image(images, normalize=True)
+    torch.testing.assert_close(extra["ema_image"], want_img)
+    torch.testing.assert_close(extra["ema_caption"], want_cap, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(extra["ema_image"], student_img)  # it is the EMA model, not the student
+
+    gen = torch.Generator().manual_seed(4)
+    img, cap = _normalised(gen, 4, 32).float(), _normalised(gen, 4, 32).float()
+    scale = torch.tensor(7.0)
+    feats = Features(img, cap, None, scale, None, None, extra)
+    reg = method.regularizer(feats, torch.tensor([0, 1, 1, 2]), ctx)
+    t = float(method.ema.logit_scale.exp())
+    expected = _ref_self_distillation(
+        _rows(img), _rows(cap), 7.0, _rows(extra["ema_image"]), _rows(extra["ema_caption"]), t
+    )
+    assert reg.item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    feats.extra = {}
+    assert method.regularizer(feats, torch.tensor([0, 1, 1, 2]), ctx).item() == 0.0
+
+
+def test_end_step_updates_the_ema_teacher_on_schedule(tiny) -> None:
+    hp = {"ema_every": 2, "momentum_start": 0.1, "momentum_end": 0.5, "momentum_warmup": 0.5}
+    method, ctx = _method_and_ctx(tiny, hp, total_steps=10)  # ramp over steps 0..4
+    start = [p.detach().clone() for p in method.ema.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(start, ctx.student.parameters(), strict=True))  # a copy
+    _perturb(ctx.student, 2)
+    student = [p.detach().clone() for p in ctx.student.parameters()]
+    method.end_step(ctx, 0)  # m = 0.1
+    after0 = [p.detach().clone() for p in method.ema.parameters()]
+    for e, t0, s in zip(after0, start, student, strict=True):
+        torch.testing.assert_close(e, 0.1 * t0 + 0.9 * s, atol=1e-6, rtol=0)
+    method.end_step(ctx, 1)  # not due
+    assert all(torch.equal(a, b) for a, b in zip(after0, method.ema.parameters(), strict=True))
+    method.end_step(ctx, 2)  # m = 0.1 + 0.4 * 2 / 5 = 0.26
+    for e, t1, s in zip(method.ema.parameters(), after0, student, strict=True):
+        torch.testing.assert_close(e, 0.26 * t1 + 0.74 * s, atol=1e-6, rtol=0)
+    assert all(not p.requires_grad for p in method.ema.parameters()) and not method.ema.training
+
+
+def test_state_dict_round_trip_and_mismatch(tiny) -> None:
+    from starft_cli.errors import CheckpointError
+
+    method, ctx = _method_and_ctx(tiny, {"ema_every": 1})
+    _perturb(ctx.student, 5)
+    method.end_step(ctx, 0)
+    state = method.state_dict()
+    assert state and all(k.startswith("ema.") for k in state)
+    other, _ = _method_and_ctx(tiny)
+    other.load_state_dict(state)
+    for (name, a), b in zip(other.ema.named_parameters(), method.ema.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    broken = dict(state)
+    broken.pop(next(iter(broken)))
+    with pytest.raises(CheckpointError, match="carot EMA teacher does not match"):
+        other.load_state_dict(broken)

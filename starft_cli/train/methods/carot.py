@@ -22,19 +22,24 @@ The EMA teacher starts as a copy of the model being fine-tuned (the zero-shot we
 student`` for every parameter, with the momentum ``m_t`` rising linearly from ``momentum_start`` to
 ``momentum_end`` over the first ``momentum_warmup`` fraction of the training steps, then constant.
 
-The functions below are the method's formulas on plain tensors; the registered method class wires them into
-the training loop.
+The functions below are the method's formulas on plain tensors; :class:`CaRot` (``--method carot``) wires them
+into the training loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from starft_cli.errors import UsageError
+from starft_cli.train.methods import register
+from starft_cli.train.methods.base import HParam, Method, RunContext
+
+if TYPE_CHECKING:
+    from starft_cli.train.step import Features
 
 #: The paper's / authors' defaults (README reproduction command and ``src/args.py``).
 DEFAULT_LAMBDA_SD = 1.5  # --distil_coef in the README's command
@@ -185,3 +190,161 @@ def ema_update_(teacher: Iterable[torch.Tensor], student: Iterable[torch.Tensor]
         raise ValueError(f"EMA update: {len(t_list)} teacher tensors but {len(s_list)} student tensors")
     for t, s in zip(t_list, s_list, strict=True):
         t.mul_(momentum).add_(s.detach().to(t.dtype), alpha=1.0 - momentum)
+
+
+def text_projection(model: Any) -> torch.Tensor:
+    """The caption tower's final projection of an open_clip model as a ``(width, embed_dim)`` tensor
+    (``text_projection``; an ``nn.Linear`` projection as its weight transposed).
+
+    Raises:
+        UsageError: the model has no caption projection.
+    """
+    proj = getattr(model, "text_projection", None)
+    if isinstance(proj, torch.Tensor):
+        return proj
+    if isinstance(proj, torch.nn.Linear):
+        return proj.weight.T
+    raise UsageError(
+        "carot's cross-modal term needs a projection at the end of the caption tower and this model has none",
+        "Leave lambda_cross at 0 (--hp lambda_cross=0)",
+    )
+
+
+@register
+class CaRot(Method):
+    """CaRot (Oh et al., "Towards Calibrated Robust Fine-Tuning of Vision-Language Models", NeurIPS 2024): FLYP's
+    caption contrastive loss, plus lambda_oc x ||W^T W - I||_F on the image projection W (a parameter-space term,
+    added once per optimizer step), plus lambda x the self-distillation term against an EMA teacher (--lambda
+    defaults to 1.5). The authors keep that weight constant over the run: pass --lambda-schedule constant for
+    their recipe (the engine's default schedule, linear, decays it per epoch).
+
+    The EMA teacher is a copy of the model at the start of fine-tuning, updated after optimizer steps 0,
+    ema_every, 2 x ema_every, ... with momentum m_t; its weights are part of the checkpoint, so a resumed run is
+    the uninterrupted one. As in the authors' code the self-distillation term is not computed at step 0 (the
+    teacher is still the student). Defaults: the authors' README command (lambda_oc 0.2, lambda 1.5) and their
+    src/args.py (EMA every 500 steps, momentum 0.05 -> 0.9 over the first 20% of the steps). Their command also
+    adds 0.05 x ||W_v W_t^T||_F (image projection times caption projection), which the paper does not describe:
+    lambda_cross, 0 by default.
+    """
+
+    name = "carot"
+    title = "FLYP + orthogonal image projection + self-distillation from an EMA teacher (calibrated robust FT)"
+    source = "Oh et al., Towards Calibrated Robust Fine-Tuning of Vision-Language Models, NeurIPS 2024"
+    loss_doc = (
+        "L = CLIP contrastive loss(image, caption) + lambda_oc * ||W^T W - I||_F (W: the image projection, "
+        "width x embed) + lambda * mean_i [CE(p_i, q_i) over captions + CE(p'_i, q'_i) over images], p / p' the "
+        "EMA teacher's in-batch image-to-caption / caption-to-image softmax (its own logit scale), q / q' the "
+        "student's; after step t with t % ema_every == 0: teacher = m_t * teacher + (1 - m_t) * student, m_t "
+        "rising linearly from momentum_start to momentum_end over the first momentum_warmup of the steps"
+    )
+    objective = "contrastive"
+    needs_teacher = False  # its teacher is its own EMA model, not the frozen zero-shot one
+    regularized = True
+    default_lambda = DEFAULT_LAMBDA_SD
+    hparams = (
+        HParam("lambda_oc", DEFAULT_LAMBDA_OC, "weight of the orthogonality constraint ||W^T W - I||_F"),
+        HParam("ema_every", DEFAULT_EMA_EVERY, "optimizer steps between EMA teacher updates (0: never)", kind=int),
+        HParam("momentum_start", DEFAULT_MOMENTUM_START, "EMA momentum at step 0", maximum=1.0),
+        HParam("momentum_end", DEFAULT_MOMENTUM_END, "EMA momentum after the ramp", maximum=1.0),
+        HParam("momentum_warmup", DEFAULT_MOMENTUM_WARMUP, "fraction of the steps of the momentum ramp", maximum=1.0),
+        HParam("lambda_cross", 0.0, "weight of ||W_v W_t^T||_F (the authors' command: 0.05; not in the paper)"),
+    )
+
+    def setup(self, ctx: RunContext) -> None:
+        """Check the model has an image projection; make the EMA teacher, a frozen eval-mode copy of the student."""
+        import copy
+
+        visual_projection(ctx.student)  # fail before training, not at the first penalty
+        if self.hp["lambda_cross"]:
+            text_projection(ctx.student)
+        self.ema = copy.deepcopy(ctx.student).eval().requires_grad_(False)
+        self.step = 0
+
+    def begin_step(self, ctx: RunContext, step: int) -> None:
+        self.step = step
+
+    def teacher_features(self, ctx: RunContext, images: torch.Tensor, caption_tokens: torch.Tensor) -> dict[str, Any]:
+        """The EMA teacher's normalised image and caption features of the micro-batch, (n, d) each; none at step 0,
+        where the authors skip the term."""
+        from starft_cli.train.text import encode_text
+
+        if self.step == 0:
+            return {}
+        with torch.no_grad():
+            return {
+                "ema_image": self.ema.encode_image(images, normalize=True),
+                "ema_caption": encode_text(self.ema, caption_tokens, normalize=True),
+            }
+
+    def regularizer(self, features: Features, labels: torch.Tensor, ctx: RunContext) -> torch.Tensor:
+        """Self-distillation of this process's rows against the gathered batch (the global batch's softmax)."""
+        from starft_cli.train.distributed import gather_no_grad, gather_with_grad
+
+        f, env = features, ctx.env
+        if "ema_image" not in f.extra:
+            return f.img.new_zeros((), dtype=torch.float32)
+
+        def columns(x: torch.Tensor) -> torch.Tensor:
+            return gather_with_grad(x, env) if x.requires_grad else gather_no_grad(x, env)
+
+        t_img, t_cap = f.extra["ema_image"], f.extra["ema_caption"]
+        return self_distillation_loss(
+            f.img,
+            f.cap,
+            f.scale,
+            t_img,
+            t_cap,
+            self.ema.logit_scale.exp(),
+            image_columns=columns(f.img),
+            text_columns=columns(f.cap),
+            teacher_image_columns=gather_no_grad(t_img, env),
+            teacher_text_columns=gather_no_grad(t_cap, env),
+            normalizer=labels.shape[0],  # this process's share: the mean over processes is the global mean
+        )
+
+    def weight_penalty(self, ctx: RunContext) -> torch.Tensor | None:
+        """``lambda_oc x ||W^T W - I||_F`` (+ ``lambda_cross x ||W_v W_t^T||_F``), float32; None when both are 0."""
+        total = None
+        if self.hp["lambda_oc"]:
+            total = float(self.hp["lambda_oc"]) * orthogonality_penalty(visual_projection(ctx.student))
+        if self.hp["lambda_cross"]:
+            cross = float(self.hp["lambda_cross"]) * cross_modal_penalty(
+                visual_projection(ctx.student), text_projection(ctx.student)
+            )
+            total = cross if total is None else total + cross
+        return total
+
+    def end_step(self, ctx: RunContext, step: int) -> None:
+        """The EMA update after optimizer step ``step`` (0-based), when due."""
+        if ema_due(step, int(self.hp["ema_every"])):
+            m = ema_momentum(
+                step,
+                ctx.total_steps,
+                float(self.hp["momentum_start"]),
+                float(self.hp["momentum_end"]),
+                float(self.hp["momentum_warmup"]),
+            )
+            ema_update_(self.ema.parameters(), ctx.student.parameters(), m)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The EMA teacher's parameters, ``ema.<name>``."""
+        return {f"ema.{n}": p.detach() for n, p in self.ema.named_parameters()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the EMA teacher from :meth:`state_dict`.
+
+        Raises:
+            CheckpointError: the checkpoint's EMA parameters are not this model's (names or shapes).
+        """
+        from starft_cli.errors import CheckpointError
+
+        params = dict(self.ema.named_parameters())
+        want = {f"ema.{n}" for n in params}
+        if set(state) != want or any(tuple(state[f"ema.{n}"].shape) != tuple(p.shape) for n, p in params.items()):
+            raise CheckpointError(
+                "the checkpoint's carot EMA teacher does not match the model",
+                "Resume with the run's own checkpoint and model, or start a new run",
+            )
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(state[f"ema.{n}"])
