@@ -383,3 +383,112 @@ def test_state_dict_round_trip_and_mismatch(tiny) -> None:
     broken.pop(next(iter(broken)))
     with pytest.raises(CheckpointError, match="carot EMA teacher does not match"):
         other.load_state_dict(broken)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `starft finetune --method carot` end to end, exact resume, and two processes = one.
+
+FAST = ["--backbone", "starft-tiny:none", "--workers", "0", "--warmup", "2", "--lr", "1e-4", "--device", "cpu"]
+
+
+def test_finetune_carot_cli_run(tmp_path, class_folders) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from starft_cli.cli.app import app
+
+    run = tmp_path / "run"
+    args = [*FAST, "--data", f"folder:{class_folders}", "--batch-size", "4", "--epochs", "1", "--out", str(run)]
+    args += ["--method", "carot", "--hp", "ema_every=1", "--hp", "lambda_cross=0.05", "--lambda-schedule", "constant"]
+    result = CliRunner().invoke(app, ["finetune", *args])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]  # 12 images / 4
+    for r in records:
+        for key in ("loss", "contrastive", "reg", "penalty", "lambda"):
+            assert r[key] is not None and math.isfinite(r[key]), (r["step"], key)
+        assert r["lambda"] == 1.5 and r["penalty"] > 0
+        assert r["loss"] == pytest.approx(r["contrastive"] + 1.5 * r["reg"] + r["penalty"], rel=1e-6)
+    assert records[0]["reg"] == 0.0  # step 0: the EMA teacher is still the student (the authors skip the term)
+    assert all(r["reg"] > 0 for r in records[1:])
+    config = json.loads((run / "config.json").read_text())
+    assert config["method"] == "carot" and config["hparams"]["ema_every"] == 1
+    assert config["hparams"]["lambda_cross"] == 0.05 and config["hparams"]["lambda_oc"] == 0.2
+    state = torch.load(run / "checkpoints" / "last" / "training_state.pt", weights_only=True)
+    assert state["method"] and all(k.startswith("ema.") for k in state["method"])
+    card = CliRunner().invoke(app, ["finetune", "--method", "carot", "--help-method"])
+    assert card.exit_code == 0 and "Oh et al." in card.stdout and "lambda_oc" in card.stdout
+
+
+def _resume_cmd(data, out, *extra: str, stall_at: int | None = None) -> list[str]:
+    import sys
+
+    launcher = ["-m", "starft_cli"] if stall_at is None else ["-m", "tests.robustness.inject", "saved", str(stall_at),
+                                                              "stall-after", "--"]  # fmt: skip
+    return [
+        sys.executable, *launcher, "finetune", *FAST, "--data", f"folder:{data}", "--batch-size", "4", "--epochs",
+        "2", "--checkpoint-every", "3", "--out", str(out), "--method", "carot", "--hp", "ema_every=2",
+        "--lambda-schedule", "constant", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bitwise_equal(tmp_path) -> None:
+    """8 steps (EMA updates after steps 0, 2, 4, 6), killed right after the step-3 checkpoint: the resumed run's
+    weights and EMA teacher are bitwise the uninterrupted run's (a wrongly restored teacher changes the
+    self-distillation of every later step)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from tests.imagegen import make_class_folders
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("STARFT_DEBUG", None)
+    data = make_class_folders(tmp_path / "data", ["cat", "dog", "car", "bus"], per_class=4)  # 4 steps per epoch
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    done = subprocess.run(_resume_cmd(data, full), cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+    def state_step(run: Path) -> int | None:
+        try:
+            return torch.load(run / "checkpoints" / "last" / "training_state.pt", weights_only=True)["step"]
+        except Exception:
+            return None
+
+    victim = subprocess.Popen(
+        _resume_cmd(data, killed, stall_at=3), cwd=root, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while state_step(killed) != 3:
+        assert victim.poll() is None, victim.stderr.read() if victim.stderr else ""
+        assert time.monotonic() < deadline, "the run never reached its step-3 checkpoint"
+        time.sleep(0.2)
+    time.sleep(0.5)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+    resumed = subprocess.run(
+        _resume_cmd(data, killed, "--resume"), cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(str(full / "checkpoints" / "last" / "open_clip_model.safetensors"))
+    b = load_file(str(killed / "checkpoints" / "last" / "open_clip_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ema_a = torch.load(full / "checkpoints" / "last" / "training_state.pt", weights_only=True)["method"]
+    ema_b = torch.load(killed / "checkpoints" / "last" / "training_state.pt", weights_only=True)["method"]
+    assert ema_a.keys() == ema_b.keys() and ema_a
+    for key in ema_a:
+        assert torch.equal(ema_a[key], ema_b[key]), key
+    losses = [[json.loads(x)["loss"] for x in (r / "metrics.jsonl").read_text().splitlines()] for r in (full, killed)]
+    assert len(losses[0]) == 8 and losses[0] == losses[1]
