@@ -492,3 +492,113 @@ def test_sigkill_then_resume_is_bitwise_equal(tmp_path) -> None:
         assert torch.equal(ema_a[key], ema_b[key]), key
     losses = [[json.loads(x)["loss"] for x in (r / "metrics.jsonl").read_text().splitlines()] for r in (full, killed)]
     assert len(losses[0]) == 8 and losses[0] == losses[1]
+
+
+_LABELS = [0, 1, 1, 2, 3, 0, 2, 2]
+_CLASSES = ["cat", "dog", "car", "tree"]
+
+
+def _ddp_loss_and_grads(env, accum: int, freeze_text: bool):
+    """The CaRot step of the global batch (this process's share of it, in ``accum`` micro-batches) with the weight
+    penalty joined to the last backward, as the loop does; the EMA teacher lags the student."""
+    from starft_cli.device import cuda_call_args
+    from starft_cli.models import load
+    from starft_cli.train.methods import make_method
+    from starft_cli.train.step import MicroBatch, StarStep, Towers
+
+    torch.set_num_threads(1)
+    loaded = load("starft-tiny:none", seed=0)
+    student = loaded.model
+    method = make_method("carot", {"lambda_cross": 0.05})
+    if freeze_text:  # before DDP is built: it fixes the set of trained parameters
+        for name, p in student.named_parameters():
+            if not (name.startswith("visual.") or name.startswith("logit_")):
+                p.requires_grad_(False)
+    towers = Towers(student, trim=True)
+    wrapped = towers
+    if env.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(towers, **cuda_call_args(torch.device("cpu")).ddp)
+    # The step builds the method's context and calls its setup: the EMA teacher is the starting weights.
+    step = StarStep(
+        towers=wrapped, clip=student, teacher=None, tokenizer=loaded.tokenizer, pool=["{}"], method=method,
+        freeze_text=freeze_text, env=env,
+    )  # fmt: skip
+    _perturb(student, 1, 0.02)  # the student moves on
+    student.train()
+    method.begin_step(step.ctx, 1)
+    n = len(_LABELS)
+    images = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    local = n // env.world_size
+    part = slice(env.rank * local, (env.rank + 1) * local)
+    ys = torch.tensor(_LABELS)[part]
+    caps = [f"a photo of a {_CLASSES[i]}." for i in _LABELS[part]]
+    tidx = torch.zeros(local, dtype=torch.long)
+    left = [accum]
+
+    def backward(loss: torch.Tensor) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            loss = loss + method.weight_penalty(step.ctx)
+        loss.backward()
+
+    k = local // accum
+    imgs = images[part]
+    micro = [MicroBatch(imgs[i : i + k], ys[i : i + k], caps[i : i + k], tidx[i : i + k]) for i in range(0, local, k)]
+    if accum == 1:
+        out = step(imgs, ys, caps, tidx, 1.5, False)
+        backward(out.loss)
+    else:
+        no_sync = wrapped.no_sync if env.distributed else None
+        out = step.accumulate(micro, 1.5, False, backward=backward, no_sync=no_sync)
+    values = torch.stack([out.loss.detach(), out.contrastive, out.reg])
+    if env.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+        values /= env.world_size
+    grads = {name: p.grad.clone() for name, p in student.named_parameters() if p.grad is not None}
+    return values, grads
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str, accum: int, freeze_text: bool) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from starft_cli.train.distributed import DistEnv
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        values, grads = _ddp_loss_and_grads(DistEnv(rank=rank, world_size=world, local_rank=rank), accum, freeze_text)
+        if rank == 0:
+            torch.save({"values": values, "grads": grads}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("accum", "freeze_text"), [(1, False), (2, False), (1, True)])
+def test_two_gloo_processes_match_one_process(tmp_path, accum: int, freeze_text: bool) -> None:
+    """The self-distillation softmax runs over the global batch: two processes (x ``accum`` micro-batches) give
+    one process's loss and gradients on the whole batch."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from starft_cli.train.distributed import DistEnv
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "rank0.pt")
+    mp.spawn(_ddp_worker, args=(2, port, out, accum, freeze_text), nprocs=2, join=True)
+    two = torch.load(out, weights_only=True)
+    values, grads = _ddp_loss_and_grads(DistEnv(), 1, freeze_text)
+    torch.testing.assert_close(two["values"], values, atol=1e-5, rtol=1e-5)
+    assert values[2] > 1e-3  # the self-distillation term contributes
+    assert two["grads"].keys() == grads.keys()
+    for name, g in grads.items():
+        torch.testing.assert_close(two["grads"][name], g, atol=1e-5, rtol=1e-4, msg=name)
