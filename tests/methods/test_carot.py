@@ -602,3 +602,31 @@ def test_two_gloo_processes_match_one_process(tmp_path, accum: int, freeze_text:
     assert two["grads"].keys() == grads.keys()
     for name, g in grads.items():
         torch.testing.assert_close(two["grads"][name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def _tower(**parts: torch.nn.Module) -> torch.nn.Module:
+    tower = torch.nn.Module()
+    for name, part in parts.items():
+        setattr(tower, name, part)
+    return tower
+
+
+def test_projection_of_every_open_clip_tower_layout() -> None:
+    """ViT (a parameter), modified ResNet (the attention pool's output layer) and timm (the head's projection, as
+    in the starft-demo architecture): each as a (width, embed_dim) view of the trained parameter."""
+    vit = _tower(visual=_tower())
+    vit.visual.proj = torch.nn.Parameter(torch.randn(6, 4))
+    assert carot.visual_projection(vit) is vit.visual.proj
+    resnet = _tower(visual=_tower(attnpool=_tower(c_proj=torch.nn.Linear(6, 4))))
+    got = carot.visual_projection(resnet)
+    assert got.shape == (6, 4) and torch.equal(got, resnet.visual.attnpool.c_proj.weight.T)
+    timm = _tower(visual=_tower(head=_tower(proj=torch.nn.Linear(6, 4, bias=False))))
+    got = carot.visual_projection(timm)
+    assert got.shape == (6, 4) and torch.equal(got, timm.visual.head.proj.weight.T)
+    carot.orthogonality_penalty(got).backward()
+    assert timm.visual.head.proj.weight.grad is not None  # the penalty reaches the parameter through the view
+    text = _tower()
+    text.text_projection = torch.nn.Linear(5, 4, bias=False)
+    assert torch.equal(carot.text_projection(text), text.text_projection.weight.T)
+    with pytest.raises(UsageError, match="caption tower"):
+        carot.text_projection(_tower())
