@@ -321,7 +321,7 @@ def test_teacher_features_and_regularizer_use_the_ema_model(tiny) -> None:
     method, ctx = _method_and_ctx(tiny)
     _perturb(ctx.student, 1)  # the student moves away from its EMA teacher
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    tokens = tiny.tokenizer(["a photo of a cat.", "a photo of a dog.", "a dog", "a car"])
+    tokens = tiny.tokenizer(["a photo of a dog.", "a photo of a cat.", "a photo of a dog.", "a car"])  # a repeat
     method.begin_step(ctx, 0)
     assert method.teacher_features(ctx, images, tokens) == {}  # step 0: the teacher is the student, no term
     method.begin_step(ctx, 1)

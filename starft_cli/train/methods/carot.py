@@ -264,16 +264,18 @@ class CaRot(Method):
         self.step = step
 
     def teacher_features(self, ctx: RunContext, images: torch.Tensor, caption_tokens: torch.Tensor) -> dict[str, Any]:
-        """The EMA teacher's normalised image and caption features of the micro-batch, (n, d) each; none at step 0,
-        where the authors skip the term."""
+        """The EMA teacher's normalised image and caption features of the micro-batch, (n, d) each (each distinct
+        caption encoded once); none at step 0, where the authors skip the term."""
         from starft_cli.train.text import encode_text
 
         if self.step == 0:
             return {}
         with torch.no_grad():
+            # Each distinct caption once (class captions repeat across the batch), as the student's step does.
+            unique, inverse = torch.unique(caption_tokens, dim=0, return_inverse=True)
             return {
                 "ema_image": self.ema.encode_image(images, normalize=True),
-                "ema_caption": encode_text(self.ema, caption_tokens, normalize=True),
+                "ema_caption": encode_text(self.ema, unique, normalize=True)[inverse],
             }
 
     def regularizer(self, features: Features, labels: torch.Tensor, ctx: RunContext) -> torch.Tensor:
