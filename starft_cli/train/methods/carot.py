@@ -102,7 +102,8 @@ def visual_projection(model: Any) -> torch.Tensor:
         return head_proj.weight.T
     raise UsageError(
         "carot needs a linear projection at the end of the image tower and this model has none",
-        "Use a CLIP model whose image tower ends in a projection (ViT: visual.proj), or another --method",
+        "Use a CLIP model whose image tower ends in a projection (ViT: visual.proj), or another `method`",
+        param="method",
     )
 
 
@@ -206,7 +207,8 @@ def text_projection(model: Any) -> torch.Tensor:
         return proj.weight.T
     raise UsageError(
         "carot's cross-modal term needs a projection at the end of the caption tower and this model has none",
-        "Leave lambda_cross at 0 (--hp lambda_cross=0)",
+        "Leave the hyper-parameter lambda_cross at 0 (`hparams`)",
+        param="hparams",
     )
 
 
