@@ -1,0 +1,130 @@
+"""Lipsum-FT: the regulariser against an independent float64 computation of the paper's equation, and the
+random-text sampler's determinism."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from starft_cli.errors import ConfigError
+from starft_cli.train.methods.lipsum_ft import lipsum_regularizer, random_text_tokens
+
+SOT, EOT = 49406, 49407
+
+
+def _unit_rows(rng: random.Random, n: int, d: int) -> list[list[float]]:
+    rows = []
+    for _ in range(n):
+        v = [rng.gauss(0.0, 1.0) for _ in range(d)]
+        norm = math.sqrt(sum(x * x for x in v))
+        rows.append([x / norm for x in v])
+    return rows
+
+
+def _reference(image: list[list[float]], teacher: list[list[float]], texts: list[list[float]], scale: float) -> float:
+    """R = (1/n) sum_i (1/(2M)) sum_m (scale <f(x_i), g_m> - scale <f0(x_i), g_m>)^2, plain Python floats."""
+    n, m_count = len(image), len(texts)
+    total = 0.0
+    for i in range(n):
+        row = 0.0
+        for m in range(m_count):
+            e = scale * sum(a * b for a, b in zip(image[i], texts[m], strict=True))
+            e0 = scale * sum(a * b for a, b in zip(teacher[i], texts[m], strict=True))
+            row += (e - e0) ** 2
+        total += row / (2 * m_count)
+    return total / n
+
+
+@pytest.mark.parametrize("scale", [100.0, 14.285])
+def test_regularizer_matches_float64_reference(scale: float) -> None:
+    rng = random.Random(7)
+    image, teacher, texts = _unit_rows(rng, 5, 8), _unit_rows(rng, 5, 8), _unit_rows(rng, 7, 8)
+    expected = _reference(image, teacher, texts, scale)
+    got = lipsum_regularizer(
+        torch.tensor(image, dtype=torch.float64),
+        torch.tensor(teacher, dtype=torch.float64),
+        torch.tensor(texts, dtype=torch.float64),
+        scale,
+    )
+    assert expected > 1.0  # the batch is far from the teacher: a real, non-trivial value
+    assert got.item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+def test_regularizer_in_float32_close_to_reference_and_zero_at_the_teacher() -> None:
+    rng = random.Random(3)
+    image, teacher, texts = _unit_rows(rng, 4, 6), _unit_rows(rng, 4, 6), _unit_rows(rng, 80, 6)
+    got = lipsum_regularizer(torch.tensor(image), torch.tensor(teacher), torch.tensor(texts), 100.0)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(_reference(image, teacher, texts, 100.0), rel=1e-4)
+    same = lipsum_regularizer(torch.tensor(teacher), torch.tensor(teacher), torch.tensor(texts), 100.0)
+    assert same.item() == 0.0
+
+
+def test_regularizer_gradient_matches_hand_derivative() -> None:
+    """d R / d f(x_i) = (scale / (n M)) * sum_m (e_im - e0_im) g_m, written out by hand."""
+    rng = random.Random(11)
+    image, teacher, texts = _unit_rows(rng, 3, 5), _unit_rows(rng, 3, 5), _unit_rows(rng, 4, 5)
+    scale = 50.0
+    x = torch.tensor(image, dtype=torch.float64, requires_grad=True)
+    grad = torch.autograd.grad(
+        lipsum_regularizer(
+            x, torch.tensor(teacher, dtype=torch.float64), torch.tensor(texts, dtype=torch.float64), scale
+        ),
+        x,
+    )[0]
+    n, m_count, d = 3, 4, 5
+    for i in range(n):
+        for j in range(d):
+            g = 0.0
+            for m in range(m_count):
+                e = scale * sum(a * b for a, b in zip(image[i], texts[m], strict=True))
+                e0 = scale * sum(a * b for a, b in zip(teacher[i], texts[m], strict=True))
+                g += (e - e0) * scale * texts[m][j]
+            assert grad[i, j].item() == pytest.approx(g / (n * m_count), rel=1e-6, abs=1e-9)
+
+
+def test_half_precision_inputs_give_a_float32_value() -> None:
+    rng = random.Random(5)
+    image, teacher, texts = _unit_rows(rng, 2, 4), _unit_rows(rng, 2, 4), _unit_rows(rng, 3, 4)
+    got = lipsum_regularizer(
+        torch.tensor(image).half(), torch.tensor(teacher).bfloat16(), torch.tensor(texts).half(), 100.0
+    )
+    assert got.dtype == torch.float32
+    assert math.isfinite(got.item())
+
+
+def test_random_texts_layout() -> None:
+    tokens = random_text_tokens(0, 3, num_texts=80, text_length=8, context_length=77, sot_id=SOT, eot_id=EOT)
+    assert tokens.shape == (80, 77) and tokens.dtype == torch.long
+    assert (tokens[:, 0] == SOT).all()
+    body = tokens[:, 1:9]
+    assert (body >= 0).all() and (body < SOT).all()
+    assert (tokens[:, 9] == EOT).all()
+    assert (tokens[:, 10:] == 0).all()
+    # a text tower that pools at the largest id (CLIP's argmax pooling) pools at the end-of-text token
+    assert (tokens.argmax(dim=1) == 9).all()
+    # the draws cover the vocabulary (not a constant or a narrow range)
+    assert body.unique().numel() > 600 and int(body.max()) > 40_000
+
+
+def test_random_texts_are_a_function_of_seed_and_step_only() -> None:
+    args = {"num_texts": 16, "text_length": 8, "context_length": 32, "sot_id": SOT, "eot_id": EOT}
+    torch.manual_seed(123)
+    a = random_text_tokens(5, 10, **args)
+    torch.manual_seed(999)  # the global RNG plays no part
+    torch.rand(100)
+    b = random_text_tokens(5, 10, **args)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, random_text_tokens(5, 11, **args))  # a new draw every step
+    assert not torch.equal(a, random_text_tokens(6, 10, **args))  # and per seed
+
+
+def test_random_texts_that_do_not_fit_the_context_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"text_length 31 does not fit .* 32 tokens") as info:
+        random_text_tokens(0, 0, num_texts=4, text_length=31, context_length=32, sot_id=SOT, eot_id=EOT)
+    assert "at most 30" in info.value.one_line()
+    with pytest.raises(ConfigError, match="at least one random text"):
+        random_text_tokens(0, 0, num_texts=0, text_length=8, context_length=32, sot_id=SOT, eot_id=EOT)
