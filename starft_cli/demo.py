@@ -49,7 +49,7 @@ PRETRAIN: dict[str, Any] = {
     "backbone": f"{ARCH}:none",
     "data": DATASET,
     "split": "pretrain",
-    "reg": "none",
+    "method": "flyp",
     "epochs": 12,
     "lr": 1e-3,
     "wd": 0.1,
@@ -72,32 +72,35 @@ class DemoMethod:
 METHODS: dict[str, DemoMethod] = {
     m.name: m
     for m in (
-        DemoMethod("ft", "FT (cross-entropy)", {"loss": "ce", "reg": "none"}, "cross-entropy, zero-shot head init"),
-        DemoMethod("flyp", "FLYP", {"reg": "none"}, "contrastive fine-tuning with class captions"),
+        DemoMethod("ft", "FT (cross-entropy)", {"method": "ft"}, "cross-entropy, zero-shot head init"),
+        DemoMethod("flyp", "FLYP", {"method": "flyp"}, "contrastive fine-tuning with class captions"),
         DemoMethod(
             "flyp-lowlr",
             "FLYP (lr 3e-5)",
-            {"reg": "none", "lr": 3e-5},
+            {"method": "flyp", "lr": 3e-5},
             "FLYP at lr 3e-5, the rate at which its ID accuracy matches StarFT's (does StarFT only fine-tune less?)",
         ),
         DemoMethod(
             "starft",
             "StarFT",
-            {"reg": "star", "pool": "digits", "reg_lambda": 1.0, "lambda_schedule": "constant"},
+            {"method": "starft", "pool": "digits", "reg_lambda": 1.0, "lambda_schedule": "constant"},
             "FLYP + StarReg, digits pool, lambda 1.0 constant (recommended for this benchmark)",
         ),
         DemoMethod(
             "starft-paper",
             "StarFT (paper schedule)",
-            {"reg": "star", "pool": "digits", "reg_lambda": 0.5, "lambda_schedule": "linear"},
+            {"method": "starft", "pool": "digits", "reg_lambda": 0.5, "lambda_schedule": "linear"},
             "FLYP + StarReg, digits pool, lambda 0.5 decayed linearly per epoch (the paper's default)",
         ),
         DemoMethod(
             "kl",
             "KL ablation",
-            {"reg": "kl", "pool": "digits", "reg_lambda": 1.0, "lambda_schedule": "constant"},
+            {"method": "kl", "pool": "digits", "reg_lambda": 1.0, "lambda_schedule": "constant"},
             "FLYP + the unmasked KL ablation, lambda 1.0 constant",
         ),
+        DemoMethod("lp", "LP", {"method": "lp"}, "linear probe: the zero-shot head trained on frozen features"),
+        DemoMethod("lp-ft", "LP-FT", {"method": "lp-ft"}, "linear probe for half the steps, then cross-entropy FT"),
+        DemoMethod("l2-sp", "L2-SP", {"method": "l2-sp"}, "cross-entropy + L2 pull towards the zero-shot weights"),
     )
 }
 DEFAULT_METHODS = ("ft", "flyp", "starft")

@@ -11,6 +11,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from starft_cli.train.methods import make_method
+
+METHOD_OF = {"star": "starft", "kl": "kl", "none": "flyp"}
 CLASSES = ["cat", "dog", "car", "tree"]
 LABELS = [0, 1, 1, 2, 3, 0, 2, 2]
 
@@ -52,7 +55,7 @@ def _loss_and_grads(env, impl: str, freeze_text: bool, reg: str, accum: int = 1)
         wrapped = DistributedDataParallel(towers, **cuda_call_args(torch.device("cpu")).ddp)
     step = StarStep(
         towers=wrapped, clip=student, teacher=teacher, tokenizer=loaded.tokenizer, pool=pool,
-        teacher_scale=float(teacher.logit_scale.exp()), reg=reg, freeze_text=freeze_text, impl=impl, bank=bank,
+        method=make_method(METHOD_OF[reg]), freeze_text=freeze_text, impl=impl, bank=bank,
         env=env,
     )  # fmt: skip
     n = len(LABELS)

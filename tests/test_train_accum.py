@@ -11,9 +11,11 @@ from typer.testing import CliRunner
 
 from starft_cli.cli.app import app
 from starft_cli.train.distributed import DistEnv
+from starft_cli.train.methods import make_method
 from starft_cli.train.step import MicroBatch, StarStep, Towers, template_indices
 from tests.test_train_step import CLASSES, _setup
 
+METHOD_OF = {"star": "starft", "kl": "kl", "none": "flyp"}
 runner = CliRunner()
 
 
@@ -48,11 +50,11 @@ def _first_step(tmp_path: Path, data: Path, accum: int, *extra: str) -> tuple[fl
 @pytest.mark.parametrize(
     "extra",
     [
-        ("--reg", "star"),
-        ("--reg", "none"),
-        ("--reg", "kl"),
-        ("--reg", "star", "--freeze-text"),
-        ("--loss", "ce", "--reg", "none"),
+        ("--method", "starft"),
+        ("--method", "flyp"),
+        ("--method", "kl"),
+        ("--method", "starft", "--freeze-text"),
+        ("--method", "ft"),
     ],
     ids=["starft", "flyp", "kl", "starft-frozen-text", "ce"],
 )
@@ -87,8 +89,7 @@ def test_accumulate_equals_the_one_batch_step(impl: str, reg: str, custom_captio
             teacher=teacher,
             tokenizer=loaded.tokenizer,
             pool=pool,
-            teacher_scale=float(teacher.logit_scale.exp()),
-            reg=reg,
+            method=make_method(METHOD_OF[reg]),
             impl=impl,
             bank=bank,
         )

@@ -32,7 +32,7 @@ def test_finetune_folder_writes_the_run_directory(tmp_path: Path, class_folders:
     assert result.stdout.strip().endswith(str(run))
     assert "6 steps" in result.stderr and "step 1/6 epoch 0 loss" in result.stderr  # plain progress lines
     config = json.loads((run / "config.json").read_text())
-    assert config["reg"] == "star" and config["pool"] == "background" and config["epochs"] == 2
+    assert config["method"] == "starft" and config["pool"] == "background" and config["epochs"] == 2
     assert config["batch_size"] == 4 and config["wd"] == 0.1  # METHOD.md default kept
     records = [r for r in _metrics(run) if "loss" in r]
     assert [r["step"] for r in records] == list(range(1, 7))  # 12 images / 4 = 3 steps x 2 epochs
@@ -90,7 +90,17 @@ def test_csv_with_captions_and_kl_and_freeze_text(tmp_path: Path, class_folders:
     csv.write_text("\n".join(rows) + "\n")
     run = tmp_path / "run"
     result = _finetune(
-        "--data", f"csv:{csv}", "--reg", "kl", "--freeze-text", "--batch-size", "6", "--epochs", "1", "--out", str(run)
+        "--data",
+        f"csv:{csv}",
+        "--method",
+        "kl",
+        "--freeze-text",
+        "--batch-size",
+        "6",
+        "--epochs",
+        "1",
+        "--out",
+        str(run),
     )
     assert result.exit_code == 0, result.output
     from starft_cli.models import load
@@ -100,7 +110,7 @@ def test_csv_with_captions_and_kl_and_freeze_text(tmp_path: Path, class_folders:
     text_keys = [k for k in saved if not k.startswith("visual.") and not k.startswith("logit_")]
     assert text_keys and all(torch.equal(saved[k], base[k]) for k in text_keys)  # the text tower is frozen
     assert any(not torch.equal(saved[k], base[k]) for k in saved if k.startswith("visual."))
-    assert json.loads((run / "config.json").read_text())["reg"] == "kl"
+    assert json.loads((run / "config.json").read_text())["method"] == "kl"
 
 
 def test_imagenet_train_layout_and_val_selection(tmp_path: Path):
@@ -132,10 +142,8 @@ def test_cross_entropy_baseline(tmp_path: Path, class_folders: Path):
     result = _finetune(
         "--data",
         f"folder:{class_folders}",
-        "--loss",
-        "ce",
-        "--reg",
-        "none",
+        "--method",
+        "ft",
         "--batch-size",
         "6",
         "--epochs",
@@ -147,7 +155,7 @@ def test_cross_entropy_baseline(tmp_path: Path, class_folders: Path):
     head = load_file(str(run / "checkpoints" / "last" / "classification_head.safetensors"))["weight"]
     assert head.shape == (3, 32)
     meta = json.loads((run / "checkpoints" / "last" / "open_clip_config.json").read_text())["starft"]
-    assert meta["method"] == "ce" and meta["head_classnames"] == ["car", "cat", "dog"]
+    assert meta["method"] == "ft" and meta["head_classnames"] == ["car", "cat", "dog"]
 
 
 def test_toml_config_and_flags_win(tmp_path: Path, class_folders: Path):
@@ -165,14 +173,20 @@ def test_toml_config_and_flags_win(tmp_path: Path, class_folders: Path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--loss", "ce"], "--loss ce"),
+        (["--loss", "ce", "--reg", "star"], "--loss ce is the cross-entropy baseline"),
         (["--batch-size", "10", "--grad-accum", "3"], "not divisible"),
         (["--reg", "l2"], "--reg 'l2'"),
+        (["--method", "lipsum"], "unknown method 'lipsum'"),
+        (["--method", "l2-sp", "--hp", "alpha=-1"], "l2-sp hyper-parameter 'alpha' must be >= 0"),
+        (["--method", "l2-sp", "--hp", "gamma=1"], "l2-sp has no hyper-parameter 'gamma' (it has: alpha, beta)"),
+        (["--method", "ft", "--hp", "alpha"], "--hp 'alpha' is not NAME=VALUE"),
+        (["--method", "ft", "--lambda", "0.3"], "--lambda has no effect with --method ft"),
+        (["--method", "flyp", "--reg", "star"], "contradicts the deprecated --reg/--loss"),
         (["--precision", "fp8"], "--precision"),
         (["--pool", "nosuchpool"], "unknown spurious pool"),
         (["--data", "folder:/no/such/dir"], "no such folder"),
         (["--epochs", "0"], "--epochs"),
-        (["--reg", "none", "--pool", "texture"], "--pool has no effect with --reg none"),
+        (["--reg", "none", "--pool", "texture"], "--pool has no effect with --method flyp"),
         (["--val-split", "val"], "--val-split is given without --val-data"),
     ],
 )
@@ -216,7 +230,7 @@ def test_python_api(tmp_path: Path, class_folders: Path):
 
     config = TrainConfig(
         backbone="starft-tiny:none", data=f"folder:{class_folders}", batch_size=6, epochs=1, warmup=1,
-        workers=0, device="cpu", reg="none", out=str(tmp_path / "run"),
+        workers=0, device="cpu", method="flyp", out=str(tmp_path / "run"),
     )  # fmt: skip
     events = []
     run = finetune(config, progress=events.append)
@@ -231,8 +245,8 @@ def test_python_api(tmp_path: Path, class_folders: Path):
     [
         ("--precision", "bf16", "--grad-accum", "2"),
         ("--precision", "fp16"),
-        ("--loss", "ce", "--reg", "none"),
-        ("--reg", "kl", "--freeze-text"),
+        ("--method", "ft"),
+        ("--method", "kl", "--freeze-text"),
     ],
 )
 def test_no_warning_reaches_the_user(tmp_path: Path, class_folders: Path, extra):

@@ -14,14 +14,14 @@ from starft_cli.train.schedules import cosine_lr, reg_lambda
 
 def test_defaults_are_the_papers():
     c = TrainConfig()
-    assert (c.backbone, c.reg, c.pool, c.reg_lambda, c.lambda_schedule) == (
+    assert (c.backbone, c.method, c.pool, c.reg_lambda, c.lambda_schedule) == (
         "ViT-B-16",
-        "star",
+        "starft",
         "background",
         0.5,
         "linear",
     )
-    assert (c.lr, c.wd, c.batch_size, c.epochs, c.warmup, c.seed, c.loss) == (1e-5, 0.1, 512, 10, 500, 0, "contrastive")
+    assert (c.lr, c.wd, c.batch_size, c.epochs, c.warmup, c.seed) == (1e-5, 0.1, 512, 10, 500, 0)
     assert not c.freeze_text and c.precision == "fp32"
 
 

@@ -11,8 +11,10 @@ from starft_cli.models import load
 from starft_cli.prompts import load_pool
 from starft_cli.train.bank import build_bank, class_captions
 from starft_cli.train.distributed import DistEnv
+from starft_cli.train.methods import make_method
 from starft_cli.train.step import StarStep, Towers, template_indices
 
+METHOD_OF = {"star": "starft", "kl": "kl", "none": "flyp"}
 CLASSES = ["cat", "dog", "car", "tree"]
 
 
@@ -47,8 +49,7 @@ def _run(impl: str, freeze_text: bool, reg: str, labels: list[int], captions: li
         teacher=teacher,
         tokenizer=loaded.tokenizer,
         pool=pool,
-        teacher_scale=float(teacher.logit_scale.exp()),
-        reg=reg,
+        method=make_method(METHOD_OF[reg]),
         freeze_text=freeze_text,
         impl=impl,
         bank=bank,
@@ -115,7 +116,7 @@ def test_spurious_bank_is_cached_by_teacher_classes_and_pool(starft_home):
 
 
 def test_trimmed_text_encoding_equals_open_clip_encode_text():
-    from starft_cli.train.step import encode_text
+    from starft_cli.train.text import encode_text
 
     loaded = load("starft-tiny:none")
     tokens = loaded.tokenizer(["a photo of a cat.", "a photo of a very small dog in the snow at night."])

@@ -12,7 +12,7 @@ import typer
 from starft_cli.cli.options import ArchOpt, DeviceOpt
 from starft_cli.errors import UsageError
 
-HELP = "Fine-tune a CLIP model with StarFT (or FLYP, the KL ablation, or the CE baseline)."
+HELP = "Fine-tune a CLIP model with StarFT or any robust fine-tuning method it is compared with (--method)."
 WISE_HELP = "WiSE-FT: interpolate a zero-shot and a fine-tuned model's weights for one or more alphas."
 
 _P = "Training"
@@ -31,13 +31,30 @@ def finetune_command(
     classnames: Annotated[
         str | None, typer.Option("--classnames", help="Class-names file (one per line) for folder:/csv: data.")
     ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method",
+            help="Fine-tuning method: starft (default), flyp, ft, kl, lp, lp-ft, l2-sp, lipsum-ft, car-ft, carot, ... "
+            "(--help-method lists them all; with --method NAME it describes NAME).",
+        ),
+    ] = None,
+    hp: Annotated[
+        list[str] | None,
+        typer.Option("--hp", help="A hyper-parameter of the method, NAME=VALUE (repeatable; see --help-method)."),
+    ] = None,
+    help_method: Annotated[
+        bool, typer.Option("--help-method", help="Describe --method (source, loss, hyper-parameters) and exit.")
+    ] = False,
     reg: Annotated[
-        str | None, typer.Option("--reg", help="Regulariser: star (StarFT), kl (unmasked), none (FLYP).")
+        str | None, typer.Option("--reg", help="Deprecated (removed in 0.4): use --method starft, kl or flyp.")
     ] = None,
     pool: Annotated[
         str | None, typer.Option("--pool", help="Spurious pool: background, texture, resolution or a file.")
     ] = None,
-    reg_lambda: Annotated[float | None, typer.Option("--lambda", help="Regulariser weight (default 0.5).")] = None,
+    reg_lambda: Annotated[
+        float | None, typer.Option("--lambda", help="Regulariser weight (default: the method's, 0.5 for starft).")
+    ] = None,
     lambda_schedule: Annotated[
         str | None,
         typer.Option(
@@ -46,7 +63,7 @@ def finetune_command(
             "constant.",
         ),
     ] = None,
-    loss: Annotated[str | None, typer.Option("--loss", help="contrastive (FLYP) or ce (baseline).")] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="Deprecated (removed in 0.4): use --method ft.")] = None,
     freeze_text: Annotated[
         bool | None, typer.Option("--freeze-text/--train-text", help="Freeze the text tower.")
     ] = None,
@@ -99,10 +116,15 @@ def finetune_command(
     arch: ArchOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Fine-tune a CLIP model with StarFT (or FLYP, the KL ablation, or the CE baseline)."""
-    from starft_cli.train.config import build_config, config_from_json, merge_for_resume
+    """Fine-tune a CLIP model with StarFT or any robust fine-tuning method it is compared with (--method)."""
+    from starft_cli.train.config import config_for_run, parse_hp
 
+    if help_method:
+        typer.echo(method_card(method))
+        return
     overrides: dict[str, Any] = {
+        "method": method,
+        "hparams": parse_hp(hp),
         "backbone": backbone,
         "data": data,
         "data_root": data_root,
@@ -135,19 +157,8 @@ def finetune_command(
         "arch": arch,
         "device": device if device != "auto" else None,
     }
-    _refuse_pointless(overrides, config)
-    if resume:
-        if not out:
-            raise UsageError("--resume needs --out RUN_DIR", "Name the run directory to continue")
-        stored = Path(out) / "config.json"
-        if stored.is_file():
-            base = config_from_json(stored.read_text(encoding="utf-8"), str(stored))
-            cfg = merge_for_resume(base, overrides)
-        else:
-            cfg = build_config({**overrides, "resume": True}, config)
-    else:
-        cfg = build_config(overrides, config)
     _setup_logging()
+    cfg = config_for_run(overrides, config, resume=resume)
     from starft_cli.train import finetune
 
     with _Progress() as bar:
@@ -162,26 +173,31 @@ def finetune_command(
         typer.echo(str(run_dir))
 
 
-def _refuse_pointless(overrides: dict[str, Any], config_file: Path | None) -> None:
-    """Flags that would silently do nothing are refused (before anything is loaded)."""
-    reg = overrides.get("reg")
-    if reg is None and config_file is not None:
-        from starft_cli.train.config import read_toml
+def method_card(name: str | None) -> str:
+    """``--help-method``: every method in one line each, or one method's card (source, loss, hyper-parameters)."""
+    from starft_cli.train.methods import available, get_method
 
-        reg = read_toml(config_file).get("reg")
-    if reg == "none":
-        given = [flag for key, flag in _REG_ONLY.items() if overrides.get(key) is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)} has no effect with --reg none", "Drop it, or use --reg star")
-    for key, flag in (("val_split", "--val-split"), ("val_templates", "--val-templates"), ("select_by", "--select-by")):
-        if overrides.get(key) is not None and overrides.get("val_data") is None:
-            from starft_cli.train.config import read_toml
+    if name is None:
+        width = max(len(n) for n in available())
+        lines = [f"{n:<{width}}  {cls.title}" for n, cls in available().items()]
+        return "\n".join([*lines, "", "starft finetune --method NAME --help-method describes one of them."])
+    cls = get_method(name)
+    lines = [f"{cls.name}: {cls.title}", f"source: {cls.source}", f"loss: {cls.loss_doc}"]
+    lines.append(f"objective: {cls.objective}{' (needs the frozen zero-shot model)' if cls.needs_teacher else ''}")
+    if cls.regularized:
+        lines.append(
+            f"--lambda: regulariser weight, default {cls.default_lambda:g} (--lambda-schedule, default linear)"
+        )
+    if cls.needs_pool:
+        lines.append("--pool: the spurious-description pool, default background")
+    for p in cls.hparams:
+        default = p.default if isinstance(p.default, str) else f"{p.default:g}"
+        lines.append(f"--hp {p.name}=VALUE: {p.help} (default {default})")
+    if cls.__doc__:
+        import inspect
 
-            if config_file is None or read_toml(config_file).get("val_data") is None:
-                raise UsageError(f"{flag} is given without --val-data", "Add --val-data DATA")
-
-
-_REG_ONLY = {"pool": "--pool", "reg_lambda": "--lambda", "lambda_schedule": "--lambda-schedule"}
+        lines += ["", inspect.cleandoc(cls.__doc__)]
+    return "\n".join(lines)
 
 
 def _setup_logging() -> None:

@@ -67,7 +67,7 @@ def encode_texts(model: Any, tokenizer: Callable[..., Any], texts: Sequence[str]
     """L2-normalised float32 text features of ``texts`` (no autograd, in chunks)."""
     import torch
 
-    from starft_cli.train.step import encode_text
+    from starft_cli.train.text import encode_text
 
     out = []
     with torch.no_grad():  # not inference_mode: the bank is later saved for backward by the loss

@@ -1,13 +1,16 @@
 """The fine-tuning configuration: one frozen dataclass, validated before any model is loaded.
 
-Sources combine as defaults < TOML file (``--config``) < command-line flags. The resolved configuration is
-written to ``RUN/config.json`` before step 0, and ``--resume`` reads it back from there.
+Sources combine as defaults < TOML file (``--config``) < command-line flags. The method's hyper-parameters
+come from its own TOML table (``[lipsum-ft]``) and ``--hp NAME=VALUE`` flags, checked against what the method
+declares. The resolved configuration (every default filled in) is written to ``RUN/config.json`` before step 0,
+and a resume reads it back from there (:func:`config_for_run`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import tomllib
 from collections.abc import Mapping
@@ -15,9 +18,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from starft_cli.errors import ConfigError
+from starft_cli.errors import CheckpointError, ConfigError
 from starft_cli.train.schedules import LAMBDA_SCHEDULES
 from starft_cli.train.validate import SELECT_BY
+
+logger = logging.getLogger(__name__)
 
 
 def default_workers() -> int:
@@ -25,8 +30,9 @@ def default_workers() -> int:
     return max(0, min(4, os.cpu_count() or 1))
 
 
-REGS = ("star", "kl", "none")
-LOSSES = ("contrastive", "ce")
+# The 0.2 spellings of a method, kept for one version (--reg / --loss): removed in 0.4.
+LEGACY_REGS = {"star": "starft", "kl": "kl", "none": "flyp"}
+LEGACY_LOSSES = ("contrastive", "ce")
 PRECISIONS = ("fp32", "bf16", "fp16")
 STEP_IMPLS = ("efficient", "straightforward")
 DEFAULT_CAPTION = "a photo of a {}."
@@ -59,11 +65,11 @@ class TrainConfig:
     classnames: str | None = None
     arch: str | None = None
     caption_template: str = DEFAULT_CAPTION
-    reg: str = "star"
+    method: str = "starft"
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     pool: str = "background"
-    reg_lambda: float = 0.5
+    reg_lambda: float | None = None  # None: the method's default
     lambda_schedule: str = "linear"
-    loss: str = "contrastive"
     freeze_text: bool = False
     epochs: int = 10
     lr: float = 1e-5
@@ -104,9 +110,15 @@ class TrainConfig:
                 bound = ">= 0" if allow_zero else "> 0"
                 raise ConfigError(f"--{_flag(name)} must be a number {bound} (got {value!r})")
 
-        choice("reg", REGS)
+        from starft_cli.train.methods import get_method, resolve_hparams
+
+        method = get_method(self.method)
+        if not isinstance(self.hparams, dict):
+            raise ConfigError(f"method hyper-parameters must be a table (got {self.hparams!r})")
+        object.__setattr__(self, "hparams", resolve_hparams(method, self.hparams))
+        if self.reg_lambda is None:
+            object.__setattr__(self, "reg_lambda", float(method.default_lambda) if method.regularized else 0.0)
         choice("lambda_schedule", LAMBDA_SCHEDULES)
-        choice("loss", LOSSES)
         choice("precision", PRECISIONS)
         choice("step_impl", STEP_IMPLS)
         choice("select_by", SELECT_BY)
@@ -127,13 +139,11 @@ class TrainConfig:
             )
         if self.caption_template.count("{}") != 1:
             raise ConfigError("the caption template must have exactly one {} slot", "e.g. 'a photo of a {}.'")
-        if self.loss == "ce" and self.reg != "none":
+        if method.objective == "classifier" and self.freeze_text:
             raise ConfigError(
-                "--loss ce is the cross-entropy baseline and takes no regulariser",
-                "Add --reg none, or use --loss contrastive for StarFT",
+                f"--freeze-text has no meaning with --method {self.method} (a classifier method: the text tower is "
+                "not trained)"
             )
-        if self.loss == "ce" and self.freeze_text:
-            raise ConfigError("--freeze-text has no meaning with --loss ce (the text tower is not trained)")
         if not self.data:
             raise ConfigError("--data is required", "Pass a dataset name, folder:PATH or csv:PATH")
         if self.resume and not self.out:
@@ -151,30 +161,117 @@ class TrainConfig:
 
 
 def _flag(name: str) -> str:
-    return {"reg_lambda": "lambda"}.get(name, name.replace("_", "-"))
+    return {"reg_lambda": "lambda", "hparams": "hp"}.get(name, name.replace("_", "-"))
 
 
 FIELD_NAMES = frozenset(f.name for f in fields(TrainConfig))
 # Alternative spellings accepted in TOML files (the flag names).
-_ALIASES = {"lambda": "reg_lambda"}
+_ALIASES = {"lambda": "reg_lambda", "hp": "hparams"}
+# Settings that only mean something for some methods: (what the method must declare, the flag).
+_METHOD_ONLY = {
+    "pool": ("needs_pool", "--pool"),
+    "reg_lambda": ("regularized", "--lambda"),
+    "lambda_schedule": ("regularized", "--lambda-schedule"),
+}
 
 
-def _normalise_keys(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+def _normalise_keys(data: Mapping[str, Any], source: str, tables: bool = False) -> dict[str, Any]:
+    """Setting names as the dataclass spells them. With ``tables``, a table named after a method holds that
+    method's hyper-parameters (collected under ``hparams[method]``)."""
+    from starft_cli.suggest import did_you_mean
+
     out: dict[str, Any] = {}
+    method_tables: dict[str, Any] = {}
     for key, value in data.items():
-        name = _ALIASES.get(key, key.replace("-", "_"))
-        if name not in FIELD_NAMES:
-            import difflib
+        if tables and isinstance(value, dict):
+            from starft_cli.train.methods import get_method
 
-            close = difflib.get_close_matches(name, sorted(FIELD_NAMES), n=1)
-            hint = f"Did you mean '{close[0]}'?" if close else "See `starft finetune --help` for the options"
+            get_method(key)  # a table must be named after a method
+            method_tables[key] = dict(value)
+            continue
+        name = _ALIASES.get(key, key.replace("-", "_"))
+        if name not in FIELD_NAMES and name not in ("reg", "loss"):
+            hint = did_you_mean(name, FIELD_NAMES) or "See `starft finetune --help` for the options"
             raise ConfigError(f"{source}: unknown setting '{key}'", hint)
         out[name] = value
+    if method_tables:
+        out["_tables"] = method_tables
+    return out
+
+
+def _resolve_method(values: dict[str, Any], source: str, warn: bool) -> dict[str, Any]:
+    """Translate the 0.2 spellings ``reg`` / ``loss`` into ``method`` (with a deprecation warning from flags and
+    TOML files; silently for a 0.2 run's config.json), and pick the chosen method's TOML table."""
+    reg, loss = values.pop("reg", None), values.pop("loss", None)
+    tables = values.pop("_tables", {})
+    if reg is not None or loss is not None:
+        if loss is not None and loss not in LEGACY_LOSSES:
+            raise ConfigError(f"--loss '{loss}' is not one of {', '.join(LEGACY_LOSSES)}", "Use --method NAME")
+        if reg is not None and reg not in LEGACY_REGS:
+            raise ConfigError(f"--reg '{reg}' is not one of {', '.join(LEGACY_REGS)}", "Use --method NAME")
+        if loss == "ce" and reg not in (None, "none"):
+            raise ConfigError(
+                "--loss ce is the cross-entropy baseline and takes no regulariser",
+                "Use --method ft (cross-entropy) or --method starft",
+            )
+        legacy = "ft" if loss == "ce" else LEGACY_REGS[reg or "star"]
+        if values.get("method") not in (None, legacy):
+            raise ConfigError(
+                f"{source}: --method {values['method']} contradicts the deprecated --reg/--loss (which say {legacy})",
+                "Drop --reg/--loss",
+            )
+        if warn:
+            given = " ".join(f"--{k} {v}" for k, v in (("reg", reg), ("loss", loss)) if v is not None)
+            logger.warning("%s is deprecated and will be removed in 0.4: use --method %s", given, legacy)
+        values["method"] = legacy
+    method = values.get("method", TrainConfig.method)
+    hparams = dict(tables.get(method, {}))
+    hparams.update(values.get("hparams") or {})
+    if tables or values.get("hparams"):
+        values["hparams"] = hparams
+    return values
+
+
+def _check_method_settings(values: Mapping[str, Any]) -> None:
+    """Settings given for a method that ignores them are refused (they would silently do nothing)."""
+    from starft_cli.train.methods import get_method
+
+    method = get_method(values.get("method", TrainConfig.method))
+    for key, (needs, flag) in _METHOD_ONLY.items():
+        if values.get(key) is not None and not getattr(method, needs):
+            raise ConfigError(
+                f"{flag} has no effect with --method {method.name}",
+                "Drop it, or choose a method that uses it (e.g. --method starft)",
+            )
+
+
+def _check_val_settings(values: Mapping[str, Any]) -> None:
+    """Validation settings without validation data would silently do nothing."""
+    for key in ("val_split", "val_templates", "select_by"):
+        if values.get(key) is not None and values.get("val_data") is None:
+            raise ConfigError(f"--{_flag(key)} is given without --val-data", "Add --val-data DATA")
+
+
+def parse_hp(items: list[str] | None) -> dict[str, str] | None:
+    """``--hp NAME=VALUE`` flags as a dict (values stay text; the method parses them).
+
+    Raises:
+        ConfigError: an item without ``=``.
+    """
+    if not items:
+        return None
+    out: dict[str, str] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise ConfigError(f"--hp '{item}' is not NAME=VALUE", "e.g. --hp alpha=0.01")
+        out[name.strip().replace("-", "_")] = value.strip()
     return out
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Settings from a TOML file: top-level keys, or a ``[finetune]`` table, named like the flags."""
+    """Settings from a TOML file: top-level keys, or a ``[finetune]`` table, named like the flags; a table named
+    after a method (``[lipsum-ft]``) holds that method's hyper-parameters."""
     path = Path(path).expanduser()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -184,16 +281,31 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path} ({exc})", "Fix the TOML syntax") from None
     if isinstance(data.get("finetune"), dict):
         data = data["finetune"]
-    return _normalise_keys(data, str(path))
+    return _normalise_keys(data, str(path), tables=True)
 
 
-def build_config(overrides: Mapping[str, Any] | None = None, config_file: str | Path | None = None) -> TrainConfig:
-    """Defaults < TOML file < ``overrides`` (flags given explicitly; ``None`` values are ignored)."""
+def _given(overrides: Mapping[str, Any] | None, config_file: str | Path | None) -> dict[str, Any]:
+    """The settings given explicitly: the TOML file's, then the flags' (``None`` values are not given)."""
     values: dict[str, Any] = {}
     if config_file is not None:
         values.update(read_toml(config_file))
         values["config_file"] = str(config_file)
-    values.update(_normalise_keys({k: v for k, v in (overrides or {}).items() if v is not None}, "flags"))
+    flags = _normalise_keys({k: v for k, v in (overrides or {}).items() if v is not None}, "flags")
+    if "hparams" in flags and "hparams" in values:
+        flags["hparams"] = {**values["hparams"], **flags["hparams"]}
+    values.update(flags)
+    return _resolve_method(values, "flags", warn=True)
+
+
+def build_config(overrides: Mapping[str, Any] | None = None, config_file: str | Path | None = None) -> TrainConfig:
+    """Defaults < TOML file < ``overrides`` (flags given explicitly; ``None`` values are ignored).
+
+    Raises:
+        ConfigError: an unknown setting or method, a bad value, or a setting the method ignores.
+    """
+    values = _given(overrides, config_file)
+    _check_method_settings(values)
+    _check_val_settings(values)
     try:
         return TrainConfig(**values)
     except TypeError as exc:
@@ -201,24 +313,84 @@ def build_config(overrides: Mapping[str, Any] | None = None, config_file: str | 
 
 
 def config_from_json(text: str, source: str) -> TrainConfig:
+    """A run's stored ``config.json`` (0.2 runs' ``reg``/``loss`` are read as their method)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{source} is not valid JSON ({exc})") from None
-    return TrainConfig(**_normalise_keys(data, source))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} is not a starft run configuration")
+    return TrainConfig(**_resolve_method(_normalise_keys(data, source), source, warn=False))
 
 
-def merge_for_resume(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
-    """The stored config of a run, with only the settings that may change on resume taken from the flags."""
-    given = _normalise_keys({k: v for k, v in overrides.items() if v is not None}, "flags")
-    conflicts = sorted(
-        k for k, v in given.items() if k not in RESUME_MUTABLE and getattr(stored, k) != v and k != "config_file"
+def _resume_conflicts(stored: TrainConfig, given: Mapping[str, Any]) -> list[str]:
+    """The settings in ``given`` that a resume may not change and that differ from the stored run's."""
+    return sorted(
+        k
+        for k, v in given.items()
+        if k not in RESUME_MUTABLE and k != "config_file" and k in FIELD_NAMES and getattr(stored, k) != v
     )
+
+
+def _refuse_conflicts(stored: TrainConfig, given: Mapping[str, Any]) -> None:
+    conflicts = _resume_conflicts(stored, given)
     if conflicts:
         shown = ", ".join(f"--{_flag(k)} ({getattr(stored, k)!r} in the run, {given[k]!r} given)" for k in conflicts)
         raise ConfigError(
             f"--resume continues a run with its saved settings, but these differ: {shown}",
             "Drop those flags, or start a new run with another --out",
         )
+
+
+def merge_for_resume(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
+    """The stored config of a run, with only the settings that may change on resume taken from the flags.
+
+    Raises:
+        ConfigError: a setting that may not change differs from the run's.
+    """
+    given = _resolve_method(_normalise_keys({k: v for k, v in overrides.items() if v is not None}, "flags"), "", True)
+    if "hparams" in given:  # compare the method's resolved values, not the subset given
+        given["hparams"] = {**stored.hparams, **given["hparams"]}
+        from starft_cli.train.methods import get_method, resolve_hparams
+
+        given["hparams"] = resolve_hparams(get_method(given.get("method", stored.method)), given["hparams"])
+    _refuse_conflicts(stored, given)
     mutable = {k: v for k, v in given.items() if k in RESUME_MUTABLE and k != "config_file"}
     return stored.replace(**mutable, resume=True)
+
+
+def check_resume(config: TrainConfig, stored: TrainConfig) -> None:
+    """A resume must continue the stored run's settings (all but :data:`RESUME_MUTABLE`).
+
+    Raises:
+        ConfigError: settings differ (named).
+    """
+    _refuse_conflicts(stored, {k: getattr(config, k) for k in FIELD_NAMES})
+
+
+def config_for_run(
+    overrides: Mapping[str, Any], config_file: str | Path | None = None, resume: bool = False
+) -> TrainConfig:
+    """The configuration of the run that ``overrides`` (flags) and ``config_file`` ask for. A new run's is
+    built from defaults < TOML < flags; a resume (``resume``, with ``overrides["out"]``) takes the run's own
+    ``config.json`` and only the settings that may change on resume from the flags.
+
+    Raises:
+        ConfigError: bad settings; on resume, no ``out`` or settings that differ from the run's.
+        CheckpointError: the run directory holds a config.json that cannot be read.
+    """
+    if not resume:
+        return build_config(overrides, config_file)
+    out = overrides.get("out")
+    if not out:
+        raise ConfigError("--resume needs --out RUN_DIR", "Name the run directory to continue")
+    from starft_cli.train.checkpoint import RunDir
+
+    stored_path = RunDir(out).config
+    if not stored_path.is_file():
+        return build_config({**overrides, "resume": True}, config_file)
+    try:
+        text = stored_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {stored_path} ({exc})", "Check --out") from None
+    return merge_for_resume(config_from_json(text, str(stored_path)), overrides)

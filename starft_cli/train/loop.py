@@ -1,4 +1,11 @@
-"""``finetune(config) -> run_dir``: StarFT / FLYP / KL / CE fine-tuning, single- or multi-process."""
+"""``finetune(config) -> run_dir``: any registered method (:mod:`starft_cli.train.methods`), single- or
+multi-process.
+
+A run goes through four phases, each a method of :class:`_Trainer`: set-up (models, the method's teacher and
+head, towers, optimizer, the step), restore (the training state of ``checkpoints/last`` on resume), fit (the
+epochs and their optimizer steps) and validate (ID validation at each epoch end; ``checkpoints/best``). The loop
+names no method: it builds what the method declares it needs and calls its hooks.
+"""
 
 from __future__ import annotations
 
@@ -14,21 +21,21 @@ from typing import Any
 
 from starft_cli.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from starft_cli.train.checkpoint import LOCK_NAME, RunDir, load_training_state, run_lock, save_training_checkpoint
-from starft_cli.train.config import RESUME_MUTABLE, TrainConfig, config_from_json
+from starft_cli.train.config import TrainConfig, check_resume, config_from_json
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[dict[str, Any]], None]
-METHOD_NAMES = {"star": "starft", "kl": "kl", "none": "flyp"}
 
 
 def method_name(config: TrainConfig) -> str:
-    return "ce" if config.loss == "ce" else METHOD_NAMES[config.reg]
+    """The run's method (kept for callers of 0.2; it is ``config.method``)."""
+    return config.method
 
 
 def default_out(config: TrainConfig) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return str(Path("runs") / f"{method_name(config)}-{stamp}")
+    return str(Path("runs") / f"{config.method}-{stamp}")
 
 
 @dataclass
@@ -41,6 +48,7 @@ class Prepared:
     val_dataset: Any | None
     pool: list[str]
     resume_from: Path | None
+    model_ref: Any = None
 
 
 def prepare(config: TrainConfig) -> Prepared:
@@ -54,13 +62,7 @@ def prepare(config: TrainConfig) -> Prepared:
     resume_from = None
     if config.resume:
         if run.config.is_file():
-            stored = config_from_json(run.config.read_text(encoding="utf-8"), str(run.config))
-            diff = sorted(k for k, v in config.to_dict().items() if k not in RESUME_MUTABLE and getattr(stored, k) != v)
-            if diff:
-                raise ConfigError(
-                    f"--resume: settings differ from the run's config.json: {', '.join(diff)}",
-                    "Resume with the run's own settings",
-                )
+            check_resume(config, config_from_json(run.config.read_text(encoding="utf-8"), str(run.config)))
             resume_from = run.find_checkpoint("last")
         elif run.root.exists() and any(p.name != LOCK_NAME for p in run.root.iterdir()):
             raise CheckpointError(f"{run.root} is not a starft run (no config.json)", "Check --out")
@@ -69,9 +71,12 @@ def prepare(config: TrainConfig) -> Prepared:
             f"{run.root} already holds a run", "Pass --resume to continue it, or choose another --out"
         )
     dataset = load_dataset(config.data, config.data_root, config.split, classnames_file=config.classnames)
-    if len(dataset.classnames) < 2 and config.reg == "star":
-        raise DataError("StarReg needs at least two classes", "Use --reg none or add classes")
-    pool = load_pool(config.pool) if config.reg != "none" else []
+    from starft_cli.train.methods import get_method
+
+    method = get_method(config.method)
+    if len(dataset.classnames) < 2:
+        raise DataError(f"{config.data} has {len(dataset.classnames)} class; fine-tuning needs at least two")
+    pool = load_pool(config.pool) if method.needs_pool else []
     val = None
     if config.val_data:
         val = load_dataset(config.val_data, config.val_data_root or config.data_root, config.val_split)
@@ -91,8 +96,8 @@ def prepare(config: TrainConfig) -> Prepared:
             ) from None
     from starft_cli.models import parse_model_ref
 
-    parse_model_ref(config.backbone, arch=config.arch)  # a bad reference fails here, before any loading
-    return Prepared(config, run, dataset, val, pool, resume_from)
+    ref = parse_model_ref(config.backbone, arch=config.arch)  # a bad reference fails here, before any loading
+    return Prepared(config, run, dataset, val, pool, resume_from, ref)
 
 
 def finetune(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
@@ -140,316 +145,420 @@ def _finetune(config: TrainConfig, env: Any, progress: ProgressFn | None) -> Pat
         destroy_process_group()
 
 
+@dataclass
+class _Plan:
+    """The run's shape: the per-process micro-batch, steps per epoch and in all."""
+
+    micro: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+@dataclass
+class _Position:
+    """Where the run is: optimizer steps done, the epoch and the steps done in it, the best --select-by value."""
+
+    step: int = 0
+    epoch: int = 0
+    in_epoch: int = 0
+    best: float | None = None
+
+
 class _Trainer:
     def __init__(self, prepared: Prepared, env: Any, device: Any, progress: ProgressFn | None) -> None:
+        from starft_cli.train.methods import make_method
+
         self.p = prepared
         self.cfg = prepared.config
         self.env = env
         self.device = device
         self.progress = progress or (lambda event: None)
         self.run_dir = prepared.run
+        self.method = make_method(self.cfg.method, self.cfg.hparams, self.cfg)
         self.bad_steps = 0  # steps skipped for a non-finite loss or gradient (--max-bad-steps)
         self.last_saved: int | None = None  # step of the newest checkpoints/last
+        self.head: Any = None
+        self.stage: str | None = None
 
     # -------------------------------------------------------------------------------------------------
     def run(self) -> Path:
-        import torch
+        plan = self._plan()
+        state = load_training_state(self.p.resume_from) if self.p.resume_from is not None else None
+        if state is not None and state["step"] >= plan.total_steps:  # nothing left to do: say so, touch nothing
+            self._event("finished", step=state["step"], total_steps=plan.total_steps, best=state.get("best"))
+            return self.run_dir.root
+        started = time.perf_counter()
+        self._setup(plan, state)
+        pos = self._restore(state)
+        self._announce(plan, pos)
+        self._fit(plan, pos)
+        from starft_cli.train.distributed import barrier
 
-        from starft_cli import models
-        from starft_cli.data.pipeline import TrainSamples, batch_normalizer, train_transform
-        from starft_cli.device import cuda_call_args
-        from starft_cli.train.sampling import ResumableSampler
+        if self.tb is not None:
+            self.tb.close()
+        barrier(self.env)
+        self._event(
+            "done",
+            step=pos.step,
+            total_steps=plan.total_steps,
+            best=pos.best,
+            seconds=time.perf_counter() - started,
+            bad_steps=self.bad_steps,
+        )
+        return self.run_dir.root
 
-        cfg, env, device = self.cfg, self.env, self.device
-        calls = cuda_call_args(device)
-        world, accum = env.world_size, cfg.grad_accum
+    def _event(self, kind: str, **fields: Any) -> None:
+        self.progress({"kind": kind, "run_dir": str(self.run_dir.root), "select_by": self.cfg.select_by, **fields})
+
+    def _plan(self) -> _Plan:
+        cfg, world, accum = self.cfg, self.env.world_size, self.cfg.grad_accum
         if cfg.batch_size % (world * accum):
             raise ConfigError(
                 f"--batch-size {cfg.batch_size} is not divisible by {world} processes x --grad-accum {accum}",
                 "The global batch is split evenly over processes and micro-batches",
             )
         micro = cfg.batch_size // (world * accum)
-        dataset = self.p.dataset
-        per_rank = -(-len(dataset) // world)
-        steps_per_epoch = per_rank // (micro * accum)
+        n = len(self.p.dataset)
+        steps_per_epoch = (-(-n // world)) // (micro * accum)
         if steps_per_epoch == 0:
             raise DataError(
-                f"{cfg.data} has {len(dataset)} images, fewer than one batch of {cfg.batch_size}",
-                "Lower --batch-size",
+                f"{cfg.data} has {n} images, fewer than one batch of {cfg.batch_size}", "Lower --batch-size"
             )
-        total_steps = cfg.epochs * steps_per_epoch
-        if cfg.max_steps is not None:
-            total_steps = min(total_steps, cfg.max_steps)
+        total = cfg.epochs * steps_per_epoch
+        return _Plan(micro, steps_per_epoch, total if cfg.max_steps is None else min(total, cfg.max_steps))
 
-        resume_state = None
-        if self.p.resume_from is not None:
-            resume_state = load_training_state(self.p.resume_from)
-            if resume_state["step"] >= total_steps:  # nothing left to do: say so, touch nothing
-                self.progress(
-                    {
-                        "kind": "finished",
-                        "step": resume_state["step"],
-                        "total_steps": total_steps,
-                        "run_dir": str(self.run_dir.root),
-                        "best": resume_state.get("best"),
-                        "select_by": cfg.select_by,
-                    }
-                )
-                return self.run_dir.root
-        started_run = time.perf_counter()
+    # --- set-up ----------------------------------------------------------------------------------------
+    def _setup(self, plan: _Plan, state: dict[str, Any] | None) -> None:
+        """Models (student, the method's teacher and head), the method's per-run constants, the optimizer and
+        the step function."""
+        import torch
+
+        from starft_cli import models
+        from starft_cli.train.methods import RunContext
+
+        cfg, method, dataset = self.cfg, self.method, self.p.dataset
         torch.manual_seed(cfg.seed)
-        base = models.load(cfg.backbone, device=device, arch=cfg.arch, seed=cfg.seed)
+        ref = self.p.model_ref or cfg.backbone
+        self.base = base = models.load(ref, device=self.device, arch=cfg.arch, seed=cfg.seed)
         student = base.model
-        teacher = None
-        if cfg.reg != "none":
-            teacher = copy.deepcopy(student).eval()
-            for param in teacher.parameters():
-                param.requires_grad_(False)
-        self.base = base
-        if self.p.resume_from is not None:
-            weights = models.read_state_dict(self.p.resume_from / models.WEIGHTS_NAME)
-            student.load_state_dict(weights, strict=True)
-        if env.is_main and not self.run_dir.config.is_file():
-            self.run_dir.write_config(cfg.to_json())
-
-        if cfg.freeze_text or cfg.loss == "ce":
-            for name, param in student.named_parameters():
-                if not (name.startswith("visual.") or name.startswith("logit_")):
-                    param.requires_grad_(False)
+        teacher = copy.deepcopy(student).eval().requires_grad_(False) if method.needs_teacher else None
+        if state is not None:
+            student.load_state_dict(models.read_state_dict(self.p.resume_from / models.WEIGHTS_NAME), strict=True)
+        if self.env.is_main and not self.run_dir.config.is_file():
+            self.run_dir.write_config(self.cfg.to_json())
         if cfg.grad_checkpointing:
             student.set_grad_checkpointing(True)
         student.train()
+        templates = self._templates()
+        if method.objective == "classifier":
+            self.head = self._make_head(student, base.tokenizer, dataset, templates)
+            if state is not None and "head" in state:
+                self.head.weight.data.copy_(state["head"])
+        self.ctx = RunContext(
+            student, teacher, self.head, base.tokenizer, list(dataset.classnames), templates, self.device,
+            self.env, cfg.seed, plan.total_steps, cfg,
+        )  # fmt: skip
+        method.setup(self.ctx)
+        from starft_cli.train.step import Towers
 
-        head = None
-        if cfg.loss == "ce":
-            head = self._make_head(student, base.tokenizer, dataset)
-            if resume_state is not None and "head" in resume_state:
-                head.weight.data.copy_(resume_state["head"])
+        self.towers = Towers(student, self.head, trim=cfg.step_impl == "efficient").to(self.device)
+        self._set_stage(method.stage_at(state["step"] if state else 0, plan.total_steps)[0], fresh=True)
+        self._make_optimizer(plan)
+        self._make_step(plan, teacher)
 
-        captions = dataset.captions
-        class_caps = captions is None
-        from starft_cli.train.bank import class_captions
+    def _templates(self) -> list[str]:
+        from starft_cli.prompts import load_templates
 
-        default_captions = class_captions(dataset.classnames, cfg.caption_template)
-        bank = None
-        if (
-            cfg.loss == "contrastive"
-            and cfg.step_impl == "efficient"
-            and ((cfg.reg != "none" and class_caps) or (cfg.freeze_text and class_caps))
-        ):
-            bank = self._bank(teacher if teacher is not None else student, base.tokenizer, dataset)
+        return load_templates(self.cfg.val_templates or getattr(self.p.dataset, "templates", None) or "imagenet80")
 
-        from starft_cli.train.step import StarStep, Towers
+    def _set_stage(self, stage: str, fresh: bool = False) -> None:
+        """Which parameters train in ``stage``; entering a later stage restarts the optimizer's moments and (under
+        DDP) the wrapper, whose set of trained parameters is fixed when it is built."""
+        for name, param in self.towers.clip.named_parameters():
+            param.requires_grad_(self.method.trainable(name, stage))
+        if self.head is not None:
+            self.head.weight.requires_grad_(self.method.trainable("head.weight", stage))
+        if not fresh:
+            logger.info("stage %s begins", stage)
+            self.optimizer.state.clear()
+            self._wrap()
+        self.stage = stage
 
-        towers: Any = Towers(student, head, trim=cfg.step_impl == "efficient").to(device)
-        params = [(n, p) for n, p in towers.named_parameters() if p.requires_grad]
-        decay = [p for n, p in params if not _no_decay(n, p)]
-        no_decay = [p for n, p in params if _no_decay(n, p)]
-        optimizer = torch.optim.AdamW(
-            [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": cfg.wd}],
-            lr=cfg.lr,
-            fused=calls.fused_adamw,
-        )
-        scaler = torch.amp.GradScaler(calls.scaler_device, enabled=cfg.precision == "fp16")
-        wrapped = towers
-        if env.distributed:
+    def _wrap(self) -> None:
+        self.wrapped = self.towers
+        if self.env.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
-            wrapped = DistributedDataParallel(towers, **calls.ddp)
-        autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
-        teacher_scale = float(teacher.logit_scale.exp().item()) if teacher is not None else 0.0
-        step_fn = StarStep(
-            towers=wrapped,
-            clip=student,
+            from starft_cli.device import cuda_call_args
+
+            self.wrapped = DistributedDataParallel(self.towers, **cuda_call_args(self.device).ddp)
+        if hasattr(self, "step_fn"):
+            self.step_fn.towers = self.wrapped
+
+    def _make_optimizer(self, plan: _Plan) -> None:
+        """AdamW over every parameter that trains in some stage (no decay on gains, biases and the logit scale)."""
+        import torch
+
+        from starft_cli.device import cuda_call_args
+
+        stages = [name for name, _ in self.method.stages(plan.total_steps)]
+        clip_names = {n for n, _ in self.towers.clip.named_parameters()}
+
+        def trains(name: str) -> bool:
+            local = name.removeprefix("clip.") if name.removeprefix("clip.") in clip_names else name
+            return any(self.method.trainable(local, s) for s in stages)
+
+        params = [(n, p) for n, p in self.towers.named_parameters() if trains(n)]
+        decay = [p for n, p in params if not _no_decay(n, p)]
+        no_decay = [p for n, p in params if _no_decay(n, p)]
+        calls = cuda_call_args(self.device)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": self.cfg.wd}],
+            lr=self.cfg.lr,
+            fused=calls.fused_adamw,
+        )
+        self.scaler = torch.amp.GradScaler(calls.scaler_device, enabled=self.cfg.precision == "fp16")
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.cfg.precision]
+        self._wrap()
+
+    def _make_step(self, plan: _Plan, teacher: Any) -> None:
+        from starft_cli.train.bank import class_captions
+        from starft_cli.train.step import ClassifierStep, StarStep
+
+        cfg, dataset = self.cfg, self.p.dataset
+        self.micro = plan.micro
+        self.captions = dataset.captions
+        self.class_caps = self.captions is None
+        self.default_captions = class_captions(dataset.classnames, cfg.caption_template)
+        if self.method.objective == "classifier":
+            self.step_fn: Any = ClassifierStep(self.wrapped, teacher, self.method, self.ctx, self.autocast_dtype)
+            return
+        bank = None
+        banked = self.class_caps and (self.method.needs_pool or cfg.freeze_text)
+        if cfg.step_impl == "efficient" and banked:
+            bank = self._bank(teacher if teacher is not None else self.towers.clip, self.base.tokenizer, dataset)
+        self.step_fn = StarStep(
+            towers=self.wrapped,
+            clip=self.towers.clip,
             teacher=teacher,
-            tokenizer=base.tokenizer,
+            tokenizer=self.base.tokenizer,
             pool=self.p.pool or ["{}"],
-            teacher_scale=teacher_scale,
-            reg=cfg.reg,
+            method=self.method,
+            ctx=self.ctx,
             freeze_text=cfg.freeze_text,
             impl=cfg.step_impl,
             bank=bank,
-            env=env,
-            autocast_dtype=autocast_dtype,
+            env=self.env,
+            autocast_dtype=self.autocast_dtype,
         )
 
-        step, epoch, in_epoch, best = 0, 0, 0, None
-        if resume_state is not None:
-            optimizer.load_state_dict(resume_state["optimizer"])
-            if "scaler" in resume_state and cfg.precision == "fp16":
-                scaler.load_state_dict(resume_state["scaler"])
-            step, epoch, in_epoch = resume_state["step"], resume_state["epoch"], resume_state["step_in_epoch"]
-            best = resume_state.get("best")
-            self.bad_steps = int(resume_state.get("bad_steps", 0))
-            self.last_saved = step
-            if resume_state.get("world_size", 1) != world and in_epoch:
-                logger.warning(
-                    "resuming with %d processes a run saved with %d: the rest of epoch %d is drawn for the new "
-                    "process count, so it is not bitwise the run an unchanged setup would give",
-                    world,
-                    resume_state.get("world_size", 1),
-                    epoch,
-                )
-            torch.set_rng_state(resume_state["rng_cpu"])
-            logger.info("resuming %s at step %d (epoch %d, step %d of it)", self.run_dir.root, step, epoch, in_epoch)
+    # --- restore ---------------------------------------------------------------------------------------
+    def _restore(self, state: dict[str, Any] | None) -> _Position:
+        """The position, optimizer, scaler, method state and RNG of ``checkpoints/last`` (a fresh start without)."""
+        import torch
 
-        if cfg.resume and env.is_main:
-            self.run_dir.truncate_metrics(step)  # steps after the checkpoint are redone (all of them if none)
-        # Workers hand over uint8 crops; scaling and normalisation run on the batch, on the device.
-        samples = TrainSamples(dataset, train_transform(base.preprocess_cfg, normalize=False), seed=cfg.seed)
-        normalize = batch_normalizer(base.preprocess_cfg)
-        sampler = ResumableSampler(len(dataset), world, env.rank, cfg.seed)
-        self.progress({"kind": "start", "total_steps": total_steps, "step": step, "run_dir": str(self.run_dir.root)})
-        tb = None
-        if cfg.tensorboard and env.is_main:
+        if self.cfg.resume and self.env.is_main:
+            self.run_dir.truncate_metrics(state["step"] if state else 0)  # steps after the checkpoint are redone
+        if state is None:
+            return _Position()
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state and self.cfg.precision == "fp16":
+            self.scaler.load_state_dict(state["scaler"])
+        if "method" in state:
+            self.method.load_state_dict(state["method"])
+        pos = _Position(state["step"], state["epoch"], state["step_in_epoch"], state.get("best"))
+        self.bad_steps = int(state.get("bad_steps", 0))
+        self.last_saved = pos.step
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.env.world_size and pos.in_epoch:
+            logger.warning(
+                "resuming with %d processes a run saved with %d: the rest of epoch %d is drawn for the new process "
+                "count, so it is not bitwise the run an unchanged setup would give",
+                self.env.world_size,
+                saved_world,
+                pos.epoch,
+            )
+        torch.set_rng_state(state["rng_cpu"])
+        where = (self.run_dir.root, pos.step, pos.epoch, pos.in_epoch)
+        logger.info("resuming %s at step %d (epoch %d, step %d of it)", *where)
+        return pos
+
+    def _announce(self, plan: _Plan, pos: _Position) -> None:
+        """The start event, the schedule's warnings, TensorBoard."""
+        from starft_cli.train.schedules import schedule_warnings
+
+        cfg, n = self.cfg, len(self.p.dataset)
+        self._event("start", total_steps=plan.total_steps, step=pos.step)
+        self.tb = None
+        if cfg.tensorboard and self.env.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            tb = SummaryWriter(str(self.run_dir.root / "tensorboard"))
-        self.towers, self.optimizer, self.scaler, self.head = towers, optimizer, scaler, head
-        self.wrapped, self.step_fn, self.normalize, self.autocast_dtype = wrapped, step_fn, normalize, autocast_dtype
-        self.captions, self.default_captions, self.class_caps, self.micro = (
-            captions,
-            default_captions,
-            class_caps,
-            micro,
-        )
+            self.tb = SummaryWriter(str(self.run_dir.root / "tensorboard"))
+        if not self.env.is_main:
+            return
+        for warning in schedule_warnings(
+            reg="star" if self.method.regularized else "none",
+            schedule=cfg.lambda_schedule,
+            base_lambda=float(cfg.reg_lambda or 0.0),
+            epochs=cfg.epochs,
+            steps_per_epoch=plan.steps_per_epoch,
+            total_steps=plan.total_steps,
+            warmup=cfg.warmup,
+            lr=cfg.lr,
+        ):
+            logger.warning("%s", warning)
+        used = plan.steps_per_epoch * cfg.batch_size
+        if n - used >= 0.1 * n:
+            logger.warning(
+                "each epoch trains on %d of the %d images (whole batches of %d only; the %d left over are drawn "
+                "anew each epoch): lower --batch-size to use more of them",
+                used,
+                n,
+                cfg.batch_size,
+                n - used,
+            )
 
-        from starft_cli.train.schedules import cosine_lr, reg_lambda, schedule_warnings
+    # --- fit -------------------------------------------------------------------------------------------
+    def _fit(self, plan: _Plan, pos: _Position) -> None:
+        """The epochs from ``pos`` on: data loading in the same order for every method of a seed."""
+        import torch
 
-        if env.is_main:
-            for warning in schedule_warnings(
-                reg=cfg.reg if cfg.loss == "contrastive" else "none",
-                schedule=cfg.lambda_schedule,
-                base_lambda=cfg.reg_lambda,
-                epochs=cfg.epochs,
-                steps_per_epoch=steps_per_epoch,
-                total_steps=total_steps,
-                warmup=cfg.warmup,
-                lr=cfg.lr,
-            ):
-                logger.warning("%s", warning)
-            used = steps_per_epoch * cfg.batch_size
-            if len(dataset) - used >= 0.1 * len(dataset):
-                logger.warning(
-                    "each epoch trains on %d of the %d images (whole batches of %d only; the %d left over are drawn "
-                    "anew each epoch): lower --batch-size to use more of them",
-                    used,
-                    len(dataset),
-                    cfg.batch_size,
-                    len(dataset) - used,
-                )
-        while epoch < cfg.epochs and step < total_steps:
-            samples.epoch = epoch
-            sampler.set_position(epoch, in_epoch * accum * micro)
+        from starft_cli.data.pipeline import TrainSamples, batch_normalizer, train_transform
+        from starft_cli.device import cuda_call_args
+        from starft_cli.train.sampling import ResumableSampler
+
+        cfg, env = self.cfg, self.env
+        transform = train_transform(self.base.preprocess_cfg, normalize=False)
+        samples = TrainSamples(self.p.dataset, transform, seed=cfg.seed)
+        self.normalize = batch_normalizer(self.base.preprocess_cfg)
+        sampler = ResumableSampler(len(self.p.dataset), env.world_size, env.rank, cfg.seed)
+        while pos.epoch < cfg.epochs and pos.step < plan.total_steps:
+            samples.epoch = pos.epoch
+            sampler.set_position(pos.epoch, pos.in_epoch * cfg.grad_accum * plan.micro)
             loader = torch.utils.data.DataLoader(
                 samples,
-                batch_size=micro,
+                batch_size=plan.micro,
                 sampler=sampler,
                 num_workers=cfg.workers,
                 drop_last=True,
-                pin_memory=calls.pin_memory,
+                pin_memory=cuda_call_args(self.device).pin_memory,
                 persistent_workers=False,
             )
             batches = iter(loader)
-            while in_epoch < steps_per_epoch and step < total_steps:
-                started = time.perf_counter()
-                lr = cosine_lr(step, cfg.lr, cfg.warmup, total_steps)
-                lam = 0.0
-                if cfg.reg != "none":
-                    lam = reg_lambda(epoch, cfg.epochs, cfg.reg_lambda, cfg.lambda_schedule, step, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                sums, bad = self._optimizer_step(batches, step, lam)
-                step += 1
-                in_epoch += 1
-                from starft_cli.train.distributed import mean_over_ranks
-
-                loss, con, reg = mean_over_ranks(sums, env)
-                elapsed = time.perf_counter() - started
-                record = {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": loss,
-                    "contrastive": con,
-                    "reg": None if math.isnan(reg) and bad is None else reg,  # None: skipped, its weight is 0
-                    "lambda": lam,
-                    "lr": lr,
-                    "images_per_s": cfg.batch_size / max(elapsed, 1e-9),
-                }
-                if bad is not None:
-                    self.bad_steps += 1
-                    record.update(skipped=f"non-finite {bad}", bad_steps=self.bad_steps)
-                if env.is_main and (step % cfg.log_every == 0 or step == total_steps or bad is not None):
-                    self.run_dir.append_metrics(record)  # non-finite values are written as null
-                    if tb is not None:
-                        for key in ("loss", "contrastive", "reg", "lambda", "lr", "images_per_s"):
-                            if record[key] is not None and math.isfinite(record[key]):
-                                tb.add_scalar(f"train/{key}", record[key], step)
-                if bad is not None:
-                    self._bad_step(step, bad, loss)
-                self.progress({"kind": "step", "total_steps": total_steps, **record})
-                epoch_end = in_epoch >= steps_per_epoch
-                if epoch_end:
-                    epoch, in_epoch = epoch + 1, 0
-                    if self.p.val_dataset is not None:
-                        best = self._after_epoch(epoch - 1, step, best)
-                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or epoch_end or step >= total_steps:
-                    self._save("last", step, epoch, in_epoch, best)
-                if epoch_end:
+            while pos.in_epoch < plan.steps_per_epoch and pos.step < plan.total_steps:
+                if self._train_one_step(plan, pos, batches):
                     break
             del batches, loader
-        from starft_cli.train.distributed import barrier
 
-        if tb is not None:
-            tb.close()
-        barrier(env)
-        self.progress(
-            {
-                "kind": "done",
-                "step": step,
-                "total_steps": total_steps,
-                "run_dir": str(self.run_dir.root),
-                "best": best,
-                "select_by": cfg.select_by,
-                "seconds": time.perf_counter() - started_run,
-                "bad_steps": self.bad_steps,
-            }
-        )
-        return self.run_dir.root
+    def _train_one_step(self, plan: _Plan, pos: _Position, batches: Any) -> bool:
+        """One optimizer step at ``pos`` (advanced), its record, validation and checkpoints at an epoch end;
+        True at the end of an epoch."""
+        from starft_cli.train.distributed import mean_over_ranks
+        from starft_cli.train.schedules import reg_lambda
+
+        cfg, method = self.cfg, self.method
+        started = time.perf_counter()
+        stage = method.stage_at(pos.step, plan.total_steps)[0]
+        if stage != self.stage:
+            self._set_stage(stage)
+        lr = method.learning_rate(pos.step, plan.total_steps, cfg.lr, cfg.warmup)
+        lam = 0.0
+        if method.regularized:
+            lam = reg_lambda(
+                pos.epoch, cfg.epochs, float(cfg.reg_lambda or 0.0), cfg.lambda_schedule, pos.step, plan.total_steps
+            )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        sums, bad = self._optimizer_step(batches, pos.step, lam)
+        pos.step += 1
+        pos.in_epoch += 1
+        loss, main, reg, penalty = mean_over_ranks(sums, self.env)
+        record = {
+            "step": pos.step,
+            "epoch": pos.epoch,
+            "loss": loss,
+            "contrastive": main,
+            "reg": None if math.isnan(reg) and bad is None else reg,  # None: skipped, its weight is 0
+            "lambda": lam,
+            "lr": lr,
+            "images_per_s": cfg.batch_size / max(time.perf_counter() - started, 1e-9),
+        }
+        if _overrides(method, "weight_penalty"):
+            record["penalty"] = penalty
+        if stage != "main":
+            record["stage"] = stage
+        self._log(record, bad, plan)
+        epoch_end = pos.in_epoch >= plan.steps_per_epoch
+        if epoch_end:
+            pos.epoch, pos.in_epoch = pos.epoch + 1, 0
+            if self.p.val_dataset is not None:
+                pos.best = self._after_epoch(pos.epoch - 1, pos.step, pos.best)
+        if (cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0) or epoch_end or pos.step >= plan.total_steps:
+            self._save("last", pos.step, pos.epoch, pos.in_epoch, pos.best)
+        return epoch_end
+
+    def _log(self, record: dict[str, Any], bad: str | None, plan: _Plan) -> None:
+        """A step's record: metrics.jsonl (every --log-every steps, the last and every skipped one), TensorBoard,
+        the progress event; a skipped step counts against --max-bad-steps."""
+        step = record["step"]
+        if bad is not None:
+            self.bad_steps += 1
+            record.update(skipped=f"non-finite {bad}", bad_steps=self.bad_steps)
+        if self.env.is_main and (step % self.cfg.log_every == 0 or step == plan.total_steps or bad is not None):
+            self.run_dir.append_metrics(record)  # non-finite values are written as null
+            if self.tb is not None:
+                for key in ("loss", "contrastive", "reg", "lambda", "lr", "images_per_s"):
+                    if record[key] is not None and math.isfinite(record[key]):
+                        self.tb.add_scalar(f"train/{key}", record[key], step)
+        if bad is not None:
+            self._bad_step(step, bad, record["loss"])
+        self.progress({"kind": "step", "total_steps": plan.total_steps, **record})
 
     def _optimizer_step(self, batches: Any, step: int, lam: float) -> tuple[Any, str | None]:
         """Forward and backward one step (``grad_accum`` micro-batches) and step the optimizer; return (loss,
-        contrastive, reg) of the whole batch as a tensor, and why the step was skipped (non-finite "loss" or
-        "gradient"; None when it was taken).
+        main loss, regulariser, weight penalty) of the whole batch as a float64 tensor, and why the step was
+        skipped (non-finite "loss" or "gradient"; None when it was taken).
 
-        Accumulation is exact: the cross-entropy loss is a per-sample mean (each micro-batch's share is
+        Accumulation is exact: a classifier method's loss is a per-sample mean (each micro-batch's share is
         back-propagated), and the batch-coupled contrastive loss and regulariser go through
-        :meth:`StarStep.accumulate`; template draws are per step, sliced per micro-batch, as without it.
+        :meth:`StarStep.accumulate`; template draws are per step, sliced per micro-batch, as without it. The
+        method's weight penalty joins the last micro-batch's loss, once per step.
         """
         import torch
 
         from starft_cli.train.step import MicroBatch
 
-        cfg, env, device = self.cfg, self.env, self.device
-        accum = cfg.grad_accum
+        cfg, env, device, accum = self.cfg, self.env, self.device, self.cfg.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.method.begin_step(self.ctx, step)
+        sums = torch.zeros(4, dtype=torch.float64, device=device)
+        left = [accum]  # backward passes still to come: the last one carries the weight penalty
+
+        def backward(loss: Any) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                penalty = self.method.weight_penalty(self.ctx)
+                if penalty is not None:
+                    sums[3] += penalty.detach().to(sums.dtype)
+                    sums[0] += penalty.detach().to(sums.dtype)
+                    loss = loss + penalty
+            self.scaler.scale(loss).backward()
+
         micro: list[MicroBatch] = []
         tidx = None
-        if cfg.loss != "ce":  # this process's rows of the global batch, in micro-batch order
+        if self.method.objective == "contrastive":  # this process's rows of the global batch, in micro-batch order
             tidx = _templates(cfg.seed, step, 0, cfg.batch_size, len(self.step_fn.pool), env).to(device)
         for m in range(accum):
             images, labels, index = next(batches)
             images = self.normalize(images.to(device, non_blocking=True))
             labels = labels.to(device)
-            if cfg.loss == "ce":
+            if tidx is None:
                 last = m == accum - 1 or not env.distributed
                 with self.wrapped.no_sync() if not last else _null():  # gradients are all-reduced once per step
-                    out = self._ce_loss(self.wrapped, images, labels, self.autocast_dtype)
-                    self.scaler.scale(out.loss / accum).backward()
-                sums += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype) / accum
+                    out = self.step_fn(images, labels, step, lam)
+                    backward(out.loss / accum)
+                sums[:3] += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype) / accum
                 continue
-            assert tidx is not None
             caps = [
                 self.captions[i] if self.captions else self.default_captions[y]
                 for i, y in zip(index.tolist(), labels.tolist(), strict=True)
@@ -459,20 +568,16 @@ class _Trainer:
             if accum == 1:
                 one = micro[0]
                 out = self.step_fn(one.images, one.labels, one.captions, one.template_idx, lam, self.class_caps)
-                self.scaler.scale(out.loss).backward()
+                backward(out.loss)
             else:
-                out = self.step_fn.accumulate(
-                    micro,
-                    lam,
-                    self.class_caps,
-                    backward=lambda loss: self.scaler.scale(loss).backward(),
-                    no_sync=self.wrapped.no_sync if env.distributed else None,
-                )
-            sums += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype)
+                no_sync = self.wrapped.no_sync if env.distributed else None
+                out = self.step_fn.accumulate(micro, lam, self.class_caps, backward=backward, no_sync=no_sync)
+            sums[:3] += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype)
         bad = self._nonfinite(sums[0])
         if bad is None:
             self.scaler.step(self.optimizer)  # fp16: the scaler itself skips steps with inf/NaN scaled gradients
             self.scaler.update()
+            self.method.end_step(self.ctx, step)
         else:
             self.optimizer.zero_grad(set_to_none=True)
         return sums, bad
@@ -573,8 +678,12 @@ class _Trainer:
             }
             if self.head is not None:
                 state["head"] = self.head.weight.detach().cpu()
+            method_state = self.method.state_dict()
+            if method_state:
+                state["method"] = method_state
         metadata = {
-            "method": method_name(self.cfg),
+            "method": self.cfg.method,
+            "method_description": self.method.describe(),
             "base_model": self.cfg.backbone,
             "step": step,
             "epoch": epoch,
@@ -645,34 +754,17 @@ class _Trainer:
             f"`starft finetune --out {self.run_dir.root} --resume --max-bad-steps N`"
         )
 
-    def _make_head(self, student: Any, tokenizer: Any, dataset: Any) -> Any:
+    def _make_head(self, student: Any, tokenizer: Any, dataset: Any, templates: list[str]) -> Any:
+        """The zero-shot head as a linear layer: ``exp(logit_scale) x`` the class text features (C, d)."""
         import torch
 
-        from starft_cli.prompts import load_templates
         from starft_cli.zeroshot import zero_shot_head
 
-        templates = load_templates(self.cfg.val_templates or getattr(dataset, "templates", None) or "imagenet80")
         weights = zero_shot_head(student, tokenizer, dataset.classnames, templates, device=self.device, scale=True)
         head = torch.nn.Linear(weights.shape[1], weights.shape[0], bias=False).to(self.device)
         with torch.no_grad():
             head.weight.copy_(weights)
         return head
-
-    def _ce_loss(self, wrapped: Any, images: Any, labels: Any, autocast_dtype: Any) -> Any:
-        import contextlib
-
-        import torch
-        import torch.nn.functional as F
-
-        from starft_cli.device import cuda_call_args
-        from starft_cli.train.step import StepOutput
-
-        device_type = cuda_call_args(self.device).autocast_device_type
-        ctx = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-        with ctx:
-            (logits,) = wrapped(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        return StepOutput(loss=loss, contrastive=loss.detach(), reg=loss.new_zeros(()))
 
     def _validate(self) -> dict[str, float]:
         from starft_cli.train.validate import validation_metrics
@@ -698,6 +790,12 @@ class _Trainer:
 
 def _no_decay(name: str, param: Any) -> bool:
     return param.ndim < 2 or "bias" in name or "ln" in name or "bn" in name or "logit_scale" in name
+
+
+def _overrides(method: Any, hook: str) -> bool:
+    from starft_cli.train.step import _overrides as overrides
+
+    return overrides(method, hook)
 
 
 def _templates(seed: int, step: int, micro: int, global_batch: int, pool_size: int, env: Any) -> Any:

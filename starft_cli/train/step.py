@@ -8,7 +8,8 @@ teacher image forward, teacher spurious-text forward. Efficient (the default):
 * with a frozen text tower the student's caption and spurious features are the bank's too (no text forward
   or backward at all).
 
-Both give the same loss and gradients (to float tolerance; tested).
+Both give the same loss and gradients (to float tolerance; tested). The method (StarFT, FLYP, KL, CaRot, ...)
+says which features it needs and computes its regulariser from them (:mod:`starft_cli.train.methods`).
 """
 
 from __future__ import annotations
@@ -16,61 +17,25 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
 from starft_cli.train.bank import TextBank, spurious_text
-from starft_cli.train.distributed import DistEnv, gather_no_grad, gather_with_grad
+from starft_cli.train.distributed import DistEnv
+from starft_cli.train.text import encode_text
 
-
-def encode_text(model: Any, tokens: torch.Tensor, normalize: bool = True, trim: bool = True) -> torch.Tensor:
-    """``model.encode_text``, but through only as many positions as the longest text needs.
-
-    CLIP's text tower is causal and pools at the end-of-text token, so the padding after the last end-of-text
-    token cannot change any feature: dropping it gives the same features for a fraction of the cost (the
-    captions and spurious texts are ~15 tokens of a 77-token context). Models of another shape fall back to
-    ``encode_text``.
-    """
-    if not (trim and _trimmable(model)):
-        return model.encode_text(tokens, normalize=normalize)
-    import torch.nn.functional as F
-    from open_clip.transformer import text_global_pool
-
-    if model.text_pool_type == "argmax":
-        ends = tokens.argmax(dim=-1)
-    else:
-        ends = (tokens == model.text_eos_id).int().argmax(dim=-1)
-    length = int(ends.max()) + 1
-    tokens = tokens[:, :length]
-    cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
-    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-    x = model.ln_final(x)
-    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    if model.text_projection is not None:
-        x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
-    return F.normalize(x, dim=-1) if normalize else x
-
-
-def _trimmable(model: Any) -> bool:
-    from open_clip.model import CLIP
-
-    return (
-        type(model) is CLIP
-        and getattr(model, "attn_mask", None) is not None
-        and getattr(model, "text_pool_type", None) in ("argmax", "eos")
-        and (model.text_pool_type == "argmax" or getattr(model, "text_eos_id", None) is not None)
-        and not getattr(model.transformer, "grad_checkpointing", False)
-    )
+if TYPE_CHECKING:
+    from starft_cli.train.methods import Method, RunContext
 
 
 class Towers(nn.Module):
     """The trainable model as DDP sees it: ``forward(images, *token_batches)`` returns the normalised
     image features, one normalised text-feature tensor per token batch, and ``exp(logit_scale)``.
 
-    With a classification ``head`` (the CE baseline) ``forward(images)`` returns ``(logits,)``.
+    With a classification ``head`` (classifier methods) ``forward(images)`` returns ``(logits, image)``: the
+    head's logits (n, C) and the normalised image features (n, d).
     """
 
     def __init__(self, clip: Any, head: Any | None = None, trim: bool = False) -> None:
@@ -81,7 +46,8 @@ class Towers(nn.Module):
 
     def forward(self, images: torch.Tensor | None, *texts: torch.Tensor) -> tuple[Any, ...]:
         if self.head is not None:
-            return (self.head(self.clip.encode_image(images, normalize=True)),)
+            image = self.clip.encode_image(images, normalize=True)
+            return self.head(image), image
         image = self.clip.encode_image(images, normalize=True) if images is not None else None
         feats = [encode_text(self.clip, t, normalize=True, trim=self.trim) for t in texts]
         return (image, *feats, self.clip.logit_scale.exp())
@@ -98,7 +64,8 @@ class StepOutput:
 class Features:
     """One (micro-)batch's features, rows in sample order: student image ``img`` (n, d), captions ``cap`` (n, d),
     student spurious texts ``s_sp`` (n, d), teacher image ``t_img`` (n, d) and spurious texts ``t_sp`` (n, d)
-    (the last three None without the regulariser), and ``scale`` = exp(logit_scale) (scalar)."""
+    (None when the method needs none), ``scale`` = exp(logit_scale) (scalar), and ``extra``: the method's own
+    per-sample rows without gradient (:meth:`Method.teacher_features`, e.g. an EMA teacher's features)."""
 
     img: torch.Tensor
     cap: torch.Tensor
@@ -106,6 +73,7 @@ class Features:
     scale: torch.Tensor
     t_img: torch.Tensor | None
     t_sp: torch.Tensor | None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @staticmethod
     def cat(parts: Sequence[Features], scale: torch.Tensor) -> Features:
@@ -115,7 +83,39 @@ class Features:
             values = [getattr(p, name) for p in parts]
             return None if values[0] is None else torch.cat(values, dim=0)
 
-        return Features(join("img"), join("cap"), join("s_sp"), scale, join("t_img"), join("t_sp"))  # type: ignore[arg-type]
+        extra = {k: torch.cat([p.extra[k] for p in parts], dim=0) for k in parts[0].extra}
+        return Features(join("img"), join("cap"), join("s_sp"), scale, join("t_img"), join("t_sp"), extra)  # type: ignore[arg-type]
+
+
+@dataclass
+class ClassifierStep:
+    """Computes a classifier method's loss of a micro-batch: the head's logits and the image features from
+    ``towers`` (possibly DDP-wrapped), the frozen ``teacher``'s image features when the method needs them, then
+    :meth:`Method.classifier_loss` (a mean over the micro-batch's rows)."""
+
+    towers: Any
+    teacher: Any | None
+    method: Method
+    ctx: RunContext
+    autocast_dtype: Any = None
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int, lam: float) -> StepOutput:
+        from starft_cli.train.methods import ClassifierBatch
+
+        ctx = (
+            torch.autocast(device_type=images.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            logits, image = self.towers(images)
+            teacher_image = None
+            if self.method.needs_teacher and self.teacher is not None:
+                with torch.no_grad():
+                    teacher_image = self.teacher.encode_image(images, normalize=True).float()
+        batch = ClassifierBatch(logits.float(), image.float(), teacher_image, labels, step)
+        parts = self.method.classifier_loss(batch, lam, self.ctx)
+        return StepOutput(loss=parts.total, contrastive=parts.main, reg=parts.reg)
 
 
 @dataclass
@@ -130,11 +130,12 @@ class MicroBatch:
 
 @dataclass
 class StarStep:
-    """Computes the StarFT / FLYP / KL loss of a micro-batch.
+    """Computes a contrastive method's loss of a micro-batch: FLYP's contrastive loss plus ``lambda x`` the
+    method's regulariser (:meth:`Method.regularizer`), from the features the method declares it needs.
 
-    ``towers`` is the (possibly DDP-wrapped) :class:`Towers`; ``teacher`` the frozen model (None for
-    ``reg == "none"``); ``bank`` the teacher's :class:`TextBank` for the training classes (needed by the
-    efficient step when captions are the class captions, and by ``freeze_text``).
+    ``towers`` is the (possibly DDP-wrapped) :class:`Towers`; ``teacher`` the frozen model (None when the method
+    needs none); ``bank`` the teacher's :class:`TextBank` for the training classes (used by the efficient step
+    when captions are the class captions, and by ``freeze_text``); ``ctx`` the run as the method sees it.
     """
 
     towers: Any
@@ -142,13 +143,20 @@ class StarStep:
     teacher: Any | None
     tokenizer: Callable[..., Any]
     pool: Sequence[str]
-    teacher_scale: float
-    reg: str = "star"
+    method: Method
+    ctx: RunContext | None = None
     freeze_text: bool = False
     impl: str = "efficient"
     bank: TextBank | None = None
     env: DistEnv = field(default_factory=DistEnv)
     autocast_dtype: Any = None  # torch.bfloat16 / torch.float16 under mixed precision
+
+    def __post_init__(self) -> None:
+        if self.ctx is None:  # unit tests drive the step alone
+            from starft_cli.train.methods import RunContext
+
+            self.ctx = RunContext(self.clip, self.teacher, None, self.tokenizer, [], [], None, self.env)
+            self.method.setup(self.ctx)
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
@@ -200,7 +208,8 @@ class StarStep:
             last = j == len(micro) - 1
             with no_sync() if (no_sync is not None and not last) else contextlib.nullcontext():
                 mine = self.features(m.images, m.labels, m.captions, m.template_idx, use_reg, class_captions, False)
-                mine.t_img, mine.t_sp = cached[j].t_img, cached[j].t_sp  # the teacher's need no second forward
+                # the teacher's features need no second forward
+                mine.t_img, mine.t_sp, mine.extra = cached[j].t_img, cached[j].t_sp, cached[j].extra
                 scale = mine.scale if last else mine.scale.detach()
                 out = self.loss(
                     Features.cat([*cached[:j], mine, *cached[j + 1 :]], scale), labels, lam, use_reg, skipped
@@ -211,7 +220,7 @@ class StarStep:
 
     def _reg_mode(self, lam: float) -> tuple[bool, bool]:
         """(compute the regulariser, it is skipped for its zero weight)."""
-        use_reg = self.reg != "none" and self.teacher is not None
+        use_reg = self.method.regularized and (self.teacher is not None or not self.method.needs_teacher)
         # With a zero weight (the last epoch of the linear schedule) the regulariser cannot change the gradient:
         # the efficient step skips it, teacher forward included, and reports it as not computed (NaN).
         skipped = use_reg and lam == 0.0 and self.impl == "efficient"
@@ -229,16 +238,29 @@ class StarStep:
     ) -> Features:
         """The features the loss needs (see :class:`Features`); ``teacher=False`` leaves out the teacher's
         features that need a teacher forward (the caller has them)."""
-        spurious = [spurious_text(self.pool[int(k)], c) for k, c in zip(template_idx.tolist(), captions, strict=True)]
+        spurious: list[str] = []
+        pooled = use_reg and self.method.needs_pool
+        if pooled:
+            spurious = [
+                spurious_text(self.pool[int(k)], c) for k, c in zip(template_idx.tolist(), captions, strict=True)
+            ]
         if self.impl == "straightforward":
-            parts = self._straightforward(images, captions, spurious, use_reg, teacher)
+            parts = self._straightforward(images, captions, spurious, pooled, use_reg, teacher)
         else:
-            parts = self._efficient(images, labels, captions, spurious, template_idx, use_reg, class_captions, teacher)
-        return Features(*parts)
+            parts = self._efficient(
+                images, labels, captions, spurious, template_idx, pooled, use_reg, class_captions, teacher
+            )
+        feats = Features(*parts)
+        if use_reg and teacher and _overrides(self.method, "teacher_features"):
+            with torch.no_grad(), self._autocast(images.device):
+                tokens = self.tokenizer(list(captions)).to(images.device)
+                assert self.ctx is not None
+                feats.extra = self.method.teacher_features(self.ctx, images, tokens)
+        return feats
 
     def loss(self, f: Features, labels: torch.Tensor, lam: float, use_reg: bool, skipped: bool) -> StepOutput:
         """The contrastive loss (+ ``lam`` x the regulariser) of this process's rows ``f`` with ``labels`` (n,)."""
-        from starft_cli.losses import contrastive_loss, star_regularizer
+        from starft_cli.losses import contrastive_loss
 
         env = self.env
         l_con = contrastive_loss(
@@ -247,39 +269,35 @@ class StarStep:
         if not use_reg:
             reg = l_con.new_full((), float("nan")) if skipped else l_con.new_zeros(())
             return StepOutput(loss=l_con, contrastive=l_con.detach(), reg=reg)
-        assert f.s_sp is not None and f.t_sp is not None and f.t_img is not None
-        columns_student = gather_with_grad(f.s_sp, env) if f.s_sp.requires_grad else gather_no_grad(f.s_sp, env)
-        l_reg = star_regularizer(
-            f.t_img,
-            gather_no_grad(f.t_sp, env),
-            f.img,
-            columns_student,
-            self.teacher_scale,
-            labels,
-            masked=self.reg == "star",
-            column_labels=gather_no_grad(labels, env),
-            normalizer=labels.shape[0],  # this process's share: the mean over processes is the global mean
-        )
+        assert self.ctx is not None
+        l_reg = self.method.regularizer(f, labels, self.ctx)
         return StepOutput(loss=l_con + lam * l_reg, contrastive=l_con.detach(), reg=l_reg.detach())
 
     # -------------------------------------------------------------------------------------------------
     def _straightforward(
-        self, images: torch.Tensor, captions: Sequence[str], spurious: Sequence[str], use_reg: bool, teacher: bool
+        self,
+        images: torch.Tensor,
+        captions: Sequence[str],
+        spurious: Sequence[str],
+        pooled: bool,
+        use_reg: bool,
+        teacher: bool,
     ) -> tuple[Any, ...]:
         device = images.device
         cap_tokens = self.tokenizer(list(captions)).to(device)
+        t_img = t_sp = s_sp = None
         with self._autocast(device):
-            if use_reg:
+            if pooled:
                 sp_tokens = self.tokenizer(list(spurious)).to(device)
                 img, cap, s_sp, scale = self.towers(images, cap_tokens, sp_tokens)
-                t_img = t_sp = None
                 if teacher:
                     with torch.no_grad():
-                        t_img = self.teacher.encode_image(images, normalize=True)
                         t_sp = self.teacher.encode_text(sp_tokens, normalize=True)
             else:
                 img, cap, scale = self.towers(images, cap_tokens)
-                s_sp = t_img = t_sp = None
+            if use_reg and teacher and self.teacher is not None:
+                with torch.no_grad():
+                    t_img = self.teacher.encode_image(images, normalize=True)
         return img, cap, s_sp, scale, t_img, t_sp
 
     def _efficient(
@@ -289,6 +307,7 @@ class StarStep:
         captions: Sequence[str],
         spurious: Sequence[str],
         template_idx: torch.Tensor,
+        pooled: bool,
         use_reg: bool,
         class_captions: bool,
         teacher: bool = True,
@@ -302,24 +321,21 @@ class StarStep:
                 # The student's text tower is the teacher's, frozen: its features need no forward here.
                 if banked:
                     cap = self.bank.captions[labels]
-                    s_sp = self.bank.spurious[labels, template_idx] if use_reg else None
+                    s_sp = self.bank.spurious[labels, template_idx] if pooled else None
                 else:
-                    texts = list(captions) + (list(spurious) if use_reg else [])
+                    texts = list(captions) + (list(spurious) if pooled else [])
                     feats = self._encode_frozen(texts, device)
-                    cap, s_sp = feats[:n], (feats[n:] if use_reg else None)
+                    cap, s_sp = feats[:n], (feats[n:] if pooled else None)
                 (img, scale) = self.towers(images)
                 t_sp = s_sp
             else:
-                texts = list(captions)
-                if use_reg:
-                    texts += list(spurious)
-                unique, index = _dedupe(texts)
+                unique, index = _dedupe(list(captions) + list(spurious))
                 tokens = self.tokenizer(unique).to(device)
                 img, text_feats, scale = self.towers(images, tokens)
                 text_feats = text_feats[torch.as_tensor(index, device=device)]
                 cap = text_feats[:n]
-                s_sp = text_feats[n:] if use_reg else None
-                if use_reg:
+                s_sp = text_feats[n:] if pooled else None
+                if pooled:
                     if banked:
                         t_sp = self.bank.spurious[labels, template_idx]
                     elif teacher:
@@ -327,7 +343,7 @@ class StarStep:
                             tokens = self.tokenizer(list(spurious)).to(device)
                             t_sp = encode_text(self.teacher, tokens, normalize=True)
             t_img = None
-            if use_reg and teacher:
+            if use_reg and teacher and self.teacher is not None:
                 with torch.no_grad():
                     t_img = self.teacher.encode_image(images, normalize=True)
         return img, cap, s_sp, scale, t_img, t_sp
@@ -338,6 +354,13 @@ class StarStep:
         with torch.no_grad():
             feats = encode_text(model, self.tokenizer(unique).to(device), normalize=True)
         return feats[torch.as_tensor(index, device=device)]
+
+
+def _overrides(method: Method, hook: str) -> bool:
+    """Whether ``method`` implements ``hook`` itself (the base class's does nothing)."""
+    from starft_cli.train.methods import Method as Base
+
+    return getattr(type(method), hook) is not getattr(Base, hook)
 
 
 def _dedupe(texts: Sequence[str]) -> tuple[list[str], list[int]]:

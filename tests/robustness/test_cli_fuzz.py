@@ -47,7 +47,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("finetune-epochs-zero", [*FT, "--epochs", "0", "--out", "{out}"], 2, "epochs"),
     ("finetune-lr-negative", [*FT, "--lr", "-1", "--out", "{out}"], 2, "lr"),
     ("finetune-batch-zero", [*FT, "--batch-size", "0", "--out", "{out}"], 2, "batch"),
-    ("finetune-lambda-with-reg-none", [*FT, "--reg", "none", "--lambda", "0.5", "--out", "{out}"], 2, "--lambda"),
+    ("finetune-lambda-with-reg-none", [*FT, "--method", "flyp", "--lambda", "0.5", "--out", "{out}"], 2, "--lambda"),
     ("finetune-select-by-without-val", [*FT, "--select-by", "top1", "--out", "{out}"], 2, "--val-data"),
     ("finetune-resume-without-out", ["finetune", "--resume"], 2, "--out"),
     ("finetune-resume-not-a-run", [*FT, "--resume", "--out", "{dirfull}"], 1, "not a starft run"),
