@@ -3,6 +3,7 @@ random-text sampler's determinism."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -128,3 +129,72 @@ def test_random_texts_that_do_not_fit_the_context_are_refused() -> None:
     assert "at most 30" in info.value.one_line()
     with pytest.raises(ConfigError, match="at least one random text"):
         random_text_tokens(0, 0, num_texts=0, text_length=8, context_length=32, sot_id=SOT, eot_id=EOT)
+
+
+# --- the registered method -------------------------------------------------------------------------------------
+
+
+def test_method_total_is_cross_entropy_plus_lambda_times_the_regularizer(tiny) -> None:
+    from starft_cli.train.methods import ClassifierBatch, make_method
+    from tests.methods._helpers import context, cross_entropy64
+
+    ctx = context(tiny, ["a photo of a {}."], seed=5)
+    method = make_method("lipsum-ft", {"num_texts": 6, "text_length": 5})
+    method.setup(ctx)
+    method.begin_step(ctx, 3)
+    # the step's texts: the (seed, step) draw through the frozen text tower (open_clip's own, untrimmed, encoder)
+    tokens = random_text_tokens(5, 3, 6, 5, 32, SOT, EOT)
+    with torch.no_grad():
+        expected_texts = ctx.teacher.encode_text(tokens, normalize=True)
+    assert torch.allclose(method.texts, expected_texts, atol=1e-5)
+    assert method.scale == pytest.approx(ctx.teacher.logit_scale.exp().item())
+
+    rng = random.Random(0)
+    logits = [[rng.gauss(0, 3) for _ in range(3)] for _ in range(4)]
+    labels = [0, 2, 1, 2]
+    image, teacher = _unit_rows(rng, 4, 32), _unit_rows(rng, 4, 32)
+    batch = ClassifierBatch(
+        torch.tensor(logits), torch.tensor(image), torch.tensor(teacher), torch.tensor(labels), step=3
+    )
+    parts = method.classifier_loss(batch, 0.7, ctx)
+    ce = cross_entropy64(logits, labels)
+    reg = _reference(image, teacher, method.texts.double().tolist(), method.scale)
+    assert parts.main.item() == pytest.approx(ce, rel=1e-5)
+    assert parts.reg.item() == pytest.approx(reg, rel=1e-5)
+    assert parts.total.item() == pytest.approx(ce + 0.7 * reg, rel=1e-5)
+    # a new step, new texts; weight 0: the regulariser is skipped (logged as such) and the loss is the CE
+    method.begin_step(ctx, 4)
+    assert not torch.allclose(method.texts, expected_texts)
+    zero = method.classifier_loss(batch, 0.0, ctx)
+    assert zero.total.item() == pytest.approx(ce, rel=1e-5) and math.isnan(zero.reg.item())
+
+
+def test_finetune_lipsum_ft_runs_and_logs_a_finite_regularizer(tmp_path, class_folders) -> None:
+    from tests.methods._helpers import finetune, metrics
+
+    run = tmp_path / "run"
+    result = finetune(
+        "--data", f"folder:{class_folders}", "--method", "lipsum-ft", "--lambda-schedule", "constant",
+        "--hp", "num_texts=16", "--batch-size", "6", "--epochs", "1", "--out", str(run),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [r for r in metrics(run) if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["reg"]) for r in records)
+    assert [r["lambda"] for r in records] == [1.0, 1.0]  # the paper's default weight
+    assert records[0]["reg"] == pytest.approx(0.0, abs=1e-6)  # step 1: the student is the zero-shot model
+    assert records[1]["reg"] > 0  # step 2: it moved
+    config = json.loads((run / "config.json").read_text())
+    assert config["method"] == "lipsum-ft" and config["hparams"] == {"num_texts": 16, "text_length": 8}
+
+
+def test_finetune_lipsum_ft_refuses_texts_longer_than_the_context(tmp_path, class_folders) -> None:
+    from tests.methods._helpers import finetune
+
+    result = finetune(
+        "--data", f"folder:{class_folders}", "--method", "lipsum-ft", "--hp", "text_length=31",
+        "--batch-size", "6", "--epochs", "1", "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert result.exit_code == 2  # a bad setting, like every other hyper-parameter error
+    assert "text_length 31 does not fit the model's text context of 32 tokens" in result.stderr
+    assert "Traceback" not in result.output

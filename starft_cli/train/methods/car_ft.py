@@ -21,8 +21,20 @@ CAR-FT keeps the fine-tuned model's distribution over contexts equal to the zero
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import logging
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from starft_cli.errors import ConfigError
+from starft_cli.train.methods import register
+from starft_cli.train.methods.base import ClassifierBatch, HParam, LossParts, RunContext
+from starft_cli.train.methods.ft import FT, cross_entropy
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
 
 #: The regulariser's default weight (the paper's beta).
 DEFAULT_LAMBDA = 1.0
@@ -36,6 +48,9 @@ def context_prompt_weights(features: torch.Tensor) -> torch.Tensor:
     here, so raw features are fine). Each template's weight is the class-average of its normalised features,
     renormalised to unit length.
     """
+    import torch
+    import torch.nn.functional as F
+
     feats = F.normalize(features.to(torch.promote_types(features.dtype, torch.float32)), dim=-1)
     return F.normalize(feats.mean(dim=0), dim=-1)
 
@@ -47,6 +62,8 @@ def context_log_probs(image: torch.Tensor, contexts: torch.Tensor, scale: float 
     ``image``: ``(n, d)`` normalised image features; ``contexts``: ``(K, d)`` context prompt weights;
     ``scale``: the pre-trained ``exp(logit_scale)``.
     """
+    import torch
+
     dtype = torch.promote_types(torch.promote_types(image.dtype, contexts.dtype), torch.float32)
     return torch.log_softmax(float(scale) * (image.to(dtype) @ contexts.to(dtype).t()), dim=-1)
 
@@ -63,7 +80,96 @@ def car_ft_regularizer(
     (``context_prompt_weights``); ``scale``: the pre-trained ``exp(logit_scale)``. Computed in float32 whatever the
     autocast dtype.
     """
+    import torch
+    import torch.nn.functional as F
+
     with torch.autocast(device_type=image.device.type, enabled=False):
         log_p = context_log_probs(image, contexts, scale)
         log_p0 = context_log_probs(teacher_image, contexts, scale)
         return F.kl_div(log_p, log_p0, log_target=True, reduction="batchmean")
+
+
+def context_templates(choice: str, run_templates: Sequence[str]) -> list[str]:
+    """The context prompts: the run's zero-shot templates (``choice == "zero-shot"``), or a shipped template set
+    by name / a file of templates (``starft_cli.prompts.load_templates``).
+
+    Raises ``ConfigError`` when fewer than two remain (a distribution over one context is always 1: the KL would be
+    0 whatever the model does) and ``TemplateError`` for an unknown set.
+    """
+    from starft_cli.prompts import load_templates
+
+    templates = list(run_templates) if choice == "zero-shot" else load_templates(choice)
+    if len(templates) < 2:
+        where = "the run's zero-shot templates" if choice == "zero-shot" else f"'{choice}'"
+        raise ConfigError(
+            f"car-ft needs at least two context prompts and {where} has {len(templates)}",
+            "Pass a larger template set, e.g. --hp contexts=imagenet80",
+        )
+    return templates
+
+
+def encode_context_weights(
+    model: Any, tokenizer: Any, classnames: Sequence[str], templates: Sequence[str], device: Any
+) -> torch.Tensor:
+    """Context prompt weights ``(K, d)`` float32 of ``templates`` through ``model``'s (frozen) text tower: one
+    template at a time, every class name filled in (``context_prompt_weights`` on ``(C, 1, d)`` slices), so the
+    memory is one template's ``(C, d)`` features whatever K."""
+    import torch
+
+    from starft_cli.prompts import fill
+    from starft_cli.train.bank import encode_texts
+
+    rows = []
+    for template in templates:
+        feats = encode_texts(model, tokenizer, [fill(template, c) for c in classnames], device)
+        rows.append(context_prompt_weights(feats[:, None, :]))
+    return torch.cat(rows, dim=0)
+
+
+@register
+class CARFT(FT):
+    """CAR-FT (Mao et al., "Context-Aware Robust Fine-Tuning", arXiv 2022 / IJCV 2024): cross-entropy fine-tuning
+    of the image tower and the zero-shot-initialised head, plus ``lambda x`` the KL divergence from the zero-shot
+    model's distribution over *contexts* (the zero-shot templates, each averaged over the class names) to the
+    fine-tuned model's (see the module docstring). Defaults: lambda 1.0, the run's zero-shot templates as contexts
+    (ImageNet's 80 by default), the teacher's logit scale as the inverse temperature.
+
+    The context weights are computed once per run (:meth:`setup`) with the frozen teacher's text tower."""
+
+    name = "car-ft"
+    title = "cross-entropy plus keeping the zero-shot model's distribution over context prompts"
+    source = "Mao, Chen, Jia, Zhang, Xue & Li, Context-Aware Robust Fine-Tuning, arXiv 2211.16175 (2022), IJCV 2024"
+    loss_doc = (
+        "L = CE(W f(x), y) + lambda * mean_i KL(softmax_k(tau0 <f0(x_i), w_k>) || softmax_k(tau0 <f(x_i), w_k>)), "
+        "w_k = the normalised class-average of the frozen text tower's features of context template k, "
+        "f0 the frozen zero-shot image tower, tau0 its exp(logit_scale)"
+    )
+    needs_teacher = True
+    regularized = True
+    default_lambda = DEFAULT_LAMBDA
+    hparams = (
+        HParam(
+            "contexts",
+            "zero-shot",
+            "context prompts: 'zero-shot' (the run's zero-shot templates), a shipped template set or a file",
+            kind=str,
+        ),
+    )
+
+    def setup(self, ctx: RunContext) -> None:
+        """The context prompt weights ``self.contexts`` (K, d) and the teacher's logit scale, once per run."""
+        if ctx.teacher is None:
+            raise ValueError("car-ft needs the frozen zero-shot model (ctx.teacher)")
+        templates = context_templates(str(self.hp["contexts"]), ctx.templates)
+        self.scale = float(ctx.teacher.logit_scale.exp().item())
+        self.contexts = encode_context_weights(ctx.teacher, ctx.tokenizer, ctx.classnames, templates, ctx.device)
+        log.debug("car-ft: %d context prompts over %d classes", len(templates), len(ctx.classnames))
+
+    def classifier_loss(self, batch: ClassifierBatch, lam: float, ctx: RunContext) -> LossParts:
+        ce = cross_entropy(batch)
+        if lam == 0.0:  # weight 0 (end of a decaying schedule): not computed, logged as skipped
+            return LossParts(total=ce, main=ce.detach(), reg=ce.new_full((), math.nan))
+        if batch.teacher_image is None:
+            raise ValueError("car-ft: classifier_loss without the teacher's image features")
+        reg = car_ft_regularizer(batch.image, batch.teacher_image, self.contexts, self.scale)
+        return LossParts(total=ce + lam * reg, main=ce.detach(), reg=reg.detach())

@@ -23,10 +23,16 @@ ipsum"), drawn afresh every step:
 from __future__ import annotations
 
 import hashlib
-
-import torch
+import math
+from typing import TYPE_CHECKING, Any
 
 from starft_cli.errors import ConfigError
+from starft_cli.train.methods import register
+from starft_cli.train.methods.base import ClassifierBatch, HParam, LossParts, RunContext
+from starft_cli.train.methods.ft import FT, cross_entropy
+
+if TYPE_CHECKING:
+    import torch
 
 #: The paper's defaults (the reference code's ``--feat_regularization``, ``--token_k_ways``, ``--token_length``).
 DEFAULT_LAMBDA = 1.0
@@ -40,6 +46,8 @@ def text_generator(seed: int, step: int) -> torch.Generator:
     The seed is a hash of ``("lipsum-ft", seed, step)``, so the stream shares nothing with the other per-step
     draws of a run (template choices, data order) and a resumed run draws exactly the same texts.
     """
+    import torch
+
     digest = hashlib.sha256(f"lipsum-ft/{int(seed)}/{int(step)}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") % (2**63 - 1))
 
@@ -73,6 +81,8 @@ def random_text_tokens(
             "(two more are needed for the start and end tokens)",
             f"Use a text_length of at most {context_length - 2}",
         )
+    import torch
+
     high = min(int(sot_id), int(eot_id))
     draws = torch.randint(high, (num_texts, text_length), generator=text_generator(seed, step), dtype=torch.long)
     tokens = torch.zeros(num_texts, context_length, dtype=torch.long)
@@ -94,6 +104,8 @@ def lipsum_energies(image: torch.Tensor, texts: torch.Tensor, scale: float | tor
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float32, or float64 when an input is float64 (never below float32)."""
+    import torch
+
     dtype = torch.float32
     for t in tensors:
         dtype = torch.promote_types(dtype, t.dtype)
@@ -112,6 +124,89 @@ def lipsum_regularizer(
     logits. Computed in float32 whatever the autocast dtype (the difference of two close energies of ~100 needs
     the bits).
     """
+    import torch
+
     with torch.autocast(device_type=image.device.type, enabled=False):
         diff = lipsum_energies(image, texts, scale) - lipsum_energies(teacher_image, texts, scale)
         return diff.square().sum(dim=1).div(2 * texts.shape[0]).mean()
+
+
+def clip_special_tokens(tokenizer: Any, model: Any) -> tuple[int, int, int]:
+    """(start-of-text id, end-of-text id, context length) of a CLIP BPE ``tokenizer`` and its ``model``.
+
+    Raises ``ConfigError`` for a tokenizer without CLIP's start/end tokens (random token ids of another
+    vocabulary would mean something else).
+    """
+    sot, eot = getattr(tokenizer, "sot_token_id", None), getattr(tokenizer, "eot_token_id", None)
+    if sot is None or eot is None:
+        raise ConfigError(
+            "lipsum-ft draws random tokens of CLIP's BPE vocabulary, and this model's tokenizer has no CLIP "
+            "start/end-of-text tokens",
+            "Use a model with open_clip's default tokenizer, or another --method",
+        )
+    length = getattr(model, "context_length", None) or getattr(tokenizer, "context_length", 77)
+    return int(sot), int(eot), int(length)
+
+
+@register
+class LipsumFT(FT):
+    """Lipsum-FT (Nam, Heo & Lee, ICLR 2024): cross-entropy fine-tuning of the image tower and the
+    zero-shot-initialised head, plus ``lambda x`` the mean squared gap between the fine-tuned and the zero-shot
+    image towers' energies (``tau0 x`` cosine similarity) against ``num_texts`` texts of ``text_length`` random
+    tokens, drawn afresh every optimizer step (see the module docstring). Defaults from the paper and its code:
+    lambda 1.0, 80 texts of 8 tokens. The paper keeps lambda constant: pass ``--lambda-schedule constant`` for
+    its recipe.
+
+    Per step the random texts go through the frozen teacher's text tower once (:meth:`begin_step`), for every
+    micro-batch of the step; the texts are a function of (seed, step) only, the same on every process and after a
+    resume."""
+
+    name = "lipsum-ft"
+    title = "cross-entropy plus matching the zero-shot model's energies against random-token texts"
+    source = "Nam, Heo & Lee, Lipsum-FT: Robust Fine-Tuning of Zero-Shot Models Using Random Text Guidance, ICLR 2024"
+    loss_doc = (
+        "L = CE(W f(x), y) + lambda * mean_i 1/(2M) * sum_m (tau0 <f(x_i), g0(t_m)> - tau0 <f0(x_i), g0(t_m)>)^2, "
+        "t_m = M texts of L uniformly random tokens redrawn every step, g0 / f0 the frozen zero-shot towers, "
+        "tau0 their exp(logit_scale)"
+    )
+    needs_teacher = True
+    regularized = True
+    default_lambda = DEFAULT_LAMBDA
+    hparams = (
+        HParam("num_texts", DEFAULT_NUM_TEXTS, "random texts drawn per optimizer step (M)", kind=int, minimum=1),
+        HParam("text_length", DEFAULT_TEXT_LENGTH, "random tokens per text (L)", kind=int, minimum=1),
+    )
+
+    def setup(self, ctx: RunContext) -> None:
+        """The teacher's logit scale and the tokenizer's special tokens; checks that the texts fit the context."""
+        if ctx.teacher is None:
+            raise ValueError("lipsum-ft needs the frozen zero-shot model (ctx.teacher)")
+        self.scale = float(ctx.teacher.logit_scale.exp().item())
+        self.sot, self.eot, self.context_length = clip_special_tokens(ctx.tokenizer, ctx.teacher)
+        self._tokens(ctx.seed, 0)  # a text_length that does not fit fails here, before any training
+        self.texts: torch.Tensor | None = None
+
+    def _tokens(self, seed: int, step: int) -> torch.Tensor:
+        return random_text_tokens(
+            seed, step, int(self.hp["num_texts"]), int(self.hp["text_length"]), self.context_length, self.sot, self.eot
+        )
+
+    def begin_step(self, ctx: RunContext, step: int) -> None:
+        """Draw this step's random texts and encode them once with the frozen text tower: ``self.texts`` (M, d)."""
+        import torch
+
+        from starft_cli.train.text import encode_text
+
+        assert ctx.teacher is not None
+        with torch.no_grad():
+            tokens = self._tokens(ctx.seed, step).to(ctx.device)
+            self.texts = encode_text(ctx.teacher, tokens, normalize=True).float()
+
+    def classifier_loss(self, batch: ClassifierBatch, lam: float, ctx: RunContext) -> LossParts:
+        ce = cross_entropy(batch)
+        if lam == 0.0:  # weight 0 (end of a decaying schedule): not computed, logged as skipped
+            return LossParts(total=ce, main=ce.detach(), reg=ce.new_full((), math.nan))
+        if batch.teacher_image is None or self.texts is None:
+            raise ValueError("lipsum-ft: classifier_loss before begin_step, or without the teacher's image features")
+        reg = lipsum_regularizer(batch.image, batch.teacher_image, self.texts, self.scale)
+        return LossParts(total=ce + lam * reg, main=ce.detach(), reg=reg.detach())
