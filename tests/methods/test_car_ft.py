@@ -3,6 +3,7 @@ paper's equation."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -123,3 +124,85 @@ def test_gradient_reaches_only_the_fine_tuned_features() -> None:
         for j in range(6):
             g = sum((p[k] - p0[k]) * contexts[k, j].item() for k in range(5)) * scale / n
             assert image.grad[i, j].item() == pytest.approx(g, rel=1e-6, abs=1e-9)
+
+
+# --- the registered method -------------------------------------------------------------------------------------
+
+TEMPLATES = ["a photo of a {}.", "a sketch of a {}.", "a blurry photo of the {}.", "a toy {}."]
+
+
+def test_method_contexts_and_total_is_cross_entropy_plus_lambda_times_kl(tiny) -> None:
+    from starft_cli.train.methods import ClassifierBatch, make_method
+    from tests.methods._helpers import CLASSES, context, cross_entropy64
+
+    ctx = context(tiny, TEMPLATES)
+    method = make_method("car-ft")
+    method.setup(ctx)
+    # once per run: the context weights from the frozen text tower (open_clip's own encoder, untrimmed)
+    with torch.no_grad():
+        raw = [
+            ctx.teacher.encode_text(tiny.tokenizer([t.replace("{}", c) for t in TEMPLATES]), normalize=False).tolist()
+            for c in CLASSES
+        ]
+    expected = _reference_contexts(raw)
+    assert method.contexts.shape == (4, 32)
+    assert torch.allclose(method.contexts.double(), torch.tensor(expected, dtype=torch.float64), atol=1e-5)
+    assert method.scale == pytest.approx(ctx.teacher.logit_scale.exp().item())
+
+    rng = random.Random(0)
+    logits = [[rng.gauss(0, 3) for _ in range(3)] for _ in range(4)]
+    labels = [1, 0, 2, 2]
+    image, teacher = _unit_rows(rng, 4, 32), _unit_rows(rng, 4, 32)
+    batch = ClassifierBatch(torch.tensor(logits), torch.tensor(image), torch.tensor(teacher), torch.tensor(labels), 0)
+    parts = method.classifier_loss(batch, 0.3, ctx)
+    ce = cross_entropy64(logits, labels)
+    kl = _reference_kl(image, teacher, method.contexts.double().tolist(), method.scale)
+    assert kl > 1e-3
+    assert parts.main.item() == pytest.approx(ce, rel=1e-5)
+    assert parts.reg.item() == pytest.approx(kl, rel=1e-4, abs=1e-5)
+    assert parts.total.item() == pytest.approx(ce + 0.3 * kl, rel=1e-5)
+    zero = method.classifier_loss(batch, 0.0, ctx)  # weight 0: skipped, logged as such
+    assert zero.total.item() == pytest.approx(ce, rel=1e-5) and math.isnan(zero.reg.item())
+
+
+def test_method_needs_two_contexts(tiny) -> None:
+    from starft_cli.errors import ConfigError
+    from starft_cli.train.methods import make_method
+    from tests.methods._helpers import context
+
+    with pytest.raises(ConfigError, match="at least two context prompts and the run's zero-shot templates has 1"):
+        make_method("car-ft").setup(context(tiny, ["a photo of a {}."]))
+    method = make_method("car-ft", {"contexts": "imagenet80"})  # a shipped set instead of the run's templates
+    method.setup(context(tiny, ["a photo of a {}."]))
+    assert method.contexts.shape == (80, 32)
+
+
+def test_finetune_car_ft_runs_and_logs_a_finite_regularizer(tmp_path, class_folders) -> None:
+    from tests.methods._helpers import finetune, metrics
+
+    run = tmp_path / "run"
+    result = finetune(
+        "--data", f"folder:{class_folders}", "--method", "car-ft", "--lambda-schedule", "constant",
+        "--batch-size", "6", "--epochs", "1", "--out", str(run),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = [r for r in metrics(run) if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["reg"]) for r in records)
+    assert [r["lambda"] for r in records] == [1.0, 1.0]
+    assert records[0]["reg"] == pytest.approx(0.0, abs=1e-6)  # step 1: the student is the zero-shot model
+    assert records[1]["reg"] > 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["method"] == "car-ft" and config["hparams"] == {"contexts": "zero-shot"}
+
+
+def test_finetune_car_ft_with_one_context_is_refused(tmp_path, class_folders) -> None:
+    from tests.methods._helpers import finetune
+
+    result = finetune(
+        "--data", f"folder:{class_folders}", "--method", "car-ft", "--hp", "contexts=single",
+        "--batch-size", "6", "--epochs", "1", "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "car-ft needs at least two context prompts and 'single' has 1" in result.stderr
+    assert "--hp contexts=imagenet80" in result.stderr and "Traceback" not in result.output
