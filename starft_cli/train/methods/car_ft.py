@@ -17,6 +17,11 @@ CAR-FT keeps the fine-tuned model's distribution over contexts equal to the zero
 * Regulariser: ``KL(p_zero-shot(. | x) || p_fine-tuned(. | x))``, the zero-shot model's distribution as the
   target, averaged over the batch.
 * Loss: cross-entropy through the zero-shot-initialised head + lambda * KL, lambda = 1.0.
+
+Decisions where the sources we could read leave it open: the inverse temperature is the pre-trained logit scale
+(without it, cosine similarities of ~0.2 would make every context distribution almost uniform); lambda = 1.0,
+constant; the contexts are the run's zero-shot templates (80 for ImageNet), and fewer than two are refused (one
+context makes the KL identically 0).
 """
 
 from __future__ import annotations
