@@ -25,6 +25,7 @@ from starft_cli.models import load
 from starft_cli.prompts import load_pool
 from starft_cli.train.bank import build_bank, class_captions
 from starft_cli.train.distributed import DistEnv
+from starft_cli.train.methods import make_method
 from starft_cli.train.step import StarStep, Towers, template_indices
 
 
@@ -48,7 +49,7 @@ def make(arch: str, impl: str, freeze_text: bool, classes: list[str], device: to
         teacher=teacher,
         tokenizer=loaded.tokenizer,
         pool=pool,
-        teacher_scale=float(teacher.logit_scale.exp()),
+        method=make_method("starft"),
         freeze_text=freeze_text,
         impl=impl,
         bank=bank,

@@ -346,3 +346,38 @@ def test_worker_message_unwraps_what_torch_reraises():
     assert worker_message(wrapped) == "/d/a.jpg is damaged"
     assert worker_message("a plain message") is None
     assert ImageError(wrapped).one_line() == "/d/a.jpg is damaged"
+
+
+def test_help_method_lists_and_describes_the_methods():
+    listing = runner.invoke(app, ["finetune", "--help-method"])
+    assert listing.exit_code == 0, listing.output
+    names = [line.split()[0] for line in listing.stdout.splitlines()[:7]]
+    assert names[0] == "starft" and {"flyp", "ft", "kl", "lp", "lp-ft", "l2-sp"} <= set(names)
+    card = runner.invoke(app, ["finetune", "--method", "lp-ft", "--help-method"])
+    assert card.exit_code == 0, card.output
+    assert "Kumar et al." in card.stdout and "ICLR 2022" in card.stdout
+    assert "--hp lp_fraction=VALUE: share of the run's steps spent probing (default 0.5)" in card.stdout
+    unknown = runner.invoke(app, ["finetune", "--method", "lpft", "--help-method"])
+    assert unknown.exit_code == 2 and "unknown method 'lpft'" in unknown.stderr and "lp-ft" in unknown.stderr
+
+
+def test_lp_trains_only_the_head_and_lp_ft_then_the_image_tower(tmp_path: Path, class_folders: Path):
+    from starft_cli.models import load
+
+    start = load("starft-tiny:none", seed=0).model.state_dict()
+    common = ["--data", f"folder:{class_folders}", "--batch-size", "4", "--epochs", "2"]
+    lp, lpft = tmp_path / "lp", tmp_path / "lpft"
+    assert _finetune(*common, "--method", "lp", "--out", str(lp)).exit_code == 0
+    weights = load_file(str(lp / "checkpoints" / "last" / "open_clip_model.safetensors"))
+    assert all(torch.equal(weights[k], start[k].cpu()) for k in weights)  # the image tower did not move
+    head = load_file(str(lp / "checkpoints" / "last" / "classification_head.safetensors"))["weight"]
+    result = _finetune(*common, "--method", "lp-ft", "--hp", "lp_fraction=0.5", "--out", str(lpft))
+    assert result.exit_code == 0, result.output
+    records = _metrics(lpft)
+    steps = [r for r in records if "loss" in r]
+    assert [r["stage"] for r in steps] == ["lp"] * (len(steps) // 2) + ["ft"] * (len(steps) - len(steps) // 2)
+    assert steps[0]["lr"] == pytest.approx(1e-3 / 1)  # the probe's own peak learning rate (warm-up of 1 step)
+    moved = load_file(str(lpft / "checkpoints" / "last" / "open_clip_model.safetensors"))
+    assert any(not torch.equal(moved[k], start[k].cpu()) for k in moved if k.startswith("visual."))
+    assert all(torch.equal(moved[k], start[k].cpu()) for k in moved if not k.startswith("visual."))
+    assert head.shape == (3, 32)

@@ -120,3 +120,60 @@ def test_cli_warns_about_a_one_epoch_starft_run(tmp_path, class_folders):
 
     lams = [json.loads(line)["lambda"] for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
     assert lams == pytest.approx([0.5, 0.25])
+
+
+def test_method_tables_and_hp_flags(tmp_path: Path):
+    path = tmp_path / "c.toml"
+    path.write_text('method = "l2-sp"\n[l2-sp]\nalpha = 0.02\n[lp-ft]\nlp_lr = 0.5\n')
+    c = build_config({}, path)
+    assert (c.method, c.hparams) == ("l2-sp", {"alpha": 0.02, "beta": 0.0})  # the other table is for lp-ft
+    c = build_config({"hparams": {"beta": "0.3"}}, path)  # flags add to (and win over) the table
+    assert c.hparams == {"alpha": 0.02, "beta": 0.3}
+    c = build_config({"method": "lp-ft"}, path)
+    assert c.hparams == {"lp_fraction": 0.5, "lp_lr": 0.5}
+    assert json.loads(c.to_json())["hparams"] == {"lp_fraction": 0.5, "lp_lr": 0.5}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[l2sp]\nalpha = 1\n")
+    with pytest.raises(ConfigError, match="unknown method 'l2sp'"):
+        build_config({}, bad)
+
+
+def test_lambda_defaults_to_the_methods_and_is_refused_where_unused():
+    assert build_config({}).reg_lambda == 0.5
+    assert build_config({"method": "flyp"}).reg_lambda == 0.0
+    with pytest.raises(ConfigError, match="--lambda has no effect with --method lp"):
+        build_config({"method": "lp", "reg_lambda": 0.1})
+    with pytest.raises(ConfigError, match="--pool has no effect with --method ft"):
+        build_config({"method": "ft", "pool": "texture"})
+
+
+def test_deprecated_reg_and_loss_map_to_methods(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        assert build_config({"reg": "none"}).method == "flyp"
+        assert build_config({"reg": "kl"}).method == "kl"
+        assert build_config({"loss": "ce", "reg": "none"}).method == "ft"
+    assert "--reg none is deprecated" in caplog.text and "use --method flyp" in caplog.text
+    with pytest.raises(ConfigError, match="contradicts"):
+        build_config({"method": "starft", "reg": "none"})
+
+
+def test_a_02_run_config_resumes_as_its_method(tmp_path: Path):
+    from starft_cli.train.config import config_for_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    old = {**TrainConfig(data="folder:x", out=str(run)).to_dict(), "reg": "none", "loss": "contrastive"}
+    del old["method"], old["hparams"]
+    (run / "config.json").write_text(json.dumps(old))
+    c = config_for_run({"out": str(run), "workers": 1}, resume=True)
+    assert (c.method, c.resume, c.workers) == ("flyp", True, 1)
+    with pytest.raises(ConfigError, match="--method"):
+        config_for_run({"out": str(run), "method": "starft"}, resume=True)
+    with pytest.raises(ConfigError, match="flyp has no hyper-parameter 'alpha'"):
+        config_for_run({"out": str(run), "hparams": {"alpha": "1"}}, resume=True)
+    (run / "config.json").write_text(TrainConfig(data="folder:x", out=str(run), method="l2-sp").to_json())
+    assert config_for_run({"out": str(run), "hparams": {"alpha": "0.1"}}, resume=True).hparams["alpha"] == 0.1
+    with pytest.raises(ConfigError, match=r"--hp \(\{'alpha': 0.1"):
+        config_for_run({"out": str(run), "hparams": {"alpha": "1"}}, resume=True)

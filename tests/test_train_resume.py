@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -44,38 +45,52 @@ def _state_step(run: Path) -> int | None:
         return None
 
 
-def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("method", "kill_at", "position"),
+    [
+        (("--method", "starft"), 3, (3, 0, 3)),
+        # LP-FT's stage boundary is step 4 of 8: killed at step 6, in the fine-tuning stage (mid-epoch 1)
+        (("--method", "lp-ft"), 6, (6, 1, 2)),
+        (("--method", "l2-sp", "--hp", "alpha=0.5"), 3, (3, 0, 3)),
+    ],
+    ids=["starft", "lp-ft-second-stage", "l2-sp"],
+)
+def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path, method, kill_at, position):
     data = make_class_folders(tmp_path / "data", ["cat", "dog", "car", "bus"], per_class=4)  # 16 images: 4 steps/epoch
     full, killed = tmp_path / "full", tmp_path / "killed"
-    done = subprocess.run(_cmd(data, full), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(_cmd(data, full, *method), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
 
-    # The victim stalls right after writing its step-3 checkpoint (mid-epoch 0) and is then SIGKILLed.
+    # The victim stalls right after writing its step-N checkpoint (mid-epoch) and is then SIGKILLed.
     victim = subprocess.Popen(
-        _cmd(data, killed, stall_at=3), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+        _cmd(data, killed, *method, stall_at=kill_at), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 240
-    while _state_step(killed) != 3:
+    while _state_step(killed) != kill_at:
         assert victim.poll() is None, victim.stderr.read() if victim.stderr else ""
-        assert time.monotonic() < deadline, "the run never reached its step-3 checkpoint"
+        assert time.monotonic() < deadline, f"the run never reached its step-{kill_at} checkpoint"
         time.sleep(0.2)
     time.sleep(0.5)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
     state = torch.load(killed / "checkpoints" / "last" / "training_state.pt", weights_only=True)
-    assert (state["step"], state["epoch"], state["step_in_epoch"]) == (3, 0, 3)  # mid-epoch
+    assert (state["step"], state["epoch"], state["step_in_epoch"]) == position  # mid-epoch
 
     resumed = subprocess.run(
         _cmd(data, killed, "--resume"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr
-    a = load_file(str(full / "checkpoints" / "last" / "open_clip_model.safetensors"))
-    b = load_file(str(killed / "checkpoints" / "last" / "open_clip_model.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    files = ["open_clip_model.safetensors"]
+    if "--method" in method and method[1] != "starft":
+        files.append("classification_head.safetensors")
+    for name in files:
+        a = load_file(str(full / "checkpoints" / "last" / name))
+        b = load_file(str(killed / "checkpoints" / "last" / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
     assert _state_step(full) == _state_step(killed) == 8
     steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))  # each step logged once, none lost or doubled

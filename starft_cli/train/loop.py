@@ -242,8 +242,6 @@ class _Trainer:
         self.base = base = models.load(ref, device=self.device, arch=cfg.arch, seed=cfg.seed)
         student = base.model
         teacher = copy.deepcopy(student).eval().requires_grad_(False) if method.needs_teacher else None
-        if state is not None:
-            student.load_state_dict(models.read_state_dict(self.p.resume_from / models.WEIGHTS_NAME), strict=True)
         if self.env.is_main and not self.run_dir.config.is_file():
             self.run_dir.write_config(self.cfg.to_json())
         if cfg.grad_checkpointing:
@@ -258,7 +256,9 @@ class _Trainer:
             student, teacher, self.head, base.tokenizer, list(dataset.classnames), templates, self.device,
             self.env, cfg.seed, plan.total_steps, cfg,
         )  # fmt: skip
-        method.setup(self.ctx)
+        method.setup(self.ctx)  # sees the zero-shot weights (L2-SP's anchor, an EMA's start), also on resume
+        if state is not None:
+            student.load_state_dict(models.read_state_dict(self.p.resume_from / models.WEIGHTS_NAME), strict=True)
         from starft_cli.train.step import Towers
 
         self.towers = Towers(student, self.head, trim=cfg.step_impl == "efficient").to(self.device)
