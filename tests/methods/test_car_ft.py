@@ -206,3 +206,15 @@ def test_finetune_car_ft_with_one_context_is_refused(tmp_path, class_folders) ->
     assert result.exit_code == 2
     assert "car-ft needs at least two context prompts and 'single' has 1" in result.stderr
     assert "--hp contexts=imagenet80" in result.stderr and "Traceback" not in result.output
+
+
+def test_help_method_lists_and_describes_car_ft() -> None:
+    from tests.methods._helpers import app, runner
+
+    listing = runner.invoke(app, ["finetune", "--help-method"]).stdout
+    assert any(line.startswith("car-ft ") for line in listing.splitlines())
+    card = runner.invoke(app, ["finetune", "--method", "car-ft", "--help-method"])
+    assert card.exit_code == 0, card.output
+    assert "Mao, Chen, Jia, Zhang, Xue & Li" in card.stdout and "KL(softmax_k" in card.stdout
+    assert "--lambda: regulariser weight, default 1 " in card.stdout
+    assert "--hp contexts=VALUE" in card.stdout and "(default zero-shot)" in card.stdout

@@ -243,3 +243,16 @@ def test_sigkill_then_resume_is_bitwise_equal(tmp_path) -> None:
     rows = [(r["step"], r["loss"], r["reg"]) for r in metrics(full) if "loss" in r]
     assert rows == [(r["step"], r["loss"], r["reg"]) for r in metrics(killed) if "loss" in r]
     assert [s for s, _, _ in rows] == list(range(1, 9)) and all(reg > 0 for _, _, reg in rows[1:])
+
+
+def test_help_method_lists_and_describes_lipsum_ft() -> None:
+    from tests.methods._helpers import app, runner
+
+    listing = runner.invoke(app, ["finetune", "--help-method"]).stdout
+    assert any(line.startswith("lipsum-ft ") for line in listing.splitlines())
+    card = runner.invoke(app, ["finetune", "--method", "lipsum-ft", "--help-method"])
+    assert card.exit_code == 0, card.output
+    assert "Nam, Heo & Lee" in card.stdout and "ICLR 2024" in card.stdout
+    assert "--lambda: regulariser weight, default 1 " in card.stdout
+    assert "--hp num_texts=VALUE: random texts drawn per optimizer step (M) (default 80)" in card.stdout
+    assert "--hp text_length=VALUE: random tokens per text (L) (default 8)" in card.stdout
