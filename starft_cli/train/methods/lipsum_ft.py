@@ -18,6 +18,10 @@ ipsum"), drawn afresh every step:
   F_theta0, with tau0 = the pre-trained model's ``exp(logit_scale)`` (fixed).
 * Regulariser per image: ``(1 / 2M) * sum_m (v_m^theta(x) - v_m^theta0(x))^2``; averaged over the batch.
 * Loss: cross-entropy through the zero-shot-initialised head + lambda * regulariser, lambda = 1.0.
+
+The paper writes the energy as the plain inner product; the authors' code scales it by the pre-trained
+``exp(logit_scale)`` (a factor of about 10^4 on the regulariser for CLIP), and lambda = 1.0 is the code's default
+for that scaled form, which is the one implemented here. The paper keeps lambda constant over the run.
 """
 
 from __future__ import annotations
