@@ -61,8 +61,8 @@ def finetune_command(
         str | None,
         typer.Option(
             "--lambda-schedule",
-            help="linear (the paper's: per-epoch decay, 0 in the last epoch), linear-step (per-step decay) or "
-            "constant.",
+            help="linear (StarFT's: per-epoch decay, 0 in the last epoch), linear-step (per-step decay) or "
+            "constant (default: the method's, e.g. linear for starft, constant for carot, lipsum-ft, car-ft).",
         ),
     ] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="Deprecated (removed in 0.4): use --method ft.")] = None,
@@ -188,7 +188,8 @@ def method_card(name: str | None) -> str:
     lines.append(f"objective: {cls.objective}{' (needs the frozen zero-shot model)' if cls.needs_teacher else ''}")
     if cls.regularized:
         lines.append(
-            f"--lambda: regulariser weight, default {cls.default_lambda:g} (--lambda-schedule, default linear)"
+            f"--lambda: regulariser weight, default {cls.default_lambda:g} (--lambda-schedule, default "
+            f"{cls.default_lambda_schedule})"
         )
     if cls.needs_pool:
         lines.append("--pool: the spurious-description pool, default background")

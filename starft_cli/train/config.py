@@ -69,7 +69,7 @@ class TrainConfig:
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)
     pool: str = "background"
     reg_lambda: float | None = None  # None: the method's default
-    lambda_schedule: str = "linear"
+    lambda_schedule: str | None = None  # None: the method's default
     freeze_text: bool = False
     epochs: int = 10
     lr: float = 1e-5
@@ -116,6 +116,8 @@ class TrainConfig:
         if not isinstance(self.hparams, dict):
             raise ConfigError(f"method hyper-parameters must be a table (got {self.hparams!r})")
         object.__setattr__(self, "hparams", resolve_hparams(method, self.hparams))
+        if self.lambda_schedule is None:
+            object.__setattr__(self, "lambda_schedule", method.default_lambda_schedule)
         if self.reg_lambda is None:
             object.__setattr__(self, "reg_lambda", float(method.default_lambda) if method.regularized else 0.0)
         choice("lambda_schedule", LAMBDA_SCHEDULES)

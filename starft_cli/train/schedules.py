@@ -73,7 +73,7 @@ def schedule_warnings(
             )
             out.append(
                 f"--lambda-schedule {schedule} leaves the regulariser weight at 0 for {zero} of the run's "
-                f"{total_steps} steps{why}: that part of the run is FLYP, not StarFT. Use --lambda-schedule "
+                f"{total_steps} steps{why}: that part of the run trains without the regulariser. Use --lambda-schedule "
                 "linear-step (per-step decay) or constant"
             )
     if warmup > 0 and warmup >= total_steps > 0:

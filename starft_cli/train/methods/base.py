@@ -162,6 +162,7 @@ class Method:
     needs_pool: ClassVar[bool] = False  # the StarFT spurious pool (--pool): spurious-text features per sample
     regularized: ClassVar[bool] = False  # a regulariser weighted by --lambda on --lambda-schedule
     default_lambda: ClassVar[float] = 0.0  # the paper's weight, used when --lambda is not given
+    default_lambda_schedule: ClassVar[str] = "linear"  # the paper's schedule of it (--lambda-schedule)
     hparams: ClassVar[tuple[HParam, ...]] = ()
 
     def __init__(self, hp: Mapping[str, Any] | None = None, config: Any = None) -> None:

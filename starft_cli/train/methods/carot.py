@@ -243,6 +243,7 @@ class CaRot(Method):
     needs_teacher = False  # its teacher is its own EMA model, not the frozen zero-shot one
     regularized = True
     default_lambda = DEFAULT_LAMBDA_SD
+    default_lambda_schedule = "constant"  # the authors keep the weight constant
     hparams = (
         HParam("lambda_oc", DEFAULT_LAMBDA_OC, "weight of the orthogonality constraint ||W^T W - I||_F"),
         HParam("ema_every", DEFAULT_EMA_EVERY, "optimizer steps between EMA teacher updates (0: never)", kind=int),
