@@ -102,6 +102,17 @@ METHODS: dict[str, DemoMethod] = {
         DemoMethod("lp", "LP", {"method": "lp"}, "linear probe: the zero-shot head trained on frozen features"),
         DemoMethod("lp-ft", "LP-FT", {"method": "lp-ft"}, "linear probe for half the steps, then cross-entropy FT"),
         DemoMethod("l2-sp", "L2-SP", {"method": "l2-sp"}, "cross-entropy + L2 pull towards the zero-shot weights"),
+        DemoMethod(
+            "lipsum-ft", "Lipsum-FT", {"method": "lipsum-ft"}, "cross-entropy + zero-shot energies on random texts"
+        ),
+        DemoMethod("car-ft", "CAR-FT", {"method": "car-ft"}, "cross-entropy + zero-shot context-prompt distribution"),
+        DemoMethod(
+            "carot",
+            "CaRot",
+            {"method": "carot", "hparams": {"ema_every": 2}},
+            "FLYP + orthogonal image projection + EMA self-distillation (teacher updated every 2 of the 120 steps, "
+            "the authors' ~50 updates per run)",
+        ),
     )
 }
 DEFAULT_METHODS = ("ft", "flyp", "starft")
