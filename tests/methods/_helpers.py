@@ -29,8 +29,9 @@ def metrics(run: Path) -> list[dict]:
 
 
 def context(tiny: Any, templates: list[str], seed: int = 5) -> RunContext:
-    """A run context on the tiny model: the student a copy of the frozen eval-mode teacher."""
-    teacher = tiny.model.eval()
+    """A run context on the tiny model: the student a copy of the frozen eval-mode teacher (both copies: the
+    session's ``tiny`` fixture is shared and must not be frozen)."""
+    teacher = copy.deepcopy(tiny.model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = copy.deepcopy(teacher)

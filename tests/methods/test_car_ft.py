@@ -205,7 +205,11 @@ def test_finetune_car_ft_with_one_context_is_refused(tmp_path, class_folders) ->
     )  # fmt: skip
     assert result.exit_code == 2
     assert "car-ft needs at least two context prompts and 'single' has 1" in result.stderr
-    assert "--hp contexts=imagenet80" in result.stderr and "Traceback" not in result.output
+    assert (
+        "contexts=imagenet80 (--hp NAME=VALUE)" not in result.stderr
+        and "--hp NAME=VALUE" in result.stderr
+        and "Traceback" not in result.output
+    )
 
 
 def test_help_method_lists_and_describes_car_ft() -> None:

@@ -108,7 +108,8 @@ def context_templates(choice: str, run_templates: Sequence[str]) -> list[str]:
         where = "the run's zero-shot templates" if choice == "zero-shot" else f"'{choice}'"
         raise ConfigError(
             f"car-ft needs at least two context prompts and {where} has {len(templates)}",
-            "Pass a larger template set, e.g. --hp contexts=imagenet80",
+            "Pass a larger template set as the hyper-parameter contexts (`hparams`), e.g. contexts=imagenet80",
+            param="hparams",
         )
     return templates
 

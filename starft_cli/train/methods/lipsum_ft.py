@@ -146,7 +146,8 @@ def clip_special_tokens(tokenizer: Any, model: Any) -> tuple[int, int, int]:
         raise ConfigError(
             "lipsum-ft draws random tokens of CLIP's BPE vocabulary, and this model's tokenizer has no CLIP "
             "start/end-of-text tokens",
-            "Use a model with open_clip's default tokenizer, or another --method",
+            "Use a model with open_clip's default tokenizer, or another `method`",
+            param="method",
         )
     length = getattr(model, "context_length", None) or getattr(tokenizer, "context_length", 77)
     return int(sot), int(eot), int(length)
