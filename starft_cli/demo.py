@@ -176,6 +176,21 @@ class DemoResult:
     paths: list[Path]
     runs: dict[str, Path]
     zero_shot: Path
+    notes: list[str] = field(default_factory=list)  # one line per row: the method and its hyper-parameters
+
+
+def run_description(name: str, run_dir: Path) -> str:
+    """One leaderboard note for the demo row ``name``: the method with its hyper-parameters and the shared budget,
+    read from the run's ``config.json``, e.g. ``starft: starft (lambda=1, schedule=constant, pool=digits); lr 1e-4,
+    120 steps of 64``."""
+    from starft_cli.train.config import config_from_json
+    from starft_cli.train.methods import make_method
+
+    path = run_dir / "config.json"
+    cfg = config_from_json(path.read_text(encoding="utf-8"), str(path))
+    method = make_method(cfg.method, cfg.hparams, cfg).describe()
+    budget = f"lr {cfg.lr:g}, {cfg.epochs} epochs" + (f" (at most {cfg.max_steps} steps)" if cfg.max_steps else "")
+    return f"{name}: {method}; {budget}, batch {cfg.batch_size}, seed {cfg.seed}"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -378,7 +393,8 @@ def run_demo(config: DemoConfig, progress: ProgressFn | None = None) -> DemoResu
     ).frame
     frame = _with_drift(frame, names, zero_shot, device, config)
     frame["model"] = frame["model"].map(lambda raw: names.get(raw, raw))
-    report = write_report(out, frame, baseline=ZERO_SHOT, description=suite().description)
+    notes = [run_description(m, r) for m, r in runs.items()]
+    report = write_report(out, frame, baseline=ZERO_SHOT, description=suite().description, notes=notes)
     paths = list(report.paths)
     if config.plot and plot_available():
         from starft_cli.data.digits import BACKGROUNDS, CLASSNAMES
@@ -387,7 +403,7 @@ def run_demo(config: DemoConfig, progress: ProgressFn | None = None) -> DemoResu
         majority = [f"{c} on {b}" for c, b in zip(CLASSNAMES, BACKGROUNDS, strict=True)]
         paths.append(demo_figure(report.frame, out / FIGURE_NAME, [ZERO_SHOT, *config.methods], majority))
     emit({"kind": "stage", "stage": "report", "status": "written", "path": str(out)})
-    return DemoResult(frame=report.frame, paths=paths, runs=runs, zero_shot=zero_shot)
+    return DemoResult(frame=report.frame, paths=paths, runs=runs, zero_shot=zero_shot, notes=notes)
 
 
 def _with_drift(frame: Any, names: dict[str, str], zero_shot: Path, device: str, config: DemoConfig) -> Any:

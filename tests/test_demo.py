@@ -161,6 +161,10 @@ def test_quick_demo_end_to_end_then_reuses_every_stage(tmp_path: Path) -> None:
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for line in ("zero-shot", "ft ", "flyp", "starft"):
         assert line in first.stdout
+    # each row's method and hyper-parameters under the leaderboard (terminal and leaderboard.md)
+    note = "starft: starft (lambda=1, schedule=constant, pool=digits); lr 0.0001, 2 epochs (at most 4 steps), batch 64"
+    assert note in first.stdout and note in (out / "leaderboard.md").read_text()
+    assert "ft: ft; lr 0.0001" in first.stdout
     # every run trained the same number of steps with the same batch and seed
     configs = [json.loads((out / "runs" / f"{m}-seed0" / "config.json").read_text()) for m in ("ft", "flyp", "starft")]
     for key in ("epochs", "batch_size", "lr", "warmup", "seed", "max_steps", "data", "split"):

@@ -53,7 +53,7 @@ def demo_command(
         typer.echo(f"interrupted: finished stages are kept; run `{again}` again to pick up where it stopped", err=True)
         raise typer.Exit(130) from None
     typer.echo(f"wrote {', '.join(str(p) for p in result.paths)} in {time.monotonic() - started:.0f} s", err=True)
-    typer.echo(render(result.frame, "table", "zero-shot", None, _description()), nl=False)
+    typer.echo(render(result.frame, "table", "zero-shot", None, _description(), notes=result.notes), nl=False)
 
 
 def _description() -> str:

@@ -236,10 +236,15 @@ class Method:
 
     # --- description -------------------------------------------------------------------------------------
     def describe(self) -> str:
-        """The method and its hyper-parameters in one short line, e.g. ``l2-sp (alpha=0.1)``."""
-        shown = {k: v for k, v in self.hp.items()}
+        """The method and its hyper-parameters in one short line, e.g. ``l2-sp (alpha=0.1, beta=0)`` or
+        ``starft (lambda=0.5, schedule=linear, pool=background)``."""
+        shown: dict[str, Any] = {}
         if self.regularized and self.config is not None:
-            shown = {"lambda": self.config.reg_lambda, **shown}
+            shown["lambda"] = self.config.reg_lambda
+            shown["schedule"] = self.config.lambda_schedule
+        if self.needs_pool and self.config is not None:
+            shown["pool"] = self.config.pool
+        shown.update(self.hp)
         if not shown:
             return self.name
         parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()]
