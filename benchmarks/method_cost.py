@@ -7,12 +7,14 @@ each round, so that drift of the machine hits them all alike; the median over ro
 CUDA allocation on a GPU; on CPU the bytes autograd saves for backward (the activation memory a step holds at
 its peak).
 
-The lower bound of a method regularised against the frozen zero-shot model is FLYP's step plus one teacher image
-forward (its text features are per-run constants): the ``vs bound`` column says how close each method gets.
+The lower bound of a method regularised against a second model (the frozen zero-shot teacher, or CaRot's EMA
+teacher) is FLYP's step plus one teacher image forward (text features of a frozen tower are per-run or per-step
+constants): the ``vs bound`` column says how close each method gets.
 
     python benchmarks/method_cost.py [--arch starft-small] [--batch 64] [--runs 5] [--steps 2] [--device cpu]
         [--methods all|LIST]
-    python benchmarks/method_cost.py --arch ViT-B-16 --batch 8 --runs 3 --steps 1   # the ViT-B/16 shape
+    python benchmarks/method_cost.py --arch ViT-B-16 --batch 8 --classes 10 --runs 3 --steps 1 --sequential
+        # the ViT-B/16 shape; --sequential holds one method's models at a time (memory), measured one after another
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from starft_cli.train.checkpoint import RunDir
 from starft_cli.train.config import TrainConfig
 from starft_cli.train.distributed import DistEnv
 from starft_cli.train.loop import Prepared, _Plan, _Trainer
-from starft_cli.train.methods import available
+from starft_cli.train.methods import Method, available
 
 
 class Synthetic:
@@ -96,6 +98,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="optimizer steps per timed run")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--methods", default="all")
+    ap.add_argument(
+        "--sequential", action="store_true", help="set up and time one method at a time (large models: memory)"
+    )
     args = ap.parse_args()
     import tempfile
 
@@ -106,8 +111,11 @@ def main() -> None:
         names.insert(0, "flyp")
     data = Synthetic(args.classes, 10 * args.batch)
     tmp = Path(tempfile.mkdtemp())
-    trainers = {m: trainer(m, args.arch, args.batch, data, device, tmp) for m in names}
-    size = trainers["flyp"].base.preprocess_cfg["size"]
+    trainers: dict[str, Any] = {m: None for m in names}
+    if not args.sequential:
+        trainers = {m: trainer(m, args.arch, args.batch, data, device, tmp) for m in names}
+    probe = trainers["flyp"] or trainer("flyp", args.arch, args.batch, data, device, tmp)
+    size = probe.base.preprocess_cfg["size"]
     size = size[0] if isinstance(size, list | tuple) else size
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (args.batch, 3, size, size), generator=g, dtype=torch.uint8)
@@ -125,34 +133,49 @@ def main() -> None:
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / args.steps
 
-    for run in range(args.runs + 1):  # the first round warms up
-        for m, t in trainers.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            out: list[int] = []
-            elapsed = timed(
-                lambda t=t, out=out, r=run: out.extend(
-                    step_once(t, batch, r * args.steps + k) for k in range(args.steps)
-                )
-            )
-            memory[m] = torch.cuda.max_memory_allocated() if device.type == "cuda" else out[-1]
-            if run:
-                times[m].append(elapsed)
-        elapsed = timed(lambda: [teacher_forward(trainers["flyp"], images) for _ in range(args.steps)])
+    def measure(m: str, t: _Trainer, run: int) -> None:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        out: list[int] = []
+        elapsed = timed(lambda: out.extend(step_once(t, batch, run * args.steps + k) for k in range(args.steps)))
+        memory[m] = torch.cuda.max_memory_allocated() if device.type == "cuda" else out[-1]
+        if run:  # round 0 warms up
+            times[m].append(elapsed)
+
+    def measure_teacher(run: int) -> None:
+        elapsed = timed(lambda: [teacher_forward(probe, images) for _ in range(args.steps)])
         if run:
             times["teacher-forward"].append(elapsed)
+
+    if args.sequential:
+        for run in range(args.runs + 1):
+            measure_teacher(run)
+        del probe, trainers
+        for m in names:
+            t = trainer(m, args.arch, args.batch, data, device, tmp)
+            for run in range(args.runs + 1):
+                measure(m, t, run)
+            del t
+    else:
+        for run in range(args.runs + 1):  # the methods in turn within each round
+            for m, t in trainers.items():
+                measure(m, t, run)
+            measure_teacher(run)
     med = {k: statistics.median(v) for k, v in times.items()}
     flyp, bound = med["flyp"], med["flyp"] + med["teacher-forward"]
     what = "peak CUDA MiB" if device.type == "cuda" else "saved MiB"
+    order = "one method after another" if args.sequential else "methods in turn within each round"
     print(
         f"{args.arch}, batch {args.batch}, {args.classes} classes, {device}: median of {args.runs} runs of "
-        f"{args.steps} step(s); teacher image forward {med['teacher-forward'] * 1e3:.1f} ms"
+        f"{args.steps} step(s), {order}; teacher image forward {med['teacher-forward'] * 1e3:.1f} ms"
     )
     print(f"| method | step (ms) | time vs FLYP | vs bound (FLYP + teacher fwd) | {what} | memory vs FLYP |")
     print("|---|---|---|---|---|---|")
     for m in names:
         cls = available()[m]
-        vs_bound = f"{med[m] / bound:.2f}" if cls.needs_teacher else "-"
+        # a second model's image forward: the frozen teacher's, or an EMA teacher's (CaRot's teacher_features)
+        second = cls.needs_teacher or cls.teacher_features is not Method.teacher_features
+        vs_bound = f"{med[m] / bound:.2f}" if second else "-"
         print(
             f"| {m} | {med[m] * 1e3:.1f} | {med[m] / flyp:.2f} | {vs_bound} | {memory[m] / 2**20:.1f} | "
             f"{memory[m] / max(memory['flyp'], 1):.2f} |"
