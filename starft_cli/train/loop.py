@@ -534,13 +534,26 @@ class _Trainer:
         """
         import torch
 
-        from starft_cli.train.step import MicroBatch
-
-        cfg, env, device, accum = self.cfg, self.env, self.device, self.cfg.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
         self.method.begin_step(self.ctx, step)
-        sums = torch.zeros(4, dtype=torch.float64, device=device)
-        left = [accum]  # backward passes still to come: the last one carries the weight penalty
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)
+        if self.method.objective == "contrastive":
+            self._contrastive_passes(batches, step, lam, sums)
+        else:
+            self._classifier_passes(batches, step, lam, sums)
+        bad = self._nonfinite(sums[0])
+        if bad is None:
+            self.scaler.step(self.optimizer)  # fp16: the scaler itself skips steps with inf/NaN scaled gradients
+            self.scaler.update()
+            self.method.end_step(self.ctx, step)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        return sums, bad
+
+    def _backward(self, sums: Any) -> Callable[[Any], None]:
+        """``backward(loss)`` for each of the step's ``grad_accum`` passes; the last one adds the method's weight
+        penalty (once per step) and records it in ``sums[3]`` (and in the loss, ``sums[0]``)."""
+        left = [self.cfg.grad_accum]
 
         def backward(loss: Any) -> None:
             left[0] -= 1
@@ -552,43 +565,50 @@ class _Trainer:
                     loss = loss + penalty
             self.scaler.scale(loss).backward()
 
-        micro: list[MicroBatch] = []
-        tidx = None
-        if self.method.objective == "contrastive":  # this process's rows of the global batch, in micro-batch order
-            tidx = _templates(cfg.seed, step, 0, cfg.batch_size, len(self.step_fn.pool), env).to(device)
+        return backward
+
+    def _next_micro(self, batches: Any) -> tuple[Any, Any, Any]:
+        images, labels, index = next(batches)
+        return self.normalize(images.to(self.device, non_blocking=True)), labels.to(self.device), index
+
+    def _classifier_passes(self, batches: Any, step: int, lam: float, sums: Any) -> None:
+        """Each micro-batch's share of a per-sample-mean loss, back-propagated; DDP reduces once, after the last."""
+        import torch
+
+        accum, backward = self.cfg.grad_accum, self._backward(sums)
         for m in range(accum):
-            images, labels, index = next(batches)
-            images = self.normalize(images.to(device, non_blocking=True))
-            labels = labels.to(device)
-            if tidx is None:
-                last = m == accum - 1 or not env.distributed
-                with self.wrapped.no_sync() if not last else _null():  # gradients are all-reduced once per step
-                    out = self.step_fn(images, labels, step, lam)
-                    backward(out.loss / accum)
-                sums[:3] += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype) / accum
-                continue
+            images, labels, _ = self._next_micro(batches)
+            last = m == accum - 1 or not self.env.distributed
+            with self.wrapped.no_sync() if not last else _null():
+                out = self.step_fn(images, labels, step, lam)
+                backward(out.loss / accum)
+            sums[:3] += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype) / accum
+
+    def _contrastive_passes(self, batches: Any, step: int, lam: float, sums: Any) -> None:
+        """The batch-coupled loss over all micro-batches (:meth:`StarStep.accumulate` when there are several)."""
+        import torch
+
+        from starft_cli.train.step import MicroBatch
+
+        cfg, env, backward = self.cfg, self.env, self._backward(sums)
+        # this process's rows of the global batch, in micro-batch order
+        tidx = _templates(cfg.seed, step, 0, cfg.batch_size, len(self.step_fn.pool), env).to(self.device)
+        micro: list[MicroBatch] = []
+        for m in range(cfg.grad_accum):
+            images, labels, index = self._next_micro(batches)
             caps = [
                 self.captions[i] if self.captions else self.default_captions[y]
                 for i, y in zip(index.tolist(), labels.tolist(), strict=True)
             ]
             micro.append(MicroBatch(images, labels, caps, tidx[m * self.micro : (m + 1) * self.micro]))
-        if micro:
-            if accum == 1:
-                one = micro[0]
-                out = self.step_fn(one.images, one.labels, one.captions, one.template_idx, lam, self.class_caps)
-                backward(out.loss)
-            else:
-                no_sync = self.wrapped.no_sync if env.distributed else None
-                out = self.step_fn.accumulate(micro, lam, self.class_caps, backward=backward, no_sync=no_sync)
-            sums[:3] += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype)
-        bad = self._nonfinite(sums[0])
-        if bad is None:
-            self.scaler.step(self.optimizer)  # fp16: the scaler itself skips steps with inf/NaN scaled gradients
-            self.scaler.update()
-            self.method.end_step(self.ctx, step)
+        if len(micro) == 1:
+            one = micro[0]
+            out = self.step_fn(one.images, one.labels, one.captions, one.template_idx, lam, self.class_caps)
+            backward(out.loss)
         else:
-            self.optimizer.zero_grad(set_to_none=True)
-        return sums, bad
+            no_sync = self.wrapped.no_sync if env.distributed else None
+            out = self.step_fn.accumulate(micro, lam, self.class_caps, backward=backward, no_sync=no_sync)
+        sums[:3] += torch.stack([out.loss.detach(), out.contrastive, out.reg]).to(sums.dtype)
 
     def _nonfinite(self, loss: Any) -> str | None:
         """Why this step must not update the weights ("loss" or "gradient"), or None. One device sync.
