@@ -175,7 +175,7 @@ def test_a_registered_dataset_without_data_root_is_one_error_class(tmp_path: Pat
     from starft_cli.data.manage import check_dataset
 
     for call in (lambda: resolve("pacs"), lambda: load_dataset("pacs"), lambda: check_dataset("pacs", None)):
-        with pytest.raises(DataRootError, match=r"dataset 'pacs' needs --data-root") as caught:
+        with pytest.raises(DataRootError, match=r"dataset 'pacs' needs `data_root`") as caught:
             call()
         assert isinstance(caught.value, UsageError) and caught.value.hint == "Point it at the folder holding PACS/"
 
@@ -227,7 +227,7 @@ def test_download_comes_from_the_registration(toy, tmp_path: Path):
     assert result.downloaded and result.root == tmp_path / "d" / "toy" and toy["download"] == [tmp_path / "d"]
     manual = download_dataset("pacs", tmp_path)
     assert not manual.downloaded and manual.instructions[-1] == f"expected at: {tmp_path / 'PACS'}"
-    with pytest.raises(DataRootError, match="data download needs --data-root"):
+    with pytest.raises(DataRootError, match="data download needs `data_root`"):
         download_dataset(TOY, None)
     assert get_builder("cifar10").info.download is not None and get_builder("pacs").info.download is None
 
