@@ -182,11 +182,11 @@ class DemoResult:
 def run_description(name: str, run_dir: Path) -> str:
     """One leaderboard note for the demo row ``name``: the method with its hyper-parameters and the shared budget,
     read from the run's ``config.json``, e.g. ``starft: starft (lambda=1, schedule=constant, pool=digits); lr 1e-4,
-    120 steps of 64``."""
+    10 epochs, batch 64, seed 0``."""
     from starft_cli.train.config import config_from_json
     from starft_cli.train.methods import make_method
 
-    path = run_dir / "config.json"
+    path = RunLayout(run_dir).config
     cfg = config_from_json(path.read_text(encoding="utf-8"), str(path))
     method = make_method(cfg.method, cfg.hparams, cfg).describe()
     budget = f"lr {cfg.lr:g}, {cfg.epochs} epochs" + (f" (at most {cfg.max_steps} steps)" if cfg.max_steps else "")
