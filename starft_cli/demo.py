@@ -105,7 +105,12 @@ METHODS: dict[str, DemoMethod] = {
         DemoMethod(
             "lipsum-ft", "Lipsum-FT", {"method": "lipsum-ft"}, "cross-entropy + zero-shot energies on random texts"
         ),
-        DemoMethod("car-ft", "CAR-FT", {"method": "car-ft"}, "cross-entropy + zero-shot context-prompt distribution"),
+        DemoMethod(
+            "car-ft",
+            "CAR-FT",
+            {"method": "car-ft", "hparams": {"contexts": "imagenet80"}},
+            "cross-entropy + the zero-shot distribution over the 80 ImageNet context prompts (the digits set has 2)",
+        ),
         DemoMethod(
             "carot",
             "CaRot",

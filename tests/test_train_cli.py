@@ -381,3 +381,20 @@ def test_lp_trains_only_the_head_and_lp_ft_then_the_image_tower(tmp_path: Path, 
     assert any(not torch.equal(moved[k], start[k].cpu()) for k in moved if k.startswith("visual."))
     assert all(torch.equal(moved[k], start[k].cpu()) for k in moved if not k.startswith("visual."))
     assert head.shape == (3, 32)
+
+
+def test_a_linear_probe_keeps_batchnorm_statistics_of_the_frozen_tower(tmp_path: Path, class_folders: Path):
+    """A frozen tower runs in eval mode: with BatchNorm (the demo's ResNet tower), LP leaves the image tower's running
+    statistics as they were, so its features are the zero-shot model's (and LP-FT's first stage too)."""
+    from starft_cli.models import load
+
+    start = load("starft-demo:none", seed=0).model.state_dict()
+    assert any(k.endswith("running_mean") for k in start)
+    run = tmp_path / "lp"
+    args = ["--data", f"folder:{class_folders}", "--batch-size", "4", "--epochs", "1", "--method", "lp"]
+    result = runner.invoke(app, ["finetune", *FAST, *args, "--backbone", "starft-demo:none", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    weights = load_file(str(run / "checkpoints" / "last" / "open_clip_model.safetensors"))
+    assert all(torch.equal(weights[k], start[k].cpu()) for k in weights), [
+        k for k in weights if not torch.equal(weights[k], start[k].cpu())
+    ][:3]

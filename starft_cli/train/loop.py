@@ -286,11 +286,23 @@ class _Trainer:
             param.requires_grad_(self.method.trainable(name, stage))
         if self.head is not None:
             self.head.weight.requires_grad_(self.method.trainable("head.weight", stage))
+        self._train_mode()
         if not fresh:
             logger.info("stage %s begins", stage)
             self.optimizer.state.clear()
             self._wrap()
         self.stage = stage
+
+    def _train_mode(self) -> None:
+        """The student in training mode, except its towers none of whose parameters train in this stage: those run
+        in eval mode, so a frozen tower's features are the pre-trained model's (BatchNorm keeps its running
+        statistics during a linear probe, dropout is off)."""
+        student = self.towers.clip
+        student.train()
+        for child in student.children():
+            params = list(child.parameters())
+            if params and not any(p.requires_grad for p in params):
+                child.eval()
 
     def _wrap(self) -> None:
         self.wrapped = self.towers
@@ -815,7 +827,7 @@ class _Trainer:
                 env=self.env,
             )
         finally:
-            clip.train()
+            self._train_mode()
 
 
 def _no_decay(name: str, param: Any) -> bool:
