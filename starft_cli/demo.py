@@ -99,8 +99,19 @@ METHODS: dict[str, DemoMethod] = {
             {"method": "kl", "pool": "digits", "reg_lambda": 1.0, "lambda_schedule": "constant"},
             "FLYP + the unmasked KL ablation, lambda 1.0 constant",
         ),
-        DemoMethod("lp", "LP", {"method": "lp"}, "linear probe: the zero-shot head trained on frozen features"),
-        DemoMethod("lp-ft", "LP-FT", {"method": "lp-ft"}, "linear probe for half the steps, then cross-entropy FT"),
+        DemoMethod(
+            "lp",
+            "LP",
+            {"method": "lp", "lr": 1e-2},
+            "linear probe: the zero-shot head trained on frozen features, at lr 1e-2 (at the shared 1e-4 the head, "
+            "exp(logit_scale) x unit text features, barely moves)",
+        ),
+        DemoMethod(
+            "lp-ft",
+            "LP-FT",
+            {"method": "lp-ft", "hparams": {"lp_lr": 1e-2}},
+            "linear probe (lr 1e-2) for half the steps, then cross-entropy FT from the probed head",
+        ),
         DemoMethod("l2-sp", "L2-SP", {"method": "l2-sp"}, "cross-entropy + L2 pull towards the zero-shot weights"),
         DemoMethod(
             "lipsum-ft", "Lipsum-FT", {"method": "lipsum-ft"}, "cross-entropy + zero-shot energies on random texts"

@@ -436,7 +436,25 @@ def _load_dir(ref: ModelRef, directory: Path, arch: str | None, seed: int) -> Lo
             f"{directory} has no {CONFIG_NAME}", "Pass `arch`, or save the model with starft", param="arch"
         )
     _apply_state_dict(loaded.model, read_state_dict(weights), source=str(weights), arch=loaded.arch)
+    _attach_head(loaded, directory)
     return loaded
+
+
+def _attach_head(loaded: LoadedModel, directory: Path) -> None:
+    """A classifier method's trained head beside the weights (``classification_head.safetensors``, rows in the
+    order of the metadata's ``head_classnames``): kept in ``loaded.extra["head"]`` (C, d), logit scale folded
+    in, with ``extra["head_classnames"]``; evaluation uses it (:func:`starft_cli.zeroshot.trained_head`)."""
+    from starft_cli.runs import HEAD_NAME
+
+    names = loaded.extra.get("starft", {}).get("head_classnames")
+    path = directory / HEAD_NAME
+    if not path.is_file() or not isinstance(names, list):
+        return
+    head = read_state_dict(path).get("weight")
+    if head is None or head.ndim != 2 or head.shape[0] != len(names):
+        raise CheckpointError(f"{path} does not hold a ({len(names)}, d) head", "Fix or remove the file")
+    loaded.extra["head"] = head.float()
+    loaded.extra["head_classnames"] = [str(n) for n in names]
 
 
 def find_weights(directory: Path) -> Path | None:

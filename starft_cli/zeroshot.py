@@ -147,6 +147,24 @@ def head_cache_key(identity: str, classnames: Sequence[str], templates: Sequence
     return cache_key({"model": identity, "c": list(classnames), "t": list(templates)})
 
 
+def trained_head(
+    loaded: LoadedModel, classnames: Sequence[str], device: str | torch.device | None = None
+) -> torch.Tensor | None:
+    """The trained classification head of a classifier method's checkpoint (``ft``, ``lp``, ``lp-ft``, ``l2-sp``,
+    ``lipsum-ft``, ``car-ft``), rows in the order of ``classnames``: (C, d), logit scale folded in, like the scaled
+    zero-shot head. None when the model has no trained head, or when the head does not cover every one of
+    ``classnames`` (compared ignoring case and surrounding spaces): a zero-shot head then applies."""
+    head, names = loaded.extra.get("head"), loaded.extra.get("head_classnames")
+    if head is None or not names:
+        return None
+    index = {n.strip().lower(): i for i, n in enumerate(names)}
+    rows = [index.get(c.strip().lower()) for c in classnames]
+    if any(r is None for r in rows):
+        return None
+    device = device if device is not None else next(loaded.model.parameters()).device
+    return head[rows].to(device)
+
+
 def cached_zero_shot_head(
     loaded: LoadedModel,
     classnames: Sequence[str],

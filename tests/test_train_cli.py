@@ -398,3 +398,21 @@ def test_a_linear_probe_keeps_batchnorm_statistics_of_the_frozen_tower(tmp_path:
     assert all(torch.equal(weights[k], start[k].cpu()) for k in weights), [
         k for k in weights if not torch.equal(weights[k], start[k].cpu())
     ][:3]
+
+
+def test_evaluation_uses_a_classifier_runs_trained_head(tmp_path: Path, class_folders: Path):
+    """An LP run changes only the head: evaluated with its trained head its predictions move away from the
+    zero-shot model's; the record says which head was used. A zero-shot model keeps the template head."""
+    from starft_cli.eval.runner import evaluate
+    from starft_cli.eval.suites import Suite, SuiteEntry
+
+    run = tmp_path / "lp"
+    args = ["--data", f"folder:{class_folders}", "--batch-size", "4", "--epochs", "3", "--method", "lp"]
+    result = _finetune(*args, "--lr", "0.5", "--out", str(run))
+    assert result.exit_code == 0, result.output
+    suite = Suite("own", (SuiteEntry(f"folder:{class_folders}", ("top1", "ece")),))
+    lp = evaluate([str(run / "checkpoints" / "last")], suite, None, use_cache=False).frame
+    zs = evaluate(["starft-tiny:none"], suite, None, use_cache=False).frame
+    assert set(lp["templates"]) == {"trained head"} and "trained head" not in set(zs["templates"])
+    ece = {name: float(f[f["metric"] == "ece"]["value"].iloc[0]) for name, f in (("lp", lp), ("zs", zs))}
+    assert ece["lp"] != ece["zs"]  # same image features, another head

@@ -208,7 +208,7 @@ def evaluate_model(
     import torch
 
     from starft_cli.eval.features import compute_features
-    from starft_cli.zeroshot import cached_zero_shot_head
+    from starft_cli.zeroshot import cached_zero_shot_head, trained_head
 
     torch.manual_seed(seed)
     info = dict(versions())
@@ -230,7 +230,11 @@ def evaluate_model(
             data_fingerprint=data_fingerprint,
             fast_decode=fast_decode,
         )
-        head = cached_zero_shot_head(loaded, ds.classnames, item.templates, device=device)
+        # a classifier method's own head where it covers the classes; a zero-shot head from the templates otherwise
+        head = trained_head(loaded, ds.classnames, device=device)
+        head_kind = "trained" if head is not None else "zero-shot"
+        if head is None:
+            head = cached_zero_shot_head(loaded, ds.classnames, item.templates, device=device)
         valid = feats.valid
         logits = logits_for(feats.features[valid], head, ds.class_subset).float().cpu().numpy()
         labels = np.asarray(ds.labels)[valid.numpy()]
@@ -247,7 +251,7 @@ def evaluate_model(
             "num_skipped": len(feats.skipped),
             "num_classes": len(ds.class_subset or ds.classnames),
             "data_fingerprint": data_fingerprint,
-            "templates": item.templates_name,
+            "templates": item.templates_name if head_kind == "zero-shot" else "trained head",
             "suite": prepared.suite.name,
             "seed": seed,
             "decode": "fast" if fast_decode else "full",
