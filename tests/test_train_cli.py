@@ -416,3 +416,20 @@ def test_evaluation_uses_a_classifier_runs_trained_head(tmp_path: Path, class_fo
     assert set(lp["templates"]) == {"trained head"} and "trained head" not in set(zs["templates"])
     ece = {name: float(f[f["metric"] == "ece"]["value"].iloc[0]) for name, f in (("lp", lp), ("zs", zs))}
     assert ece["lp"] != ece["zs"]  # same image features, another head
+
+
+def test_a_hyper_parameter_refused_at_set_up_leaves_no_run_behind(tmp_path: Path, class_folders: Path):
+    run = tmp_path / "run"
+    args = ["--data", f"folder:{class_folders}", "--batch-size", "4", "--epochs", "1", "--method", "car-ft"]
+    result = _finetune(*args, "--hp", "contexts=nosuch-template-set", "--out", str(run))
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert not (run / "config.json").exists()  # nothing to --resume: the same command with a good value runs
+    again = _finetune(*args, "--hp", "contexts=imagenet80", "--out", str(run))
+    assert again.exit_code == 0, again.output
+
+
+def test_shared_settings_given_as_hyper_parameters_point_to_their_flag():
+    result = runner.invoke(app, ["finetune", *FAST, "--data", "folder:/x", "--hp", "lambda=1"])
+    assert result.exit_code == 2
+    assert "starft has no hyper-parameter 'lambda' (it has: none). It is a run setting: use" in result.stderr
+    assert "--lambda" in result.stderr

@@ -198,8 +198,10 @@ def method_card(name: str | None) -> str:
         lines.append(f"--hp {p.name}=VALUE: {p.help} (default {default})")
     if cls.__doc__:
         import inspect
+        import re
 
-        lines += ["", inspect.cleandoc(cls.__doc__)]
+        text = re.sub(r":(?:meth|func|class|mod|data):`~?([^`]+)`", r"\1", inspect.cleandoc(cls.__doc__))
+        lines += ["", text.replace("``", "")]
     return "\n".join(lines)
 
 

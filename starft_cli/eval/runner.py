@@ -234,7 +234,7 @@ def evaluate_model(
         head = trained_head(loaded, ds.classnames, device=device)
         head_kind = "trained" if head is not None else "zero-shot"
         if head is None:
-            head = cached_zero_shot_head(loaded, ds.classnames, item.templates, device=device)
+            head = cached_zero_shot_head(loaded, ds.classnames, item.templates, device=device, use_cache=use_cache)
         valid = feats.valid
         logits = logits_for(feats.features[valid], head, ds.class_subset).float().cpu().numpy()
         labels = np.asarray(ds.labels)[valid.numpy()]

@@ -196,6 +196,8 @@ def demo_figure(
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [1, 2.4]})
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    if len(models) > len(colours):  # one colour per model: tab20 past the default cycle's 10
+        colours = [plt.get_cmap("tab20")(i) for i in range(20)]
     markers = "os^DvPX*"
     for k, model in enumerate(models):
         x, y = value(model, "val", "top1"), value(model, "test", "worst_group_acc")
@@ -248,8 +250,9 @@ def demo_figure(
     title = "accuracy per test group"
     if majority:
         title += " (* = the group that dominates its class in the fine-tuning data)"
-    right.set_title(title, pad=28)
-    right.legend(fontsize=8, ncol=len(models), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    rows = -(-len(models) // 7)  # at most 7 legend entries per row above the bars
+    right.set_title(title, pad=16 + 12 * rows)
+    right.legend(fontsize=8, ncol=min(len(models), 7), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -222,7 +222,8 @@ def _resolve_method(values: dict[str, Any], source: str, warn: bool) -> dict[str
         legacy = "ft" if loss == "ce" else LEGACY_REGS[reg or "star"]
         if values.get("method") not in (None, legacy):
             raise ConfigError(
-                f"{source}: --method {values['method']} contradicts the deprecated --reg/--loss (which say {legacy})",
+                f"{source + ': ' if source not in ('', 'flags') else ''}--method {values['method']} contradicts the "
+                f"deprecated --reg/--loss (which say {legacy})",
                 "Drop --reg/--loss",
             )
         if warn:

@@ -250,8 +250,6 @@ class _Trainer:
         self.base = base = models.load(ref, device=self.device, arch=cfg.arch, seed=cfg.seed)
         student = base.model
         teacher = copy.deepcopy(student).eval().requires_grad_(False) if method.needs_teacher else None
-        if self.env.is_main and not self.run_dir.config.is_file():
-            self.run_dir.write_config(self.cfg.to_json())
         if cfg.grad_checkpointing:
             student.set_grad_checkpointing(True)
         student.train()
@@ -265,6 +263,8 @@ class _Trainer:
             self.env, cfg.seed, plan.total_steps, cfg,
         )  # fmt: skip
         method.setup(self.ctx)  # sees the zero-shot weights (L2-SP's anchor, an EMA's start), also on resume
+        if self.env.is_main and not self.run_dir.config.is_file():  # after the last check that needs the model
+            self.run_dir.write_config(self.cfg.to_json())
         if state is not None:
             student.load_state_dict(models.read_state_dict(self.p.resume_from / models.WEIGHTS_NAME), strict=True)
         from starft_cli.train.step import Towers
@@ -423,7 +423,7 @@ class _Trainer:
             epochs=cfg.epochs,
             steps_per_epoch=plan.steps_per_epoch,
             total_steps=plan.total_steps,
-            warmup=cfg.warmup,
+            warmup=cfg.warmup if not _overrides(self.method, "learning_rate") else 0,  # e.g. LP-FT: per stage
             lr=cfg.lr,
         ):
             logger.warning("%s", warning)

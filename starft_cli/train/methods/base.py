@@ -251,6 +251,12 @@ class Method:
         return f"{self.name} ({', '.join(parts)})"
 
 
+def _shared_setting_hint(key: str) -> str:
+    """Settings every regularised method shares are run settings, not hyper-parameters of one method."""
+    shared = {"lambda": "lambda", "reg_lambda": "lambda", "lambda_schedule": "lambda-schedule", "pool": "pool"}
+    return f"It is a run setting: use `starft finetune --{shared[key]} ...`" if key in shared else ""
+
+
 def resolve_hparams(method: type[Method], given: Mapping[str, Any]) -> dict[str, Any]:
     """Every hyper-parameter of ``method``: the ``given`` values checked, the paper's defaults for the rest.
 
@@ -266,7 +272,8 @@ def resolve_hparams(method: type[Method], given: Mapping[str, Any]) -> dict[str,
             names = ", ".join(known) if known else "none"
             raise ConfigError(
                 f"{method.name} has no hyper-parameter '{key}' (it has: {names})",
-                did_you_mean(key, known, n=1, quote=True)
+                _shared_setting_hint(key)
+                or did_you_mean(key, known, n=1, quote=True)
                 or f"See `starft finetune --method {method.name} --help-method`",
             )
     return {name: p.parse(given[name], method.name) if name in given else p.default for name, p in known.items()}

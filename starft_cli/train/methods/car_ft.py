@@ -139,7 +139,7 @@ class CARFT(FT):
     model's distribution over *contexts* (the zero-shot templates, each averaged over the class names) to the
     fine-tuned model's (see the module docstring). Defaults: lambda 1.0, the run's zero-shot templates as contexts
     (ImageNet's 80 by default), the teacher's logit scale as the inverse temperature. The paper keeps lambda
-    constant: pass ``--lambda-schedule constant`` for its recipe.
+    constant, and so does this method by default.
 
     The context weights are computed once per run (:meth:`setup`) with the frozen teacher's text tower."""
 

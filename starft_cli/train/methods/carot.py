@@ -217,8 +217,7 @@ class CaRot(Method):
     """CaRot (Oh et al., "Towards Calibrated Robust Fine-Tuning of Vision-Language Models", NeurIPS 2024): FLYP's
     caption contrastive loss, plus lambda_oc x ||W^T W - I||_F on the image projection W (a parameter-space term,
     added once per optimizer step), plus lambda x the self-distillation term against an EMA teacher (--lambda
-    defaults to 1.5). The authors keep that weight constant over the run: pass --lambda-schedule constant for
-    their recipe (the engine's default schedule, linear, decays it per epoch).
+    defaults to 1.5). The authors keep that weight constant over the run, and so does this method by default.
 
     The EMA teacher is a copy of the model at the start of fine-tuning, updated after optimizer steps 0,
     ema_every, 2 x ema_every, ... with momentum m_t; its weights are part of the checkpoint, so a resumed run is

@@ -8,7 +8,7 @@ from starft_cli.train.methods.starft import StarFT
 
 @register
 class KLAblation(StarFT):
-    """StarReg without the class mask (METHOD.md, the "kl" ablation): the KL divergence between the teacher's and
+    """StarReg without the class mask (the paper's ablation of the mask): the KL divergence between the teacher's and
     the student's softmax over every spurious text of the batch, the sample's own class included."""
 
     name = "kl"

@@ -159,8 +159,7 @@ class LipsumFT(FT):
     zero-shot-initialised head, plus ``lambda x`` the mean squared gap between the fine-tuned and the zero-shot
     image towers' energies (``tau0 x`` cosine similarity) against ``num_texts`` texts of ``text_length`` random
     tokens, drawn afresh every optimizer step (see the module docstring). Defaults from the paper and its code:
-    lambda 1.0, 80 texts of 8 tokens. The paper keeps lambda constant: pass ``--lambda-schedule constant`` for
-    its recipe.
+    lambda 1.0, 80 texts of 8 tokens. The paper keeps lambda constant, and so does this method by default.
 
     Per step the random texts go through the frozen teacher's text tower once (:meth:`begin_step`), for every
     micro-batch of the step; the texts are a function of (seed, step) only, the same on every process and after a

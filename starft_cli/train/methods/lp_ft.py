@@ -13,9 +13,10 @@ class LPFT(FT):
     ICLR 2022): first a linear probe (only the head trains, on frozen features), then cross-entropy fine-tuning of
     the image tower and the head from the probed head, so the features are not distorted by a random or poor head.
 
-    One run, two stages: the first ``lp_fraction`` of the steps probe with learning rate ``lp_lr`` (warm-up then
-    cosine within the stage); the rest fine-tune with ``--lr`` on their own warm-up and cosine; the optimizer's
-    moments restart at the boundary (the fine-tuning stage is a fresh fine-tuning from the probed model).
+    One run, two stages: the first ``lp_fraction`` of the steps probe with learning rate ``lp_lr``; the rest
+    fine-tune with ``--lr``. Each stage has its own warm-up, of ``--warmup`` steps but at most a tenth of the stage
+    (at least one step), then its own cosine decay; the optimizer's moments restart at the boundary (the
+    fine-tuning stage is a fresh fine-tuning from the probed model).
     The paper probes to convergence with logistic regression; here the probe is trained by the same optimizer, for
     a fraction of the budget, which keeps the comparison within one budget."""
 

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 @register
 class StarFT(Method):
     """StarFT (Kim et al., "Robust Fine-tuning of Vision-Language Models via Spurious Textual Alignment
-    Regularization", IJCAI 2025; METHOD.md): FLYP's contrastive loss plus ``lambda x`` StarReg, the KL divergence
+    Regularization", IJCAI 2025): FLYP's contrastive loss plus ``lambda x`` StarReg, the KL divergence
     between the zero-shot (teacher) and fine-tuned (student) models' softmax over the batch's spurious texts, with
-    every column of the sample's own class masked out (METHOD.md, StarReg). Defaults: lambda 0.5 on the linear
+    every column of the sample's own class masked out (the paper's StarReg). Defaults: lambda 0.5 on the linear
     per-epoch schedule, the ``background`` pool."""
 
     name = "starft"
@@ -44,7 +44,7 @@ class StarFT(Method):
         self.teacher_scale = float(ctx.teacher.logit_scale.exp().item())
 
     def regularizer(self, features: Features, labels: torch.Tensor, ctx: RunContext) -> torch.Tensor:
-        """StarReg of this process's rows against the gathered batch columns (METHOD.md, StarReg)."""
+        """StarReg of this process's rows against the gathered batch columns (the paper's StarReg)."""
         from starft_cli.losses import star_regularizer
         from starft_cli.train.distributed import gather_no_grad, gather_with_grad
 
