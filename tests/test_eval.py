@@ -577,3 +577,16 @@ def test_a_suite_file_metric_that_does_not_apply_is_an_error(tmp_path: Path, mon
     result = runner.invoke(app, ["eval", "--suite", str(suite), "-m", TINY])
     assert result.exit_code == 2, result.output
     assert "metric worst_group_acc does not apply to folder:" in result.stderr
+
+
+def test_no_cache_writes_no_cache_at_all(tmp_path: Path, starft_home: Path):
+    """--no-cache leaves neither features nor zero-shot heads on disk (the head cache used to be written)."""
+    args = ["eval", "--data", f"folder:{_pets(tmp_path)}", "-m", TINY, "--workers", "0", "--no-cache"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cache = starft_home / "cache"
+    written = [p for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
+    assert written == []
+    again = runner.invoke(app, args[:-1])  # the same without --no-cache does write both
+    assert again.exit_code == 0, again.output
+    assert list((cache / "heads").glob("*.safetensors")) and list((cache / "features").glob("*.safetensors"))

@@ -52,8 +52,11 @@ def _state_step(run: Path) -> int | None:
         # LP-FT's stage boundary is step 4 of 8: killed at step 6, in the fine-tuning stage (mid-epoch 1)
         (("--method", "lp-ft"), 6, (6, 1, 2)),
         (("--method", "l2-sp", "--hp", "alpha=0.5"), 3, (3, 0, 3)),
+        # method state in the checkpoint: CaRot's EMA teacher (updated every 2 steps); Lipsum-FT's per-step draws
+        (("--method", "carot", "--hp", "ema_every=2"), 3, (3, 0, 3)),
+        (("--method", "lipsum-ft"), 3, (3, 0, 3)),
     ],
-    ids=["starft", "lp-ft-second-stage", "l2-sp"],
+    ids=["starft", "lp-ft-second-stage", "l2-sp", "carot", "lipsum-ft"],
 )
 def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path, method, kill_at, position):
     data = make_class_folders(tmp_path / "data", ["cat", "dog", "car", "bus"], per_class=4)  # 16 images: 4 steps/epoch
@@ -82,8 +85,13 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path, method, 
         _cmd(data, killed, "--resume"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, resumed.stderr
+    states = [torch.load(r / "checkpoints" / "last" / "training_state.pt", weights_only=True) for r in (full, killed)]
+    assert states[0].keys() == states[1].keys()
+    for key, value in states[0].get("method", {}).items():  # e.g. CaRot's EMA teacher
+        assert torch.equal(value, states[1]["method"][key]), key
+    assert ("method" in states[0]) == (method[1] == "carot")
     files = ["open_clip_model.safetensors"]
-    if "--method" in method and method[1] != "starft":
+    if method[1] not in ("starft", "carot"):
         files.append("classification_head.safetensors")
     for name in files:
         a = load_file(str(full / "checkpoints" / "last" / name))
