@@ -26,6 +26,7 @@ class StarftGroup(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         try:
+            _refuse_empty_values([*getattr(ctx, "_protected_args", []), *ctx.args])
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
@@ -55,6 +56,30 @@ class StarftGroup(TyperGroup):
                 err=True,
             )
             raise typer.Exit(1) from None
+
+
+def _refuse_empty_values(args: list[str]) -> None:
+    """An empty value (``--out ""``, ``--out=``, an empty positional argument) is refused before any command runs:
+    an empty path would otherwise mean the current folder (a run written into it, every image under it classified).
+
+    Raises:
+        UsageError: naming the option (or the position) whose value is empty."""
+    from starft_cli.errors import UsageError
+
+    for i, arg in enumerate(args):
+        option = None
+        if arg.startswith("--") and arg.endswith("=") and len(arg) > 3:
+            option = arg[:-1]
+        elif arg.strip() == "":
+            previous = args[i - 1] if i else ""
+            option = previous if previous.startswith("-") and "=" not in previous else None
+            if option is None:
+                raise UsageError(
+                    f"an empty argument after '{' '.join(args[:i])}'",
+                    "Name a file or folder ('.' is the current folder)",
+                )
+        if option is not None:
+            raise UsageError(f"{option} is empty", f"Give {option} a value (a path '.' is the current folder)")
 
 
 _OS_HINTS = {
@@ -131,9 +156,20 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    threads: str | None = typer.Option(
+        None,
+        "--threads",
+        metavar="N",
+        help="CPU threads per process: a number, auto (the usable cores; default) or torch (torch's defaults). "
+        "Also STARFT_THREADS; OMP_NUM_THREADS and OMP_WAIT_POLICY set by you are kept.",
+    ),
 ) -> None:
     """Robust fine-tuning of zero-shot image-text models with StarFT."""
     _setup_logging()
+    if threads is not None:
+        from starft_cli.threads import apply_thread_policy, parse_threads
+
+        apply_thread_policy(parse_threads(threads))
 
 
 def _setup_logging() -> None:
@@ -169,6 +205,18 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value: Any) -> None:
         pass
+
+
+def _apply_threads_from_env() -> None:
+    """The thread policy from ``STARFT_THREADS`` (``--threads`` reapplies it in the root callback); a bad value is
+    the usual one-line usage error."""
+    from starft_cli.threads import apply_thread_policy
+
+    try:
+        apply_thread_policy()
+    except StarftError as exc:
+        typer.echo(f"error: {error_line(exc)}", err=True)
+        sys.exit(exc.exit_code)
 
 
 def _wrap_help_at_spaces_only() -> None:
@@ -216,8 +264,10 @@ _register()
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. The CPU thread policy is applied first, before any command imports torch (its OpenMP
+    runtime reads the wait policy once, when it loads; see :mod:`starft_cli.threads`)."""
     try:
+        _apply_threads_from_env()
         app()
     except KeyboardInterrupt:  # pragma: no cover - during start-up
         sys.exit(130)
