@@ -171,3 +171,17 @@ def test_eval_protocol_clip_benchmark_gives_its_names_and_is_recorded(tmp_path: 
     assert (reference.templates_name, clip_benchmark.templates_name) == ("cars", "clip-benchmark:stanford-cars")
     bad = runner.invoke(app, ["eval", "--data", "stanford-cars", "-m", "starft-tiny:none", "--protocol", "clip"])
     assert bad.exit_code != 0 and "unknown protocol 'clip'" in bad.output
+
+
+def test_a_trained_head_over_repeated_names_keeps_each_class_row(tiny) -> None:
+    import dataclasses
+
+    import torch
+
+    from starft_cli.zeroshot import trained_head
+
+    names = ["lowland paca", "jaguarundi", "agouti", "lowland paca"]  # iWildCam's kind: one name, two classes
+    loaded = dataclasses.replace(tiny, extra={"head": torch.arange(8.0).reshape(4, 2), "head_classnames": names})
+    assert trained_head(loaded, names, device="cpu")[:, 0].tolist() == [0.0, 2.0, 4.0, 6.0]
+    # another class list is still matched by name (case and spaces aside)
+    assert trained_head(loaded, ["Agouti", "jaguarundi"], device="cpu")[:, 0].tolist() == [4.0, 2.0]
