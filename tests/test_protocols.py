@@ -35,6 +35,10 @@ def test_names_and_prompts_match_the_source(protocol: str, dataset: str) -> None
         assert names == expected["classnames"]
     elif expected["order"] == "any":  # the source sorts them otherwise (its folder order): same names
         assert sorted(names) == sorted(expected["classnames"]) and len(names) == len(expected["classnames"])
+    elif expected["order"] == "own":  # the dataset's own names (ImageNet's list, OpenAI CLIP's names)
+        from starft_cli.data.imagenet import imagenet_classes
+
+        assert entry.classnames is None and list(imagenet_classes()[1]) == expected["classnames"]
     for label, name in expected.get("label_order_spot_checks", {}).items():
         assert names[int(label)] == name
     templates = entry.template_list()
@@ -185,3 +189,14 @@ def test_a_trained_head_over_repeated_names_keeps_each_class_row(tiny) -> None:
     assert trained_head(loaded, names, device="cpu")[:, 0].tolist() == [0.0, 2.0, 4.0, 6.0]
     # another class list is still matched by name (case and spaces aside)
     assert trained_head(loaded, ["Agouti", "jaguarundi"], device="cpu")[:, 0].tolist() == [4.0, 2.0]
+
+
+def test_finetune_trains_on_iwildcam_with_its_182_classes(tmp_path: Path) -> None:
+    _iwildcam_with_all_182_classes(tmp_path / "data")
+    out = tmp_path / "run"
+    data = ["--data", "iwildcam", "--data-root", str(tmp_path / "data"), "--backbone", "starft-tiny:none"]
+    run = ["--method", "flyp", "--epochs", "1", "--batch-size", "4", "--max-steps", "1", "--device", "cpu"]
+    result = runner.invoke(app, ["finetune", *data, *run, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"] == "iwildcam" and (out / "checkpoints").is_dir()
