@@ -50,7 +50,7 @@ def caltech_split_line(entry: ProtocolEntry) -> str:
     fractions = "/".join(f"{rule['fractions'][s]:g}" for s in CALTECH_SPLITS)
     return (
         f"caltech101: train/val/test = a per-image random draw with probabilities {fractions}, seed {rule['seed']} "
-        f"(protocol '{entry.protocol}'; {rule.get('source', '')})"
+        "(the rule of FLYP's split script, which the StarFT code's folders come from; unseeded there)"
     )
 
 
