@@ -200,3 +200,26 @@ def test_finetune_trains_on_iwildcam_with_its_182_classes(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     config = json.loads((out / "config.json").read_text())
     assert config["data"] == "iwildcam" and (out / "checkpoints").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("dataset", "same_as"),
+    [("cifar10.2", "cifar10"), ("cifar10.02", "cifar10")]
+    + [(d, "imagenet") for d in ("imagenet-v2", "imagenet-sketch", "imagenet-a", "imagenet-r")],
+)
+@pytest.mark.parametrize("protocol", ["reference", "clip-benchmark"])
+def test_datasets_that_share_a_class_list_share_its_names_and_templates(dataset, same_as, protocol) -> None:
+    from starft_cli.data.protocols import get_protocol
+
+    entry, other = get_protocol(dataset, protocol), get_protocol(same_as, protocol)
+    assert (entry.classnames, entry.template_list()) == (other.classnames, other.template_list())
+    assert entry.protocol == protocol
+
+
+@pytest.mark.parametrize(("dataset", "templates"), [("pacs", "pacs"), ("spurious-digits", "digits")])
+def test_datasets_no_source_evaluates_keep_their_own_names_and_starfts_templates(dataset, templates) -> None:
+    from starft_cli.data.protocols import get_protocol
+
+    entry = get_protocol(dataset)
+    assert entry.classnames is None and entry.templates == templates and entry.source.startswith("starft's own")
+    assert get_protocol(dataset, "clip-benchmark").protocol == "reference"  # CLIP_benchmark has none: the fallback
