@@ -223,3 +223,21 @@ def test_datasets_no_source_evaluates_keep_their_own_names_and_starfts_templates
     entry = get_protocol(dataset)
     assert entry.classnames is None and entry.templates == templates and entry.source.startswith("starft's own")
     assert get_protocol(dataset, "clip-benchmark").protocol == "reference"  # CLIP_benchmark has none: the fallback
+
+
+def test_a_trained_head_still_applies_under_another_protocols_names(tmp_path: Path) -> None:
+    from starft_cli.eval.runner import evaluate
+    from starft_cli.eval.suites import Suite, SuiteEntry
+
+    root = LAYOUTS["stanford-cars"](tmp_path / "data")
+    classes = ["AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Ram C/V Cargo Van Minivan 2012"]
+    write_mat(root / "devkit" / "cars_meta.mat", {"class_names": np.array([classes], dtype=object)})
+    data = ["--data", "stanford-cars", "--data-root", str(tmp_path / "data"), "--backbone", "starft-tiny:none"]
+    run = ["--method", "lp", "--epochs", "1", "--batch-size", "4", "--max-steps", "1", "--device", "cpu"]
+    result = runner.invoke(app, ["finetune", *data, *run, "--out", str(tmp_path / "lp")])
+    assert result.exit_code == 0, result.output
+    suite = Suite("cars", (SuiteEntry(dataset="stanford-cars", metrics=("top1",)),))
+    model = str(tmp_path / "lp" / "checkpoints" / "last")
+    frame = evaluate(model, suite, tmp_path / "data", protocol="clip-benchmark", use_cache=False).frame
+    # trained on 'Ram C-V ...' (the reference's name), evaluated under CLIP_benchmark's 'Ram C/V ...': same head
+    assert set(frame["templates"]) == {"trained head"} and set(frame["protocol"]) == {"clip-benchmark"}

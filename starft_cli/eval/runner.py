@@ -275,7 +275,8 @@ def evaluate_model(
             fast_decode=fast_decode,
         )
         # a classifier method's own head where it covers the classes; a zero-shot head from the templates otherwise
-        head = trained_head(loaded, ds.classnames, device=device)
+        # a trained head's rows are named as the data it was trained on: the names the dataset was built with
+        head = trained_head(loaded, getattr(ds, "built_classnames", ds.classnames), device=device)
         head_kind = "trained" if head is not None else "zero-shot"
         if head is None:
             head = cached_zero_shot_head(loaded, ds.classnames, item.templates, device=device, use_cache=use_cache)

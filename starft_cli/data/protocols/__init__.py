@@ -191,7 +191,8 @@ def apply_protocol(ds: Any, protocol: str) -> tuple[Any, ProtocolEntry | None]:
     dataset itself when no protocol defines it (``folder:``/``csv:`` data: entry None).
 
     The new names are looked up through ``ds.protocol_index`` (set by the builder) or, without one, by position when
-    the protocol names exactly as many classes. A protocol whose names read alike where it does not declare so
+    the protocol names exactly as many classes; the copy keeps the built names as ``built_classnames`` (a trained
+    head's rows are matched by them). A protocol whose names read alike where it does not declare so
     (``shared_prompts``) is a :class:`DataError`."""
     import copy
 
@@ -211,6 +212,8 @@ def apply_protocol(ds: Any, protocol: str) -> tuple[Any, ProtocolEntry | None]:
     other = copy.copy(ds)
     other.classnames = names
     other.protocol = entry.protocol
+    # the names the dataset was built with (the default protocol's): what a model fine-tuned on it calls its classes
+    other.built_classnames = getattr(ds, "built_classnames", list(ds.classnames))
     return other, entry
 
 
