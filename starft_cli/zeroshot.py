@@ -157,8 +157,11 @@ def trained_head(
     head, names = loaded.extra.get("head"), loaded.extra.get("head_classnames")
     if head is None or not names:
         return None
-    index = {n.strip().lower(): i for i, n in enumerate(names)}
-    rows = [index.get(c.strip().lower()) for c in classnames]
+    if list(names) == list(classnames):  # the training classes themselves: row for row (names may repeat)
+        rows: list[int | None] = list(range(len(names)))
+    else:
+        index = {n.strip().lower(): i for i, n in enumerate(names)}
+        rows = [index.get(c.strip().lower()) for c in classnames]
     if any(r is None for r in rows):
         return None
     device = device if device is not None else next(loaded.model.parameters()).device

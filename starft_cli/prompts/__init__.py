@@ -1,7 +1,9 @@
 """Prompt templates and spurious-description pools, kept as data files.
 
-A template has exactly one slot, written ``{}`` or ``{c}``. Template sets live in ``templates/``,
-spurious pools in ``pools/`` (one template per line, ``#`` starts a comment line).
+A template has exactly one slot, written ``{}`` or ``{c}`` (the class name as it is), or ``{a/an c}`` (the class name
+with ``_`` read as spaces, after "a", or "an" before a vowel: the article form of WiSE-FT's, FLYP's and the StarFT
+code's FMoW templates, their ``append_proper_article``). Template sets live in ``templates/``, spurious pools in
+``pools/`` (one template per line, ``#`` starts a comment line).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from starft_cli.errors import TemplateError
 
 logger = logging.getLogger(__name__)
 
-_SLOT = re.compile(r"\{c?\}")
+_SLOT = re.compile(r"\{c?\}|\{a/an c\}")
+ARTICLE_SLOT = "{a/an c}"
 _ANY_BRACE = re.compile(r"[{}]")
 
 
@@ -46,9 +49,9 @@ def parse_templates(lines: list[str], source: str) -> list[str]:
         if len(slots) != 1 or len(_ANY_BRACE.findall(_SLOT.sub("", line))) != 0:
             raise TemplateError(
                 f"{source}, line {number}: '{line}' must have exactly one slot",
-                "Write the class name's place as {} (or {c}), once per line",
+                "Write the class name's place as {} (or {c}, or {a/an c} for 'a'/'an' and the name), once per line",
             )
-        normalised = _SLOT.sub("{}", line)
+        normalised = line if ARTICLE_SLOT in line else _SLOT.sub("{}", line)
         if normalised in seen:
             logger.warning("%s, line %d: duplicate template '%s' removed", source, number, line)
             continue
@@ -89,6 +92,16 @@ def load_pool(name_or_file: str | Path) -> list[str]:
     return _load("pools", name_or_file)
 
 
+def with_article(text: str) -> str:
+    """``text`` with ``_`` read as spaces, after "an" when it starts with a vowel letter (a, e, i, o, u) and "a"
+    otherwise: "an airport hangar", "a zoo" (the rule of ``append_proper_article`` in WiSE-FT's templates)."""
+    text = text.replace("_", " ")
+    return ("an " if text[:1] in ("a", "e", "i", "o", "u") else "a ") + text
+
+
 def fill(template: str, text: str) -> str:
-    """Put ``text`` into the template's slot (no ``str.format``: class names may hold braces)."""
+    """Put ``text`` into the template's slot (no ``str.format``: class names may hold braces); an ``{a/an c}``
+    slot gets :func:`with_article` of it."""
+    if ARTICLE_SLOT in template:
+        return template.replace(ARTICLE_SLOT, with_article(text), 1)
     return template.replace("{}", text, 1)
