@@ -135,6 +135,18 @@ def as_os_error(
     return None if code is None else _os_error(code, target)
 
 
+def _in_target(exc: OSError, tmp: Path, target: Path) -> OSError | None:
+    """``exc`` naming the file's final place under ``target`` instead of the temporary folder ``tmp`` (None when it
+    names no file in ``tmp``): the user never sees the temporary folder, which is gone by then."""
+    if exc.errno is None or exc.filename is None:
+        return None
+    try:
+        inner = Path(exc.filename).relative_to(tmp)
+    except ValueError:
+        return None
+    return _os_error(exc.errno, target / inner)
+
+
 def _os_error(code: int, target: Path) -> OSError:
     return OSError(code, os.strerror(code), str(target))
 
@@ -190,8 +202,8 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
         try:
             yield tmp
         except Exception as exc:
-            mapped = as_os_error(exc, target, tmp)
-            if mapped is None or isinstance(exc, OSError):  # an OSError names its own file (inside the folder)
+            mapped = _in_target(exc, tmp, target) if isinstance(exc, OSError) else as_os_error(exc, target, tmp)
+            if mapped is None:
                 raise
             raise mapped from exc
         for path in tmp.iterdir():
