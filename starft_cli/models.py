@@ -393,6 +393,10 @@ def _load_zoo(ref: ModelRef, seed: int) -> LoadedModel:
         _apply_state_dict(
             loaded.model, read_state_dict(resolved.weights), source=f"zoo:{ref.zoo_name}", arch=loaded.arch
         )
+        config = _read_config(resolved.weights.parent)  # a published classifier: its trained head beside it
+        if config is not None and isinstance(config.get("starft"), dict):
+            loaded.extra.setdefault("starft", config["starft"])
+            _attach_head(loaded, resolved.weights.parent)
     loaded.ref = ref
     return loaded
 

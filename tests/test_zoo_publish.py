@@ -266,3 +266,35 @@ def test_the_card_quotes_the_published_checkpoint_only(run_dir: Path, tmp_path: 
     assert "| epoch | 0 |" in card and "| loss | 2.5 |" in card and "| loss | 1.25 |" not in card
     assert "| cifar10 | top1 | 0.611 |" in card and "0.472" not in card
     assert "(1 record(s) of other weights, e.g. the run's other checkpoint, left out)" in card
+
+
+def test_a_published_classifier_keeps_its_head_on_the_hub_and_in_the_zoo(
+    tmp_path: Path,
+    hub: HubServer,  # noqa: F811
+    tiny,
+) -> None:
+    import torch
+
+    from starft_cli.models import load, save_checkpoint
+
+    best = tmp_path / "run" / "checkpoints" / "best"
+    torch.manual_seed(0)
+    head = torch.randn(2, 32) * 10
+    meta = {"method": "lp", "base_model": "starft-tiny:none", "head_classnames": ["a", "b"], "head_templates": ["{}"]}
+    save_checkpoint(tiny.model, best, tiny.model_cfg, tiny.preprocess_cfg, arch="starft-tiny", metadata=meta, head=head)
+    result = runner.invoke(app, ["zoo", "publish", str(best), "--repo", "me/lp"])
+    assert result.exit_code == 0, result.output
+    files = hub.repos["me/lp"].commits[hub.repos["me/lp"].refs["main"]]
+    assert sorted(files) == ["README.md", "classification_head.safetensors", CONFIG, WEIGHTS]
+    assert torch.equal(load("hf-hub:me/lp").extra["head"], head)
+
+    add_line = next(line for line in result.stdout.splitlines() if line.startswith("starft zoo add"))
+    assert runner.invoke(app, shlex.split(add_line)[1:]).exit_code == 0
+    image = make_image(tmp_path / "img.jpg", seed=1)
+    args = ["classify", str(image), "--labels", "a,b", "--device", "cpu", "--format", "json"]
+    by_name = runner.invoke(app, [*args, "--model", "lp"])
+    local = runner.invoke(app, [*args, "--model", str(best)])
+    assert by_name.exit_code == 0 and local.exit_code == 0, by_name.output + local.output
+    assert json.loads(by_name.stdout)[0]["predictions"] == json.loads(local.stdout)[0]["predictions"]
+    zero_shot = runner.invoke(app, [*args, "--model", "starft-tiny:none"])
+    assert json.loads(zero_shot.stdout)[0]["predictions"] != json.loads(local.stdout)[0]["predictions"]

@@ -434,9 +434,39 @@ def resolve(entry: ZooEntry) -> Resolved:
             quick_gelu=entry.quick_gelu,
             preprocess=dict(entry.preprocess),
         )
+    weights = fetch(entry)
+    from starft_cli.runs import WEIGHTS_NAME
+
+    if entry.source.kind == "hf-hub" and entry.source.filename == WEIGHTS_NAME:
+        _fetch_head(entry)
     return Resolved(
-        arch=entry.arch, weights=fetch(entry), quick_gelu=entry.quick_gelu, preprocess=dict(entry.preprocess)
+        arch=entry.arch, weights=weights, quick_gelu=entry.quick_gelu, preprocess=dict(entry.preprocess)
     )
+
+
+def _fetch_head(entry: ZooEntry) -> None:
+    """Bring a published classifier's trained head (``classification_head.safetensors``, with the
+    ``open_clip_config.json`` that names its classes) into the snapshot beside the weights, when the repository has
+    one (``starft zoo publish`` uploads it). Optional: a file the Hub lacks (remembered by the cache), an offline
+    machine or a failed download leave the model without it, and it is asked for at most once per revision."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    from starft_cli.runs import CONFIG_NAME, HEAD_NAME
+
+    source = entry.source
+    assert source.repo is not None
+    for name in (CONFIG_NAME, HEAD_NAME):
+        cached = try_to_load_from_cache(source.repo, name, cache_dir=hub_cache(), revision=source.revision)
+        if cached is not None:  # a path, or the cache's record that the revision has no such file
+            continue
+        if offline() or unreachable(endpoint()) is not None:
+            return
+        try:
+            hf_hub_download(source.repo, name, revision=source.revision, cache_dir=hub_cache(), endpoint=endpoint())
+        except Exception as exc:  # absent (recorded by huggingface_hub) or failed: the weights alone still load
+            logger.debug("no %s for zoo model %s (%s)", name, entry.name, short_error(exc))
+            if name == CONFIG_NAME:
+                return
 
 
 @dataclass
