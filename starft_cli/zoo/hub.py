@@ -439,9 +439,7 @@ def resolve(entry: ZooEntry) -> Resolved:
 
     if entry.source.kind == "hf-hub" and entry.source.filename == WEIGHTS_NAME:
         _fetch_head(entry)
-    return Resolved(
-        arch=entry.arch, weights=weights, quick_gelu=entry.quick_gelu, preprocess=dict(entry.preprocess)
-    )
+    return Resolved(arch=entry.arch, weights=weights, quick_gelu=entry.quick_gelu, preprocess=dict(entry.preprocess))
 
 
 def _fetch_head(entry: ZooEntry) -> None:
