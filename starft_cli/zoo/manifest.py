@@ -204,11 +204,13 @@ class BrokenEntry:
 
     def error(self) -> ZooError:
         """The error a use of this entry raises: its problem and how to fix it."""
-        fix = f"`starft zoo rm {self.name} --forget` removes it" if self.origin == "user" else "fix or remove it"
-        return ZooError(
-            f"zoo entry '{self.name}' is broken: {self.problem.rstrip('.')}",
-            f"Fix the entry in {self.manifest or self.origin}, or {fix}",
+        where = self.manifest or self.origin
+        fix = (
+            f"Fix the entry in {where}, or remove it with `starft zoo rm {self.name} --forget`"
+            if self.origin == "user"
+            else f"Fix or remove the entry in {where}"
         )
+        return ZooError(f"zoo entry '{self.name}' is broken: {self.problem.rstrip('.')}", fix)
 
 
 # ----------------------------------------------------------------------------------------------
