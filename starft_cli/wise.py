@@ -350,6 +350,8 @@ def _head_rows(heads: tuple[list[Any], list[str], list[str]] | None, classnames:
     there is no head or it does not cover them (a warning: the zero-shot head of each candidate is used)."""
     if heads is None:
         return None
+    if list(heads[1]) == list(classnames):  # the training classes themselves: row for row (names may repeat)
+        return list(range(len(classnames)))
     index = {n.strip().lower(): i for i, n in enumerate(heads[1])}
     rows = [index.get(c.strip().lower()) for c in classnames]
     if any(r is None for r in rows):
