@@ -44,7 +44,7 @@ class StarftGroup(TyperGroup):
         except OSError as exc:  # a full disk, an I/O error, a permission: the system's words and the file
             if _debug():
                 traceback.print_exc()
-            typer.echo(f"error: {os_error_line(exc)}", err=True)
+            typer.echo(f"error: {os_error_line(exc, getattr(ctx, 'invoked_subcommand', None))}", err=True)
             raise typer.Exit(1) from None
         except Exception as exc:
             if _debug():
@@ -83,20 +83,27 @@ def _refuse_empty_values(args: list[str]) -> None:
 
 
 _OS_HINTS = {
-    errno.ENOSPC: "Free some disk space and rerun (a run continues with --resume)",
-    errno.EDQUOT: "Free some of your disk quota and rerun (a run continues with --resume)",
-    errno.EIO: "The device reported an I/O error: check the disk, then rerun (a run continues with --resume)",
+    errno.ENOSPC: "Free some disk space and rerun",
+    errno.EDQUOT: "Free some of your disk quota and rerun",
+    errno.EFBIG: "The file is larger than this file system (or a limit) allows: choose another path",
+    errno.EIO: "The device reported an I/O error: check the disk, then rerun",
     errno.EACCES: "Check the permissions, or choose another path",
     errno.EPERM: "Check the permissions, or choose another path",
     errno.EROFS: "The file system is read-only: choose another path",
 }
+# The commands whose interrupted work a rerun continues: the hint says how.
+_CONTINUES = {"finetune": " (a run continues with --resume)", "demo": " (the demo continues where it stopped)"}
+_RERUN_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
 
 
-def os_error_line(exc: OSError) -> str:
-    """One line for an OSError: what the system said, the file, and what to do (``No space left on device: X``)."""
+def os_error_line(exc: OSError, command: str | None = None) -> str:
+    """One line for an OSError: what the system said, the file, and what to do (``No space left on device: X``).
+    The hint names ``--resume`` only under ``command``s that can continue an interrupted run (``finetune``)."""
     what = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
     where = f": {exc.filename}" if exc.filename else ""
     hint = _OS_HINTS.get(exc.errno or 0)
+    if hint and exc.errno in _RERUN_ERRNOS:
+        hint += _CONTINUES.get(command or "", "")
     return f"{what}{where}" + (f". {hint}" if hint else "")
 
 
