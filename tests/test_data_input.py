@@ -198,6 +198,20 @@ def test_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path: Path) -> No
     assert load_dataset(f"csv:{tmp_path / 'data.csv'}").classnames == ["cat", "dog"]
 
 
+def test_classify_labels_file_with_a_byte_order_mark(images: list[Path], tmp_path: Path) -> None:
+    import csv
+    import io
+
+    (tmp_path / "labels.txt").write_bytes(b"\xef\xbb\xbfcat\r\ndog\r\n")
+    args = ["classify", str(images[0]), "--labels-file", str(tmp_path / "labels.txt"), "--format", "csv"]
+    result = runner.invoke(app, [*args, "--model", TINY, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert sorted(r["label"] for r in csv.DictReader(io.StringIO(result.stdout))) == ["cat", "dog"]
+    (tmp_path / "labels.txt").write_bytes("chat\ncaf\xe9\n".encode("latin-1"))
+    result = runner.invoke(app, [*args, "--model", TINY, "--device", "cpu"])
+    assert result.exit_code == 2 and f"labels file {tmp_path / 'labels.txt'} is not UTF-8 text" in result.stderr
+
+
 def test_csv_that_is_not_utf8_is_one_line_naming_the_line(tmp_path: Path) -> None:
     _images(tmp_path)
     (tmp_path / "data.csv").write_bytes("filepath,label\n0.jpg,café\n".encode("latin-1"))
