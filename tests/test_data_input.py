@@ -322,3 +322,19 @@ def test_deep_check_names_every_unreadable_image_up_to_five_and_counts_the_rest(
     (problem,) = payload["problems"]
     assert problem.startswith("7 unreadable image(s): ") and problem.endswith("; and 2 more (`--json` lists every one)")
     assert all(str(p) in problem for p in broken[:5]) and str(broken[5]) not in problem
+
+
+def test_unreadable_images_lists_every_file_that_does_not_decode_in_dataset_order(tmp_path: Path) -> None:
+    """The data layer's "check the files of this split decode" (for a check before training's step 0)."""
+    from starft_cli.data.checks import Unreadable, unreadable_images
+
+    root = make_class_folders(tmp_path / "d", ["a", "b"], per_class=2)
+    ds = load_dataset(f"folder:{root}", split="train")
+    ds.paths[1].write_bytes(b"\xff\xd8\xff truncated")
+    ds.paths[3].unlink()
+    done: list[tuple[int, int]] = []
+    bad = unreadable_images(ds, progress=lambda i, n: done.append((i, n)))
+    assert [b.index for b in bad] == [1, 3] and done[-1] == (4, 4) and len(done) == 4
+    assert bad[1] == Unreadable(3, f"no such file: {ds.paths[3]}")
+    assert bad[0].message.startswith(str(ds.paths[1]))
+    assert [b.index for b in unreadable_images(ds, skip_missing=True)] == [1]
