@@ -23,6 +23,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".
 
 
 APPLEDOUBLE_PREFIX = "._"  # macOS's companion files ("AppleDouble": resource forks, Finder data), not images
+MACOS_FOLDER = "__MACOSX"  # where macOS's zip puts those companion files: never a class or a split
 
 
 def is_appledouble(path: str | os.PathLike[str]) -> bool:
@@ -50,6 +51,7 @@ class ImageListing:
     paths: list[Path] = field(default_factory=list)
     appledouble: int = 0  # macOS '._*' companion files skipped
     repeated: list[Path] = field(default_factory=list)  # symlinked folders skipped: target listed, or above the walk
+    macos_folders: int = 0  # __MACOSX folders skipped
 
     def add(self, folder: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
         """The image files in ``folder`` (``recursive``: anywhere under it, following symlinked folders), sorted
@@ -62,6 +64,10 @@ class ImageListing:
             for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
                 dirnames.sort()
                 for name in list(dirnames):
+                    if name == MACOS_FOLDER:
+                        dirnames.remove(name)
+                        self.macos_folders += 1
+                        continue
                     real = os.path.realpath(os.path.join(dirpath, name))
                     if real in seen or top.startswith(real.rstrip(os.sep) + os.sep):  # walked, or above the walk
                         dirnames.remove(name)
@@ -94,6 +100,8 @@ class ImageListing:
         lines = []
         if self.appledouble:
             lines.append(f"skipped {self.appledouble} macOS '._*' companion file(s) (AppleDouble metadata, not images)")
+        if self.macos_folders:
+            lines.append(f"skipped {self.macos_folders} macOS '{MACOS_FOLDER}' folder(s) (zip metadata, not images)")
         if self.repeated:
             lines.append(
                 f"skipped {len(self.repeated)} symlinked folder(s) that loop back or were already listed through "
@@ -168,7 +176,9 @@ def _glob(pattern: str, listing: ImageListing) -> list[Path]:
 def _subdirs(folder: Path) -> list[Path]:
     try:
         with os.scandir(folder) as entries:
-            return sorted(folder / e.name for e in entries if not e.name.startswith(".") and e.is_dir())
+            return sorted(
+                folder / e.name for e in entries if not e.name.startswith(".") and e.name != MACOS_FOLDER and e.is_dir()
+            )
     except OSError:
         return []
 

@@ -135,6 +135,24 @@ def test_symlinked_folders_are_followed_once_and_companion_files_skipped_with_a_
     assert len(resolve(f"folder:{root}")) == 18
 
 
+def test_a_macosx_folder_from_a_zip_is_not_a_class(tmp_path: Path) -> None:
+    from starft_cli.images import expand_image_args
+
+    root = make_class_folders(tmp_path / "d", ["cat", "dog"], per_class=2)
+    for name in ("cat", "dog"):  # what macOS's zip adds: __MACOSX/<class>/._<file>
+        (root / "__MACOSX" / name).mkdir(parents=True)
+        (root / "__MACOSX" / name / "._0.jpg").write_bytes(b"\x00\x05\x16\x07")
+    ds = resolve(f"folder:{root}")
+    assert ds.classnames == ["cat", "dog"] and len(ds) == 4
+    assert ds.left_out == ["skipped 1 macOS '__MACOSX' folder(s) (zip metadata, not images)"]
+    (tmp_path / "d2").mkdir()
+    (root / "__MACOSX").rename(tmp_path / "d2" / "__MACOSX")
+    make_class_folders(tmp_path / "d2" / "cat", ["inner"], per_class=2)
+    (tmp_path / "d2" / "__MACOSX").rename(tmp_path / "d2" / "cat" / "__MACOSX")
+    assert len(resolve(f"folder:{tmp_path / 'd2'}")) == 2  # inside a class folder too
+    assert len(expand_image_args([str(tmp_path / "d2")])) == 2
+
+
 def test_data_check_counts_linked_images_and_reports_the_skipped_files(tmp_path: Path) -> None:
     root = _linked_class(tmp_path)
     result = runner.invoke(app, ["data", "check", f"folder:{root}", "--deep"])

@@ -14,7 +14,7 @@ from typing import Any
 
 from starft_cli.data.base import CheckReport
 from starft_cli.errors import DataError, ImageError
-from starft_cli.images import ImageListing
+from starft_cli.images import MACOS_FOLDER, ImageListing
 
 
 @cache
@@ -36,9 +36,16 @@ def image_files(folder: Path, listing: ImageListing | None = None) -> list[Path]
     return (listing if listing is not None else ImageListing()).add(folder, recursive=False)
 
 
-def subfolders(folder: Path) -> list[Path]:
-    """The sub-folders of ``folder`` (symlinked ones included), sorted, hidden ones left out."""
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+def subfolders(folder: Path, listing: ImageListing | None = None) -> list[Path]:
+    """The sub-folders of ``folder`` (symlinked ones included), sorted; hidden ones and macOS's ``__MACOSX`` (zip
+    metadata) are left out, the latter counted in ``listing`` when given."""
+    found = []
+    for p in sorted(folder.iterdir()):
+        if p.name == MACOS_FOLDER and listing is not None:
+            listing.macos_folders += 1
+        elif p.is_dir() and not p.name.startswith(".") and p.name != MACOS_FOLDER:
+            found.append(p)
+    return found
 
 
 def read_text(path: Path) -> str:

@@ -153,7 +153,8 @@ def load_folder(root: Path, split: str | None = None, classnames_file: str | Pat
     if not root.is_dir():
         raise DataError(f"no such folder: {root}", "folder:PATH takes a folder with one sub-folder per class")
     base, split = folder_split(root, split)
-    folders = subfolders(base)
+    listing = ImageListing()
+    folders = subfolders(base, listing)
     if not folders:
         raise DataError(f"{base} has no class folders", "Lay it out as PATH/<class name>/<image files>")
     names_file = Path(classnames_file) if classnames_file else root / CLASSNAMES_FILE
@@ -176,7 +177,6 @@ def load_folder(root: Path, split: str | None = None, classnames_file: str | Pat
                 "underscores read as spaces, case and spacing aside)",
                 "Merge or rename the folders, or name the classes in a classnames.txt (one per folder, sorted order)",
             )
-    listing = ImageListing()
     labels: list[int] = []
     for label, folder in enumerate(folders):
         labels.extend([label] * len(listing.add(folder)))

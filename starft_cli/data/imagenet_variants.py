@@ -45,7 +45,7 @@ class ImageNetV2(Builder):
         problems: list[str] = []
         if not root.is_dir():
             return paths, labels, [f"missing folder {root}"]
-        for folder in subfolders(root):
+        for folder in subfolders(root, listing):
             if not folder.name.isdigit() or not 0 <= int(folder.name) < 1000:
                 problems.append(f"{folder} is not a class-index folder (0..999)")
                 continue
