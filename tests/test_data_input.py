@@ -214,6 +214,9 @@ def test_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path: Path) -> No
     assert ds.classnames == ["cat", "dog"] and ds.labels == [0, 1, 0] and ds.paths[0] == tmp_path / "0.jpg"
     (tmp_path / "classnames.txt").write_bytes(b"\xef\xbb\xbfcat\ndog\n")  # a BOM in a class names file too
     assert load_dataset(f"csv:{tmp_path / 'data.csv'}").classnames == ["cat", "dog"]
+    (tmp_path / "classnames.txt").unlink()
+    (tmp_path / "data.tsv").write_bytes("filepath\tlabel\r\n0.jpg\tcat\r\n1.jpg\tdog\r\n".encode("utf-16"))
+    assert load_dataset(f"csv:{tmp_path / 'data.tsv'}").labels == [0, 1]  # Excel's "Unicode Text": UTF-16, tabs
 
 
 def test_classify_labels_file_with_a_byte_order_mark(images: list[Path], tmp_path: Path) -> None:

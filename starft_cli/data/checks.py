@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections import Counter
@@ -49,7 +50,8 @@ def subfolders(folder: Path, listing: ImageListing | None = None) -> list[Path]:
 
 
 def read_text(path: Path) -> str:
-    """A text file (CSV, class names) as UTF-8; a byte-order mark (Excel's "CSV UTF-8" writes one) is dropped.
+    """A text file (CSV, class names) as UTF-8; a byte-order mark (Excel's "CSV UTF-8" writes one) is dropped, and
+    a file that starts with a UTF-16 byte-order mark (Excel's "Unicode Text") is read as UTF-16.
 
     Raises:
         DataError: the file cannot be read, or is not UTF-8 (naming the line and the first bad byte).
@@ -58,6 +60,11 @@ def read_text(path: Path) -> str:
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read {path} ({exc.strerror or exc})", "Check the path and its permissions") from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # Excel's "Unicode Text"
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            pass  # named below as not UTF-8
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
