@@ -124,14 +124,12 @@ def folder_split(root: Path, split: str | None) -> tuple[Path, str]:
             raise SplitError(
                 f"{root} has no '{chosen}' split folder (it has {', '.join(splits)})",
                 f"Pass one of them as the split{'' if split else ' (the default is test)'}",
-                param="split",
             )
         return root / chosen, chosen
     if chosen not in ("train", DEFAULT_SPLIT):
         raise SplitError(
             f"{root} has no '{chosen}' split folder: it is one folder per class, read as split train or test",
             "Lay it out as PATH/<split>/<class>/ to have other splits, or drop the split",
-            param="split",
         )
     return root, chosen
 
