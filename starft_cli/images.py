@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob
+import logging
 import os
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,17 +17,182 @@ from starft_cli.errors import ImageError
 if TYPE_CHECKING:
     from PIL import Image
 
+logger = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
 
+APPLEDOUBLE_PREFIX = "._"  # macOS's companion files ("AppleDouble": resource forks, Finder data), not images
+MACOS_FOLDER = "__MACOSX"  # where macOS's zip puts those companion files: never a class or a split
+
+
+def is_appledouble(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a macOS AppleDouble companion file (``._photo.jpg`` beside ``photo.jpg``, written on
+    non-Apple file systems, copied by zip and tar): it carries an image suffix but holds no image."""
+    return os.path.basename(os.fspath(path)).startswith(APPLEDOUBLE_PREFIX)
+
+
 def is_image_name(path: str | os.PathLike[str]) -> bool:
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+    """Whether ``path`` names an image file by its suffix (:data:`IMAGE_SUFFIXES`); AppleDouble companions
+    (:func:`is_appledouble`) are not images."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES and not is_appledouble(path)
+
+
+@dataclass
+class ImageListing:
+    """Image files found by walking folders (:meth:`add`), and what the walk left out, counted.
+
+    Every walker of image folders in the package goes through this class, so that every one of them follows
+    symlinked folders (with a loop guard: a folder whose real path was already listed, through a second link, is
+    listed once, and a link to a folder above the one walked, a loop, is not followed) and skips macOS ``._*``
+    companion files with a count (:meth:`notes`).
+    """
+
+    paths: list[Path] = field(default_factory=list)
+    appledouble: int = 0  # macOS '._*' companion files skipped
+    repeated: list[Path] = field(default_factory=list)  # symlinked folders skipped: target listed, or above the walk
+    macos_folders: int = 0  # __MACOSX folders skipped
+
+    def add(self, folder: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
+        """The image files in ``folder`` (``recursive``: anywhere under it, following symlinked folders), sorted
+        by path; they are also appended to :attr:`paths`. A missing folder lists nothing."""
+        folder = Path(folder)
+        found: list[str] = []
+        if recursive:
+            top = os.path.realpath(folder)
+            seen = {top}  # the loop guard: real paths of the folders walked
+            for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+                dirnames.sort()
+                for name in list(dirnames):
+                    if name == MACOS_FOLDER:
+                        dirnames.remove(name)
+                        self.macos_folders += 1
+                        continue
+                    real = os.path.realpath(os.path.join(dirpath, name))
+                    if real in seen or top.startswith(real.rstrip(os.sep) + os.sep):  # walked, or above the walk
+                        dirnames.remove(name)
+                        self.repeated.append(Path(dirpath, name))
+                    else:
+                        seen.add(real)
+                found.extend(os.path.join(dirpath, f) for f in self._images(filenames))
+        elif folder.is_dir():
+            with os.scandir(folder) as entries:
+                files = [e.name for e in entries if e.is_file()]
+            found.extend(os.path.join(folder, f) for f in self._images(files))
+        paths = sorted(Path(p) for p in found)
+        self.paths.extend(paths)
+        return paths
+
+    def _images(self, names: Iterable[str]) -> list[str]:
+        out = []
+        for name in names:
+            if os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
+                continue
+            if name.startswith(APPLEDOUBLE_PREFIX):
+                self.appledouble += 1
+            else:
+                out.append(name)
+        return out
+
+    def notes(self) -> list[str]:
+        """One line per kind of file left out (none when nothing was), e.g. ``skipped 3 macOS '._*' companion
+        file(s) (not images)``."""
+        lines = []
+        if self.appledouble:
+            lines.append(f"skipped {self.appledouble} macOS '._*' companion file(s) (AppleDouble metadata, not images)")
+        if self.macos_folders:
+            lines.append(f"skipped {self.macos_folders} macOS '{MACOS_FOLDER}' folder(s) (zip metadata, not images)")
+        if self.repeated:
+            lines.append(
+                f"skipped {len(self.repeated)} symlinked folder(s) that loop back or were already listed through "
+                f"another link, e.g. {self.repeated[0]}"
+            )
+        return lines
+
+
+def list_images(folder: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
+    """:meth:`ImageListing.add` for one folder, logging what it left out (one warning line per kind)."""
+    listing = ImageListing()
+    paths = listing.add(folder, recursive)
+    for line in listing.notes():
+        logger.warning("%s: %s", folder, line)
+    return paths
+
+
+def _glob(pattern: str, listing: ImageListing) -> list[Path]:
+    """The paths matching ``pattern`` by :mod:`glob`'s rules (``*``, ``?``, ``[...]``, ``**`` for any depth;
+    hidden names only where the pattern starts with a dot), sorted; ``**`` follows symlinked folders with a loop
+    guard (the standard library's recursive glob has none and never ends on a link loop)."""
+    parts = Path(pattern).parts
+    k = 0
+    while k < len(parts) and not glob.has_magic(parts[k]):
+        k += 1
+    base = Path(*parts[:k]) if k else Path()
+    out: list[Path] = []
+
+    def visit(folder: Path, pats: tuple[str, ...], ancestors: frozenset[str]) -> None:
+        if not pats:
+            out.append(folder)
+            return
+        pat, more = pats[0], pats[1:]
+        if pat == "**":
+            visit(folder, more, ancestors)
+            if not more:
+                return  # a folder matched by a trailing ** is expanded with everything under it
+            for child in _subdirs(folder):
+                real = os.path.realpath(child)
+                if real in ancestors:
+                    listing.repeated.append(child)
+                else:
+                    visit(child, pats, ancestors | {real})
+            return
+        if not glob.has_magic(pat):
+            child = folder / pat
+            if not more:
+                if os.path.lexists(child):
+                    out.append(child)
+            elif child.is_dir():
+                visit(child, more, ancestors)
+            return
+        try:
+            with os.scandir(folder) as entries:
+                names = sorted(e.name for e in entries)
+        except OSError:
+            return
+        for name in names:
+            if (name.startswith(".") and not pat.startswith(".")) or not fnmatch.fnmatchcase(name, pat):
+                continue
+            child = folder / name
+            if not more:
+                out.append(child)
+            elif child.is_dir():
+                visit(child, more, ancestors | {os.path.realpath(child)})
+
+    if base == Path() or base.is_dir():
+        visit(base, parts[k:], frozenset({os.path.realpath(base)}))
+    return sorted(out)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(
+                folder / e.name for e in entries if not e.name.startswith(".") and e.name != MACOS_FOLDER and e.is_dir()
+            )
+    except OSError:
+        return []
 
 
 def expand_image_args(args: Iterable[str]) -> list[Path]:
-    """Expand files, directories (recursively, image suffixes only) and glob patterns, in order, once each."""
+    """Expand files, directories (recursively, image suffixes only, following symlinked folders) and glob patterns
+    (a folder they match is expanded as a directory is), in order, once each. macOS ``._*`` companion files
+    are skipped with a warning that counts them.
+
+    Raises :class:`~starft_cli.errors.ImageError` for an argument that names nothing, a folder without images and
+    a pattern that matches none."""
     found: list[Path] = []
     seen: set[Path] = set()
+    listing = ImageListing()
 
     def add(path: Path) -> None:
         key = path.resolve()
@@ -35,7 +203,7 @@ def expand_image_args(args: Iterable[str]) -> list[Path]:
     for arg in args:
         path = Path(arg).expanduser()
         if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
+            images = listing.add(path)
             if not images:
                 raise ImageError(
                     f"directory {path} holds no images",
@@ -46,14 +214,22 @@ def expand_image_args(args: Iterable[str]) -> list[Path]:
         elif path.is_file():
             add(path)
         elif glob.has_magic(arg):
-            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(arg), recursive=True))
-            matches = [m for m in matches if m.is_file() and is_image_name(m)]
+            matches: list[Path] = []
+            for match in _glob(os.path.expanduser(arg), listing):
+                if match.is_dir():
+                    matches.extend(listing.add(match))
+                elif match.is_file() and is_image_name(match):
+                    matches.append(match)
+                elif is_appledouble(match) and match.suffix.lower() in IMAGE_SUFFIXES:
+                    listing.appledouble += 1
             if not matches:
                 raise ImageError(f"pattern '{arg}' matches no images", "Check the pattern and quote it for the shell")
             for match in matches:
                 add(match)
         else:
             raise ImageError(f"no such file or directory: {arg}", "Check the path")
+    for line in listing.notes():
+        logger.warning("%s", line)
     if not found:
         raise ImageError("no images given", "Pass image files, directories or glob patterns")
     return found

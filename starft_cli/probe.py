@@ -420,7 +420,7 @@ def probe(
 
         dataset = load_dataset(data, data_root, split, classnames_file=classnames_file)
         data_name = data
-        split_name = split or _default_split(data)
+        split_name = dataset.split or _default_split(data)  # the split the data layer chose (split folders)
     else:
         dataset, data_name, split_name = data, data.name, split or "test"
     if len(dataset) == 0:

@@ -24,7 +24,11 @@ HEAD_CACHE: TensorCache[torch.Tensor] = TensorCache("heads", "zero-shot head")
 
 
 def validate_labels(labels: Sequence[str]) -> list[str]:
-    """Strip labels; refuse empty and duplicate ones."""
+    """Strip labels; refuse empty and duplicate ones, and ones that read alike (``sea_lion`` and ``Sea lion``).
+
+    Raises:
+        UsageError: naming the problem.
+    """
     cleaned = [label.strip() for label in labels]
     if not cleaned:
         raise UsageError("no labels given", "Give two or more class names in `labels`", param="labels")
@@ -34,6 +38,10 @@ def validate_labels(labels: Sequence[str]) -> list[str]:
     dupes = sorted({label for label in cleaned if label in seen or seen.add(label)})
     if dupes:
         raise UsageError(f"duplicate labels: {', '.join(dupes)}", "Give each label once")
+    from starft_cli.data.generic import alike_names  # the one check of user-given class names
+
+    if alike := alike_names(cleaned, "labels"):
+        raise UsageError(alike, "Spell each class one way", param="labels")
     if len(cleaned) < 2:
         raise UsageError(
             "classification needs at least two labels", "Give two or more class names in `labels`", param="labels"

@@ -48,8 +48,32 @@ def test_csv_labels_that_read_alike_are_refused(tmp_path: Path) -> None:
     for i in range(2):
         make_image(tmp_path / f"{i}.jpg", i)
     (tmp_path / "data.csv").write_text("filepath,label\n0.jpg,Dog\n1.jpg,dog\n")
-    with pytest.raises(DataError, match="named 'Dog' and 'dog'"):
+    with pytest.raises(DataError, match=r"data.csv: labels 'Dog' \(line 2\) and 'dog' \(line 3\) read as one class"):
         load_dataset(f"csv:{tmp_path / 'data.csv'}")
+
+
+@pytest.mark.parametrize("source", ["csv", "classnames", "classify"])
+def test_names_alike_but_for_underscores_are_refused_from_every_user_source(source: str, tmp_path: Path) -> None:
+    """Issue 20 item 6: `sea_lion` and `sea lion` (the README's example) are one class name wherever the user gives
+    class names: CSV labels, a class names file, classify's labels (folders: the first test above)."""
+    from starft_cli.data.registry import load_dataset
+
+    for i in range(3):
+        make_image(tmp_path / f"{i}.jpg", i)
+    if source == "csv":
+        (tmp_path / "data.csv").write_text("filepath,label\n0.jpg,sea_lion\n1.jpg,seal\n2.jpg,sea lion\n")
+        with pytest.raises(DataError) as caught:
+            load_dataset(f"csv:{tmp_path / 'data.csv'}")
+        assert "labels 'sea lion' (line 4) and 'sea_lion' (line 2) read as one class name" in caught.value.message
+    elif source == "classnames":
+        (tmp_path / "data.csv").write_text("filepath,label\n0.jpg,0\n1.jpg,1\n2.jpg,2\n")
+        (tmp_path / "names.txt").write_text("sea_lion\nseal\nSea Lion\n")
+        with pytest.raises(DataError, match=r"'sea_lion' as 'sea_lion' and 'Sea Lion' .*lines 1 and 3"):
+            load_dataset(f"csv:{tmp_path / 'data.csv'}", classnames_file=tmp_path / "names.txt")
+    else:
+        result = runner.invoke(app, ["classify", str(tmp_path / "0.jpg"), "--labels", "sea_lion,seal,sea lion", *TINY])
+        assert result.exit_code == 2, result.output
+        assert "labels 'sea_lion' and 'sea lion' read as one class name" in result.stderr
 
 
 def test_prompts_identical_after_tokenisation_are_refused_naming_both(tiny) -> None:

@@ -118,6 +118,9 @@ def test_damaged_copy_is_detected_and_generated_again(tmp_path: Path) -> None:
     (root / "val.safetensors").write_bytes(bytes(data))
     assert any("damaged" in p for p in digits.verify(root))
     done = runner.invoke(app, ["data", "check", "spurious-digits", "--data-root", str(tmp_path)])
+    assert done.exit_code == 1 and _sha(root / "val.safetensors") != good  # reported: a check writes nothing
+    assert "does not match its sha256" in done.stdout and "starft data download spurious-digits" in done.stdout
+    done = runner.invoke(app, ["data", "download", "spurious-digits", "--data-root", str(tmp_path)])
     assert done.exit_code == 0 and _sha(root / "val.safetensors") == good  # regenerated, same bytes
     (root / "manifest.json").unlink()
     ds = load_dataset("spurious-digits", tmp_path, split="val")

@@ -62,10 +62,13 @@ def _read_labels(labels: str | None, labels_file: Path | None) -> list[str]:
     if labels is not None:
         return labels.split(",")
     assert labels_file is not None
-    try:
-        return [line for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:  # a byte-order mark (Notepad, Excel) is not part of the first label
+        return [line for line in labels_file.read_bytes().decode("utf-8-sig").splitlines() if line.strip()]
     except OSError as exc:
         raise UsageError(f"cannot read labels file {labels_file} ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        where = f"byte {exc.start}"
+        raise UsageError(f"labels file {labels_file} is not UTF-8 text ({where})", "Save it as UTF-8") from None
 
 
 def _run_with_progress(classify: Any, paths: list[Path], *args: Any) -> list[dict[str, Any]]:

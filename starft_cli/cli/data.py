@@ -118,6 +118,7 @@ def check_command(
             "problems": [with_flags(p) for p in report.problems],
             "counts": report.counts,
             "notes": report.notes,
+            "unreadable": report.unreadable,
         }
         typer.echo(json.dumps(payload, indent=2))
     else:

@@ -17,13 +17,15 @@ from starft_cli.images import open_image
 
 
 def name_key(name: str) -> str:
-    """What a class name reads as to CLIP's tokenizer, roughly: case folded, whitespace collapsed. Two names with
-    the same key become (nearly) the same prompt; :func:`starft_cli.zeroshot.check_prompts` checks exactly."""
-    return " ".join(name.casefold().split())
+    """What a class name reads as: case folded, underscores read as spaces, whitespace collapsed. Two names with
+    the same key name one class to a reader (``sea_lion`` and ``Sea lion``); :func:`starft_cli.zeroshot.check_prompts`
+    checks the tokenized prompts exactly."""
+    return " ".join(name.replace("_", " ").casefold().split())
 
 
 def classname_collisions(names: Sequence[str]) -> list[tuple[int, int]]:
-    """Pairs ``(first, other)`` of class indices whose names have the same :func:`name_key`."""
+    """Pairs ``(first, other)`` of class indices whose names have the same :func:`name_key` (identical names
+    included)."""
     first: dict[str, int] = {}
     pairs = []
     for index, name in enumerate(names):
@@ -41,7 +43,7 @@ class ImageDataset(torch.utils.data.Dataset):
     ``captions[i]`` (training data) overrides the ``a photo of a {classname}.`` caption. ``templates`` names the
     default zero-shot templates; ``split`` is the split it holds (set by :func:`starft_cli.data.registry.resolve`).
 
-    Class names must be distinct once case and spacing are ignored (:class:`~starft_cli.errors.DataError`
+    Class names must be distinct once case, spacing and underscores are ignored (:class:`~starft_cli.errors.DataError`
     otherwise); ``duplicate_classnames_ok`` is for a benchmark's standard list that has duplicates (ImageNet's).
     """
 
@@ -67,7 +69,7 @@ class ImageDataset(torch.utils.data.Dataset):
             a, b = collisions[0]
             raise DataError(
                 f"{name}: classes {a} and {b} are named '{self.classnames[a]}' and '{self.classnames[b]}', which read "
-                "as one class name (case and spacing aside): the model could never tell them apart",
+                "as one class name (case, spacing and underscores aside): the model could never tell them apart",
                 "Give every class a distinct name",
             )
         self.labels = [int(y) for y in labels]
@@ -78,6 +80,9 @@ class ImageDataset(torch.utils.data.Dataset):
         self.captions = None if captions is None else list(captions)
         self.templates = templates
         self.split: str | None = None
+        # What listing the files left out, one line per kind (macOS '._*' companions, repeated symlinked folders;
+        # see starft_cli.images.ImageListing): logged by resolve, shown by `starft data check`.
+        self.left_out: list[str] = []
         # For datasets that cover a subset of a larger label space (ImageNet-R/A): the indices, in the
         # larger space, of this dataset's classes; labels are then indices into the larger space.
         self.class_subset = None if class_subset is None else [int(c) for c in class_subset]
@@ -194,6 +199,7 @@ class CheckReport:
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     get_it: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # with --deep: every image that cannot be decoded
 
     @property
     def ok(self) -> bool:

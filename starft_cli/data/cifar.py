@@ -53,7 +53,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def read_cifar_pickle(path: Path) -> dict[str, Any]:
-    """One CIFAR python-version file, through the restricted unpickler."""
+    """One CIFAR python-version file, through the restricted unpickler. Keys are text: the official files
+    (pickled by Python 2) have ``str`` keys, re-packs pickled by Python 3 often ``bytes`` ones (``b'data'``,
+    ``b'labels'``, ``b'fine_labels'``), read the same.
+
+    Raises:
+        DataError: unreadable, refused by the restricted unpickler, or not a dict.
+    """
     try:
         with path.open("rb") as handle:
             data = _RestrictedUnpickler(handle, encoding="latin1").load()
@@ -61,7 +67,22 @@ def read_cifar_pickle(path: Path) -> dict[str, Any]:
         raise DataError(f"cannot read {path} ({exc})", "Re-extract the official cifar python archive") from exc
     if not isinstance(data, dict):
         raise DataError(f"{path} is not a CIFAR batch file")
-    return data
+    return {_text(k): v for k, v in data.items()}
+
+
+def _text(value: Any) -> Any:
+    """``bytes`` as text (latin-1, as the unpickler reads Python 2 strings); anything else as it is."""
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+def _entry(data: dict[str, Any], key: str, path: Path) -> Any:
+    """``data[key]``; an absent key is a :class:`DataError` naming the file and the keys it has."""
+    if key not in data:
+        raise DataError(
+            f"{path} has no '{key}' entry (it has {', '.join(map(str, data)) or 'none'})",
+            "Re-extract the official cifar python archive",
+        )
+    return data[key]
 
 
 class _Cifar(Builder):
@@ -97,11 +118,15 @@ class _Cifar(Builder):
         logger.info("%s: not the official files (md5 differ); reading them with the restricted unpickler", root)
         arrays, labels = [], []
         for name in self.files(split):
-            entry = read_cifar_pickle(root / name)
-            arrays.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(int(v) for v in entry[self.label_key])
+            path = root / name
+            entry = read_cifar_pickle(path)
+            try:
+                arrays.append(np.asarray(_entry(entry, "data", path), dtype=np.uint8).reshape(-1, 3, 32, 32))
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"{path}: 'data' is not N x 3072 uint8 pixels ({exc})") from exc
+            labels.extend(int(v) for v in _entry(entry, self.label_key, path))
         meta = read_cifar_pickle(root / self.meta_file)
-        names = [str(c).replace("_", " ") for c in meta[self.names_key]]
+        names = [str(_text(c)).replace("_", " ") for c in _entry(meta, self.names_key, root / self.meta_file)]
         images = np.concatenate(arrays).transpose(0, 2, 3, 1)
         return np.ascontiguousarray(images), labels, names
 

@@ -340,7 +340,7 @@ class SpuriousDigits(Builder):
         report = self.report(root)
         report.problems.extend(verify(root))
         if report.problems:
-            report.notes.append("any use of the dataset (or `starft data download spurious-digits`) generates it")
+            report.notes.append("any use of the dataset generates it (evaluation, training, the demo)")
             return report
         for split in self.info.splits:
             tensors, _ = read_split(root, split)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 from starft_cli.data.base import FileImageDataset
-from starft_cli.errors import DataError
-from starft_cli.images import IMAGE_SUFFIXES
+from starft_cli.errors import DataError, SplitError
 
 CLASSNAMES_FILE = "classnames.txt"
 PATH_COLUMNS = ("filepath", "path", "image", "file")
@@ -16,6 +14,10 @@ CAPTION_COLUMNS = ("caption", "title", "text")
 LABEL_COLUMNS = ("label", "y", "class", "target")
 GROUP_COLUMNS = ("group",)
 GROUPS_FILE = "groups.csv"
+
+
+SPLIT_FOLDERS = ("train", "val", "valid", "validation", "test")  # folder names read as splits
+DEFAULT_SPLIT = "test"  # the split of folder:/csv: data when none is given
 
 
 class DataProblems(DataError):
@@ -26,13 +28,41 @@ class DataProblems(DataError):
         self.problems = list(problems)
 
 
+def alike_names(names: list[str], where: str, positions: list[str] | None = None) -> str | None:
+    """The one check of user-given class names (folder names, class names files, CSV labels, classify's labels):
+    None when no two read alike (:func:`~starft_cli.data.base.name_key`: case, spacing and underscores aside),
+    else a message naming the pairs (five at most), e.g. ``data.csv: labels 'sea lion' (line 3) and 'sea_lion'
+    (line 2) read as one class name``.
+    ``positions`` (one per name, e.g. ``line 3``) are shown beside the names."""
+    from starft_cli.data.base import classname_collisions
+
+    pairs = classname_collisions(names)
+    if not pairs:
+        return None
+
+    def shown(i: int) -> str:
+        return f"'{names[i]}'" + (f" ({positions[i]})" if positions else "")
+
+    listed = "; ".join(
+        f"{shown(a)} twice" if names[a] == names[b] and not positions else f"{shown(a)} and {shown(b)}"
+        for a, b in pairs[:5]
+    )
+    more = f"; and {len(pairs) - 5} more" if len(pairs) > 5 else ""
+    return f"{where} {listed}{more} read as one class name (case, spacing and underscores aside)"
+
+
 def read_classnames(path: str | Path) -> list[str]:
-    """One class name per line (blank lines ignored)."""
+    """One class name per line (blank lines ignored), UTF-8 (a byte-order mark is dropped).
+
+    Raises:
+        DataError: unreadable or not UTF-8, no names, or two names that read alike (:func:`alike_names`).
+    """
+    from starft_cli.data.checks import read_text
+
     path = Path(path)
-    try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except OSError as exc:
-        raise DataError(f"cannot read class names from {path} ({exc.strerror})") from exc
+    lines = read_text(path).splitlines()
+    numbered = [(number, line.strip()) for number, line in enumerate(lines, start=1) if line.strip()]
+    names = [name for _, name in numbered]
     if not names:
         raise DataError(f"{path} holds no class names", "Put one class name per line")
     from starft_cli.data.base import classname_collisions
@@ -40,29 +70,89 @@ def read_classnames(path: str | Path) -> list[str]:
     collisions = classname_collisions(names)
     if collisions:
         a, b = collisions[0]
-        same = "twice" if names[a] == names[b] else f"as '{names[a]}' and '{names[b]}' (alike but for case or spacing)"
+        same = (
+            "twice"
+            if names[a] == names[b]
+            else f"as '{names[a]}' and '{names[b]}' (alike but for case, spacing or underscores)"
+        )
         raise DataError(
-            f"{path} lists the class name '{names[a]}' {same} (lines {a + 1} and {b + 1})",
+            f"{path} lists the class name '{names[a]}' {same} (lines {numbered[a][0]} and {numbered[b][0]})",
             "Each line must be a distinct class name",
         )
     return names
 
 
+def split_folders(root: Path) -> list[str]:
+    """The split folders of ``root`` when it is laid out ``root/<split>/<class>/<images>``: every sub-folder is
+    named as a split (:data:`SPLIT_FOLDERS`) and holds class folders, no images of its own. Empty for a
+    one-folder-per-class ``root`` (a class named ``train`` among others stays a class).
+
+    Raises:
+        DataError: split folders beside other folders (the layout is ambiguous).
+    """
+    from starft_cli.data.checks import image_files, subfolders
+
+    folders = subfolders(root)
+    splits = [p for p in folders if p.name in SPLIT_FOLDERS and subfolders(p) and not image_files(p)]
+    if not splits:
+        return []
+    others = [p.name for p in folders if p not in splits]
+    if others:
+        raise DataError(
+            f"{root} mixes split folders ({', '.join(p.name for p in splits)}) with other folders "
+            f"({', '.join(others[:5])}{' ...' if len(others) > 5 else ''})",
+            "Lay it out as PATH/<class>/<images> or as PATH/<split>/<class>/<images>, not both",
+        )
+    return [p.name for p in splits]
+
+
+def folder_split(root: Path, split: str | None) -> tuple[Path, str]:
+    """THE rule for split folders of ``folder:PATH`` data, used by every command (training, evaluation,
+    validation, the probe, ``data check``): the folder of the class folders and the split's name.
+
+    ``PATH/<split>/<class>/`` (:func:`split_folders`): the folder of ``split`` (default ``test``). ``PATH/<class>/``:
+    ``PATH`` itself, as split ``train`` or ``test`` (default ``test``).
+
+    Raises:
+        SplitError: the split asked for (or the default) has no folder; another split of a one-folder-per-class
+            ``PATH``.
+    """
+    splits = split_folders(root)
+    chosen = split or DEFAULT_SPLIT
+    if splits:
+        if chosen not in splits:
+            raise SplitError(
+                f"{root} has no '{chosen}' split folder (it has {', '.join(splits)})",
+                f"Pass one of them as the split{'' if split else ' (the default is test)'}",
+            )
+        return root / chosen, chosen
+    if chosen not in ("train", DEFAULT_SPLIT):
+        raise SplitError(
+            f"{root} has no '{chosen}' split folder: it is one folder per class, read as split train or test",
+            "Lay it out as PATH/<split>/<class>/ to have other splits, or drop the split",
+        )
+    return root, chosen
+
+
 def load_folder(root: Path, split: str | None = None, classnames_file: str | Path | None = None) -> FileImageDataset:
-    """``root/<class>/*.jpg`` (or ``root/<split>/<class>/*.jpg``); class names are the folder names with
-    underscores as spaces, unless a ``classnames.txt`` (one per line, in sorted-folder order) is given or present.
-    A ``root/groups.csv`` (filepath relative to ``root``, group) gives each image a group (worst-group accuracy).
-    Folders whose names collapse into one class name raise :class:`~starft_cli.errors.DataError`."""
+    """``root/<class>/*.jpg`` or ``root/<split>/<class>/*.jpg`` (:func:`folder_split` picks the folder; the
+    dataset's ``split`` says which); class names are the folder names with underscores as spaces, unless a
+    ``classnames.txt`` (one per line, in sorted-folder order) is given or present in ``root``. Images anywhere under
+    a class folder count, through symlinked folders too; macOS ``._*`` files are skipped (``left_out`` counts
+    them). A ``root/groups.csv`` (filepath relative to ``root``, group) gives each image a group.
+
+    Raises:
+        DataError: no such folder, no class folders, no images, folders whose names collapse into one class name,
+            a class names file that does not match; :class:`SplitError` as :func:`folder_split`.
+    """
+    from starft_cli.data.checks import subfolders
+    from starft_cli.images import ImageListing
+
     if not root.is_dir():
         raise DataError(f"no such folder: {root}", "folder:PATH takes a folder with one sub-folder per class")
-    base = root
-    if split is not None and (root / split).is_dir():
-        base = root / split
-    elif split is not None and split not in ("train", "test") and not (root / split).is_dir():
-        raise DataError(f"{root} has no '{split}' split folder")
-    folders = sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if base is root and split is not None and {p.name for p in folders} >= {"train"}:
-        raise DataError(f"{root} has split folders but no '{split}'", "Pass an existing split")
+    base, split = folder_split(root, split)
+    listing = ImageListing()
+    folders = subfolders(base, listing)
     if not folders:
         raise DataError(f"{base} has no class folders", "Lay it out as PATH/<class name>/<image files>")
     names_file = Path(classnames_file) if classnames_file else root / CLASSNAMES_FILE
@@ -85,41 +175,31 @@ def load_folder(root: Path, split: str | None = None, classnames_file: str | Pat
                 "underscores read as spaces, case and spacing aside)",
                 "Merge or rename the folders, or name the classes in a classnames.txt (one per folder, sorted order)",
             )
-    paths: list[Path] = []
     labels: list[int] = []
     for label, folder in enumerate(folders):
-        files = image_files_under(folder)
-        paths.extend(files)
-        labels.extend([label] * len(files))
-    if not paths:
+        labels.extend([label] * len(listing.add(folder)))
+    if not listing.paths:
         raise DataError(f"no images under {base}", "Each class folder should hold image files")
-    grouped = read_groups_file(root, paths)
-    return FileImageDataset(
+    grouped = read_groups_file(root, listing.paths)
+    ds = FileImageDataset(
         name=f"folder:{root}",
         classnames=classnames,
         labels=labels,
-        paths=paths,
+        paths=listing.paths,
         groups=None if grouped is None else grouped[0],
         group_names=None if grouped is None else grouped[1],
     )
+    ds.split = split
+    ds.left_out = listing.notes()
+    return ds
 
 
 def image_files_under(folder: Path) -> list[Path]:
-    """Image files anywhere under ``folder``, sorted by path (``os.walk``: much cheaper than ``Path.rglob``)."""
-    found = []
-    for dirpath, _, filenames in os.walk(folder):
-        found.extend(os.path.join(dirpath, f) for f in filenames if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
-    return sorted(Path(p) for p in found)  # the same order as sorting rglob's paths
+    """Image files anywhere under ``folder``, sorted by path (:class:`~starft_cli.images.ImageListing`: symlinked
+    folders followed once, macOS ``._*`` files skipped)."""
+    from starft_cli.images import ImageListing
 
-
-def _pick(header: list[str], options: tuple[str, ...], what: str, path: Path, optional: bool = False) -> str | None:
-    lowered = {h.lower(): h for h in header}
-    for option in options:
-        if option in lowered:
-            return lowered[option]
-    if optional:
-        return None
-    raise DataError(f"{path} has no {what} column", f"Name it one of: {', '.join(options)}")
+    return ImageListing().add(folder)
 
 
 def load_csv(path: Path, classnames_file: str | Path | None = None) -> FileImageDataset:
@@ -127,22 +207,28 @@ def load_csv(path: Path, classnames_file: str | Path | None = None) -> FileImage
 
     Labels are integers (class names then come from ``--classnames`` or a ``classnames.txt`` beside the
     CSV: line N+1 names label N) or class names: sorted to make the class list, or, when a class names file is
-    given or present, in the file's order (it must then list exactly the labels used; DataError otherwise).
+    given or present, in the file's order (it must then list exactly the labels used). UTF-8, with or without a
+    byte-order mark.
+
+    Raises:
+        DataError (:class:`DataProblems` listing every problem of the file): no such file, not UTF-8, no rows, a
+            missing column, rows with more or fewer fields than the header, empty values, labels outside the class
+            names, string labels that read alike (``sea_lion`` and ``sea lion``).
     """
+    from starft_cli.data.checks import read_csv_table
+
     if not path.is_file():
         raise DataError(f"no such file: {path}", "csv:PATH takes a CSV or TSV file with a header row")
-    text = path.read_text(encoding="utf-8")
-    delimiter = "\t" if path.suffix.lower() == ".tsv" or ("\t" in text.splitlines()[0] if text else False) else ","
-    rows = list(csv.DictReader(text.splitlines(), delimiter=delimiter))
-    if not rows:
-        raise DataError(f"{path} has no rows")
-    header = list(rows[0].keys())
-    path_col = _pick(header, PATH_COLUMNS, "file path", path)
-    caption_col = _pick(header, CAPTION_COLUMNS, "caption", path, optional=True)
-    label_col = _pick(header, LABEL_COLUMNS, "label", path)
-    problems: list[str] = []  # every problem of the file, reported together
-    raw_labels = [(row[label_col] or "").strip() for row in rows]
-    no_label = [number for number, v in enumerate(raw_labels, start=2) if not v]
+    table = read_csv_table(path)
+    problems: list[str] = list(table.problems)  # every problem of the file, reported together
+    if not table.rows:
+        raise DataProblems([*problems, f"{path} has no rows"])
+    path_col = table.column(PATH_COLUMNS, "file path")
+    caption_col = table.optional_column(CAPTION_COLUMNS)
+    label_col = table.column(LABEL_COLUMNS, "label")
+    rows, lines = table.rows, table.lines
+    raw_labels = [row[label_col].strip() for row in rows]
+    no_label = [number for number, v in zip(lines, raw_labels, strict=True) if not v]
     if no_label:
         problems.append(f"{path}: {len(no_label)} row(s) without a label (e.g. line {no_label[0]})")
     names_file = Path(classnames_file) if classnames_file else path.parent / CLASSNAMES_FILE
@@ -185,30 +271,36 @@ def load_csv(path: Path, classnames_file: str | Path | None = None) -> FileImage
         labels = [index.get(v, -1) for v in raw_labels]
     else:
         classnames = sorted({v for v in raw_labels if v})
+        first_line = {}
+        for number, v in zip(lines, raw_labels, strict=True):
+            first_line.setdefault(v, number)
+        alike = alike_names(classnames, f"{path}: labels", [f"line {first_line[c]}" for c in classnames])
+        if alike:
+            problems.append(f"{alike}. Spell each class one way")
         index = {name: i for i, name in enumerate(classnames)}
         labels = [index.get(v, -1) for v in raw_labels]
     paths = []
     no_path = []
-    for number, row in enumerate(rows, start=2):
-        value = (row[path_col] or "").strip()
+    for number, row in zip(lines, rows, strict=True):
+        value = row[path_col].strip()
         if not value:
             no_path.append(number)
         file = Path(value).expanduser()
         paths.append(file if file.is_absolute() else path.parent / file)
     if no_path:
         problems.append(f"{path}: {len(no_path)} row(s) with an empty file path (e.g. line {no_path[0]})")
-    captions = [(row[caption_col] or "").strip() for row in rows] if caption_col else None
+    captions = [row[caption_col].strip() for row in rows] if caption_col else None
     if captions is not None and any(not c for c in captions):
-        empty = [number for number, c in enumerate(captions, start=2) if not c]
+        empty = [number for number, c in zip(lines, captions, strict=True) if not c]
         problems.append(
             f"{path}: {len(empty)} row(s) with an empty caption (e.g. line {empty[0]}). Fill every caption, or drop "
             "the caption column"
         )
-    group_col = _pick(header, GROUP_COLUMNS, "group", path, optional=True)
+    group_col = table.optional_column(GROUP_COLUMNS)
     groups, group_names = None, None
     if group_col is not None:
-        values = [(row[group_col] or "").strip() for row in rows]
-        empty = [number for number, v in enumerate(values, start=2) if not v]
+        values = [row[group_col].strip() for row in rows]
+        empty = [number for number, v in zip(lines, values, strict=True) if not v]
         if empty:
             problems.append(
                 f"{path}: {len(empty)} row(s) with an empty group (e.g. line {empty[0]}). Give every row a group, "
@@ -240,17 +332,19 @@ def read_groups_file(root: Path, paths: list[Path]) -> tuple[list[int], list[str
     """``root/groups.csv`` (columns ``filepath``, relative to ``root``, and ``group``) for ``folder:`` data: each
     image's group index and the group names (the distinct values, sorted). None when there is no such file.
     Rows for files outside ``paths`` (another split) are ignored; every image of ``paths`` needs a row."""
+    from starft_cli.data.checks import read_csv_table
+
     file = root / GROUPS_FILE
     if not file.is_file():
         return None
-    rows = list(csv.DictReader(file.read_text(encoding="utf-8").splitlines()))
-    header = list(rows[0].keys()) if rows else []
-    path_col = _pick(header, PATH_COLUMNS, "file path", file)
-    group_col = _pick(header, GROUP_COLUMNS, "group", file)
-    assert path_col is not None and group_col is not None
+    table = read_csv_table(file)
+    if table.problems:
+        raise DataProblems(table.problems)
+    path_col = table.column(PATH_COLUMNS, "file path")
+    group_col = table.column(GROUP_COLUMNS, "group")
     by_path: dict[str, str] = {}
-    for number, row in enumerate(rows, start=2):
-        rel, group = (row[path_col] or "").strip(), (row[group_col] or "").strip()
+    for number, row in zip(table.lines, table.rows, strict=True):
+        rel, group = row[path_col].strip(), row[group_col].strip()
         if not rel or not group:
             raise DataError(f"{file}, line {number}: empty file path or group")
         by_path[os.path.normpath(root / rel)] = group

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from starft_cli.data.base import CheckReport, FileImageDataset
-from starft_cli.data.checks import count_groups, count_into, image_files
+from starft_cli.data.checks import count_groups, count_into, image_files, read_csv_table
 from starft_cli.data.registry import Builder, register_dataset
+from starft_cli.errors import DataError
+from starft_cli.images import ImageListing
 
 WATERBIRDS_FOLDER = "waterbird_complete95_forest2water2"
 WATERBIRDS_CLASSES = ("landbird", "waterbird")
@@ -21,15 +22,18 @@ def _waterbirds_rows(root: Path, problems: list[str]) -> list[dict[str, str]]:
     if not meta.is_file():
         problems.append(f"missing {meta}")
         return []
-    with meta.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in WATERBIRDS_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            problems.append(f"{meta} lacks the column(s) {', '.join(missing)}")
-            return []
-        rows = list(reader)
+    try:
+        table = read_csv_table(meta, delimiter=",")
+    except DataError as exc:
+        problems.append(exc.one_line())
+        return []
+    missing = [c for c in WATERBIRDS_COLUMNS if c not in table.header]
+    if missing:
+        problems.append(f"{meta} lacks the column(s) {', '.join(missing)}")
+        return []
+    problems.extend(table.problems)
     good, bad = [], []
-    for number, row in enumerate(rows, start=2):
+    for number, row in zip(table.lines, table.rows, strict=True):
         wrong = [
             f"{column}={row[column]!r}"
             for column, allowed in (("y", ("0", "1")), ("place", ("0", "1")), ("split", ("0", "1", "2")))
@@ -113,7 +117,9 @@ PACS_CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "perso
 class PACS(Builder):
     group_names = tuple(f"{d}/{c}" for d in PACS_DOMAINS for c in PACS_CLASSES)
 
-    def _scan(self, root: Path, problems: list[str]) -> tuple[list[Path], list[int], list[int]]:
+    def _scan(
+        self, root: Path, problems: list[str], listing: ImageListing | None = None
+    ) -> tuple[list[Path], list[int], list[int]]:
         paths: list[Path] = []
         labels: list[int] = []
         groups: list[int] = []
@@ -135,16 +141,18 @@ class PACS(Builder):
                 if not folder.is_dir():
                     problems.append(f"missing class folder {folder}")
                     continue
-                files = image_files(folder)
+                files = image_files(folder, listing)
                 paths.extend(files)
                 labels.extend([c] * len(files))
                 groups.extend([d * len(PACS_CLASSES) + c] * len(files))
         return paths, labels, groups
 
     def build(self, root: Path, split: str) -> FileImageDataset:
-        paths, labels, groups = self._scan(root, [])
+        listing = ImageListing()
+        paths, labels, groups = self._scan(root, [], listing)
         return self.dataset(
             FileImageDataset,
+            listing,
             classnames=PACS_CLASSES,
             labels=labels,
             paths=paths,
@@ -154,7 +162,9 @@ class PACS(Builder):
 
     def check(self, root: Path) -> CheckReport:
         report = self.report(root)
-        paths, labels, groups = self._scan(root, report.problems)
+        listing = ImageListing()
+        paths, labels, groups = self._scan(root, report.problems, listing)
+        report.notes.extend(listing.notes())
         if paths:
             split = self.info.default_split  # the one split: every image
             count_into(report, split, labels, PACS_CLASSES)

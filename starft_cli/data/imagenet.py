@@ -7,8 +7,9 @@ from importlib import resources
 from pathlib import Path
 
 from starft_cli.data.base import CheckReport, FileImageDataset
+from starft_cli.data.checks import image_files
 from starft_cli.data.registry import Builder, register_dataset
-from starft_cli.images import is_image_name
+from starft_cli.images import ImageListing
 
 
 @cache
@@ -19,8 +20,9 @@ def imagenet_classes() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(r[0] for r in rows), tuple(r[1] for r in rows)
 
 
-def scan_wnid_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Images under ``root/<wnid>/``: paths, labels (ImageNet indices) and problems found."""
+def scan_wnid_folders(root: Path, listing: ImageListing | None = None) -> tuple[list[Path], list[int], list[str]]:
+    """Images under ``root/<wnid>/``: paths, labels (ImageNet indices) and problems found; ``listing`` counts the
+    files left out (macOS ``._*`` files)."""
     wnids, _ = imagenet_classes()
     index = {w: i for i, w in enumerate(wnids)}
     paths: list[Path] = []
@@ -32,7 +34,7 @@ def scan_wnid_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
         if folder.name not in index:
             problems.append(f"{folder} is not an ImageNet wnid folder")
             continue
-        files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p))
+        files = image_files(folder, listing)
         paths.extend(files)
         labels.extend([index[folder.name]] * len(files))
     if not paths and not problems:
@@ -54,9 +56,11 @@ def scan_wnid_folders(root: Path) -> tuple[list[Path], list[int], list[str]]:
 class ImageNet(Builder):
     def build(self, root: Path, split: str) -> FileImageDataset:
         _, names = imagenet_classes()
-        paths, labels, _ = scan_wnid_folders(root / split)
+        listing = ImageListing()
+        paths, labels, _ = scan_wnid_folders(root / split, listing)
         return self.dataset(
             FileImageDataset,
+            listing,
             classnames=names,
             labels=labels,
             paths=paths,
@@ -72,8 +76,10 @@ class ImageNet(Builder):
                 if splits is not None or split == self.info.default_split:
                     report.problems.append(f"missing folder {root / split}")
                 continue
-            paths, labels, problems = scan_wnid_folders(root / split)
+            listing = ImageListing()
+            paths, labels, problems = scan_wnid_folders(root / split, listing)
             report.problems.extend(problems)
+            report.notes.extend(f"{split}: {line}" for line in listing.notes())
             report.counts[f"{split} images"] = len(paths)
             report.counts[f"{split} classes"] = len(set(labels))
         return report

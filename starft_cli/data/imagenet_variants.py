@@ -13,6 +13,7 @@ from starft_cli.data.base import CheckReport, FileImageDataset
 from starft_cli.data.checks import asset_lines, count_into, image_files, subfolders
 from starft_cli.data.imagenet import imagenet_classes, scan_wnid_folders
 from starft_cli.data.registry import Builder, register_dataset
+from starft_cli.images import ImageListing
 
 V2_FOLDER = "imagenetv2-matched-frequency-format-val"
 
@@ -38,17 +39,17 @@ def _download_v2(data_root: Path) -> None:
     download=_download_v2,
 )
 class ImageNetV2(Builder):
-    def _scan(self, root: Path) -> tuple[list[Path], list[int], list[str]]:
+    def _scan(self, root: Path, listing: ImageListing | None = None) -> tuple[list[Path], list[int], list[str]]:
         paths: list[Path] = []
         labels: list[int] = []
         problems: list[str] = []
         if not root.is_dir():
             return paths, labels, [f"missing folder {root}"]
-        for folder in subfolders(root):
+        for folder in subfolders(root, listing):
             if not folder.name.isdigit() or not 0 <= int(folder.name) < 1000:
                 problems.append(f"{folder} is not a class-index folder (0..999)")
                 continue
-            files = image_files(folder)
+            files = image_files(folder, listing)
             paths.extend(files)
             labels.extend([int(folder.name)] * len(files))
         if not paths and not problems:
@@ -57,15 +58,18 @@ class ImageNetV2(Builder):
 
     def build(self, root: Path, split: str) -> FileImageDataset:
         _, names = imagenet_classes()
-        paths, labels, _ = self._scan(root)
+        listing = ImageListing()
+        paths, labels, _ = self._scan(root, listing)
         return self.dataset(
-            FileImageDataset, classnames=names, labels=labels, paths=paths, duplicate_classnames_ok=True
+            FileImageDataset, listing, classnames=names, labels=labels, paths=paths, duplicate_classnames_ok=True
         )
 
     def check(self, root: Path) -> CheckReport:
         report = self.report(root)
-        paths, labels, problems = self._scan(root)
+        listing = ImageListing()
+        paths, labels, problems = self._scan(root, listing)
         report.problems.extend(problems)
+        report.notes.extend(listing.notes())
         if paths:
             count_into(report, "test", labels, imagenet_classes()[1])
         return report
@@ -89,15 +93,18 @@ class ImageNetSketch(Builder):
 
     def build(self, root: Path, split: str) -> FileImageDataset:
         _, names = imagenet_classes()
-        paths, labels, _ = scan_wnid_folders(self._base(root))
+        listing = ImageListing()
+        paths, labels, _ = scan_wnid_folders(self._base(root), listing)
         return self.dataset(
-            FileImageDataset, classnames=names, labels=labels, paths=paths, duplicate_classnames_ok=True
+            FileImageDataset, listing, classnames=names, labels=labels, paths=paths, duplicate_classnames_ok=True
         )
 
     def check(self, root: Path) -> CheckReport:
         report = self.report(root)
-        paths, labels, problems = scan_wnid_folders(self._base(root))
+        listing = ImageListing()
+        paths, labels, problems = scan_wnid_folders(self._base(root), listing)
         report.problems.extend(problems)
+        report.notes.extend(listing.notes())
         if paths:
             count_into(report, "test", labels, imagenet_classes()[1])
         return report
@@ -113,10 +120,12 @@ class ImageNetSubset(Builder):
 
     def build(self, root: Path, split: str) -> FileImageDataset:
         _, names = imagenet_classes()
-        paths, labels, _ = scan_wnid_folders(root)
+        listing = ImageListing()
+        paths, labels, _ = scan_wnid_folders(root, listing)
         subset = sorted(set(labels))
         return self.dataset(
             FileImageDataset,
+            listing,
             classnames=names,
             labels=labels,
             paths=paths,
@@ -126,8 +135,10 @@ class ImageNetSubset(Builder):
 
     def check(self, root: Path) -> CheckReport:
         report = self.report(root)
-        paths, labels, problems = scan_wnid_folders(root)
+        listing = ImageListing()
+        paths, labels, problems = scan_wnid_folders(root, listing)
         report.problems.extend(problems)
+        report.notes.extend(listing.notes())
         wnids = imagenet_classes()[0]
         allowed = self.published()
         title = self.info.title.partition(" (")[0]

@@ -9,6 +9,7 @@ to some splits, and how to download it. Builders read it (``self.info``) instead
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,9 @@ from starft_cli.suggest import did_you_mean
 
 if TYPE_CHECKING:
     from starft_cli.data.base import CheckReport, ImageDataset
+    from starft_cli.images import ImageListing
+
+logger = logging.getLogger(__name__)
 
 # Modules that register datasets; imported on first use of the registry.
 DATASET_MODULES = (
@@ -68,9 +72,13 @@ class Builder:
 
     info: ClassVar[DatasetInfo]
 
-    def dataset(self, kind: type[ImageDataset], **fields: Any) -> Any:
-        """``kind(name=info.name, templates=info.templates, **fields)``."""
-        return kind(name=self.info.name, templates=self.info.templates, **fields)
+    def dataset(self, kind: type[ImageDataset], listing: ImageListing | None = None, **fields: Any) -> Any:
+        """``kind(name=info.name, templates=info.templates, **fields)``; ``listing`` (the walk that found its image
+        files) says what was left out (``left_out``)."""
+        ds = kind(name=self.info.name, templates=self.info.templates, **fields)
+        if listing is not None:
+            ds.left_out = listing.notes()
+        return ds
 
     def report(self, root: Path) -> CheckReport:
         """An empty :class:`~starft_cli.data.base.CheckReport` of this dataset at ``root``."""
@@ -164,17 +172,21 @@ def check_split(info: DatasetInfo, split: str | None) -> str:
     return split
 
 
-def check_layout(builder: DatasetBuilder, root: Path, splits: tuple[str, ...] | None = None) -> CheckReport:
-    """``builder``'s layout check at ``root`` (a generated dataset is generated first, or again when damaged); a
-    missing ``root`` is one problem. ``splits`` narrows the check where the registration says it can
+def check_layout(
+    builder: DatasetBuilder, root: Path, splits: tuple[str, ...] | None = None, generate: bool = True
+) -> CheckReport:
+    """``builder``'s layout check at ``root``; a missing ``root`` is one problem. A generated dataset is generated
+    first (again when damaged) when ``generate``; otherwise (``starft data check``, which must not write) an absent
+    copy is the problem "not generated". ``splits`` narrows the check where the registration says it can
     (``check_splits``: ImageNet, whose evaluation need not scan the training set)."""
     from starft_cli.data.base import CheckReport
 
     info = builder.info
-    if info.generated:
+    if info.generated and generate:
         builder.ensure(root)  # type: ignore[attr-defined]
     if not root.exists():
-        return CheckReport(name=info.name, root=root, problems=[f"missing folder {root}"])
+        problem = f"not generated at {root}" if info.generated else f"missing folder {root}"
+        return CheckReport(name=info.name, root=root, problems=[problem])
     if splits is not None and info.check_splits:
         return builder.check(root, splits=splits)  # type: ignore[call-arg]
     return builder.check(root)
@@ -223,6 +235,22 @@ class Missing:
         )
 
 
+def load_generic(ref: str, split: str | None = None, classnames_file: str | Path | None = None) -> ImageDataset:
+    """``folder:PATH`` or ``csv:PATH`` data, loaded (what :func:`resolve` does for them, without its warning lines:
+    ``starft data check`` reports them as notes). A folder's split follows the one rule for split folders,
+    :func:`starft_cli.data.generic.folder_split`; a CSV is the split asked for (default ``test``).
+
+    Raises :class:`DataError` (:class:`SplitError` for a split the folder lacks) when the data do not load."""
+    from starft_cli.data import generic
+
+    path = Path(ref.split(":", 1)[1]).expanduser()
+    if ref.startswith("folder:"):
+        return generic.load_folder(path, split, classnames_file)
+    ds = generic.load_csv(path, classnames_file)
+    ds.split = split or generic.DEFAULT_SPLIT
+    return ds
+
+
 def resolve(
     ref: str,
     data_root: str | Path | None = None,
@@ -241,15 +269,9 @@ def resolve(
     :class:`SplitError` for a split the dataset lacks, :class:`DataRootError` when a registered, non-generated
     dataset has no ``data_root``.
     """
-    from starft_cli.data import generic
-
     if is_generic(ref):
-        path = Path(ref.split(":", 1)[1]).expanduser()
-        if ref.startswith("folder:"):
-            ds = generic.load_folder(path, split, classnames_file)
-        else:
-            ds = generic.load_csv(path, classnames_file)
-        ds.split = split or "test"
+        ds = load_generic(ref, split, classnames_file)
+        _log_left_out(ds)
         return ds
     builder = get_builder(ref)
     info = builder.info
@@ -270,7 +292,15 @@ def resolve(
     if len(ds) == 0:
         return missing(f"the '{split}' split holds no images")
     ds.split = split
+    _log_left_out(ds)
     return ds
+
+
+def _log_left_out(ds: ImageDataset) -> None:
+    """One warning per kind of file that listing the dataset's images left out (macOS ``._*`` files, repeated
+    symlinked folders): the count, never silence."""
+    for line in ds.left_out:
+        logger.warning("%s (%s split): %s", ds.name, ds.split, line)
 
 
 def load_dataset(

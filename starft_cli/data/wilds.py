@@ -7,11 +7,10 @@ names, underscores kept, as those codes prompt with them.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 from starft_cli.data.base import CheckReport, FileImageDataset
-from starft_cli.data.checks import count_into
+from starft_cli.data.checks import count_into, read_csv_table
 from starft_cli.data.protocols import attach_protocol, require_protocol
 from starft_cli.data.registry import Builder, register_dataset
 from starft_cli.errors import DataError
@@ -23,12 +22,13 @@ IWILDCAM_SPLITS = ("train", "val", "test", "id_val", "id_test")
 def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     if not path.is_file():
         raise DataError(f"missing {path}")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{path} lacks the column(s) {', '.join(missing)}")
-        return list(reader)
+    table = read_csv_table(path, delimiter=",")  # UTF-8 with or without a BOM; rows of the wrong width refused
+    missing = [c for c in columns if c not in table.header]
+    if missing:
+        raise DataError(f"{path} lacks the column(s) {', '.join(missing)}")
+    if table.problems:
+        raise DataError(table.problems[0])
+    return table.rows
 
 
 def _iwildcam_classes(num: int) -> list[str]:
