@@ -202,6 +202,18 @@ def test_selection_warnings_name_reported_splits() -> None:
     assert selection_warnings("holdout:0.02", None, "imagenet", "train") == []
     (itself,) = selection_warnings("folder:/x", "train", "folder:/x", "train")
     assert "training data itself" in itself
+    (default,) = selection_warnings("waterbirds", None, None, None, what="the greedy soup")  # its default split: test
+    assert default.startswith("the greedy soup is selected on waterbirds test, which the group-shift suite(s) report")
+
+
+def test_greedy_soup_on_a_reported_split_warns(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["soup", "--method", "greedy", "--run", "starft-tiny:none", "--run", "starft-tiny:none", "--val-data",
+              "imagenet", "--val-split", "val", "--data-root", str(tmp_path), "--out", str(tmp_path / "soup")],
+    )  # fmt: skip
+    assert "warning: the greedy soup is selected on imagenet val, which the domain-shift, transfer suite(s)" in (
+        result.stderr
+    )
 
 
 def _metrics(run: Path) -> list[dict]:

@@ -392,7 +392,13 @@ def soup_command(
     import json
 
     from starft_cli.device import resolve_device
+    from starft_cli.train.holdout import selection_warnings
     from starft_cli.wise import write_soup
+
+    if method == "greedy":  # the soup is chosen on --val-data: warn when that split is also a reported one
+        instead = "Choose on images held out of the runs' training data (folder: or csv:), never on a reported split"
+        for line in selection_warnings(val_data, val_split, None, None, what="the greedy soup", instead=instead):
+            typer.echo(f"warning: {line}", err=True)
 
     folder, info = write_soup(
         method,

@@ -87,13 +87,20 @@ class IndexView:
 
 
 def selection_warnings(
-    val_data: str | None, val_split: str | None, train_data: str, train_split: str, select: bool = True
+    val_data: str | None,
+    val_split: str | None,
+    train_data: str | None,
+    train_split: str | None,
+    what: str = "checkpoints/best",
+    instead: str = "Select on --val-data holdout:FRACTION (a held-out part of the training data), or report "
+    "checkpoints/last",
 ) -> list[str]:
-    """One line per reason why choosing ``checkpoints/best`` on ``val_data`` / ``val_split`` (the split actually
-    loaded) biases a reported number: the split is one a built-in evaluation suite reports (ImageNet val is the
-    domain-shift suite's in-distribution accuracy, Waterbirds test its group accuracies, ...), or it is the
-    training split itself. Nothing for ``holdout:`` data or registered data's own validation splits."""
-    if not select or val_data is None or parse_holdout(val_data) is not None:
+    """One line per reason why choosing ``what`` on ``val_data`` / ``val_split`` (the split actually loaded; None:
+    the dataset's default split) biases a reported number: the split is one a built-in evaluation suite reports
+    (ImageNet val is the domain-shift suite's in-distribution accuracy, Waterbirds test its group accuracies, ...),
+    or it is the training split itself. ``instead`` ends the line. Nothing for ``holdout:`` data or registered
+    data's own validation splits."""
+    if val_data is None or parse_holdout(val_data) is not None:
         return []
     from starft_cli.data.registry import get_builder, list_datasets
     from starft_cli.eval.suites import BUILTIN_SUITES
@@ -101,11 +108,12 @@ def selection_warnings(
     out = []
     if val_data == train_data and val_split == train_split:
         out.append(
-            f"checkpoints/best is selected on the training data itself ({val_data} {val_split}): use --val-data "
-            "holdout:0.02 for a held-out part of it"
+            f"{what} is selected on the training data itself ({val_data} {val_split}): use --val-data holdout:0.02 "
+            "for a held-out part of it"
         )
     if val_data not in list_datasets():
         return out
+    val_split = val_split or get_builder(val_data).info.default_split
     reported = []
     for suite in BUILTIN_SUITES.values():
         for entry in suite.entries:
@@ -114,8 +122,7 @@ def selection_warnings(
                 reported.append(suite.name)
     if reported:
         out.append(
-            f"checkpoints/best is selected on {val_data} {val_split}, which the {', '.join(reported)} suite(s) "
-            "report: a number measured there on checkpoints/best is optimistically biased. Select on --val-data "
-            "holdout:FRACTION (a held-out part of the training data), or report checkpoints/last"
+            f"{what} is selected on {val_data} {val_split}, which the {', '.join(reported)} suite(s) report: a "
+            f"number measured there on it is optimistically biased. {instead}"
         )
     return out
