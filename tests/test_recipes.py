@@ -357,3 +357,55 @@ def test_flyp_caption_recipes(tmp_path: Path, class_folders: Path) -> None:
         assert json.loads((run / "config.json").read_text())["hparams"] == {"captions": captions}
         losses.append([r["loss"] for r in _metrics(run) if "loss" in r])
     assert losses[0] != losses[1]  # other captions, another objective
+
+
+def test_ddp_global_batches_are_the_one_process_batches_with_a_partial_last_one() -> None:
+    """Under 2 processes (micro 3, global batch 6) each step's global batch is the one-process run's batch; the
+    partial last batch holds the 3 remaining samples plus 1 pad (the permutation's first sample)."""
+    from starft_cli.train.sampling import ResumableSampler
+    from starft_cli.train.schedules import steps_per_epoch
+
+    train = list(range(0, 30, 2))  # 15 training indices (a held-out split's training part)
+    one = ResumableSampler(30, 1, 0, seed=5, indices=train)
+    one.set_position(1, 0)
+    order = list(one)
+    shares = []
+    for rank in range(2):
+        sampler = ResumableSampler(30, 2, rank, seed=5, indices=train)
+        sampler.set_position(1, 0)
+        shares.append(list(sampler))
+    steps = steps_per_epoch(15, 2, 3, 1, "keep")
+    assert steps == 3 and steps_per_epoch(15, 2, 3, 1, "drop") == 2
+    batches = [sorted(shares[0][3 * s : 3 * s + 3] + shares[1][3 * s : 3 * s + 3]) for s in range(steps)]
+    assert batches[:2] == [sorted(order[0:6]), sorted(order[6:12])]
+    assert batches[2] == sorted([*order[12:15], order[0]])
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_keep_the_partial_batch_and_hold_out(tmp_path: Path) -> None:
+    import os
+    import shutil
+    import socket
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None, "torchrun is installed with torch"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = make_class_folders(tmp_path / "data", ["cat", "dog", "car"], per_class=6)  # 18 images, 3 held out
+    run = tmp_path / "run"
+    cmd = [
+        torchrun, "--nproc-per-node", "2", "--master-port", str(port), "-m", "starft_cli", "finetune", *FAST,
+        "--data", f"folder:{data}", "--batch-size", "6", "--epochs", "2", "--last-batch", "keep",
+        "--val-data", "holdout:0.2", "--wd-scope", "all", "--out", str(run),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    steps = [r for r in _metrics(run) if "loss" in r]
+    assert [(r["step"], r["epoch"], r["lambda"]) for r in steps] == [
+        (1, 0, 0.25), (2, 0, 0.25), (3, 0, 0.25), (4, 1, 0.0), (5, 1, 0.0), (6, 1, 0.0),
+    ]  # fmt: skip
+    vals = [r["val_accuracy"] for r in _metrics(run) if "val_accuracy" in r]
+    assert len(vals) == 2 and all(round(3 * v) == 3 * v for v in vals)  # the 3 held-out images, over 2 processes
