@@ -25,7 +25,7 @@ def test_wheel_ships_the_manifest_and_installed_cli_reads_it(tmp_path: Path) -> 
     # Build from a copy, so the checkout gets no build/ or egg-info.
     src = tmp_path / "src"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build", "dist")
-    for name in ("starft_cli", "zoo"):
+    for name in ("starft_cli", "zoo", "configs"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ("pyproject.toml", "README.md"):
         if (ROOT / name).is_file():
@@ -69,3 +69,18 @@ def test_wheel_ships_the_manifest_and_installed_cli_reads_it(tmp_path: Path) -> 
     }
     manifests = {Path(e["manifest"]).resolve() for e in entries}
     assert manifests == {(site / "starft_cli" / "zoo" / "_shipped" / "manifest.toml").resolve()}
+
+    # the paper recipes ship too (configs/paper -> starft_cli/_configs), and the installed CLI reads them
+    recipes = sorted(p.name for p in (ROOT / "configs" / "paper").glob("*.toml"))
+    assert sorted(n.rsplit("/", 1)[1] for n in names if n.endswith(".toml") and "_configs/" in n) == recipes
+    assert not [n for n in names if n.startswith("configs/")]
+    done = subprocess.run(
+        [sys.executable, "-m", "starft_cli", "finetune", "--config", "paper:starft-imagenet-vit-b16", "--print-config"],
+        cwd=run_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["last_batch"] == "keep"

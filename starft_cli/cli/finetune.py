@@ -72,8 +72,24 @@ def finetune_command(
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (default 10).")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default 1e-5).")] = None,
     wd: Annotated[float | None, typer.Option("--wd", help="AdamW weight decay (default 0.1).")] = None,
+    wd_scope: Annotated[
+        str | None,
+        typer.Option(
+            "--wd-scope",
+            help="Which parameters --wd decays: open-clip (default: not gains, biases, norms, logit_scale) or all "
+            "(as the StarFT/FLYP/WiSE-FT reference code does; the paper recipes).",
+        ),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Global batch size (default 512).")] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help="Linear warm-up steps (default 500).")] = None,
+    last_batch: Annotated[
+        str | None,
+        typer.Option(
+            "--last-batch",
+            help="An epoch's last partial batch: drop (default) or keep (the reference code's: 2,503 steps per "
+            "ImageNet epoch at batch 512; needs --grad-accum 1).",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).")] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", help="Data-loading processes (default: 4, at most the core count).")
@@ -88,9 +104,23 @@ def finetune_command(
     ] = None,
     out: Annotated[str | None, typer.Option("--out", help="Run directory (default runs/METHOD-TIME).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML file of settings (flags win).")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="TOML file of settings (flags win), or paper:NAME for a shipped paper recipe (README)."
+        ),
+    ] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option("--print-config", help="Print the fully resolved configuration as JSON and exit (no training)."),
+    ] = False,
     val_data: Annotated[
-        str | None, typer.Option("--val-data", help="ID validation data; selects checkpoints/best.")
+        str | None,
+        typer.Option(
+            "--val-data",
+            help="ID validation data; selects checkpoints/best. holdout:FRACTION holds out that seeded, "
+            "class-stratified part of the training data (never trained on).",
+        ),
     ] = None,
     val_split: Annotated[str | None, typer.Option("--val-split", help="Split of --val-data (e.g. val).")] = None,
     val_templates: Annotated[
@@ -140,6 +170,8 @@ def finetune_command(
         "epochs": epochs,
         "lr": lr,
         "wd": wd,
+        "wd_scope": wd_scope,
+        "last_batch": last_batch,
         "batch_size": batch_size,
         "warmup": warmup,
         "seed": seed,
@@ -161,6 +193,9 @@ def finetune_command(
     }
     _setup_logging()
     cfg = config_for_run(overrides, config, resume=resume)
+    if print_config:
+        typer.echo(cfg.to_json(), nl=False)
+        return
     from starft_cli.train import finetune
 
     with _Progress() as bar:
@@ -357,7 +392,13 @@ def soup_command(
     import json
 
     from starft_cli.device import resolve_device
+    from starft_cli.train.holdout import selection_warnings
     from starft_cli.wise import write_soup
+
+    if method == "greedy":  # the soup is chosen on --val-data: warn when that split is also a reported one
+        instead = "Choose on images held out of the runs' training data (folder: or csv:), never on a reported split"
+        for line in selection_warnings(val_data, val_split, None, None, what="the greedy soup", instead=instead):
+            typer.echo(f"warning: {line}", err=True)
 
     folder, info = write_soup(
         method,

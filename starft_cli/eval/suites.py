@@ -142,6 +142,10 @@ def get_suite(name_or_file: str | Path) -> Suite:
         return _merge_all()
     if text in BUILTIN_SUITES:
         return BUILTIN_SUITES[text]
+    if text.startswith("paper:"):  # a shipped paper recipe (configs/paper/eval-*.toml)
+        from starft_cli.train.recipes import resolve_config_path
+
+        return load_suite_file(resolve_config_path(text, kind="eval"))
     path = Path(text).expanduser()
     if path.suffix.lower() == ".toml" or path.is_file():
         return load_suite_file(path)

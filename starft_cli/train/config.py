@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from starft_cli.errors import CheckpointError, ConfigError
-from starft_cli.train.schedules import LAMBDA_SCHEDULES
+from starft_cli.train.optim import WD_SCOPES
+from starft_cli.train.schedules import LAMBDA_SCHEDULES, LAST_BATCH
 from starft_cli.train.validate import SELECT_BY
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,9 @@ class TrainConfig:
     epochs: int = 10
     lr: float = 1e-5
     wd: float = 0.1
+    wd_scope: str = "open-clip"  # which parameters decay: open_clip's convention, or all (the authors')
     batch_size: int = 512
+    last_batch: str = "drop"  # the epoch's last partial batch: drop, or keep (the authors')
     warmup: int = 500
     seed: int = 0
     workers: int = dataclasses.field(default_factory=lambda: default_workers())
@@ -124,6 +127,8 @@ class TrainConfig:
         choice("precision", PRECISIONS)
         choice("step_impl", STEP_IMPLS)
         choice("select_by", SELECT_BY)
+        choice("wd_scope", WD_SCOPES)
+        choice("last_batch", LAST_BATCH)
         for name in ("epochs", "batch_size", "grad_accum", "lr", "log_every"):
             positive(name)
         for name in ("wd", "warmup", "workers", "checkpoint_every", "seed", "reg_lambda", "max_bad_steps"):
@@ -139,6 +144,13 @@ class TrainConfig:
                 f"--batch-size {self.batch_size} is not divisible by --grad-accum {self.grad_accum}",
                 "The batch is split into --grad-accum equal micro-batches",
             )
+        if self.last_batch == "keep" and self.grad_accum > 1:
+            raise ConfigError(
+                "--last-batch keep works with --grad-accum 1 only (the partial last batch cannot be split into equal "
+                "micro-batches)",
+                "Use --grad-accum 1 (more processes or --grad-checkpointing for memory), or --last-batch drop",
+            )
+        self._check_holdout()
         if self.caption_template.count("{}") != 1:
             raise ConfigError("the caption template must have exactly one {} slot", "e.g. 'a photo of a {}.'")
         if method.objective == "classifier" and self.freeze_text:
@@ -150,6 +162,21 @@ class TrainConfig:
             raise ConfigError("--data is required", "Pass a dataset name, folder:PATH or csv:PATH")
         if self.resume and not self.out:
             raise ConfigError("--resume needs --out RUN_DIR", "Name the run directory to continue")
+
+    def _check_holdout(self) -> None:
+        from starft_cli.train.holdout import parse_holdout
+
+        try:
+            fraction = parse_holdout(self.val_data)
+        except ValueError as exc:
+            raise ConfigError(
+                f"--val-data '{self.val_data}': {exc}", "e.g. --val-data holdout:0.02 holds out 2% of the training data"
+            ) from None
+        if fraction is not None and self.val_split is not None:
+            raise ConfigError(
+                "--val-split has no meaning with --val-data holdout:FRACTION (the held-out part of the training split)",
+                "Drop --val-split",
+            )
 
     # ------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -278,7 +305,9 @@ def parse_hp(items: list[str] | None) -> dict[str, str] | None:
 def read_toml(path: str | Path) -> dict[str, Any]:
     """Settings from a TOML file: top-level keys, or a ``[finetune]`` table, named like the flags; a table named
     after a method (``[lipsum-ft]``) holds that method's hyper-parameters."""
-    path = Path(path).expanduser()
+    from starft_cli.train.recipes import resolve_config_path
+
+    path = resolve_config_path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -49,6 +49,7 @@ class Prepared:
     pool: list[str]
     resume_from: Path | None
     model_ref: Any = None
+    train_indices: list[int] | None = None  # the training part of --val-data holdout:FRACTION (None: every sample)
 
 
 def prepare(config: TrainConfig) -> Prepared:
@@ -79,9 +80,10 @@ def prepare(config: TrainConfig) -> Prepared:
     if len(dataset.classnames) < 2:
         raise DataError(f"{config.data} has {len(dataset.classnames)} class; fine-tuning needs at least two")
     pool = load_pool(config.pool) if method.needs_pool else []
-    val = None
-    if config.val_data:
+    val, train_indices = _holdout(config, dataset)
+    if config.val_data and val is None:
         val = load_dataset(config.val_data, config.val_data_root or config.data_root, config.val_split)
+    if val is not None:
         from starft_cli.train.validate import GROUP_CRITERIA
 
         if config.select_by in GROUP_CRITERIA and val.groups is None:
@@ -102,7 +104,30 @@ def prepare(config: TrainConfig) -> Prepared:
     from starft_cli.models import parse_model_ref
 
     ref = parse_model_ref(config.backbone, arch=config.arch)  # a bad reference fails here, before any loading
-    return Prepared(config, run, dataset, val, pool, resume_from, ref)
+    return Prepared(config, run, dataset, val, pool, resume_from, ref, train_indices)
+
+
+def _holdout(config: TrainConfig, dataset: Any) -> tuple[Any | None, list[int] | None]:
+    """``--val-data holdout:FRACTION``: (the held-out samples as a validation set, the training indices); (None,
+    None) for any other validation data.
+
+    Raises:
+        DataError: the fraction holds out no sample (too few images per class).
+    """
+    from starft_cli.train.holdout import IndexView, holdout_split, parse_holdout
+
+    fraction = parse_holdout(config.val_data)
+    if fraction is None:
+        return None, None
+    train, held = holdout_split(dataset.labels, fraction, config.seed)
+    if not held:
+        raise DataError(
+            f"--val-data {config.val_data} holds out no image of {config.data} ({len(dataset)} images; at most all but "
+            "one of each class are held out)",
+            "Raise the fraction, or validate on other data",
+            param="val_data",
+        )
+    return IndexView(dataset, held, f"{config.data} ({config.val_data})"), train
 
 
 def finetune(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
@@ -215,7 +240,14 @@ class _Trainer:
     def _event(self, kind: str, **fields: Any) -> None:
         self.progress({"kind": kind, "run_dir": str(self.run_dir.root), "select_by": self.cfg.select_by, **fields})
 
+    def _train_size(self) -> int:
+        """The samples an epoch draws from: the training data less a held-out validation part."""
+        indices = self.p.train_indices
+        return len(self.p.dataset) if indices is None else len(indices)
+
     def _plan(self) -> _Plan:
+        from starft_cli.train import schedules
+
         cfg, world, accum = self.cfg, self.env.world_size, self.cfg.grad_accum
         if cfg.batch_size % (world * accum):
             raise ConfigError(
@@ -224,8 +256,8 @@ class _Trainer:
                 param=("batch_size", "grad_accum"),
             )
         micro = cfg.batch_size // (world * accum)
-        n = len(self.p.dataset)
-        steps_per_epoch = (-(-n // world)) // (micro * accum)
+        n = self._train_size()
+        steps_per_epoch = schedules.steps_per_epoch(n, world, micro, accum, cfg.last_batch)
         if steps_per_epoch == 0:
             raise DataError(
                 f"{cfg.data} has {n} images, fewer than one batch of {cfg.batch_size}",
@@ -316,7 +348,8 @@ class _Trainer:
             self.step_fn.towers = self.wrapped
 
     def _make_optimizer(self, plan: _Plan) -> None:
-        """AdamW over every parameter that trains in some stage (no decay on gains, biases and the logit scale)."""
+        """AdamW over every parameter that trains in some stage; ``wd_scope`` says which decay
+        (:func:`starft_cli.train.optim.decay_groups`)."""
         import torch
 
         from starft_cli.device import cuda_call_args
@@ -328,12 +361,12 @@ class _Trainer:
             local = name.removeprefix("clip.") if name.removeprefix("clip.") in clip_names else name
             return any(self.method.trainable(local, s) for s in stages)
 
+        from starft_cli.train.optim import decay_groups
+
         params = [(n, p) for n, p in self.towers.named_parameters() if trains(n)]
-        decay = [p for n, p in params if not _no_decay(n, p)]
-        no_decay = [p for n, p in params if _no_decay(n, p)]
         calls = cuda_call_args(self.device)
         self.optimizer = torch.optim.AdamW(
-            [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": self.cfg.wd}],
+            decay_groups(params, self.cfg.wd, self.cfg.wd_scope),
             lr=self.cfg.lr,
             fused=calls.fused_adamw,
         )
@@ -348,7 +381,7 @@ class _Trainer:
         cfg, dataset = self.cfg, self.p.dataset
         self.micro = plan.micro
         self.captions = dataset.captions
-        self.class_caps = self.captions is None
+        self.class_caps = self.captions is None and not self.method.own_captions
         self.default_captions = class_captions(dataset.classnames, cfg.caption_template)
         if self.method.objective == "classifier":
             self.step_fn: Any = ClassifierStep(self.wrapped, teacher, self.method, self.ctx, self.autocast_dtype)
@@ -407,7 +440,7 @@ class _Trainer:
         """The start event, the schedule's warnings, TensorBoard."""
         from starft_cli.train.schedules import schedule_warnings
 
-        cfg, n = self.cfg, len(self.p.dataset)
+        cfg, n = self.cfg, self._train_size()
         self._event("start", total_steps=plan.total_steps, step=pos.step)
         self.tb = None
         if cfg.tensorboard and self.env.is_main:
@@ -427,7 +460,19 @@ class _Trainer:
             lr=cfg.lr,
         ):
             logger.warning("%s", warning)
-        used = plan.steps_per_epoch * cfg.batch_size
+        from starft_cli.train.holdout import selection_warnings
+
+        val = self.p.val_dataset
+        for warning in selection_warnings(cfg.val_data, getattr(val, "split", None), cfg.data, cfg.split):
+            logger.warning("%s", warning)
+        if self.p.train_indices is not None:
+            logger.info(
+                "%s: %d of the %d training images are held out for validation (never trained on)",
+                cfg.val_data,
+                len(val),
+                len(self.p.dataset),
+            )
+        used = min(n, plan.steps_per_epoch * cfg.batch_size)
         if n - used >= 0.1 * n:
             logger.warning(
                 "each epoch trains on %d of the %d images (whole batches of %d only; the %d left over are drawn "
@@ -451,7 +496,7 @@ class _Trainer:
         transform = train_transform(self.base.preprocess_cfg, normalize=False)
         samples = TrainSamples(self.p.dataset, transform, seed=cfg.seed)
         self.normalize = batch_normalizer(self.base.preprocess_cfg)
-        sampler = ResumableSampler(len(self.p.dataset), env.world_size, env.rank, cfg.seed)
+        sampler = ResumableSampler(len(self.p.dataset), env.world_size, env.rank, cfg.seed, self.p.train_indices)
         while pos.epoch < cfg.epochs and pos.step < plan.total_steps:
             samples.epoch = pos.epoch
             sampler.set_position(pos.epoch, pos.in_epoch * cfg.grad_accum * plan.micro)
@@ -460,7 +505,7 @@ class _Trainer:
                 batch_size=plan.micro,
                 sampler=sampler,
                 num_workers=cfg.workers,
-                drop_last=True,
+                drop_last=cfg.last_batch == "drop",
                 pin_memory=cuda_call_args(self.device).pin_memory,
                 persistent_workers=False,
             )
@@ -612,7 +657,11 @@ class _Trainer:
                 self.captions[i] if self.captions else self.default_captions[y]
                 for i, y in zip(index.tolist(), labels.tolist(), strict=True)
             ]
-            micro.append(MicroBatch(images, labels, caps, tidx[m * self.micro : (m + 1) * self.micro]))
+            own = self.method.captions(self.ctx, step, index, labels)  # e.g. FLYP's template drawn per sample
+            if own is not None:
+                caps = own
+            # the rows of a partial last batch (--last-batch keep) are the first len(labels) of the micro-batch's
+            micro.append(MicroBatch(images, labels, caps, tidx[m * self.micro : m * self.micro + len(labels)]))
         if len(micro) == 1:
             one = micro[0]
             out = self.step_fn(one.images, one.labels, one.captions, one.template_idx, lam, self.class_caps)
@@ -758,7 +807,7 @@ class _Trainer:
             arch=self.base.arch,
             metadata=metadata,
             state=state,
-            head=None if self.head is None else self.head.weight,
+            head=None if self.head is None else self.head.effective_weight(),
         )
 
     def _bad_step(self, step: int, what: str, loss: float) -> None:
@@ -798,16 +847,17 @@ class _Trainer:
         )
 
     def _make_head(self, student: Any, tokenizer: Any, dataset: Any, templates: list[str]) -> Any:
-        """The zero-shot head as a linear layer: ``exp(logit_scale) x`` the class text features (C, d)."""
-        import torch
+        """The zero-shot head: ``exp(logit_scale) x`` the class text features (C, d) as a trained linear layer, or
+        (a method with ``fixed_head_scale``) the unit-norm class features trained, times the zero-shot model's fixed
+        ``exp(logit_scale)`` (:mod:`starft_cli.train.heads`)."""
 
+        from starft_cli.train.heads import make_head
         from starft_cli.zeroshot import zero_shot_head
 
-        weights = zero_shot_head(student, tokenizer, dataset.classnames, templates, device=self.device, scale=True)
-        head = torch.nn.Linear(weights.shape[1], weights.shape[0], bias=False).to(self.device)
-        with torch.no_grad():
-            head.weight.copy_(weights)
-        return head
+        fixed = self.method.fixed_head_scale
+        weights = zero_shot_head(student, tokenizer, dataset.classnames, templates, device=self.device, scale=not fixed)
+        scale = float(student.logit_scale.exp().item()) if fixed else None
+        return make_head(weights, scale).to(self.device)
 
     def _validate(self) -> dict[str, float]:
         from starft_cli.train.validate import validation_metrics
@@ -829,10 +879,6 @@ class _Trainer:
             )
         finally:
             self._train_mode()
-
-
-def _no_decay(name: str, param: Any) -> bool:
-    return param.ndim < 2 or "bias" in name or "ln" in name or "bn" in name or "logit_scale" in name
 
 
 def _overrides(method: Any, hook: str) -> bool:

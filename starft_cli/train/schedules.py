@@ -6,6 +6,32 @@ from __future__ import annotations
 import math
 
 LAMBDA_SCHEDULES = ("linear", "linear-step", "constant")
+LAST_BATCH = ("drop", "keep")
+
+
+def steps_per_epoch(n: int, world_size: int, micro: int, grad_accum: int, last_batch: str = "drop") -> int:
+    """Optimizer steps in an epoch of ``n`` samples, each process taking ``ceil(n / world_size)`` of them (torch's
+    DistributedSampler pads the last share) in micro-batches of ``micro``, ``grad_accum`` per step.
+
+    ``drop``: whole steps only, ``ceil(n / world_size) // (micro * grad_accum)`` (the leftover samples of an epoch
+    are not seen that epoch; the next epoch's permutation differs). ``keep``: the last, partial step too,
+    ``ceil(ceil(n / world_size) / (micro * grad_accum))``, which is ``ceil(n / batch)`` whenever the processes
+    divide the batch: ImageNet-1k's 1,281,167 images at batch 512 give 2,503 steps (2,502 with ``drop``), as the
+    StarFT, FLYP and WiSE-FT reference code (``drop_last=False``) runs. The last step then holds the remaining
+    ``n - (steps - 1) * batch`` samples (143 for ImageNet), in one process exactly those; under ``world_size``
+    processes each share is padded to the same length, so up to ``world_size - 1`` of the epoch's first samples
+    are seen a second time in it.
+
+    Raises:
+        ValueError: an unknown ``last_batch`` or a size below 1.
+    """
+    if last_batch not in LAST_BATCH:
+        raise ValueError(f"unknown last-batch rule {last_batch!r}")
+    if min(world_size, micro, grad_accum) < 1 or n < 0:
+        raise ValueError("world_size, micro and grad_accum must be >= 1 and n >= 0")
+    share = -(-n // world_size)
+    per_step = micro * grad_accum
+    return share // per_step if last_batch == "drop" else -(-share // per_step)
 
 
 def cosine_lr(step: int, base_lr: float, warmup: int, total_steps: int, min_lr: float = 0.0) -> float:

@@ -275,7 +275,7 @@ def test_method_declares_the_paper_defaults() -> None:
         "momentum_start": 0.05,
         "momentum_end": 0.9,
         "momentum_warmup": 0.2,
-        "lambda_cross": 0.0,
+        "lambda_cross": 0.05,  # the authors' command (--cross_fnorm 0.05), not their args.py default of 0
     }
 
 
@@ -304,7 +304,7 @@ def test_weight_penalty_is_the_weighted_reference(tiny) -> None:
     assert penalty.item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
     penalty.backward()
     assert ctx.student.visual.proj.grad.abs().sum() > 0 and ctx.student.text_projection.grad.abs().sum() > 0
-    none, ctx2 = _method_and_ctx(tiny, {"lambda_oc": 0.0})
+    none, ctx2 = _method_and_ctx(tiny, {"lambda_oc": 0.0, "lambda_cross": 0.0})
     assert none.weight_penalty(ctx2) is None  # both weights 0: no term at all
 
 

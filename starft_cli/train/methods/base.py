@@ -164,6 +164,11 @@ class Method:
     default_lambda: ClassVar[float] = 0.0  # the paper's weight, used when --lambda is not given
     default_lambda_schedule: ClassVar[str] = "linear"  # the paper's schedule of it (--lambda-schedule)
     hparams: ClassVar[tuple[HParam, ...]] = ()
+    # classifier methods: train the unit-norm head times the zero-shot model's fixed exp(logit_scale), not the
+    # scaled head (:mod:`starft_cli.train.heads`)
+    fixed_head_scale: ClassVar[bool] = False
+    # contrastive methods: the method chooses each sample's caption (:meth:`Method.captions`)
+    own_captions: ClassVar[bool] = False
 
     def __init__(self, hp: Mapping[str, Any] | None = None, config: Any = None) -> None:
         self.hp = resolve_hparams(type(self), hp or {})
@@ -222,6 +227,12 @@ class Method:
 
     def weight_penalty(self, ctx: RunContext) -> torch.Tensor | None:
         """A parameter-space term, already weighted, added once per optimizer step; None for none."""
+        return None
+
+    def captions(self, ctx: RunContext, step: int, index: torch.Tensor, labels: torch.Tensor) -> list[str] | None:
+        """A contrastive method's caption of each sample of a micro-batch (``index``: the samples' dataset indices,
+        ``labels`` their classes, both (n,)), or None for the data's own (its captions, else the class caption).
+        Must be a function of (seed, step, index) only, for exact resume; used when :attr:`own_captions` is set."""
         return None
 
     def end_step(self, ctx: RunContext, step: int) -> None:

@@ -48,6 +48,7 @@ DEFAULT_EMA_EVERY = 500  # --ema_up_freq: optimizer steps between EMA updates
 DEFAULT_MOMENTUM_START = 0.05  # --m_sche_src
 DEFAULT_MOMENTUM_END = 0.9  # --m_sche_tar
 DEFAULT_MOMENTUM_WARMUP = 0.2  # --m_warm_up: fraction of the training steps of the linear momentum ramp
+DEFAULT_LAMBDA_CROSS = 0.05  # --cross_fnorm in the README's command and example_scripts/carot.sh (args.py: 0)
 
 
 def orthogonality_penalty(proj: torch.Tensor) -> torch.Tensor:
@@ -67,8 +68,8 @@ def orthogonality_penalty(proj: torch.Tensor) -> torch.Tensor:
 
 
 def cross_modal_penalty(visual_proj: torch.Tensor, text_proj: torch.Tensor) -> torch.Tensor:
-    """``||W_v W_t^T||_F`` (a scalar, not squared, not weighted): the optional cross-modal term of the authors'
-    reproduction command (``--cross_fnorm 0.05``; the paper does not describe it, so it is off by default).
+    """``||W_v W_t^T||_F`` (a scalar, not squared, not weighted): the cross-modal term of the authors' reproduction
+    command (``--cross_fnorm 0.05``; the paper does not describe it; on by default, as the authors run it).
 
     ``visual_proj`` is the image projection ``W_v`` (width_v, embed_dim), ``text_proj`` the caption projection
     ``W_t`` (width_t, embed_dim) (open_clip's ``text_projection``); the product is (width_v, width_t). Computed in
@@ -207,7 +208,7 @@ def text_projection(model: Any) -> torch.Tensor:
         return proj.weight.T
     raise UsageError(
         "carot's cross-modal term needs a projection at the end of the caption tower and this model has none",
-        "Leave the hyper-parameter lambda_cross at 0 (`hparams`)",
+        "Set the hyper-parameter lambda_cross to 0 (`hparams`, e.g. --hp lambda_cross=0)",
         param="hparams",
     )
 
@@ -225,7 +226,8 @@ class CaRot(Method):
     teacher is still the student). Defaults: the authors' README command (lambda_oc 0.2, lambda 1.5) and their
     src/args.py (EMA every 500 steps, momentum 0.05 -> 0.9 over the first 20% of the steps). Their command also
     adds 0.05 x ||W_v W_t^T||_F (image projection times caption projection), which the paper does not describe:
-    lambda_cross, 0 by default.
+    lambda_cross, 0.05 by default as in that command (0 gives the paper's objective; a model without a caption
+    projection needs lambda_cross=0).
     """
 
     name = "carot"
@@ -233,7 +235,8 @@ class CaRot(Method):
     source = "Oh et al., Towards Calibrated Robust Fine-Tuning of Vision-Language Models, NeurIPS 2024"
     loss_doc = (
         "L = CLIP contrastive loss(image, caption) + lambda_oc * ||W^T W - I||_F (W: the image projection, "
-        "width x embed) + lambda * mean_i [CE(p_i, q_i) over captions + CE(p'_i, q'_i) over images], p / p' the "
+        "width x embed) + lambda_cross * ||W_v W_t^T||_F (W_t: the caption projection) "
+        "+ lambda * mean_i [CE(p_i, q_i) over captions + CE(p'_i, q'_i) over images], p / p' the "
         "EMA teacher's in-batch image-to-caption / caption-to-image softmax (its own logit scale), q / q' the "
         "student's; after step t with t % ema_every == 0: teacher = m_t * teacher + (1 - m_t) * student, m_t "
         "rising linearly from momentum_start to momentum_end over the first momentum_warmup of the steps"
@@ -249,7 +252,11 @@ class CaRot(Method):
         HParam("momentum_start", DEFAULT_MOMENTUM_START, "EMA momentum at step 0", maximum=1.0),
         HParam("momentum_end", DEFAULT_MOMENTUM_END, "EMA momentum after the ramp", maximum=1.0),
         HParam("momentum_warmup", DEFAULT_MOMENTUM_WARMUP, "fraction of the steps of the momentum ramp", maximum=1.0),
-        HParam("lambda_cross", 0.0, "weight of ||W_v W_t^T||_F (the authors' command: 0.05; not in the paper)"),
+        HParam(
+            "lambda_cross",
+            DEFAULT_LAMBDA_CROSS,
+            "weight of ||W_v W_t^T||_F (the authors' command; not in the paper: 0 for the paper's objective)",
+        ),
     )
 
     def setup(self, ctx: RunContext) -> None:

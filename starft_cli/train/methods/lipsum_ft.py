@@ -161,6 +161,11 @@ class LipsumFT(FT):
     tokens, drawn afresh every optimizer step (see the module docstring). Defaults from the paper and its code:
     lambda 1.0, 80 texts of 8 tokens. The paper keeps lambda constant, and so does this method by default.
 
+    The head is parameterised as in the authors' code: the unit-norm zero-shot class features are trained and the
+    logits are multiplied by the zero-shot model's fixed exp(logit_scale) (about 100), so a step moves the logits
+    about 100 times more than training the scaled head would (starft_cli/train/heads.py); checkpoints hold the
+    effective (scaled) head.
+
     Per step the random texts go through the frozen teacher's text tower once (:meth:`begin_step`), for every
     micro-batch of the step; the texts are a function of (seed, step) only, the same on every process and after a
     resume."""
@@ -175,6 +180,7 @@ class LipsumFT(FT):
     )
     needs_teacher = True
     regularized = True
+    fixed_head_scale = True  # the authors' head: unit-norm class features x the zero-shot exp(logit_scale), fixed
     default_lambda = DEFAULT_LAMBDA
     default_lambda_schedule = "constant"  # the authors keep the weight constant
     hparams = (
