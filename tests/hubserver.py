@@ -6,8 +6,12 @@ the client needs: ``X-Repo-Commit``, ``ETag``, ``Content-Length``, ``Accept-Rang
 ``/api/models/{repo}/preupload/{rev}``, ``/api/models/{repo}/commit/{rev}``). Files are committed in the regular
 (inline base64) upload mode, which the server chooses in its preupload answer, so no LFS/Xet storage is needed.
 
+Dataset repositories (``/datasets/{repo}/resolve/...``, what ``repo_type="dataset"`` asks for) are served from the
+same ``repos`` as model repositories (:func:`serve_dataset` commits one in the Hub's webdataset layout).
+
 Every request is logged in ``server.requests``; ``server.drop[filename] = n`` makes the next ``n`` GETs of that file
-send half of the body and then close the connection (``n = -1``: every GET).
+send half of the body and then close the connection (``n = -1``: every GET); ``server.etags[filename]`` publishes
+another ETag (sha256) for a file than its content's.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class HubServer:
         self.repos: dict[str, Repo] = {}
         self.requests: list[Request] = []
         self.drop: dict[str, int] = {}
+        self.etags: dict[str, str] = {}  # filename -> the ETag to publish instead of the content's sha256
         self.token = token  # when set, write endpoints need "Authorization: Bearer <token>"
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -172,6 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _resolve(self) -> None:
         hub = self.server_state
         parts = unquote(urlsplit(self.path).path).strip("/").split("/")
+        if parts[:1] == ["datasets"]:  # dataset repos: /datasets/{repo}/resolve/{revision}/{file}
+            parts = parts[1:]
         if len(parts) < 5 or parts[2] != "resolve":
             self._error(404, "NotFound", f"no route for {self.path}")
             return
@@ -190,7 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         headers = {
             "X-Repo-Commit": commit,
-            "ETag": f'"{hashlib.sha256(content).hexdigest()}"',
+            "ETag": f'"{hub.etags.get(filename) or hashlib.sha256(content).hexdigest()}"',
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
         }

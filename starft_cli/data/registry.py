@@ -30,9 +30,10 @@ DATASET_MODULES = (
     "starft_cli.data.transfer",
     "starft_cli.data.wilds",
     "starft_cli.data.digits",
+    "starft_cli.data.sources.variants",
 )
 
-GENERIC_PREFIXES = ("folder:", "csv:")
+GENERIC_PREFIXES = ("folder:", "csv:", "wds:")
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ def get_builder(name: str) -> DatasetBuilder:
 
 
 def is_generic(ref: str) -> bool:
-    """Whether ``ref`` names the user's own data (``folder:PATH``, ``csv:PATH``) rather than a registered name."""
+    """Whether ``ref`` names the user's own data (``folder:PATH``, ``csv:PATH``, ``wds:SHARDS``) rather than a
+    registered name."""
     return ref.startswith(GENERIC_PREFIXES)
 
 
@@ -245,7 +247,11 @@ def resolve(
 
     if is_generic(ref):
         path = Path(ref.split(":", 1)[1]).expanduser()
-        if ref.startswith("folder:"):
+        if ref.startswith("wds:"):
+            from starft_cli.data.shards import load_shards
+
+            ds = load_shards(ref.split(":", 1)[1], classnames_file)
+        elif ref.startswith("folder:"):
             ds = generic.load_folder(path, split, classnames_file)
         else:
             ds = generic.load_csv(path, classnames_file)
@@ -254,6 +260,10 @@ def resolve(
     builder = get_builder(ref)
     info = builder.info
     split = check_split(info, split)
+    if data_root is None and not info.generated:
+        hub = _hub_source(builder, split)  # a complete Hub copy in the cache stands in for a data root
+        if hub is not None:
+            return hub
     root = root_for(builder, data_root)
     given = None if data_root is None else Path(data_root).expanduser()
 
@@ -262,7 +272,10 @@ def resolve(
 
     report = check_layout(builder, root, (split,))
     if not report.ok:
-        return missing(*report.problems)
+        hub = _hub_source(builder, split)
+        if isinstance(hub, Missing):
+            return Missing(ref, root, split, hub.problems + tuple(report.problems), info.layout, info.source, given)
+        return hub if hub is not None else missing(*report.problems)
     try:
         ds = builder.build(root, split)
     except DataError as exc:
@@ -271,6 +284,22 @@ def resolve(
         return missing(f"the '{split}' split holds no images")
     ds.split = split
     return ds
+
+
+# Other sources of a registered dataset than its folder layout (:mod:`starft_cli.data.sources`): each takes the
+# builder and a split and returns the dataset, a Missing (a copy that cannot be read as the whole dataset) or None.
+SOURCES: list[Callable[[Any, str], Any]] = []
+
+
+def _hub_source(builder: DatasetBuilder, split: str) -> ImageDataset | Missing | None:
+    """``builder``'s split from the first other source that has it (the Hub copy in the local cache), or None."""
+    for source in SOURCES:
+        found = source(builder, split)
+        if found is not None:
+            if not isinstance(found, Missing):
+                found.split = split
+            return found
+    return None
 
 
 def load_dataset(
