@@ -149,7 +149,8 @@ def main() -> None:
         ("mean per-class recall", "mean_per_class_recall", "mean_per_class_recall"),
     ]
     print(
-        f"shards: {len(fetched.index.shards)} x test/*.tar, {len(local)} samples, {len(local.classnames)} classes; model starft-tiny:none"
+        f"shards: {len(fetched.index.shards)} x test/*.tar, {len(local)} samples, {len(local.classnames)} classes; "
+        "model starft-tiny:none"
     )
     print(f"{'metric':<24}{'CLIP_benchmark 1.6.2':>22}{'starft':>12}{'equal':>8}")
     for title, mine, cb in rows:
