@@ -158,7 +158,11 @@ def download_command(
     from starft_cli.data.sources import hub
     from starft_cli.errors import DataError
 
+    from starft_cli.data.sources.public import NEEDS_LOGIN, PUBLIC_SOURCES, fetch_public
+
     get_builder(name)  # an unknown name fails with close matches
+    if name in NEEDS_LOGIN and split not in (None, "val"):
+        raise DataError(NEEDS_LOGIN[name])
     if hub.hub_copy(name) is not None and not original:
         ds = hub.download(name, split, force=force, announce=_announce)
         source = ds.source
@@ -169,6 +173,16 @@ def download_command(
         return
     if split is not None or force:
         raise DataError(f"--split and --force apply to Hub copies; {name} has none", "Drop them")
+    if name in PUBLIC_SOURCES:
+        if data_root is None:
+            from starft_cli.errors import DataRootError
+
+            raise DataRootError(f"{name} is extracted into a data root", "Name it", param="data_root")
+        folder, hashes = fetch_public(name, data_root)
+        for line in hashes:
+            typer.echo(f"verified {line}", err=True)
+        typer.echo(f"downloaded {name} to {folder}")
+        return
     result = download_dataset(name, data_root)  # a generated dataset without --data-root goes into the cache
     if not result.downloaded:
         typer.echo(f"{name} has no public, stable download source that starft can fetch; get it by hand:")

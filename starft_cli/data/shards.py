@@ -151,10 +151,14 @@ def build_index(shards: Sequence[Path], *, use_cache: bool = True) -> ShardIndex
     captions: list[str | None] = []
     groups: list[int | None] = []
     meta: list[list[int] | None] = []
+    kept = 0
     for number, path in enumerate(shards):
+        images: dict[str, bytes] = {}
         for sample in iterate_shard(path):
             sample_key = sample["__key__"]
             ext = next((e for e in IMAGE_EXTS if e in sample), None)
+            if ext is not None:
+                images[sample_key] = sample[ext]
             if ext is None or LABEL_EXT not in sample:
                 what = "an image (.webp/.png/.jpg/.jpeg)" if ext is None else "a label (.cls)"
                 raise ShardError(
@@ -174,6 +178,9 @@ def build_index(shards: Sequence[Path], *, use_cache: bool = True) -> ShardIndex
             captions.append(_text(sample[CAPTION_EXT]) if CAPTION_EXT in sample else None)
             groups.append(group)
             meta.append(row)
+        kept += index.sizes[number]
+        if kept <= _CACHE.budget:  # the images just read serve the first reads (one pass over the bytes, not two)
+            _CACHE.put(path, images, index.sizes[number])
     if any(c is not None for c in captions):
         index.captions = [c or "" for c in captions]
     if any(g is not None for g in groups):
@@ -208,13 +215,19 @@ class _ShardCache:
             ext = next((e for e in IMAGE_EXTS if e in sample), None)
             if ext is not None:
                 images[sample["__key__"]] = sample[ext]
+        self.put(path, images, size)
+        return images
+
+    def put(self, path: Path, images: dict[str, bytes], size: int) -> None:
+        """Keep ``images`` (key -> image bytes) of the shard ``path`` (``size`` bytes), dropping the least recently
+        used shards beyond the budget (the newest is always kept)."""
         with self.lock:
             self.items[path] = images
+            self.items.move_to_end(path)
             self.sizes[path] = size
             while len(self.items) > 1 and sum(self.sizes[p] for p in self.items) > self.budget:
                 old, _ = self.items.popitem(last=False)
                 self.sizes.pop(old, None)
-        return images
 
 
 _CACHE = _ShardCache(SHARD_BUDGET_BYTES)
