@@ -279,3 +279,20 @@ def test_write_shards_round_trip(tmp_path: Path) -> None:
     shards = write_shards(local, tmp_path / "s", list(range(1000)), per_shard=4)
     index = build_index(shards, use_cache=False)
     assert index.labels == local.labels and len(shards) == 2 and index.shard_of == [0, 0, 0, 0, 1, 1]
+
+
+def test_finetune_download_trains_on_the_hub_copy(hub: HubServer, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+    local = _local("caltech101", "train", tmp_path / "data")
+    copy = hubsrc.HUB_COPIES["caltech101-vtab"]
+    files = repo_files(local, copy, "train", per_shard=3)
+    splits = {**copy.splits, "train": dataclasses.replace(copy.splits["train"], samples=len(local))}
+    monkeypatch.setitem(hubsrc.HUB_COPIES, "caltech101-vtab", dataclasses.replace(copy, splits=splits))
+    hub.commit(copy.repo, files)
+    monkeypatch.setenv("STARFT_HOME", str(tmp_path / "home"))
+    run = tmp_path / "run"
+    args = ["finetune", "--backbone", "starft-tiny:none", "--workers", "0", "--device", "cpu", "--method", "ft"]
+    args += ["--data", "caltech101-vtab", "--download", "--epochs", "1", "--batch-size", "4", "--out", str(run)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "fetching caltech101-vtab (train) from clip-benchmark/wds_vtab-caltech101@" in result.stderr
+    assert (run / "config.json").is_file()

@@ -156,9 +156,8 @@ def download_command(
     from starft_cli.data.manage import download_dataset
     from starft_cli.data.registry import get_builder
     from starft_cli.data.sources import hub
-    from starft_cli.errors import DataError
-
     from starft_cli.data.sources.public import NEEDS_LOGIN, PUBLIC_SOURCES, fetch_public
+    from starft_cli.errors import DataError
 
     get_builder(name)  # an unknown name fails with close matches
     if name in NEEDS_LOGIN and split not in (None, "val"):
