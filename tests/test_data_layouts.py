@@ -284,10 +284,11 @@ def test_cli_data_check_unknown_name(tmp_path: Path):
 
 
 def test_cli_data_download_without_source_prints_instructions(tmp_path: Path):
-    result = runner.invoke(app, ["data", "download", "waterbirds", "--data-root", str(tmp_path)])
+    # PACS (Google Drive only) has no public download location; Waterbirds has one now (tests/test_public_download.py)
+    result = runner.invoke(app, ["data", "download", "pacs", "--data-root", str(tmp_path)])
     assert result.exit_code == 1  # nothing was downloaded: a script must not go on
-    assert "get it from:" in result.stdout and "metadata.csv" in result.stdout
-    assert result.stderr.startswith("error: waterbirds was not downloaded (no public download source)")
+    assert "get it from:" in result.stdout and "art_painting" in result.stdout
+    assert result.stderr.startswith("error: pacs was not downloaded (no public download source)")
     assert not any(tmp_path.iterdir())  # nothing fetched, nothing created
 
 
