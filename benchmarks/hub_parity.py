@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import http.server
 import json
@@ -34,12 +35,12 @@ CB_SCRIPT = r"""
 import json, sys, torch, open_clip
 from clip_benchmark.datasets.builder import build_dataset
 from clip_benchmark.metrics import zeroshot_classification as zsc
-config, weights, root, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+config, weights, root, batch, arch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 open_clip.add_model_config(config)
-model, _, preprocess = open_clip.create_model_and_transforms("starft-tiny")
+model, _, preprocess = open_clip.create_model_and_transforms(arch)
 model.load_state_dict(torch.load(weights, weights_only=True))
 model.eval()
-tokenizer = open_clip.get_tokenizer("starft-tiny")
+tokenizer = open_clip.get_tokenizer(arch)
 ds = build_dataset("wds/parity", root=root, transform=preprocess, split="test")
 loader = torch.utils.data.DataLoader(ds.batched(batch), batch_size=None, num_workers=0)
 metrics = zsc.evaluate(model, loader, tokenizer, ds.classes, ds.templates, "cpu", amp=False)
@@ -69,8 +70,11 @@ def make_venv(venv: Path) -> Path:
 
 
 def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a: None  # type: ignore[method-assign]
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
@@ -79,7 +83,14 @@ def serve(folder: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--venv", type=Path, default=Path(tempfile.gettempdir()) / "starft-clip-benchmark-venv")
-    parser.add_argument("--samples", type=int, default=60, help="test images (CIFAR-10-like, 32x32)")
+    parser.add_argument(
+        "--model",
+        default="starft-demo-zero-shot",
+        help="starft-demo-zero-shot (a CLIP pre-trained locally on spurious-digits: real, non-trivial predictions; "
+        "built on first use, a few minutes) on the spurious-digits test split; or starft-tiny:none (random weights) "
+        "on a CIFAR-10-like set of --samples images",
+    )
+    parser.add_argument("--samples", type=int, default=60, help="test images of the starft-tiny:none case")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hub-parity-"))
     os.environ.setdefault("STARFT_HOME", str(work / "home"))
@@ -98,16 +109,25 @@ def main() -> None:
     from tests.hubserver import running_hub
     from tests.layouts import make_cifar10
 
-    make_cifar10(work / "data", per_file=args.samples)
-    local = resolve("cifar10", work / "data", "test")
-    files = repo_files(local, hubsrc.HUB_COPIES["cifar10"], per_shard=max(1, args.samples // 3))
+    if args.model == "starft-tiny:none":
+        make_cifar10(work / "data", per_file=args.samples)
+        local = resolve("cifar10", work / "data", "test")
+        copy = hubsrc.HUB_COPIES["cifar10"]
+    else:
+        local = resolve("spurious-digits", None, "test")  # generated into the starft cache
+        copy = hubsrc.register_hub_copy(
+            hubsrc.HubCopy("spurious-digits", "parity/wds_spurious-digits", {"test": hubsrc.HubSplit("test", 0)})
+        )
+    copy = hubsrc.register_hub_copy(dataclasses.replace(copy, splits={"test": hubsrc.HubSplit("test", len(local))}))
+    files = repo_files(local, copy, per_shard=max(1, len(local) // 3))
     plain = work / "plain"
     for name, data in files.items():
         (plain / name).parent.mkdir(parents=True, exist_ok=True)
         (plain / name).write_bytes(data)
 
-    loaded = load("starft-tiny:none", device="cpu")
-    weights = work / "tiny.pt"
+    loaded = load(args.model, device="cpu")
+    arch = str(loaded.arch or "starft-tiny")
+    weights = work / "model.pt"
     torch.save(loaded.model.state_dict(), weights)
     python = make_venv(args.venv)
 
@@ -117,12 +137,8 @@ def main() -> None:
         constants.ENDPOINT = hub.url
         constants.HUGGINGFACE_CO_URL_TEMPLATE = hub.url + "/{repo_id}/resolve/{revision}/{filename}"
         constants.HF_HUB_CACHE = os.environ["HF_HUB_CACHE"]
-        copy = hubsrc.HUB_COPIES["cifar10"]
-        hubsrc.HUB_COPIES["cifar10"] = type(copy)(
-            **{**copy.__dict__, "splits": {"test": hubsrc.HubSplit("test", len(local))}}
-        )
         hub.commit(copy.repo, files)
-        fetched = hubsrc.download("cifar10", "test")
+        fetched = hubsrc.download(copy.dataset, "test")
         shards = fetched.index.shards[0].parent
         entry = SuiteEntry(f"wds:{shards}", ("top1", "top5", "mean_per_class_recall"))
         ours = evaluate([loaded], Suite("parity", (entry,)), None, batch_size=32, use_cache=False)
@@ -131,10 +147,11 @@ def main() -> None:
             str(python),
             "-c",
             CB_SCRIPT,
-            str(ROOT / "starft_cli/model_configs/starft-tiny.json"),
+            str(ROOT / f"starft_cli/model_configs/{arch}.json"),
             str(weights),
             url,
             "32",
+            arch,
         ],
         capture_output=True,
         text=True,
@@ -150,7 +167,7 @@ def main() -> None:
     ]
     print(
         f"shards: {len(fetched.index.shards)} x test/*.tar, {len(local)} samples, {len(local.classnames)} classes; "
-        "model starft-tiny:none"
+        f"model {args.model}"
     )
     print(f"{'metric':<24}{'CLIP_benchmark 1.6.2':>22}{'starft':>12}{'equal':>8}")
     for title, mine, cb in rows:

@@ -201,7 +201,13 @@ def test_damaged_shard_is_named_with_the_fix(hub: HubServer, tmp_path: Path, mon
     result = runner.invoke(app, ["data", "download", "imagenet-r"])
     assert result.exit_code == 1
     assert "shard " in result.stderr and "1.tar is damaged" in result.stderr
-    assert "starft data download NAME --force" in result.stderr
+    assert "Fetch it again: `starft data download imagenet-r --split test --force`" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0]
+    hub.commit(serve.repo, repo_files(local, serve, per_shard=2))  # the Hub's copy repaired
+    fixed = runner.invoke(app, ["data", "download", "imagenet-r", "--split", "test", "--force"])
+    assert fixed.exit_code == 0, fixed.output
+    assert f"imagenet-r (test): {len(local)} samples, 2 shard(s)" in fixed.stdout
 
 
 def test_wds_data_with_groups_and_captions(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def list_command(
             "title": info.title,
             "folder": info.folder,
             "splits": list(info.splits),
-            "download": "manual" if info.download is None else "yes",
+            "download": "yes" if info.download is not None or _fetchable(name) else "manual",
         }
         if data_root is not None:
             row["present"] = root_for(builder, data_root).exists()
@@ -50,6 +50,14 @@ def list_command(
         return
     typer.echo(_list_text(rows, shutil.get_terminal_size((100, 24)).columns))
     typer.echo("\nAlso: folder:PATH (one folder per class) and csv:PATH (filepath,label[,caption]).")
+
+
+def _fetchable(name: str) -> bool:
+    """Whether `starft data download` fetches ``name`` from its Hub copy or a public source."""
+    from starft_cli.data.sources.hub import hub_copy
+    from starft_cli.data.sources.public import PUBLIC_SOURCES
+
+    return hub_copy(name) is not None or name in PUBLIC_SOURCES
 
 
 def _list_text(rows: list[dict], width: int) -> str:

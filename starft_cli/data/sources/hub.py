@@ -326,11 +326,17 @@ def load_snapshot(snapshot: Snapshot, templates: str | None = None) -> Any:
     Raises :class:`IncompleteDatasetError` when the shards hold another number of samples than registered,
     :class:`~starft_cli.data.shards.ShardError` for a damaged shard, :class:`DataError` for classes that do not
     fit the protocol."""
-    from starft_cli.data.shards import ShardImageDataset, build_index, read_lines
+    from starft_cli.data.shards import ShardError, ShardImageDataset, build_index, read_lines
 
     copy = snapshot.copy
     registered = copy.splits[snapshot.split]
-    index = build_index(snapshot.shards)
+    try:
+        index = build_index(snapshot.shards)
+    except ShardError as exc:  # the fix names this dataset's download
+        raise ShardError(
+            exc.message,
+            f"Fetch it again: `starft data download {copy.dataset} --split {snapshot.split} --force`",
+        ) from exc
     if len(index) != registered.samples:
         raise IncompleteDatasetError(
             f"the Hub copy of '{copy.dataset}' ({copy.repo}@{snapshot.commit[:12]}, {registered.folder}) holds "
