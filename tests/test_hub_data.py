@@ -210,7 +210,7 @@ def test_damaged_shard_is_named_with_the_fix(hub: HubServer, tmp_path: Path, mon
     assert f"imagenet-r (test): {len(local)} samples, 2 shard(s)" in fixed.stdout
 
 
-def test_wds_data_with_groups_and_captions(tmp_path: Path) -> None:
+def test_wds_data_with_groups_and_captions(tmp_path: Path, monkeypatch) -> None:
     from starft_cli.data.shards import load_shards
 
     local = _local("waterbirds", "test", tmp_path / "data")
@@ -243,6 +243,16 @@ def test_wds_data_with_groups_and_captions(tmp_path: Path) -> None:
     assert same.labels == local.labels and same.split == "test"
     with pytest.raises(DataError, match="do not exist"):
         resolve(f"wds:{folder}/{{000..001}}.tar")
+    # starft eval on the shards, with DataLoader workers (each reads the shards itself) and the group metric
+    monkeypatch.setenv("STARFT_HOME", str(tmp_path / "home"))
+    args = ["eval", "-m", "starft-tiny:none", "--data", f"wds:{folder}", "--metric", "top1", "--metric"]
+    result = runner.invoke(app, [*args, "worst_group_acc", "--workers", "2", "--device", "cpu", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    rows = json.loads(result.stdout)
+    assert {r["metric"] for r in rows} >= {"top1", "worst_group_acc"}
+    assert all(r["num_samples"] == len(local) and r["num_skipped"] == 0 for r in rows)
     (tmp_path / "shards" / "classnames.txt").unlink()
     with pytest.raises(DataError, match="has no class names"):
         load_shards(str(folder))
