@@ -243,10 +243,16 @@ def test_wds_data_with_groups_and_captions(tmp_path: Path, monkeypatch) -> None:
     assert same.labels == local.labels and same.split == "test"
     with pytest.raises(DataError, match="do not exist"):
         resolve(f"wds:{folder}/{{000..001}}.tar")
-    # starft eval on the shards, with DataLoader workers (each reads the shards itself) and the group metric
+    # starft eval on the shards, with DataLoader workers that read the shards themselves (the index cached, no image
+    # in memory; several batches, so that the second worker has some) and the group metric
+    from starft_cli.data.shards import _CACHE, build_index, expand_shards
+
     monkeypatch.setenv("STARFT_HOME", str(tmp_path / "home"))
+    build_index(expand_shards(str(folder)))
+    _CACHE.items.clear()
     args = ["eval", "-m", "starft-tiny:none", "--data", f"wds:{folder}", "--metric", "top1", "--metric"]
-    result = runner.invoke(app, [*args, "worst_group_acc", "--workers", "2", "--device", "cpu", "--format", "json"])
+    args += ["worst_group_acc", "--workers", "2", "--batch-size", "2", "--no-cache"]
+    result = runner.invoke(app, [*args, "--device", "cpu", "--format", "json"])
     assert result.exit_code == 0, result.output
     import json
 
@@ -312,3 +318,22 @@ def test_finetune_download_trains_on_the_hub_copy(hub: HubServer, tmp_path: Path
     assert result.exit_code == 0, result.output
     assert "fetching caltech101-vtab (train) from clip-benchmark/wds_vtab-caltech101@" in result.stderr
     assert (run / "config.json").is_file()
+
+
+def test_wds_data_from_a_hub_dataset_repo(hub: HubServer, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+    local = _local("stl10", "test", tmp_path / "data")
+    files = repo_files(local, hubsrc.HUB_COPIES["stl10"], per_shard=4)
+    commit = hub.commit("someone/wds_mydata", files)
+    ds = resolve("wds:hf-hub:someone/wds_mydata/test")
+    assert ds.labels == [len(local.classnames) - 1 - y for y in local.labels]  # the repo's own (reversed) classes
+    assert ds.classnames[0] == local.classnames[-1]
+    assert ds.source == {"kind": "hub", "repo": "someone/wds_mydata", "revision": commit, "split": "test"}
+    assert ds.templates.endswith("zeroshot_classification_templates.txt")
+    hub.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve(f"wds:hf-hub:someone/wds_mydata@{commit}/test").labels == ds.labels  # from the cache
+    with pytest.raises(hubsrc.DatasetUnavailableError, match="not in the local cache") as info:
+        resolve("wds:hf-hub:someone/other/test")
+    assert "run the command with --data wds:hf-hub:someone/other/test" in info.value.one_line()
+    with pytest.raises(DataError, match="is not a Hub dataset reference"):
+        resolve("wds:hf-hub:nosplit")

@@ -115,7 +115,12 @@ def iterate_shard(path: Path) -> Any:
     import webdataset as wds
 
     try:
-        yield from wds.WebDataset([str(path)], shardshuffle=False, empty_check=False)
+        # every process reads the whole shard it asks for: no split of the (one) shard between DataLoader workers or
+        # nodes, which webdataset does by default and which would leave a worker with no samples
+        samples = wds.WebDataset(
+            [str(path)], shardshuffle=False, empty_check=False, workersplitter=None, nodesplitter=None
+        )
+        yield from samples
     except Exception as exc:
         raise ShardError(
             f"shard {path} is damaged ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})",
@@ -240,21 +245,17 @@ class ShardImageDataset(ImageDataset):
     def __init__(self, *, index: ShardIndex, source: dict[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.index = index
-        self.positions = list(range(len(index))) if len(self.labels) == len(index) else None
+        if len(self.labels) != len(index):
+            raise ValueError("labels and the shard index differ in length")
         self.source = source or {"kind": "wds", "shards": [str(p) for p in index.shards]}
-
-    def sample_position(self, index: int) -> int:
-        """The position in the shard index of the ``index``-th sample."""
-        return self.positions[index] if self.positions is not None else index
 
     def get_image(self, index: int) -> Any:
         from PIL import Image
 
         from starft_cli.images import check_pixels, to_rgb
 
-        pos = self.sample_position(index)
-        shard = self.index.shards[self.index.shard_of[pos]]
-        data = _CACHE.get(shard, self.index.sizes[self.index.shard_of[pos]]).get(self.index.keys[pos])
+        number = self.index.shard_of[index]
+        data = _CACHE.get(self.index.shards[number], self.index.sizes[number]).get(self.index.keys[index])
         name = self.describe(index)
         if data is None:
             raise ImageError(f"{name}: the image is no longer in its shard (the shard changed after indexing)")
@@ -269,15 +270,14 @@ class ShardImageDataset(ImageDataset):
             raise ImageError(f"{name}: unreadable image ({type(exc).__name__}: {exc})") from exc
 
     def describe(self, index: int) -> str:
-        pos = self.sample_position(index)
-        shard = self.index.shards[self.index.shard_of[pos]]
-        return f"{shard}:{self.index.keys[pos]}.{self.index.exts[pos]}"
+        shard = self.index.shards[self.index.shard_of[index]]
+        return f"{shard}:{self.index.keys[index]}.{self.index.exts[index]}"
 
     def fingerprint(self) -> str:
         """Hash of the shards' paths, sizes and times, the keys read and the labels."""
         digest = hashlib.sha256(f"wds|{self.name}|{_stat_key(self.index.shards)}|".encode())
         for i in range(len(self)):
-            digest.update(self.index.keys[self.sample_position(i)].encode() + b"\n")
+            digest.update(self.index.keys[i].encode() + b"\n")
         import numpy as np
 
         digest.update(np.asarray(self.labels, dtype=np.int64).tobytes())
@@ -311,7 +311,14 @@ def load_shards(
 
     Raises :class:`DataError` for absent shards, no class names, a label outside the class list, or a group
     outside ``groupnames.txt``; :class:`ShardError` for a damaged shard."""
-    shards = expand_shards(spec)
+    source = None
+    if spec.startswith("hf-hub:"):  # a dataset repository on the Hub, in its webdataset layout
+        from starft_cli.data.sources.hub import repo_shards
+
+        folder, source = repo_shards(spec)
+        shards = expand_shards(str(folder))
+    else:
+        shards = expand_shards(spec)
     index = build_index(shards)
     names_path = Path(classnames_file) if classnames_file else _beside(shards, CLASSNAMES_FILE)
     if names_path is None:
@@ -345,4 +352,5 @@ def load_shards(
         group_names=group_names,
         captions=index.captions,
         templates=str(templates) if templates else "imagenet80",
+        source=source,
     )

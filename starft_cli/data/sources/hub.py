@@ -377,7 +377,7 @@ def load_snapshot(snapshot: Snapshot, templates: str | None = None) -> Any:
         group_kind=group_kind,
         templates=templates or info.templates,
         class_subset=subset,
-        duplicate_classnames_ok=len(names) == 1000,  # ImageNet's standard list repeats two names
+        duplicate_classnames_ok=copy.protocol is _imagenet_names,  # ImageNet's standard list repeats two names
     )
 
 
@@ -424,18 +424,25 @@ def _where(copy: HubCopy) -> str:
     return f"{copy.repo} on {_endpoint()}"
 
 
+def _command(copy: HubCopy, split: str) -> str:
+    """The command that fetches ``split`` of ``copy`` (for a ``wds:hf-hub:`` reference: the same one again)."""
+    if copy.dataset.startswith("wds:"):
+        return f"the command with --data {copy.dataset}"
+    return f"`starft data download {copy.dataset} --split {split}`"
+
+
 def _unavailable(copy: HubCopy, split: str, cause: str) -> DatasetUnavailableError:
     from starft_cli.pretrained import hub_cache_dir, hub_offline
 
     if hub_offline():
         fix = (
-            f"Unset HF_HUB_OFFLINE on a connected machine and run `starft data download {copy.dataset} --split "
-            f"{split}`, or point HF_HOME (or HF_HUB_CACHE) at a Hugging Face cache that has it"
+            f"Unset HF_HUB_OFFLINE on a connected machine and run {_command(copy, split)}, or point HF_HOME (or "
+            "HF_HUB_CACHE) at a Hugging Face cache that has it"
         )
     else:
         fix = (
-            f"Connect and run `starft data download {copy.dataset} --split {split}`, or point HF_HOME (or "
-            "HF_HUB_CACHE) at a Hugging Face cache that has it and set HF_HUB_OFFLINE=1"
+            f"Connect and run {_command(copy, split)}, or point HF_HOME (or HF_HUB_CACHE) at a Hugging Face cache "
+            "that has it and set HF_HUB_OFFLINE=1"
         )
     return DatasetUnavailableError(
         f"dataset '{copy.dataset}' ({copy.repo}, {split}): not in the local cache ({hub_cache_dir()}), and {cause}",
@@ -455,7 +462,7 @@ def _call(copy: HubCopy, split: str, what: str, fn: Callable[[], Any]) -> Any:
 
     from starft_cli.pretrained import short_error
 
-    again = f"Run `starft data download {copy.dataset} --split {split}` again: it resumes where it stopped"
+    again = f"Run {_command(copy, split)} again: it resumes where it stopped"
     try:
         return fn()
     except LocalEntryNotFoundError as exc:
@@ -501,7 +508,7 @@ def _reachable_or_raise(copy: HubCopy, split: str) -> None:
         raise _unavailable(copy, split, f"{hub_endpoint()} cannot be reached ({reason})")
 
 
-def plan_download(name: str, split: str | None = None, *, force: bool = False) -> Plan:
+def plan_download(name: str | HubCopy, split: str | None = None, *, force: bool = False) -> Plan:
     """Ask the Hub (HEAD requests only) what fetching ``split`` of ``name``'s copy involves: the commit the
     revision points to and the size of every file not yet in the cache (all of them with ``force``).
 
@@ -511,7 +518,7 @@ def plan_download(name: str, split: str | None = None, *, force: bool = False) -
 
     from starft_cli.pretrained import hub_cache_dir, hub_endpoint
 
-    copy = get_hub_copy(name)
+    copy = name if isinstance(name, HubCopy) else get_hub_copy(name)
     split, registered = hub_split(copy, split)
     _reachable_or_raise(copy, split)
     folder = registered.folder
@@ -579,41 +586,33 @@ def _verify(copy: HubCopy, split: str, filename: str, path: Path, etag: str) -> 
         raise DatasetChecksumError(
             f"checksum mismatch for {filename} of dataset '{copy.dataset}' ({copy.repo}): the Hub publishes sha256 "
             f"{etag}, the download has {actual}; the file was deleted",
-            f"Run `starft data download {copy.dataset} --split {split}` again; if it fails again the copy on the Hub "
-            "is damaged",
+            f"Run {_command(copy, split)} again; if it fails again the copy on the Hub is damaged",
         )
 
 
-def download(
-    name: str,
-    split: str | None = None,
+def fetch_snapshot(
+    copy: HubCopy,
+    split: str,
     *,
     force: bool = False,
     announce: Callable[[Plan], None] | None = None,
     tqdm_class: Any = None,
-) -> Any:
-    """Fetch ``split`` of ``name``'s Hub copy into the Hugging Face cache (resuming partial files, verifying each
-    shard's sha256), then read it and check its number of samples. ``announce`` is called with the
-    :class:`Plan` before anything large is fetched. Returns the dataset (as :func:`load_snapshot`).
-
-    A split already complete in the cache is read without a request when offline or the Hub is unreachable.
-
-    Raises :class:`DatasetUnavailableError` (offline, unreachable, a failed transfer),
-    :class:`DatasetChecksumError`, :class:`IncompleteDatasetError`, :class:`DataError`."""
+) -> Snapshot:
+    """Fetch ``split`` of ``copy`` into the Hugging Face cache (resuming partial files, verifying each shard's
+    sha256); a split complete in the cache is returned without a request when offline or the Hub is unreachable.
+    Raises what :func:`download` raises, except the checks of the samples."""
     from huggingface_hub import hf_hub_download
 
     from starft_cli.pretrained import hub_cache_dir, hub_endpoint, hub_offline, unreachable
 
-    copy = get_hub_copy(name)
-    split, _ = hub_split(copy, split)
     if not force and (hub_offline() or unreachable(hub_endpoint()) is not None):
         snapshot = cached_snapshot(copy, split)
         if snapshot is not None:
-            return load_snapshot(snapshot)
-    plan = plan_download(name, split, force=force)
+            return snapshot
+    plan = plan_download(copy, split, force=force)
     if announce is not None:
         announce(plan)
-    for filename, _size in plan.files.items():
+    for filename in plan.files:
         path = _call(
             copy,
             split,
@@ -632,8 +631,46 @@ def download(
         _verify(copy, split, filename, Path(path), plan.etags.get(filename, ""))
     snapshot = cached_snapshot(copy, split, plan.commit)
     if snapshot is None:
-        raise DataError(f"dataset '{name}': the download finished but its files are not all in the cache")
-    return load_snapshot(snapshot)
+        raise DataError(f"{copy.repo}: the download finished but its files are not all in the cache")
+    return snapshot
+
+
+def download(
+    name: str,
+    split: str | None = None,
+    *,
+    force: bool = False,
+    announce: Callable[[Plan], None] | None = None,
+    tqdm_class: Any = None,
+) -> Any:
+    """Fetch ``split`` of ``name``'s Hub copy into the Hugging Face cache (:func:`fetch_snapshot`: resuming partial
+    files, verifying each shard's sha256), then read it and check its number of samples. ``announce`` is called
+    with the :class:`Plan` before anything is fetched. Returns the dataset (as :func:`load_snapshot`).
+
+    A split already complete in the cache is read without a request when offline or the Hub is unreachable.
+
+    Raises :class:`DatasetUnavailableError` (offline, unreachable, a failed transfer),
+    :class:`DatasetChecksumError`, :class:`IncompleteDatasetError`, :class:`DataError`."""
+    copy = get_hub_copy(name)
+    split, _ = hub_split(copy, split)
+    return load_snapshot(fetch_snapshot(copy, split, force=force, announce=announce, tqdm_class=tqdm_class))
+
+
+def repo_shards(spec: str) -> tuple[Path, dict[str, Any]]:
+    """``hf-hub:ORG/REPO[@REVISION]/SPLIT`` (a dataset repository in the Hub's webdataset layout, as ``wds:`` data):
+    the split fetched into the Hugging Face cache (as :func:`fetch_snapshot`), as its shard folder and the source
+    to record. Raises :class:`DataError` for a malformed reference, and what :func:`fetch_snapshot` raises."""
+    body = spec.removeprefix("hf-hub:")
+    repo_part, _, split = body.rpartition("/")
+    repo, _, revision = repo_part.partition("@")
+    if repo.count("/") != 1 or not split:
+        raise DataError(
+            f"wds:{spec} is not a Hub dataset reference", "Write wds:hf-hub:ORG/REPO/SPLIT (or ORG/REPO@REVISION/SPLIT)"
+        )
+    copy = HubCopy(f"wds:{spec}", repo, {split: HubSplit(split, 0)}, revision=revision or "main")
+    snapshot = fetch_snapshot(copy, split)
+    source = {"kind": "hub", "repo": repo, "revision": snapshot.commit, "split": split}
+    return snapshot.shards[0].parent, source
 
 
 def fetch_missing(
