@@ -130,7 +130,17 @@ def plan(
         except DataRootError as exc:  # skipping absent datasets: one without a data root (nor a Hub copy) is absent
             if not skip_missing:
                 raise
-            ds = Missing(entry.dataset, Path("DATA_ROOT"), entry.split or "test", (exc.one_line(),), "", "")
+            from starft_cli.data.registry import get_builder
+
+            info = get_builder(entry.dataset).info
+            ds = Missing(
+                info.name,
+                Path("DATA_ROOT"),
+                entry.split or info.default_split,
+                (exc.message,),
+                info.layout,
+                info.source,
+            )
         if isinstance(ds, Missing):
             _add_missing(result, ds)
             continue
