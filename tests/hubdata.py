@@ -83,7 +83,7 @@ def repo_files(ds: Any, copy: hubsrc.HubCopy, split: str = "test", per_shard: in
         files = {f"{folder}/{p.name}": p.read_bytes() for p in shards}
     files[f"{folder}/nshards.txt"] = f"{len(files)}\n".encode()
     files["classnames.txt"] = ("\n".join(names) + "\n").encode()
-    files["zeroshot_classification_templates.txt"] = TEMPLATES.replace("{c}", "{c}").encode()
+    files["zeroshot_classification_templates.txt"] = TEMPLATES.encode()
     return files
 
 

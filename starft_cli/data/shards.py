@@ -23,6 +23,7 @@ is read by loading its shard's samples with webdataset, keeping recently used sh
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import json
 import logging
@@ -49,6 +50,11 @@ GROUPNAMES_FILE = "groupnames.txt"
 TEMPLATES_FILE = "zeroshot_classification_templates.txt"
 SHARD_BUDGET_BYTES = int(os.environ.get("STARFT_WDS_CACHE_MB", "1024")) * 2**20  # shards kept in memory, per process
 INDEX_VERSION = 1
+
+
+# Fetchers of remote shards, by prefix of the wds: spec (``hf-hub:``: starft_cli.data.sources.hub registers it):
+# spec -> (the folder of the fetched shards, the source to record)
+REMOTE: dict[str, Callable[[str], tuple[Path, dict[str, Any]]]] = {}
 
 
 class ShardError(DataError):
@@ -313,9 +319,9 @@ def load_shards(
     outside ``groupnames.txt``; :class:`ShardError` for a damaged shard."""
     source = None
     if spec.startswith("hf-hub:"):  # a dataset repository on the Hub, in its webdataset layout
-        from starft_cli.data.sources.hub import repo_shards
-
-        folder, source = repo_shards(spec)
+        if "hf-hub:" not in REMOTE:
+            importlib.import_module("starft_cli.data.sources.hub")  # registers it (named, not imported: no cycle)
+        folder, source = REMOTE["hf-hub:"](spec)
         shards = expand_shards(str(folder))
     else:
         shards = expand_shards(spec)

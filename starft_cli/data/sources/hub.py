@@ -725,9 +725,11 @@ def registry_source(builder: Any, split: str) -> Any:
 
 def _register() -> None:
     from starft_cli.data.registry import SOURCES
+    from starft_cli.data.shards import REMOTE
 
     if registry_source not in SOURCES:
         SOURCES.append(registry_source)
+    REMOTE["hf-hub:"] = repo_shards
 
 
 _register()
