@@ -88,6 +88,32 @@ def ours(loaded, root: Path, batch_size: int, workers: int, device, fast_decode:
     return result.value(f"folder:{root}", "top1")
 
 
+def make_shards(root: Path, out: Path, per_shard: int = 100) -> Path:
+    """The same JPEG files as webdataset shards (``out/0.tar ...``, ``.jpg`` + ``.cls``) with a classnames.txt, in
+    the folder layout's order: the ``wds:`` case reads exactly the bytes the folder case reads."""
+    import webdataset as wds
+
+    from starft_cli.data.registry import load_dataset
+
+    ds = load_dataset(f"folder:{root}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "classnames.txt").write_text("\n".join(ds.classnames) + "\n")
+    for number, start in enumerate(range(0, len(ds), per_shard)):
+        with wds.TarWriter(str(out / f"{number}.tar")) as sink:
+            for i in range(start, min(start + per_shard, len(ds))):
+                sink.write({"__key__": f"s{i:07d}", "jpg": ds.paths[i].read_bytes(), "cls": str(ds.labels[i]).encode()})
+    return out
+
+
+def ours_wds(loaded, shards: Path, batch_size: int, workers: int, device) -> float:
+    from starft_cli.eval import evaluate
+    from starft_cli.eval.suites import Suite, SuiteEntry
+
+    suite = Suite("bench", (SuiteEntry(f"wds:{shards}", ("top1",), templates="single"),))
+    result = evaluate([loaded], suite, None, device=device, batch_size=batch_size, workers=workers)
+    return result.value(f"wds:{shards}", "top1")
+
+
 def changed_predictions(loaded, root: Path, batch_size: int, workers: int, device) -> tuple[int, float]:
     """How many top-1 predictions differ between full and reduced-scale decoding (features not cached), and the
     smallest cosine similarity between an image's two feature vectors."""
@@ -140,15 +166,23 @@ def main() -> None:
     loaded = load(args.model, device=device)
     plain_loop(loaded, root, args.batch_size, args.workers, device)  # warm the OS file cache and libraries
 
-    times: dict[str, list[float]] = {"plain": [], "cold": [], "fast": [], "warm": []}
+    shards = make_shards(root, work / "shards")
+    times: dict[str, list[float]] = {"plain": [], "cold": [], "fast": [], "warm": [], "wds": [], "wds-index": []}
     accs = {}
     for run in range(args.runs):
-        for key in ("plain", "cold", "fast", "warm"):
+        for key in ("plain", "cold", "fast", "warm", "wds", "wds-index"):
             # an empty feature and head cache for each cold measurement; warm reads the exact cold run's cache
             os.environ["STARFT_HOME"] = str(work / f"home{run}-{'cold' if key == 'warm' else key}")
+            if key == "wds":  # the shard index as `starft data download` leaves it (built once, cached)
+                from starft_cli.data.shards import _CACHE, build_index, expand_shards
+
+                build_index(expand_shards(str(shards)))
+                _CACHE.items.clear()  # but no image bytes in memory: they are read from the shards
             start = time.perf_counter()
             if key == "plain":
                 accs[key] = plain_loop(loaded, root, args.batch_size, args.workers, device)
+            elif key.startswith("wds"):  # the same JPEGs as webdataset shards, cold feature cache
+                accs[key] = ours_wds(loaded, shards, args.batch_size, args.workers, device)
             else:
                 accs[key] = ours(loaded, root, args.batch_size, args.workers, device, fast_decode=key == "fast")
             times[key].append(time.perf_counter() - start)
@@ -165,11 +199,17 @@ def main() -> None:
         ("cold", "starft eval, cold cache (exact decode)"),
         ("fast", "starft eval --fast-decode, cold cache"),
         ("warm", "starft eval, warm feature cache"),
+        ("wds", "starft eval, wds: shards, cold cache"),
+        ("wds-index", "  the same, shard index built in the run"),
     ):
         print(f"  {label:40s} {med[key]:8.3f} s  {n / med[key]:9.1f} images/s")
     print(
         f"  cold speed-up vs plain: exact {med['plain'] / med['cold']:.2f}x, fast {med['plain'] / med['fast']:.2f}x"
         f"   warm speed-up vs plain: {med['plain'] / med['warm']:.2f}x"
+    )
+    print(
+        f"  wds: shards vs folder (cold, exact decode): {med['cold'] / med['wds']:.2f}x the folder's speed "
+        f"({med['cold'] / med['wds-index']:.2f}x when the shard index is built in the run)"
     )
     print(
         f"  top-1 plain {accs['plain']:.4f} / exact {accs['cold']:.4f} / fast {accs['fast']:.4f}   "

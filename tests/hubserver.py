@@ -6,8 +6,12 @@ the client needs: ``X-Repo-Commit``, ``ETag``, ``Content-Length``, ``Accept-Rang
 ``/api/models/{repo}/preupload/{rev}``, ``/api/models/{repo}/commit/{rev}``). Files are committed in the regular
 (inline base64) upload mode, which the server chooses in its preupload answer, so no LFS/Xet storage is needed.
 
+Dataset repositories (``/datasets/{repo}/resolve/...``, what ``repo_type="dataset"`` asks for) are served from the
+same ``repos`` as model repositories (:func:`serve_dataset` commits one in the Hub's webdataset layout).
+
 Every request is logged in ``server.requests``; ``server.drop[filename] = n`` makes the next ``n`` GETs of that file
-send half of the body and then close the connection (``n = -1``: every GET).
+send half of the body and then close the connection (``n = -1``: every GET); ``server.etags[filename]`` publishes
+another ETag (sha256) for a file than its content's.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class HubServer:
         self.repos: dict[str, Repo] = {}
         self.requests: list[Request] = []
         self.drop: dict[str, int] = {}
+        self.etags: dict[str, str] = {}  # filename -> the ETag to publish instead of the content's sha256
         self.token = token  # when set, write endpoints need "Authorization: Bearer <token>"
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -172,6 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _resolve(self) -> None:
         hub = self.server_state
         parts = unquote(urlsplit(self.path).path).strip("/").split("/")
+        if parts[:1] == ["datasets"]:  # dataset repos: /datasets/{repo}/resolve/{revision}/{file}
+            parts = parts[1:]
         if len(parts) < 5 or parts[2] != "resolve":
             self._error(404, "NotFound", f"no route for {self.path}")
             return
@@ -190,7 +197,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         headers = {
             "X-Repo-Commit": commit,
-            "ETag": f'"{hashlib.sha256(content).hexdigest()}"',
+            "ETag": f'"{hub.etags.get(filename) or hashlib.sha256(content).hexdigest()}"',
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
         }
@@ -291,6 +298,77 @@ class _Handler(BaseHTTPRequestHandler):
                 return
         oid = hub.commit(repo_id, files, message=message, branch=revision)
         self._json(200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})
+
+
+class ArchiveServer:
+    """A plain HTTP file server on 127.0.0.1 (public dataset archives): ``files[path] = bytes``; ``Range`` requests
+    answered with 206; ``drop[path] = n`` cuts the next ``n`` GETs halfway (``-1``: every GET); ``requests`` logs
+    ``(method, path, headers)``."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.drop: dict[str, int] = {}
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self.do_GET()
+
+            def do_GET(self) -> None:
+                path = unquote(urlsplit(self.path).path)
+                server.requests.append((self.command, path, {k.lower(): v for k, v in self.headers.items()}))
+                content = server.files.get(path)
+                if content is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                start, status = 0, 200
+                range_header = self.headers.get("Range")
+                if range_header and range_header.startswith("bytes="):
+                    start, status = int(range_header[6:].split("-")[0] or 0), 206
+                body = content[start:]
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Accept-Ranges", "bytes")
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")
+                self.end_headers()
+                if self.command == "HEAD":
+                    return
+                remaining = server.drop.get(path, 0)
+                if remaining > 0:
+                    server.drop[path] = remaining - 1
+                self.wfile.write(body[: len(body) // 2] if remaining else body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def archives() -> Iterator[ArchiveServer]:
+    """A running :class:`ArchiveServer`."""
+    server = ArchiveServer()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @contextmanager

@@ -40,7 +40,7 @@ def list_command(
             "title": info.title,
             "folder": info.folder,
             "splits": list(info.splits),
-            "download": "manual" if info.download is None else "yes",
+            "download": "yes" if info.download is not None or _fetchable(name) else "manual",
         }
         if data_root is not None:
             row["present"] = root_for(builder, data_root).exists()
@@ -50,6 +50,14 @@ def list_command(
         return
     typer.echo(_list_text(rows, shutil.get_terminal_size((100, 24)).columns))
     typer.echo("\nAlso: folder:PATH (one folder per class) and csv:PATH (filepath,label[,caption]).")
+
+
+def _fetchable(name: str) -> bool:
+    """Whether `starft data download` fetches ``name`` from its Hub copy or a public source."""
+    from starft_cli.data.sources.hub import hub_copy
+    from starft_cli.data.sources.public import PUBLIC_SOURCES
+
+    return hub_copy(name) is not None or name in PUBLIC_SOURCES
 
 
 def _list_text(rows: list[dict], width: int) -> str:
@@ -142,12 +150,47 @@ def check_command(
 def download_command(
     name: Annotated[str, typer.Argument(help="A registered dataset (see `starft data list`).")],
     data_root: DataRootOpt = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Split of the Hub copy to fetch (default: its test split).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Fetch the Hub copy again even when it is cached.")] = False,
+    original: Annotated[
+        bool,
+        typer.Option("--original", help="Fetch the original release into --data-root, not the Hub copy."),
+    ] = False,
 ) -> None:
-    """Download a dataset through torchvision where a public, stable source exists; otherwise say where to get it
-    and how to lay it out."""
+    """Download a dataset: its webdataset copy on the Hugging Face Hub where one is registered (into the Hugging
+    Face cache; eval finds it there), else its public source; otherwise say where to get it and how to lay it
+    out."""
     from starft_cli.data.manage import download_dataset
+    from starft_cli.data.registry import get_builder
+    from starft_cli.data.sources import hub
+    from starft_cli.data.sources.public import NEEDS_LOGIN, PUBLIC_SOURCES, fetch_public
     from starft_cli.errors import DataError
 
+    get_builder(name)  # an unknown name fails with close matches
+    if name in NEEDS_LOGIN and split not in (None, "val"):
+        raise DataError(NEEDS_LOGIN[name])
+    if hub.hub_copy(name) is not None and not original:
+        ds = hub.download(name, split, force=force, announce=_announce)
+        source = ds.source
+        typer.echo(
+            f"{name} ({source['split']}): {len(ds)} samples, {len(ds.index.shards)} shard(s) from "
+            f"{source['repo']}@{source['revision'][:12]} in {hub.hub_cache()}"
+        )
+        return
+    if split is not None or force:
+        raise DataError(f"--split and --force apply to Hub copies; {name} has none", "Drop them")
+    if name in PUBLIC_SOURCES:
+        if data_root is None:
+            from starft_cli.errors import DataRootError
+
+            raise DataRootError(f"{name} is extracted into a data root", "Name it", param="data_root")
+        folder, hashes = fetch_public(name, data_root)
+        for line in hashes:
+            typer.echo(f"verified {line}", err=True)
+        typer.echo(f"downloaded {name} to {folder}")
+        return
     result = download_dataset(name, data_root)  # a generated dataset without --data-root goes into the cache
     if not result.downloaded:
         typer.echo(f"{name} has no public, stable download source that starft can fetch; get it by hand:")
@@ -158,6 +201,23 @@ def download_command(
             f"Get it by hand as above, then run `starft data check {name} --data-root DATA_ROOT`",
         )
     typer.echo(f"downloaded {name} to {result.root}")
+
+
+def _announce(plan: object) -> None:
+    """One line on stderr before a Hub copy is fetched: what, how many files, how many bytes."""
+    from starft_cli.data.sources.hub import LARGE_BYTES, Plan
+
+    assert isinstance(plan, Plan)
+    if not plan.files:
+        return
+    size = plan.total_bytes
+    shown = f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+    note = " (a large download; it resumes if interrupted)" if size >= LARGE_BYTES else ""
+    typer.echo(
+        f"fetching {plan.copy.dataset} ({plan.split}) from {plan.copy.repo}@{plan.commit[:12]}: {len(plan.files)} "
+        f"file(s), {shown}{note}",
+        err=True,
+    )
 
 
 COMMANDS = [Command("data", app)]

@@ -79,6 +79,10 @@ def eval_command(
         typer.Option("--skip-missing/--no-skip-missing", help="Skip absent datasets (default: only for --suite all)."),
     ] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use the on-disk feature cache.")] = True,
+    download: Annotated[
+        bool,
+        typer.Option("--download", help="Fetch the Hub copy of every dataset not under --data-root first."),
+    ] = False,
     fast_decode: Annotated[
         bool,
         typer.Option(
@@ -123,6 +127,12 @@ def eval_command(
 
     refs = [parse_model_ref(ref) for ref in model]  # a typo in a model reference fails before any data is read
     skip = resolved.name == "all" if skip_missing is None else skip_missing
+    if download:
+        from starft_cli.cli.data import _announce
+        from starft_cli.data.sources.hub import fetch_missing
+
+        for line in fetch_missing([(e.dataset, e.split) for e in resolved.entries], data_root, announce=_announce):
+            typer.echo(f"not downloaded: {line}", err=True)
     prepared = plan(resolved, data_root, templates, classnames, skip, protocol)  # data checked before any model
     for line in prepared.missing:
         typer.echo(f"skipped (not present): {line}", err=True)

@@ -48,6 +48,10 @@ def finetune_command(
     help_method: Annotated[
         bool, typer.Option("--help-method", help="Describe --method (source, loss, hyper-parameters) and exit.")
     ] = False,
+    download: Annotated[
+        bool,
+        typer.Option("--download", help="Fetch the Hub copy of --data / --val-data first when not under --data-root."),
+    ] = False,
     reg: Annotated[
         str | None, typer.Option("--reg", help="Deprecated (removed in 0.4): use --method starft, kl or flyp.")
     ] = None,
@@ -154,6 +158,13 @@ def finetune_command(
     if help_method:
         typer.echo(method_card(method))
         return
+    if download:
+        from starft_cli.cli.data import _announce
+        from starft_cli.data.sources.hub import fetch_missing
+
+        wanted = [(data or "imagenet", "train")] + ([(val_data, val_split)] if val_data else [])
+        for line in fetch_missing(wanted, data_root, announce=_announce):
+            typer.echo(f"not downloaded: {line}", err=True)
     overrides: dict[str, Any] = {
         "method": method,
         "hparams": parse_hp(hp),

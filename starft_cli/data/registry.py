@@ -34,9 +34,10 @@ DATASET_MODULES = (
     "starft_cli.data.transfer",
     "starft_cli.data.wilds",
     "starft_cli.data.digits",
+    "starft_cli.data.sources.variants",
 )
 
-GENERIC_PREFIXES = ("folder:", "csv:")
+GENERIC_PREFIXES = ("folder:", "csv:", "wds:")
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,8 @@ def get_builder(name: str) -> DatasetBuilder:
 
 
 def is_generic(ref: str) -> bool:
-    """Whether ``ref`` names the user's own data (``folder:PATH``, ``csv:PATH``) rather than a registered name."""
+    """Whether ``ref`` names the user's own data (``folder:PATH``, ``csv:PATH``, ``wds:SHARDS``) rather than a
+    registered name."""
     return ref.startswith(GENERIC_PREFIXES)
 
 
@@ -236,14 +238,23 @@ class Missing:
 
 
 def load_generic(ref: str, split: str | None = None, classnames_file: str | Path | None = None) -> ImageDataset:
-    """``folder:PATH`` or ``csv:PATH`` data, loaded (what :func:`resolve` does for them, without its warning lines:
-    ``starft data check`` reports them as notes). A folder's split follows the one rule for split folders,
+    """``folder:PATH``, ``csv:PATH`` or ``wds:SHARDS`` data, loaded (what :func:`resolve` does for them, without its
+    warning lines: ``starft data check`` reports them as notes). A folder's split follows the one rule for split folders,
     :func:`starft_cli.data.generic.folder_split`; a CSV is the split asked for (default ``test``).
 
     Raises :class:`DataError` (:class:`SplitError` for a split the folder lacks) when the data do not load."""
     from starft_cli.data import generic
 
-    path = Path(ref.split(":", 1)[1]).expanduser()
+    prefix, _, rest = ref.partition(":")
+    if not rest.strip():  # an empty path would be the current folder
+        raise DataError(f"'{ref}' names no path", f"Write {prefix}:PATH", param="data")
+    path = Path(rest).expanduser()
+    if ref.startswith("wds:"):
+        from starft_cli.data.shards import load_shards
+
+        ds = load_shards(rest, classnames_file)
+        ds.split = split or generic.DEFAULT_SPLIT
+        return ds
     if ref.startswith("folder:"):
         return generic.load_folder(path, split, classnames_file)
     ds = generic.load_csv(path, classnames_file)
@@ -276,6 +287,10 @@ def resolve(
     builder = get_builder(ref)
     info = builder.info
     split = check_split(info, split)
+    if data_root is None and not info.generated:
+        hub = _hub_source(builder, split)  # a complete Hub copy in the cache stands in for a data root
+        if hub is not None:
+            return hub
     root = root_for(builder, data_root)
     given = None if data_root is None else Path(data_root).expanduser()
 
@@ -284,7 +299,10 @@ def resolve(
 
     report = check_layout(builder, root, (split,))
     if not report.ok:
-        return missing(*report.problems)
+        hub = _hub_source(builder, split)
+        if isinstance(hub, Missing):
+            return Missing(ref, root, split, hub.problems + tuple(report.problems), info.layout, info.source, given)
+        return hub if hub is not None else missing(*report.problems)
     try:
         ds = builder.build(root, split)
     except DataError as exc:
@@ -301,6 +319,22 @@ def _log_left_out(ds: ImageDataset) -> None:
     symlinked folders): the count, never silence."""
     for line in ds.left_out:
         logger.warning("%s (%s split): %s", ds.name, ds.split, line)
+
+
+# Other sources of a registered dataset than its folder layout (:mod:`starft_cli.data.sources`): each takes the
+# builder and a split and returns the dataset, a Missing (a copy that cannot be read as the whole dataset) or None.
+SOURCES: list[Callable[[Any, str], Any]] = []
+
+
+def _hub_source(builder: DatasetBuilder, split: str) -> ImageDataset | Missing | None:
+    """``builder``'s split from the first other source that has it (the Hub copy in the local cache), or None."""
+    for source in SOURCES:
+        found = source(builder, split)
+        if found is not None:
+            if not isinstance(found, Missing):
+                found.split = split
+            return found
+    return None
 
 
 def load_dataset(

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from starft_cli.data.registry import Missing
-from starft_cli.errors import DataError, SplitError, UsageError
+from starft_cli.data.sources import describe_source
+from starft_cli.errors import DataError, DataRootError, SplitError, UsageError
 from starft_cli.eval.metrics import METRICS, MetricInput, metric_problem
 from starft_cli.eval.suites import Suite, SuiteEntry, get_suite
 
@@ -129,7 +130,22 @@ def plan(
     suite = suite if isinstance(suite, Suite) else get_suite(suite)
     result = Plan(suite=suite)
     for entry in suite.entries:
-        ds = resolve(entry.dataset, data_root, entry.split, entry.classnames or classnames_file)
+        try:
+            ds = resolve(entry.dataset, data_root, entry.split, entry.classnames or classnames_file)
+        except DataRootError as exc:  # skipping absent datasets: one without a data root (nor a Hub copy) is absent
+            if not skip_missing:
+                raise
+            from starft_cli.data.registry import get_builder
+
+            info = get_builder(entry.dataset).info
+            ds = Missing(
+                info.name,
+                Path("DATA_ROOT"),
+                entry.split or info.default_split,
+                (exc.message,),
+                info.layout,
+                info.source,
+            )
         if isinstance(ds, Missing):
             _add_missing(result, ds)
             continue
@@ -296,6 +312,7 @@ def evaluate_model(
             "num_skipped": len(feats.skipped),
             "num_classes": len(ds.class_subset or ds.classnames),
             "data_fingerprint": data_fingerprint,
+            "source": describe_source(ds),  # Hub repo@commit, shards, or the local layout
             "templates": item.templates_name if head_kind == "zero-shot" else "trained head",
             **_protocol_fields(item),
             "suite": prepared.suite.name,
