@@ -239,8 +239,8 @@ class Missing:
 
 def load_generic(ref: str, split: str | None = None, classnames_file: str | Path | None = None) -> ImageDataset:
     """``folder:PATH``, ``csv:PATH`` or ``wds:SHARDS`` data, loaded (what :func:`resolve` does for them, without its
-    warning lines: ``starft data check`` reports them as notes). A folder's split follows the one rule for split folders,
-    :func:`starft_cli.data.generic.folder_split`; a CSV is the split asked for (default ``test``).
+    warning lines: ``starft data check`` reports them as notes). A folder's split follows the one rule for split
+    folders, :func:`starft_cli.data.generic.folder_split`; a CSV is the split asked for (default ``test``).
 
     Raises :class:`DataError` (:class:`SplitError` for a split the folder lacks) when the data do not load."""
     from starft_cli.data import generic

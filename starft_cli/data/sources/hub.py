@@ -102,11 +102,14 @@ def _imagenet_names() -> list[str]:
     return _imagenet_table()[1]
 
 
-def _asset(name: str) -> Callable[[], list[str]]:
-    def read() -> list[str]:
-        from starft_cli.data.checks import asset_lines
+def _protocol(dataset: str) -> Callable[[], list[str]]:
+    """The class names of ``dataset`` under the default protocol (:mod:`starft_cli.data.protocols`), in label
+    order: the names the folder layout gets, so that the Hub copy yields the same."""
 
-        return list(asset_lines(name))
+    def read() -> list[str]:
+        from starft_cli.data.protocols import require_protocol
+
+        return list(require_protocol(dataset).classnames)
 
     return read
 
@@ -149,11 +152,11 @@ for _copy in (
         seen="614c3a5",
         cited="huggingface.co/datasets/clip-benchmark/wds_imagenet-a/tree/main/test",
     ),
-    HubCopy("cifar10", "clip-benchmark/wds_cifar10", _test(10000), "name", _asset("cifar10_classes.txt")),
+    HubCopy("cifar10", "clip-benchmark/wds_cifar10", _test(10000), "name", _protocol("cifar10")),
     HubCopy("cifar100", "clip-benchmark/wds_cifar100", _test(10000), "same"),
-    HubCopy("stl10", "clip-benchmark/wds_stl10", _test(8000), "name", _asset("stl10_classes.txt")),
+    HubCopy("stl10", "clip-benchmark/wds_stl10", _test(8000), "name", _protocol("stl10")),
     HubCopy("stanford-cars", "clip-benchmark/wds_cars", _test(8041), "same"),
-    HubCopy("flowers102", "clip-benchmark/wds_vtab-flowers", _test(6149), "name", _asset("flowers102_classes.txt")),
+    HubCopy("flowers102", "clip-benchmark/wds_vtab-flowers", _test(6149), "name", _protocol("flowers102")),
     HubCopy(
         "caltech101-vtab",
         "clip-benchmark/wds_vtab-caltech101",
@@ -175,7 +178,7 @@ for _copy in (
         "djghosh/wds_wilds-fmow_test",
         _test(22108),
         "name",
-        _asset("fmow_classes.txt"),
+        _protocol("fmow"),
         region_column=0,
         seen="f203cf5",
         cited="huggingface.co/datasets/djghosh/wds_wilds-fmow_test (viewer: npy = [region, year, y, ...])",
