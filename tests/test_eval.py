@@ -590,3 +590,42 @@ def test_no_cache_writes_no_cache_at_all(tmp_path: Path, starft_home: Path):
     again = runner.invoke(app, args[:-1])  # the same without --no-cache does write both
     assert again.exit_code == 0, again.output
     assert list((cache / "heads").glob("*.safetensors")) and list((cache / "features").glob("*.safetensors"))
+
+
+def _replace_keeping_stat(path: Path, data: bytes) -> None:
+    """Overwrite ``path`` with ``data`` of the same size and put its access and modification times back, as
+    ``cp -p``, ``rsync -a`` and ``tar x`` do."""
+    import os
+
+    before = path.stat()
+    assert len(data) == before.st_size
+    path.write_bytes(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_images_replaced_keeping_path_size_and_mtime_are_not_served_from_the_cache(tiny, tmp_path: Path):
+    """Issue 19.6: the two classes' images swapped by a copy that keeps path, size and mtime (BMPs of one size):
+    the features are recomputed (the key holds the inode and ctime, which no copy keeps), and `eval` gives the
+    same top-1 from the cache as with --no-cache."""
+    from starft_cli.data.registry import load_dataset
+    from starft_cli.eval.features import compute_features
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "swap", ["cat", "dog"], per_class=3, size=(32, 32), suffix=".bmp")
+    args = ["eval", "--data", f"folder:{root}", "-m", TINY, "--workers", "0", "--format", "json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    before = compute_features(tiny, load_dataset(f"folder:{root}"))
+    assert before.from_cache
+    for i in range(3):
+        cat, dog = root / "cat" / f"{i}.bmp", root / "dog" / f"{i}.bmp"
+        cat_bytes, dog_bytes = cat.read_bytes(), dog.read_bytes()
+        _replace_keeping_stat(cat, dog_bytes)
+        _replace_keeping_stat(dog, cat_bytes)
+    after = compute_features(tiny, load_dataset(f"folder:{root}"))
+    assert not after.from_cache
+    assert np.array_equal(after.features[:3].numpy(), before.features[3:].numpy())
+    cached, fresh = runner.invoke(app, args), runner.invoke(app, [*args, "--no-cache"])
+    assert cached.exit_code == 0 and fresh.exit_code == 0, cached.output + fresh.output
+    top1 = [next(r["value"] for r in json.loads(x.stdout) if r["metric"] == "top1") for x in (first, cached, fresh)]
+    assert top1 == [0.833333, 0.166667, 0.166667]  # the swap flips 5 of 6 predictions; the cache used to say 0.833
