@@ -312,3 +312,44 @@ def test_write_report_returns_a_typed_result(tmp_path: Path):
     assert isinstance(written, WrittenReport)
     assert (written.added, written.replaced, len(written.frame)) == (len(DOMAIN), 0, len(DOMAIN))
     assert all(p.is_file() for p in written.paths)
+
+
+def test_conflicting_records_of_different_weights_are_refused_naming_both_files(tmp_path: Path):
+    """Issue 19.7: two files hold top1 of one (model, dataset, split) with different values and weights: two models
+    under one name. `report` refuses, naming both files (it used to show whichever came last)."""
+    a = write(tmp_path / "a" / "results.json", [rec("run", "pacs", "top1", 0.611, weights_fingerprint="aaaa1111")])
+    b = write(tmp_path / "b" / "results.json", [rec("run", "pacs", "top1", 0.472, weights_fingerprint="bbbb2222")])
+    result = runner.invoke(app, ["report", str(tmp_path / "a"), str(b)])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {a} and {b} hold different weights under one name: top1 of model run on pacs (test) is 0.611 vs "
+        "0.472 (weights aaaa1111 vs bbbb2222). Report one of them, or rename the model in one file so that both "
+        "rows are shown\n"
+    )
+    # the same weights measured again (e.g. after the data changed): a warning naming both files, the later shown
+    c = write(tmp_path / "c.json", [rec("run", "pacs", "top1", 0.5, weights_fingerprint="aaaa1111")])
+    again = runner.invoke(app, ["report", str(a), str(c), "--format", "csv"])
+    assert again.exit_code == 0, again.output
+    assert again.stderr == (
+        f"warning: {a} and {c} both hold top1 of model run on pacs (test): 0.611 vs 0.5; the later one ({c}) is shown\n"
+    )
+    assert again.stdout.splitlines()[1].startswith("run,0.500000,")
+    same = runner.invoke(app, ["report", str(a), str(a)])  # equal values: nothing to say
+    assert same.exit_code == 0 and same.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("metric", "value"), [("top1", 1.5), ("ece", -0.1), ("group_acc[landbird on land]", 95.0), ("worst_group_acc", 2)]
+)
+def test_a_fraction_outside_0_1_is_refused_naming_the_file(metric: str, value: float, tmp_path: Path):
+    """Issue 20.14: a hand-edited 1.5 was shown as 150.00; every registered metric (and its per-group records) is
+    a fraction, so a value outside [0, 1] is refused naming the file. Drift (nats) and foreign metrics are not."""
+    path = write(tmp_path / "r.json", [rec("zs", "waterbirds", "top1", 0.9), rec("zs", "waterbirds", metric, value)])
+    result = runner.invoke(app, ["report", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {path}: {metric} of model zs on waterbirds (test) is {value!r}, outside [0, 1]. Metrics are stored "
+        "as fractions (0.615 for 61.5%); correct the record or re-run `starft eval`\n"
+    )
+    other = write(tmp_path / "o.json", [rec("zs", "waterbirds", "spurious_drift[background]", 1.5)])
+    assert runner.invoke(app, ["report", str(other)]).exit_code == 0
