@@ -138,6 +138,9 @@ def eval_command(
         )
     for line in result.skipped:
         typer.echo(f"warning: {line}", err=True)
+    for line in result.notes:
+        if line not in prepared.notes:  # those were said before the evaluation
+            typer.echo(f"note: {line}", err=True)
     from starft_cli.reports import write_report
     from starft_cli.reports.tables import render
 
