@@ -65,22 +65,25 @@ def test_merge_replaces_only_identical_keys():
 
 def test_avg_ood_and_deltas_by_hand(tmp_path: Path):
     frame = load_results([write(tmp_path / "r.json", DOMAIN)])
-    board = leaderboard(frame)
+    result = leaderboard(frame)
+    board = result.table
+    assert result.baseline == "zs"
     # zs: (0.6 + 0.8 + 0.4 + 0.5) / 4 = 0.575; ft: (0.7 + 0.7 + 0.3 + 0.5) / 4 = 0.55
     assert board.loc["zs", "avg OOD top1"] == pytest.approx(0.575)
     assert board.loc["ft", "avg OOD top1"] == pytest.approx(0.55)
-    deltas = board.attrs["deltas"]
+    deltas = result.deltas
     assert deltas.loc["ft", "imagenet top1"] == pytest.approx(0.10)
     assert deltas.loc["ft", "avg OOD top1"] == pytest.approx(-0.025)
     other = leaderboard(frame, baseline="ft")
-    assert other.attrs["deltas"].loc["zs", "imagenet top1"] == pytest.approx(-0.10)
+    assert other.baseline == "ft" and other.deltas.loc["zs", "imagenet top1"] == pytest.approx(-0.10)
+    assert not board.attrs  # explicit values, nothing riding along in DataFrame.attrs
     with pytest.raises(UsageError, match="baseline 'nope'"):
         leaderboard(frame, baseline="nope")
 
 
 def test_avg_ood_absent_without_all_four_shifts(tmp_path: Path):
     frame = load_results([write(tmp_path / "r.json", [r for r in DOMAIN if r["dataset"] != "imagenet-a"])])
-    assert "avg OOD top1" not in leaderboard(frame).columns
+    assert "avg OOD top1" not in leaderboard(frame).table.columns
 
 
 def test_renderers(tmp_path: Path):
@@ -167,7 +170,7 @@ def test_cli_report_errors(tmp_path: Path):
 
 def test_a_dataset_on_two_splits_gets_a_column_per_split(tmp_path: Path):
     records = [rec("zs", "waterbirds", "top1", 0.9), {**rec("zs", "waterbirds", "top1", 0.8), "split": "val"}]
-    board = leaderboard(load_results([write(tmp_path / "r.json", records)]))
+    board = leaderboard(load_results([write(tmp_path / "r.json", records)])).table
     assert list(board.columns) == ["waterbirds[test] top1", "waterbirds[val] top1"]
     assert board.loc["zs"].tolist() == [0.9, 0.8]
 
@@ -267,7 +270,7 @@ def test_leaderboards_read_the_metric_registry(tmp_path: Path, monkeypatch: pyte
         rec("zs", "waterbirds", "group_acc[landbird on land]", 0.95),
     ]
     frame = load_results([write(tmp_path / "r.json", records)])
-    assert list(leaderboard(frame).columns) == ["waterbirds top1", "waterbirds mean_group_acc", "waterbirds ece"]
+    assert list(leaderboard(frame).table.columns) == ["waterbirds top1", "waterbirds mean_group_acc", "waterbirds ece"]
     table = render(frame, "table")
     assert f"top1 = {M.METRICS['top1'].doc}" in table and f"mean_group_acc = {M.METRICS['mean_group_acc'].doc}" in table
     assert f"ece = {M.METRICS['ece'].doc} (lower is better)" in table
@@ -277,7 +280,7 @@ def test_leaderboards_read_the_metric_registry(tmp_path: Path, monkeypatch: pyte
     flipped["ece"] = dataclasses.replace(M.METRICS["ece"], headline=False)
     flipped["mean_group_acc"] = dataclasses.replace(M.METRICS["mean_group_acc"], higher_is_better=False)
     monkeypatch.setattr(M, "METRICS", flipped)
-    assert list(leaderboard(frame).columns) == ["waterbirds top1", "waterbirds mean_group_acc"]
+    assert list(leaderboard(frame).table.columns) == ["waterbirds top1", "waterbirds mean_group_acc"]
     table = render(frame, "table")
     assert "waterbirds ece" not in table and "ece =" not in table
     assert f"mean_group_acc = {M.METRICS['mean_group_acc'].doc} (lower is better)" in table
@@ -294,7 +297,7 @@ def test_avg_ood_averages_the_ood_entries_of_the_suite_roles(tmp_path: Path, mon
         for e in suites.BUILTIN_SUITES["domain-shift"].entries
     )
     monkeypatch.setitem(suites.BUILTIN_SUITES, "domain-shift", suites.Suite("domain-shift", entries))
-    board = leaderboard(frame)
+    board = leaderboard(frame).table
     assert board.loc["zs", "avg OOD top1"] == pytest.approx((0.6 + 0.8 + 0.5) / 3)
     assert suites.shifts() == [
         suites.Shift("domain-shift", "imagenet", ("imagenet-v2", "imagenet-r", "imagenet-sketch"))

@@ -61,7 +61,7 @@ def figure(frame: pd.DataFrame) -> Any:
         ) from None
     from starft_cli.reports.tables import avg_ood_columns, leaderboard
 
-    board = leaderboard(frame)
+    board = leaderboard(frame).table
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.5))
     points: dict[str, list[tuple[float, float, str]]] = {}  # model -> (x, y, label)
     # a built-in suite's "id" entry against the average of its "ood" entries (their roles), when all are present
