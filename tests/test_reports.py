@@ -227,8 +227,8 @@ def test_group_shift_figure_has_honest_title_axes_diagonal_and_limits(tmp_path: 
     (diagonal,) = [line for line in left.get_lines() if line.get_label() == "y = x"]
     assert list(diagonal.get_xdata()) == list(diagonal.get_ydata())
     assert left.get_xlim() == left.get_ylim() == (45.0, 55.0)  # all values 50%: padded, not -0.04..0.04
-    assert axis_limits([50.0]) == (45.0, 55.0) and axis_limits([100.0, 99.0]) == (90.0, 100.0)
-    assert axis_limits([0.0]) == (0.0, 10.0) and axis_limits([]) == (0.0, 100.0)
+    assert axis_limits([50.0]) == (45.0, 55.0) and axis_limits([100.0, 99.0]) == (90.0, 100.4)
+    assert axis_limits([0.0]) == (-0.4, 10.0) and axis_limits([]) == (0.0, 100.0)  # past 0: a point there whole
     assert axis_limits([20.0, 80.0]) == (14.0, 86.0)
     # three models on the same spot: distinct markers, hollow, decreasing sizes, so all three stay visible
     marks = [c for c in left.collections if c.get_label() in ("zs", "ft", "star")]
@@ -356,3 +356,69 @@ def test_a_fraction_outside_0_1_is_refused_naming_the_file(metric: str, value: f
     )
     other = write(tmp_path / "o.json", [rec("zs", "waterbirds", "spurious_drift[background]", 1.5)])
     assert runner.invoke(app, ["report", str(other)]).exit_code == 0
+
+
+def _crowded_group_records() -> list[dict]:
+    """Four models; pacs and cifar10.02 on one spot at 0% worst-group, waterbirds and iwild spread a little per
+    model, waterbirds at 0%; a group at 0% and bars near 100%."""
+    out = []
+    for k, model in enumerate(("zero-shot", "ft", "starft-seed0", "flyp-long-name-model")):
+        for ds, top1, worst in (("waterbirds", 0.9 - 0.01 * k, 0.0), ("pacs", 0.5, 0.0), ("cifar10.02", 0.5, 0.0),
+                                ("iwild", 0.7 + 0.02 * k, 0.3)):  # fmt: skip
+            out += [rec(model, ds, "top1", top1), rec(model, ds, "worst_group_acc", worst)]
+        for group, value in (("landbird on land", 0.98), ("waterbird on land", 0.0), ("waterbird on water", 0.97)):
+            out.append(rec(model, "waterbirds", f"group_acc[{group}]", value))
+    return out
+
+
+def test_figure_labels_are_one_per_dataset_apart_inside_and_points_at_zero_whole(tmp_path: Path):
+    """Issue 20.13: labels of coinciding points overprinted one another and the tick labels, points at 0% were cut
+    in half by the axis, legend markers (of the points' sizes) overlapped, the bar legend covered bars."""
+    import matplotlib.pyplot as plt
+
+    from starft_cli.reports.plots import figure
+
+    fig = figure(load_results([write(tmp_path / "r.json", _crowded_group_records())]))
+    fig.canvas.draw()
+    left, right = fig.axes
+    assert sorted(t.get_text() for t in left.texts) == ["iwild", "pacs, cifar10.02", "waterbirds"]  # one each
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(t) for t in left.texts]  # the words, without their leader lines
+    axes_box = left.get_window_extent()
+    for i, box in enumerate(boxes):
+        assert not any(box.overlaps(other) for other in boxes[i + 1 :])
+        assert axes_box.y0 < box.y0 and box.y1 <= axes_box.y1  # inside, above the x axis and its tick labels
+    lo, _ = left.get_ylim()
+    assert lo < 0  # the points at 0% are drawn whole
+    assert min(left.get_yticks()) == 0  # and no tick below 0%
+    legend = left.get_legend()
+    sizes = {float(h.get_sizes()[0]) for h in legend.legend_handles if hasattr(h, "get_sizes")}
+    assert sizes == {40.0}  # one marker size in the legend
+    assert right.get_legend().get_window_extent().y0 >= right.get_window_extent().y1  # above the bars
+    plt.close(fig)
+
+
+def test_demo_figure_labels_coinciding_models_once_and_draws_points_at_zero_whole(tmp_path: Path):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.text import Text
+
+    from starft_cli.reports.plots import demo_plot
+
+    models = ["zero-shot", "ft", "lp", "flyp", "starft", "soup"]
+    spots = {"zero-shot": (0.9, 0.0), "ft": (0.95, 0.0), "lp": (0.95, 0.0), "flyp": (0.9, 0.0), "starft": (0.95, 0.2)}
+    records = []
+    for model in models:
+        top1, worst = spots.get(model, (0.95, 0.2))
+        records += [{**rec(model, "d", "top1", top1), "split": "val"}, rec(model, "d", "worst_group_acc", worst)]
+        records += [rec(model, "d", f"group_acc[{g}]", worst) for g in ("zero on red", "one on blue")]
+    fig = demo_plot(pd.DataFrame(records), models)
+    fig.canvas.draw()
+    left = fig.axes[0]
+    assert sorted(t.get_text() for t in left.texts) == ["ft, lp", "starft, soup", "zero-shot, flyp"]
+    boxes = [Text.get_window_extent(t) for t in left.texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert left.get_ylim()[0] < 0 and min(left.get_yticks()) == 0
+    assert {float(h.get_sizes()[0]) for h in left.get_legend().legend_handles} == {40.0}
+    plt.close(fig)
