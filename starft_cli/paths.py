@@ -63,7 +63,9 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it over ``target``.
 
     The file gets the mode a plain ``open()`` would give it (``0o666`` less the umask; ``mkstemp`` alone makes it
-    0600). A crash or an exception leaves ``target`` as it was (the temporary file is removed).
+    0600). A crash or an exception leaves ``target`` as it was (the temporary file is removed). An ``OSError``
+    about the temporary file (a full disk while writing it) is raised again naming ``target``, the file the user
+    knows.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         if tmp_path.exists():  # the caller may have replaced the file (e.g. a library writing by rename)
             os.chmod(tmp_path, file_mode())
         os.replace(tmp_path, target)
+    except OSError as exc:
+        if exc.filename not in (None, str(tmp_path), tmp_path):
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
