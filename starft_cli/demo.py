@@ -388,6 +388,7 @@ def run_demo(config: DemoConfig, progress: ProgressFn | None = None) -> DemoResu
     from starft_cli.data.registry import load_dataset
     from starft_cli.device import resolve_device
     from starft_cli.eval.runner import evaluate
+    from starft_cli.locks import folder_lock
     from starft_cli.reports import write_report
 
     emit = progress or (lambda event: None)
@@ -426,14 +427,15 @@ def run_demo(config: DemoConfig, progress: ProgressFn | None = None) -> DemoResu
     frame = _with_drift(frame, names, zero_shot, device, config)
     frame["model"] = frame["model"].map(lambda raw: names.get(raw, raw))
     notes = [run_description(m, r) for m, r in runs.items()]
-    report = write_report(out, frame, baseline=ZERO_SHOT, description=suite().description, notes=notes)
-    paths = list(report.paths)
-    if config.plot and plot_available():
-        from starft_cli.data.digits import BACKGROUNDS, CLASSNAMES
-        from starft_cli.reports.plots import demo_figure
+    with folder_lock(out):  # the figure shows the merged records: another demo's write waits for both
+        report = write_report(out, frame, baseline=ZERO_SHOT, description=suite().description, notes=notes)
+        paths = list(report.paths)
+        if config.plot and plot_available():
+            from starft_cli.data.digits import BACKGROUNDS, CLASSNAMES
+            from starft_cli.reports.plots import demo_figure
 
-        majority = [f"{c} on {b}" for c, b in zip(CLASSNAMES, BACKGROUNDS, strict=True)]
-        paths.append(demo_figure(report.frame, out / FIGURE_NAME, [ZERO_SHOT, *config.methods], majority))
+            majority = [f"{c} on {b}" for c, b in zip(CLASSNAMES, BACKGROUNDS, strict=True)]
+            paths.append(demo_figure(report.frame, out / FIGURE_NAME, [ZERO_SHOT, *config.methods], majority))
     emit({"kind": "stage", "stage": "report", "status": "written", "path": str(out)})
     return DemoResult(frame=report.frame, paths=paths, runs=runs, zero_shot=zero_shot, notes=notes)
 

@@ -112,3 +112,7 @@ class TrainingDiverged(StarftError):
 
 class RunInUseError(CheckpointError):
     """A run directory another starft process is writing (its ``.lock`` names the process)."""
+
+
+class OutputInUseError(StarftError):
+    """An output folder another starft process kept locked for longer than a writer waits (see starft_cli.locks)."""

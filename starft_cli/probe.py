@@ -428,6 +428,12 @@ def probe(
     data_fingerprint = dataset.fingerprint()
     present = sorted(set(dataset.labels))
     classnames = [dataset.classnames[c] for c in present]
+    if len(present) < 2:  # StarReg masks the sample's own class: with one class nothing is left, drift is 0
+        raise UsageError(
+            f"{data_name} ('{split_name}' split) has one class ({classnames[0]}): the drift over other-class "
+            "descriptions would be 0 for every model",
+            "Probe on data with at least two classes",
+        )
     args = (dataset, data_fingerprint, classnames, pool_list, caption, device, batch_size, workers, strict, use_cache)
     ref_loaded = load(reference, device=device) if isinstance(reference, str | ModelRef) else reference
     ref_side = _side(ref_loaded, *args, progress)

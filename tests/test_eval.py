@@ -590,3 +590,121 @@ def test_no_cache_writes_no_cache_at_all(tmp_path: Path, starft_home: Path):
     again = runner.invoke(app, args[:-1])  # the same without --no-cache does write both
     assert again.exit_code == 0, again.output
     assert list((cache / "heads").glob("*.safetensors")) and list((cache / "features").glob("*.safetensors"))
+
+
+def _replace_keeping_stat(path: Path, data: bytes) -> None:
+    """Overwrite ``path`` with ``data`` of the same size and put its access and modification times back, as
+    ``cp -p``, ``rsync -a`` and ``tar x`` do."""
+    import os
+
+    before = path.stat()
+    assert len(data) == before.st_size
+    path.write_bytes(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_images_replaced_keeping_path_size_and_mtime_are_not_served_from_the_cache(tiny, tmp_path: Path):
+    """Issue 19.6: the two classes' images swapped by a copy that keeps path, size and mtime (BMPs of one size):
+    the features are recomputed (the key holds the inode and ctime, which no copy keeps), and `eval` gives the
+    same top-1 from the cache as with --no-cache."""
+    from starft_cli.data.registry import load_dataset
+    from starft_cli.eval.features import compute_features
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "swap", ["cat", "dog"], per_class=3, size=(32, 32), suffix=".bmp")
+    args = ["eval", "--data", f"folder:{root}", "-m", TINY, "--workers", "0", "--format", "json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    before = compute_features(tiny, load_dataset(f"folder:{root}"))
+    assert before.from_cache
+    for i in range(3):
+        cat, dog = root / "cat" / f"{i}.bmp", root / "dog" / f"{i}.bmp"
+        cat_bytes, dog_bytes = cat.read_bytes(), dog.read_bytes()
+        _replace_keeping_stat(cat, dog_bytes)
+        _replace_keeping_stat(dog, cat_bytes)
+    after = compute_features(tiny, load_dataset(f"folder:{root}"))
+    assert not after.from_cache
+    assert np.array_equal(after.features[:3].numpy(), before.features[3:].numpy())
+    cached, fresh = runner.invoke(app, args), runner.invoke(app, [*args, "--no-cache"])
+    assert cached.exit_code == 0 and fresh.exit_code == 0, cached.output + fresh.output
+    top1 = [next(r["value"] for r in json.loads(x.stdout) if r["metric"] == "top1") for x in (first, cached, fresh)]
+    assert top1 == [0.833333, 0.166667, 0.166667]  # the swap flips 5 of 6 predictions; the cache used to say 0.833
+
+
+def _grouped(tmp_path: Path, group_of: dict[str, str]) -> Path:
+    """cat/dog x 2 images with a groups.csv giving each class folder's images the group ``group_of[class]``."""
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "grouped", ["cat", "dog"], per_class=2, size=(32, 32))
+    rows = [f"{c}/{i}.jpg,{group_of[c]}" for c in ("cat", "dog") for i in range(2)]
+    (root / "groups.csv").write_text("filepath,group\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def test_eval_with_no_readable_image_fails_in_one_line(tmp_path: Path):
+    """Issue 19.8: eval used to exit 0 with no records when no image could be read (classify and probe exit 1)."""
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "broken", ["cat", "dog"], per_class=2, size=(32, 32))
+    for path in root.rglob("*.jpg"):
+        path.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["eval", "--data", f"folder:{root}", "-m", TINY, "--workers", "0", "--out", str(out)])
+    assert result.exit_code == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: folder:{root}: none of the 4 images could be read (e.g. {root}/cat/0.jpg")
+    assert line.endswith("Check the image files (`starft data check` with `--deep` reads every one)")
+    assert not out.exists()
+
+
+def test_a_one_class_evaluation_is_refused(tmp_path: Path):
+    """Issue 19.8: with one class every prediction is that class: top-1 100 and ECE 0 whatever the model."""
+    from tests.imagegen import make_class_folders
+
+    root = make_class_folders(tmp_path / "one", ["cat"], per_class=2, size=(32, 32))
+    result = runner.invoke(app, ["eval", "--data", f"folder:{root}", "-m", TINY])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: folder:{root} (test split) has one class (cat): every prediction would be that class, so top-1 "
+        "would be 100% and ECE 0 whatever the model. Evaluate on at least two classes (folder: data needs a "
+        "sub-folder per class)\n"
+    )
+
+
+def test_group_metrics_need_two_groups(tmp_path: Path):
+    """One group: worst- and mean-group accuracy would be top-1 under another name; named, an error; by default
+    (a built-in suite's metrics) left out with a note, as any metric that does not apply."""
+    from starft_cli.eval.metrics import METRICS
+    from starft_cli.eval.runner import plan
+    from starft_cli.eval.suites import Suite, SuiteEntry
+
+    root = _grouped(tmp_path, {"cat": "indoor", "dog": "indoor"})
+    args = ["eval", "--data", f"folder:{root}", "-m", TINY, "--metric", "top1", "--metric", "worst_group_acc"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        f"error: metric worst_group_acc does not apply to folder:{root}: worst_group_acc needs at least 2 groups and "
+        f"folder:{root} (test split) has 1."
+    )
+    entry = SuiteEntry(f"folder:{root}", ("top1", "worst_group_acc", "mean_group_acc"))
+    prepared = plan(Suite("s", (entry,)), None)
+    assert prepared.datasets[0].metrics == ("top1",)
+    assert prepared.notes[1] == (
+        f"folder:{root}: mean_group_acc not computed (mean_group_acc needs at least 2 groups and folder:{root} (test "
+        "split) has 1)"
+    )
+    assert all(m.min_classes >= 2 for m in METRICS.values())
+
+
+def test_a_group_without_a_readable_sample_is_noted(tmp_path: Path):
+    """A group whose every image is unreadable drops out of worst_group_acc: the result says over which groups."""
+    root = _grouped(tmp_path, {"cat": "indoor", "dog": "outdoor"})
+    for i in range(2):
+        (root / "dog" / f"{i}.jpg").write_bytes(b"broken")
+    out = tmp_path / "out"
+    args = ["eval", "--data", f"folder:{root}", "-m", TINY, "--workers", "0", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--metric", "top1", "--metric", "worst_group_acc"])
+    assert result.exit_code == 0, result.output
+    note = f"folder:{root}: group metrics over 1 of 2 groups; no readable sample of outdoor"
+    assert f"note: {note}\n" in result.stderr
+    assert f"- {note}\n" in (out / "leaderboard.md").read_text()

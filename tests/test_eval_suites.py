@@ -51,3 +51,32 @@ def test_missing_suite_file_and_unknown_name(tmp_path: Path):
     with pytest.raises(ConfigError) as info:
         get_suite("zero-shots")
     assert "Did you mean zero-shot" in info.value.one_line()
+
+
+def test_a_dataset_listed_twice_is_refused_naming_it(tmp_path: Path):
+    """Issue 20.14: a suite file listing one dataset (and split) twice; another split of it is fine."""
+    path = tmp_path / "suite.toml"
+    entry = "[[datasets]]\nname = 'pacs'\nmetrics = ['{}']\n"
+    path.write_text(entry.format("top1") + "split = 'val'\n" + entry.format("top1") + entry.format("ece"))
+    with pytest.raises(ConfigError) as info:
+        get_suite(str(path))
+    assert info.value.one_line() == (
+        f"{path}: dataset pacs is listed twice (#2 and #3). List each dataset once, with all its metrics in one "
+        "[[datasets]] table; a second split needs its own `split`"
+    )
+    path.write_text(entry.format("top1") + "split = 'val'\n" + entry.format("ece"))
+    assert [(e.dataset, e.split) for e in get_suite(str(path)).entries] == [("pacs", "val"), ("pacs", None)]
+
+
+def test_a_dataset_given_twice_on_the_command_line_is_a_one_line_error(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from starft_cli.cli.app import app
+
+    args = ["eval", "-m", "starft-tiny:none", "--data", f"folder:{tmp_path}", "--data", f"folder:{tmp_path}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: suite 'custom' lists dataset folder:{tmp_path} twice. List each dataset (and split) once, with all "
+        "its metrics\n"
+    )

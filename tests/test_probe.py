@@ -140,14 +140,19 @@ def test_drift_against_a_perturbed_copy_equals_an_independent_float64_computatio
     assert other["value"] > 0 and other["value"] != rec["value"]
 
 
-def test_one_class_dataset_gives_zero_not_nan(tiny, tmp_path: Path) -> None:
+def test_one_class_dataset_is_refused(tiny, tmp_path: Path) -> None:
+    """Issue 19.8's kind: StarReg masks a sample's own class, so with one class nothing is compared and the drift
+    is 0 for any model (it used to be reported as 0.0000): refused in one line, as `eval` refuses one class."""
+    from starft_cli.errors import UsageError
     from starft_cli.probe import probe
 
     root = make_class_folders(tmp_path / "one", ["cat"], per_class=4)
-    frame = probe(_perturb(tiny), tiny, f"folder:{root}", pools=["background"])
-    rec = _drift(frame, "background")
-    assert rec["value"] == 0.0 and not math.isnan(rec["ci_high"]) and rec["ci_high"] == 0.0
-    assert frame.loc[frame["metric"] == "class_drift[background:cat]", "value"].item() == 0.0
+    with pytest.raises(UsageError) as caught:
+        probe(_perturb(tiny), tiny, f"folder:{root}", pools=["background"])
+    assert caught.value.one_line() == (
+        f"folder:{root} ('test' split) has one class (cat): the drift over other-class descriptions would be 0 for "
+        "every model. Probe on data with at least two classes"
+    )
 
 
 def test_probe_batches_partition_the_split_into_near_equal_batches() -> None:

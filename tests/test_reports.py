@@ -65,22 +65,25 @@ def test_merge_replaces_only_identical_keys():
 
 def test_avg_ood_and_deltas_by_hand(tmp_path: Path):
     frame = load_results([write(tmp_path / "r.json", DOMAIN)])
-    board = leaderboard(frame)
+    result = leaderboard(frame)
+    board = result.table
+    assert result.baseline == "zs"
     # zs: (0.6 + 0.8 + 0.4 + 0.5) / 4 = 0.575; ft: (0.7 + 0.7 + 0.3 + 0.5) / 4 = 0.55
     assert board.loc["zs", "avg OOD top1"] == pytest.approx(0.575)
     assert board.loc["ft", "avg OOD top1"] == pytest.approx(0.55)
-    deltas = board.attrs["deltas"]
+    deltas = result.deltas
     assert deltas.loc["ft", "imagenet top1"] == pytest.approx(0.10)
     assert deltas.loc["ft", "avg OOD top1"] == pytest.approx(-0.025)
     other = leaderboard(frame, baseline="ft")
-    assert other.attrs["deltas"].loc["zs", "imagenet top1"] == pytest.approx(-0.10)
+    assert other.baseline == "ft" and other.deltas.loc["zs", "imagenet top1"] == pytest.approx(-0.10)
+    assert not board.attrs  # explicit values, nothing riding along in DataFrame.attrs
     with pytest.raises(UsageError, match="baseline 'nope'"):
         leaderboard(frame, baseline="nope")
 
 
 def test_avg_ood_absent_without_all_four_shifts(tmp_path: Path):
     frame = load_results([write(tmp_path / "r.json", [r for r in DOMAIN if r["dataset"] != "imagenet-a"])])
-    assert "avg OOD top1" not in leaderboard(frame).columns
+    assert "avg OOD top1" not in leaderboard(frame).table.columns
 
 
 def test_renderers(tmp_path: Path):
@@ -167,7 +170,7 @@ def test_cli_report_errors(tmp_path: Path):
 
 def test_a_dataset_on_two_splits_gets_a_column_per_split(tmp_path: Path):
     records = [rec("zs", "waterbirds", "top1", 0.9), {**rec("zs", "waterbirds", "top1", 0.8), "split": "val"}]
-    board = leaderboard(load_results([write(tmp_path / "r.json", records)]))
+    board = leaderboard(load_results([write(tmp_path / "r.json", records)])).table
     assert list(board.columns) == ["waterbirds[test] top1", "waterbirds[val] top1"]
     assert board.loc["zs"].tolist() == [0.9, 0.8]
 
@@ -224,8 +227,8 @@ def test_group_shift_figure_has_honest_title_axes_diagonal_and_limits(tmp_path: 
     (diagonal,) = [line for line in left.get_lines() if line.get_label() == "y = x"]
     assert list(diagonal.get_xdata()) == list(diagonal.get_ydata())
     assert left.get_xlim() == left.get_ylim() == (45.0, 55.0)  # all values 50%: padded, not -0.04..0.04
-    assert axis_limits([50.0]) == (45.0, 55.0) and axis_limits([100.0, 99.0]) == (90.0, 100.0)
-    assert axis_limits([0.0]) == (0.0, 10.0) and axis_limits([]) == (0.0, 100.0)
+    assert axis_limits([50.0]) == (45.0, 55.0) and axis_limits([100.0, 99.0]) == (90.0, 100.4)
+    assert axis_limits([0.0]) == (-0.4, 10.0) and axis_limits([]) == (0.0, 100.0)  # past 0: a point there whole
     assert axis_limits([20.0, 80.0]) == (14.0, 86.0)
     # three models on the same spot: distinct markers, hollow, decreasing sizes, so all three stay visible
     marks = [c for c in left.collections if c.get_label() in ("zs", "ft", "star")]
@@ -267,7 +270,7 @@ def test_leaderboards_read_the_metric_registry(tmp_path: Path, monkeypatch: pyte
         rec("zs", "waterbirds", "group_acc[landbird on land]", 0.95),
     ]
     frame = load_results([write(tmp_path / "r.json", records)])
-    assert list(leaderboard(frame).columns) == ["waterbirds top1", "waterbirds mean_group_acc", "waterbirds ece"]
+    assert list(leaderboard(frame).table.columns) == ["waterbirds top1", "waterbirds mean_group_acc", "waterbirds ece"]
     table = render(frame, "table")
     assert f"top1 = {M.METRICS['top1'].doc}" in table and f"mean_group_acc = {M.METRICS['mean_group_acc'].doc}" in table
     assert f"ece = {M.METRICS['ece'].doc} (lower is better)" in table
@@ -277,7 +280,7 @@ def test_leaderboards_read_the_metric_registry(tmp_path: Path, monkeypatch: pyte
     flipped["ece"] = dataclasses.replace(M.METRICS["ece"], headline=False)
     flipped["mean_group_acc"] = dataclasses.replace(M.METRICS["mean_group_acc"], higher_is_better=False)
     monkeypatch.setattr(M, "METRICS", flipped)
-    assert list(leaderboard(frame).columns) == ["waterbirds top1", "waterbirds mean_group_acc"]
+    assert list(leaderboard(frame).table.columns) == ["waterbirds top1", "waterbirds mean_group_acc"]
     table = render(frame, "table")
     assert "waterbirds ece" not in table and "ece =" not in table
     assert f"mean_group_acc = {M.METRICS['mean_group_acc'].doc} (lower is better)" in table
@@ -294,7 +297,7 @@ def test_avg_ood_averages_the_ood_entries_of_the_suite_roles(tmp_path: Path, mon
         for e in suites.BUILTIN_SUITES["domain-shift"].entries
     )
     monkeypatch.setitem(suites.BUILTIN_SUITES, "domain-shift", suites.Suite("domain-shift", entries))
-    board = leaderboard(frame)
+    board = leaderboard(frame).table
     assert board.loc["zs", "avg OOD top1"] == pytest.approx((0.6 + 0.8 + 0.5) / 3)
     assert suites.shifts() == [
         suites.Shift("domain-shift", "imagenet", ("imagenet-v2", "imagenet-r", "imagenet-sketch"))
@@ -312,3 +315,110 @@ def test_write_report_returns_a_typed_result(tmp_path: Path):
     assert isinstance(written, WrittenReport)
     assert (written.added, written.replaced, len(written.frame)) == (len(DOMAIN), 0, len(DOMAIN))
     assert all(p.is_file() for p in written.paths)
+
+
+def test_conflicting_records_of_different_weights_are_refused_naming_both_files(tmp_path: Path):
+    """Issue 19.7: two files hold top1 of one (model, dataset, split) with different values and weights: two models
+    under one name. `report` refuses, naming both files (it used to show whichever came last)."""
+    a = write(tmp_path / "a" / "results.json", [rec("run", "pacs", "top1", 0.611, weights_fingerprint="aaaa1111")])
+    b = write(tmp_path / "b" / "results.json", [rec("run", "pacs", "top1", 0.472, weights_fingerprint="bbbb2222")])
+    result = runner.invoke(app, ["report", str(tmp_path / "a"), str(b)])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {a} and {b} hold different weights under one name: top1 of model run on pacs (test) is 0.611 vs "
+        "0.472 (weights aaaa1111 vs bbbb2222). Report one of them, or rename the model in one file so that both "
+        "rows are shown\n"
+    )
+    # the same weights measured again (e.g. after the data changed): a warning naming both files, the later shown
+    c = write(tmp_path / "c.json", [rec("run", "pacs", "top1", 0.5, weights_fingerprint="aaaa1111")])
+    again = runner.invoke(app, ["report", str(a), str(c), "--format", "csv"])
+    assert again.exit_code == 0, again.output
+    assert again.stderr == (
+        f"warning: {a} and {c} both hold top1 of model run on pacs (test): 0.611 vs 0.5; the later one ({c}) is shown\n"
+    )
+    assert again.stdout.splitlines()[1].startswith("run,0.500000,")
+    same = runner.invoke(app, ["report", str(a), str(a)])  # equal values: nothing to say
+    assert same.exit_code == 0 and same.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("metric", "value"), [("top1", 1.5), ("ece", -0.1), ("group_acc[landbird on land]", 95.0), ("worst_group_acc", 2)]
+)
+def test_a_fraction_outside_0_1_is_refused_naming_the_file(metric: str, value: float, tmp_path: Path):
+    """Issue 20.14: a hand-edited 1.5 was shown as 150.00; every registered metric (and its per-group records) is
+    a fraction, so a value outside [0, 1] is refused naming the file. Drift (nats) and foreign metrics are not."""
+    path = write(tmp_path / "r.json", [rec("zs", "waterbirds", "top1", 0.9), rec("zs", "waterbirds", metric, value)])
+    result = runner.invoke(app, ["report", str(path)])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: {path}: {metric} of model zs on waterbirds (test) is {value!r}, outside [0, 1]. Metrics are stored "
+        "as fractions (0.615 for 61.5%); correct the record or re-run `starft eval`\n"
+    )
+    other = write(tmp_path / "o.json", [rec("zs", "waterbirds", "spurious_drift[background]", 1.5)])
+    assert runner.invoke(app, ["report", str(other)]).exit_code == 0
+
+
+def _crowded_group_records() -> list[dict]:
+    """Four models; pacs and cifar10.02 on one spot at 0% worst-group, waterbirds and iwild spread a little per
+    model, waterbirds at 0%; a group at 0% and bars near 100%."""
+    out = []
+    for k, model in enumerate(("zero-shot", "ft", "starft-seed0", "flyp-long-name-model")):
+        for ds, top1, worst in (("waterbirds", 0.9 - 0.01 * k, 0.0), ("pacs", 0.5, 0.0), ("cifar10.02", 0.5, 0.0),
+                                ("iwild", 0.7 + 0.02 * k, 0.3)):  # fmt: skip
+            out += [rec(model, ds, "top1", top1), rec(model, ds, "worst_group_acc", worst)]
+        for group, value in (("landbird on land", 0.98), ("waterbird on land", 0.0), ("waterbird on water", 0.97)):
+            out.append(rec(model, "waterbirds", f"group_acc[{group}]", value))
+    return out
+
+
+def test_figure_labels_are_one_per_dataset_apart_inside_and_points_at_zero_whole(tmp_path: Path):
+    """Issue 20.13: labels of coinciding points overprinted one another and the tick labels, points at 0% were cut
+    in half by the axis, legend markers (of the points' sizes) overlapped, the bar legend covered bars."""
+    import matplotlib.pyplot as plt
+
+    from starft_cli.reports.plots import figure
+
+    fig = figure(load_results([write(tmp_path / "r.json", _crowded_group_records())]))
+    fig.canvas.draw()
+    left, right = fig.axes
+    assert sorted(t.get_text() for t in left.texts) == ["iwild", "pacs, cifar10.02", "waterbirds"]  # one each
+    from matplotlib.text import Text
+
+    boxes = [Text.get_window_extent(t) for t in left.texts]  # the words, without their leader lines
+    axes_box = left.get_window_extent()
+    for i, box in enumerate(boxes):
+        assert not any(box.overlaps(other) for other in boxes[i + 1 :])
+        assert axes_box.y0 < box.y0 and box.y1 <= axes_box.y1  # inside, above the x axis and its tick labels
+    lo, _ = left.get_ylim()
+    assert lo < 0  # the points at 0% are drawn whole
+    assert min(left.get_yticks()) == 0  # and no tick below 0%
+    legend = left.get_legend()
+    sizes = {float(h.get_sizes()[0]) for h in legend.legend_handles if hasattr(h, "get_sizes")}
+    assert sizes == {40.0}  # one marker size in the legend
+    assert right.get_legend().get_window_extent().y0 >= right.get_window_extent().y1  # above the bars
+    plt.close(fig)
+
+
+def test_demo_figure_labels_coinciding_models_once_and_draws_points_at_zero_whole(tmp_path: Path):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from matplotlib.text import Text
+
+    from starft_cli.reports.plots import demo_plot
+
+    models = ["zero-shot", "ft", "lp", "flyp", "starft", "soup"]
+    spots = {"zero-shot": (0.9, 0.0), "ft": (0.95, 0.0), "lp": (0.95, 0.0), "flyp": (0.9, 0.0), "starft": (0.95, 0.2)}
+    records = []
+    for model in models:
+        top1, worst = spots.get(model, (0.95, 0.2))
+        records += [{**rec(model, "d", "top1", top1), "split": "val"}, rec(model, "d", "worst_group_acc", worst)]
+        records += [rec(model, "d", f"group_acc[{g}]", worst) for g in ("zero on red", "one on blue")]
+    fig = demo_plot(pd.DataFrame(records), models)
+    fig.canvas.draw()
+    left = fig.axes[0]
+    assert sorted(t.get_text() for t in left.texts) == ["ft, lp", "starft, soup", "zero-shot, flyp"]
+    boxes = [Text.get_window_extent(t) for t in left.texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    assert left.get_ylim()[0] < 0 and min(left.get_yticks()) == 0
+    assert {float(h.get_sizes()[0]) for h in left.get_legend().legend_handles} == {40.0}
+    plt.close(fig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -101,3 +102,12 @@ def test_unknown_names_suggest_the_close_ones(call, name: str, error: type[Excep
     with pytest.raises(error) as caught:
         call(name)
     assert expected in caught.value.one_line()
+
+
+def test_only_the_shared_helper_computes_close_matches():
+    """Issue 19.13: every did-you-mean goes through starft_cli.suggest (eval/metrics.py used to call difflib)."""
+    import starft_cli
+
+    package = Path(starft_cli.__file__).parent
+    users = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if "difflib" in p.read_text("utf-8"))
+    assert users == ["suggest.py"]

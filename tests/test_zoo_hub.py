@@ -272,6 +272,18 @@ def test_first_use_hashes_then_trusts_the_verified_record(served, monkeypatch: p
     assert len(calls) == 1  # hashed after download, not again while the file is unchanged
 
 
+def test_a_file_replaced_keeping_size_and_mtime_is_hashed_again(served) -> None:
+    """Issue 19.6's kind: a copy over the verified file that keeps its size and mtime (``cp -p``) has a new ctime,
+    so the verified record no longer vouches for it: the checksum is checked again and fails."""
+    entry = zoo.get_entry("tiny-zoo")
+    path = zoo.fetch(entry)
+    before = path.stat()
+    path.resolve().write_bytes(bytes(b ^ 0xFF for b in path.read_bytes()))
+    os.utime(path.resolve(), ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(ChecksumError, match="checksum mismatch for zoo model 'tiny-zoo'"):
+        zoo.fetch(entry)
+
+
 def test_open_clip_entry_download_prefetches_into_the_hub_cache(hub: HubServer) -> None:  # noqa: F811
     data = os.urandom(1000)
     hub.commit("timm/vit_base_patch16_clip_224.laion400m_e32", {"open_clip_model.safetensors": data})

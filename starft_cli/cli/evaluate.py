@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -154,6 +156,9 @@ def eval_command(
         )
     for line in result.skipped:
         typer.echo(f"warning: {line}", err=True)
+    for line in result.notes:
+        if line not in prepared.notes:  # those were said before the evaluation
+            typer.echo(f"note: {line}", err=True)
     from starft_cli.reports import write_report
     from starft_cli.reports.tables import render
 
@@ -217,9 +222,8 @@ def report_command(
 ) -> None:
     """Merge result files into one leaderboard, with deltas against a baseline and optional plots."""
     fmt = parse_format(output_format)
-    for target in (out, plot):
-        if target is not None and target.exists() and not force:
-            raise UsageError(f"{target} exists", "Pass --force to overwrite it, or choose another name")
+    targets = [t for t in (out, plot) if t is not None]
+    _refuse_existing(targets, force)
     from starft_cli.reports import load_results
     from starft_cli.reports.tables import render
 
@@ -227,18 +231,32 @@ def report_command(
     if frame.empty:
         raise UsageError("the results hold no records")
     text = render(frame, fmt, baseline)
-    if plot is not None:
-        from starft_cli.reports.plots import plot as make_plot
+    from starft_cli.locks import folder_lock
 
-        make_plot(frame, plot)
-        typer.echo(f"wrote {plot}", err=True)
-    if out is not None:
-        from starft_cli.paths import atomic_write_text
+    with contextlib.ExitStack() as stack:
+        # one writer at a time per folder: a report started beside this one finds these files and is refused
+        for folder in sorted({os.path.realpath(t.expanduser().parent) for t in targets}):
+            stack.enter_context(folder_lock(folder))
+        _refuse_existing(targets, force)
+        if plot is not None:
+            from starft_cli.reports.plots import plot as make_plot
 
-        atomic_write_text(out, text)
-        typer.echo(f"wrote {out}", err=True)
-    else:
+            make_plot(frame, plot)
+            typer.echo(f"wrote {plot}", err=True)
+        if out is not None:
+            from starft_cli.paths import atomic_write_text
+
+            atomic_write_text(out, text)
+            typer.echo(f"wrote {out}", err=True)
+    if out is None:
         typer.echo(text, nl=False)
+
+
+def _refuse_existing(targets: list[Path], force: bool) -> None:
+    """:class:`UsageError` for the first of ``targets`` that exists, unless ``force``."""
+    for target in targets:
+        if target.exists() and not force:
+            raise UsageError(f"{target} exists", "Pass --force to overwrite it, or choose another name")
 
 
 COMMANDS = [Command("eval", eval_command, EVAL_HELP), Command("report", report_command, REPORT_HELP)]

@@ -134,7 +134,7 @@ class FileImageDataset(ImageDataset):
         return str(self.paths[index])
 
     def fingerprint(self) -> str:
-        """Hash of every file's path, size and modification time, and the labels (no file is read)."""
+        """Hash of every file's path, size, mtime, inode and ctime, and the labels (no file is read)."""
         digest = hashlib.sha256(f"files|{len(self.paths)}|".encode())
         _hash_file_stats(digest, self.paths)
         digest.update(_ints_bytes(self.labels))
@@ -172,12 +172,14 @@ class ArrayImageDataset(ImageDataset):
 
 
 def _hash_file_stats(digest: Any, paths: Sequence[Path]) -> None:
-    """Absolute path, size and modification time of each file (a missing file hashes as missing)."""
+    """Absolute path, size, modification time, inode and status-change time of each file (a missing file hashes as
+    missing). The inode and ctime are what a copy cannot preserve: ``cp -p``, ``rsync -a`` and ``tar x`` keep path,
+    size and mtime of a replaced image, but give it a new ctime (and, by rename, a new inode)."""
     for path in paths:
         name = os.path.abspath(path)
         try:
             stat = os.stat(name)
-            digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{name}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|{stat.st_ctime_ns}\n".encode())
         except OSError:
             digest.update(f"{name}|missing\n".encode())
 

@@ -1,9 +1,11 @@
 """Image features of a dataset under a model, computed once and cached on disk.
 
 The cache key is the model's identity (:func:`~starft_cli.models.model_identity`: weights, model and preprocessing
-config, tokenizer, dtype, device type), the dataset's content fingerprint (file paths, sizes and modification times,
-or array contents), the mixed-precision dtype and the decode mode: change any of them and the features are
-recomputed. Entries are safetensors files under ``<cache>/features``.
+config, tokenizer, dtype, device type), the dataset's content fingerprint (file paths, sizes, modification times,
+inodes and status-change times, or array contents), the mixed-precision dtype and the decode mode: change any of
+them and the features are recomputed. An image replaced by a copy that keeps its path, size and mtime (``cp -p``,
+``rsync -a``, ``tar x``) still has a new ctime (no copy can set it), so it is recomputed too. Entries are
+safetensors files under ``<cache>/features``.
 """
 
 from __future__ import annotations

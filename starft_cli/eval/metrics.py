@@ -13,7 +13,6 @@ metric names without importing it.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -225,7 +224,9 @@ class Metric:
     """One metric: ``compute`` gives its value from a :class:`MetricInput` (None when undefined for the input).
 
     ``needs`` lists what it needs besides logits and labels (``groups``; ``regions``: groups that are geographic
-    regions; ``train_groups``: a training split with groups), ``min_classes`` the classes it needs. ``detail``
+    regions; ``train_groups``: a training split with groups), ``min_classes`` the classes it needs: at least 2 for
+    every metric, since with one class every prediction is that class (top-1 100%, ECE 0, whatever the model);
+    ``min_groups`` the groups a group metric needs (with one, worst- and mean-group accuracy are top-1). ``detail``
     names the per-group records it also writes (``<detail>[<group name>]``, the accuracy of each group; shown in
     plots, not in leaderboards). ``headline``: the leaderboards show it (in registry order). ``doc`` is one line,
     shown under leaderboards as ``name = doc``."""
@@ -234,7 +235,8 @@ class Metric:
     doc: str
     compute: Callable[[MetricInput], float | None]
     needs: tuple[str, ...] = ()
-    min_classes: int = 1
+    min_classes: int = 2
+    min_groups: int = 2
     higher_is_better: bool = True
     headline: bool = True
     detail: str | None = None
@@ -267,9 +269,12 @@ class Metric:
             return f"{self.name} needs at least {self.min_classes} classes and {name} has {classes}"
         if "regions" in self.needs and dataset.groups is not None and getattr(dataset, "group_kind", "") != "region":
             return f"{self.name} needs regions and the groups of {name} ({split} split) are not regions"
+        kind = "regions" if "regions" in self.needs else "groups"
         if self.needs_groups and dataset.groups is None:
-            kind = "regions" if "regions" in self.needs else "groups"
             return f"{self.name} needs {kind} and {name} ({split} split) has none"
+        if self.needs_groups and len(set(dataset.groups)) < self.min_groups:
+            count = len(set(dataset.groups))
+            return f"{self.name} needs at least {self.min_groups} {kind} and {name} ({split} split) has {count}"
         if "train_groups" in self.needs and not train_groups:
             return f"{self.name} needs a training split with groups and {name} has none here"
         return None
@@ -366,10 +371,11 @@ def get_metric(name: str) -> Metric:
 
 def unknown_metric(name: str, where: str = "") -> ConfigError:
     """The error for a metric name that is not registered (``where``: e.g. "for waterbirds")."""
-    close = difflib.get_close_matches(name, METRICS, n=3, cutoff=0.6)
-    hint = f"Did you mean {', '.join(close)}? " if close else ""
+    from starft_cli.suggest import did_you_mean
+
     return ConfigError(
-        f"unknown metric '{name}'" + (f" {where}" if where else ""), hint + f"Known: {', '.join(METRICS)}"
+        f"unknown metric '{name}'" + (f" {where}" if where else ""),
+        did_you_mean(name, METRICS, then=f"Known: {', '.join(METRICS)}"),
     )
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from starft_cli.data.registry import Missing
 from starft_cli.data.sources import describe_source
-from starft_cli.errors import DataError, DataRootError, SplitError, UsageError
+from starft_cli.errors import DataError, DataRootError, ImageError, SplitError, UsageError
 from starft_cli.eval.metrics import METRICS, MetricInput, metric_problem
 from starft_cli.eval.suites import Suite, SuiteEntry, get_suite
 
@@ -78,6 +78,14 @@ def _applicable_metrics(
 ) -> tuple[tuple[str, ...], list[int] | None]:
     """The metrics of ``entry`` that apply to ``ds``. One that does not is a :class:`UsageError` when the user named
     it, else left out with a note in ``result.notes``."""
+    classes = list(ds.class_subset or ds.classnames)
+    if len(classes) < 2:
+        only = ds.classnames[classes[0]] if ds.class_subset else classes[0] if classes else "none"
+        raise UsageError(
+            f"{entry.dataset} ({split} split) has one class ({only}): every prediction would be that class, so "
+            "top-1 would be 100% and ECE 0 whatever the model",
+            "Evaluate on at least two classes (folder: data needs a sub-folder per class)",
+        )
     wants_train = any("train_groups" in METRICS[m].needs for m in entry.metrics)
     train_groups = _train_groups(entry, data_root, split) if wants_train else None
     kept, problems = [], []
@@ -198,12 +206,26 @@ def _protocol_notes(notes: list[str], proto: Any, ds: Any) -> list[str]:
     return [line for line in lines if line not in notes]
 
 
-def _metric_values(item: PreparedDataset, x: MetricInput) -> list[tuple[str, float]]:
+def _metric_values(item: PreparedDataset, x: MetricInput, notes: list[str] | None = None) -> list[tuple[str, float]]:
     """``(name, value)`` of every metric the plan kept for ``item`` (its registry entry's own value, then its
     per-group detail records); an undefined value (no samples left after skipping unreadable images) is a warning,
-    never silently absent."""
+    never silently absent. A group metric over fewer groups than the dataset has (a group without a readable
+    sample) adds a line to ``notes`` naming the groups left out."""
     out: list[tuple[str, float]] = []
-    for name in item.metrics or item.entry.metrics:
+    names = item.metrics or item.entry.metrics
+    if x.groups is not None and x.group_names and any(METRICS[n].needs_groups for n in names):
+        present = {int(g) for g in np.unique(x.groups)}
+        absent = [g for i, g in enumerate(x.group_names) if i not in present]
+        if absent:
+            shown = ", ".join(absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else "")
+            line = (
+                f"{item.entry.dataset}: group metrics over {len(present)} of {len(x.group_names)} groups; no readable "
+                f"sample of {shown}"
+            )
+            logger.info("%s", line)
+            if notes is not None:
+                notes.append(line)
+    for name in names:
         for metric, value in METRICS[name].values(x):
             if value is None:
                 where, count = item.entry.dataset, len(x.labels)
@@ -261,10 +283,15 @@ def evaluate_model(
     progress: ProgressFn | None = None,
     skipped_log: list[str] | None = None,
     fast_decode: bool = False,
+    notes: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Result records (one per dataset x metric) of one loaded model over a prepared plan. Unreadable images are
-    counted in ``num_skipped``; a line per dataset that had some is appended to ``skipped_log``. Images are
-    decoded in full unless ``fast_decode`` (reduced-scale JPEG decoding; records then say ``"decode": "fast"``)."""
+    counted in ``num_skipped``; a line per dataset that had some is appended to ``skipped_log``, and one per group
+    metric computed over fewer groups than the dataset has to ``notes``. Images are decoded in full unless
+    ``fast_decode`` (reduced-scale JPEG decoding; records then say ``"decode": "fast"``).
+
+    Raises:
+        ImageError: no image of a dataset could be read."""
     import torch
 
     from starft_cli.eval.features import compute_features
@@ -297,6 +324,11 @@ def evaluate_model(
         if head is None:
             head = cached_zero_shot_head(loaded, ds.classnames, item.templates, device=device, use_cache=use_cache)
         valid = feats.valid
+        if len(ds) and not bool(valid.any()):
+            raise ImageError(
+                f"{item.entry.dataset}: none of the {len(ds)} images could be read (e.g. {feats.skipped_names[0]})",
+                "Check the image files (`starft data check` with `--deep` reads every one)",
+            )
         logits = logits_for(feats.features[valid], head, ds.class_subset).float().cpu().numpy()
         labels = np.asarray(ds.labels)[valid.numpy()]
         if ds.class_subset is not None:
@@ -329,7 +361,7 @@ def evaluate_model(
             group_names=list(ds.group_names or []),
             train_groups=None if item.train_groups is None else np.asarray(item.train_groups),
         )
-        for metric, value in _metric_values(item, x):
+        for metric, value in _metric_values(item, x, notes):
             records.append({**base, "metric": metric, "value": round(value, 6)})
         if feats.skipped:
             line = (
@@ -349,7 +381,8 @@ class EvalResult:
     ``suite``: the suite evaluated; ``missing``: one line per dataset left out as absent or broken (what, where,
     how to get it) and ``missing_names`` their names; ``skipped``: one line per (model, dataset) that had unreadable
     images (skipped and counted in ``num_skipped``); ``notes``: metrics of built-in suites that did not apply to a
-    dataset and were left out."""
+    dataset and were left out, then group metrics computed over fewer groups than a dataset has (no readable
+    sample of some group)."""
 
     frame: pd.DataFrame
     suite: Suite
@@ -413,6 +446,7 @@ def evaluate_plan(
     model_list = _model_list(models)
     records: list[dict[str, Any]] = []
     skipped: list[str] = []
+    notes = list(prepared.notes)
     for model in model_list:
         loaded = load(model, device=device) if isinstance(model, str | ModelRef) else model
         records.extend(
@@ -428,6 +462,7 @@ def evaluate_plan(
                 progress,
                 skipped,
                 fast_decode=fast_decode,
+                notes=notes,
             )
         )
     from starft_cli.reports.schema import FIELDS
@@ -439,7 +474,7 @@ def evaluate_plan(
         missing=list(prepared.missing),
         missing_names=list(prepared.missing_names),
         skipped=skipped,
-        notes=list(prepared.notes),
+        notes=list(dict.fromkeys(notes)),  # a note of a dataset once, however many models met it
     )
 
 

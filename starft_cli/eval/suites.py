@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,10 +39,34 @@ class SuiteEntry:
 
 @dataclass(frozen=True)
 class Suite:
+    """Datasets to evaluate, each (dataset, split) once: :class:`ConfigError` naming a repeated one (its records
+    would share one key, and one of them would silently replace the other)."""
+
     name: str
     entries: tuple[SuiteEntry, ...]
     description: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        repeat = repeated_entry(self.entries)
+        if repeat is not None:
+            entry = self.entries[repeat[1]]
+            split = f" (split {entry.split})" if entry.split else ""
+            raise ConfigError(
+                f"suite '{self.name}' lists dataset {entry.dataset}{split} twice",
+                "List each dataset (and split) once, with all its metrics",
+            )
+
+
+def repeated_entry(entries: Sequence[SuiteEntry]) -> tuple[int, int] | None:
+    """``(first, second)`` indices of the first (dataset, split) that ``entries`` list twice, or None."""
+    seen: dict[tuple[str, str | None], int] = {}
+    for index, entry in enumerate(entries):
+        key = (entry.dataset, entry.split)
+        if key in seen:
+            return seen[key], index
+        seen[key] = index
+    return None
 
 
 def _e(dataset: str, *metrics: str, split: str | None = None, role: str = "") -> SuiteEntry:
@@ -206,5 +231,14 @@ def load_suite_file(path: Path) -> Suite:
                 templates=rel(item.get("templates")),
                 explicit="metrics" in item,
             )
+        )
+    repeat = repeated_entry(entries)
+    if repeat is not None:
+        first, second = repeat
+        split = f" (split {entries[second].split})" if entries[second].split else ""
+        raise ConfigError(
+            f"{path}: dataset {items[second]['name']}{split} is listed twice (#{first + 1} and #{second + 1})",
+            "List each dataset once, with all its metrics in one [[datasets]] table; a second split needs its own "
+            "`split`",
         )
     return Suite(str(data.get("name") or path.stem), tuple(entries), str(data.get("description", "")))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from starft_cli.locks import folder_lock
 from starft_cli.paths import atomic_write_text
 from starft_cli.reports.schema import (
     FIELDS,
@@ -54,7 +55,9 @@ def write_report(
     notes: list[str] | None = None,
 ) -> WrittenReport:
     """Write ``results.json`` (merged with the one already there: only records with the same (model, dataset,
-    split, metric) are replaced), ``leaderboard.md`` and ``leaderboard.csv`` (of the merged records).
+    split, metric) are replaced), ``leaderboard.md`` and ``leaderboard.csv`` (of the merged records), all under
+    :func:`~starft_cli.locks.folder_lock`: another process writing ``out_dir`` at the same time is waited for, and
+    its records are kept.
 
     Returns a :class:`WrittenReport`.
     """
@@ -64,17 +67,18 @@ def write_report(
     from starft_cli.reports.tables import render
 
     out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     target = out / RESULTS_NAME
-    old = read_records(target) if target.exists() else []
     new = to_records(frame)
-    old_keys = {record_key(r) for r in old}
-    replaced = sum(record_key(r) in old_keys for r in new)
-    merged = merge_records(old, new)
-    merged_frame = pd.DataFrame.from_records(merged)
-    write_results_json(target, merged)
-    atomic_write_text(out / "leaderboard.md", render(merged_frame, "md", baseline, missing, description, notes=notes))
-    atomic_write_text(out / "leaderboard.csv", render(merged_frame, "csv", baseline))
+    with folder_lock(out):  # read, merge and write as one step: a concurrent writer's records are never lost
+        old = read_records(target) if target.exists() else []
+        old_keys = {record_key(r) for r in old}
+        replaced = sum(record_key(r) in old_keys for r in new)
+        merged = merge_records(old, new)
+        merged_frame = pd.DataFrame.from_records(merged)
+        write_results_json(target, merged)
+        md = render(merged_frame, "md", baseline, missing, description, notes=notes)
+        atomic_write_text(out / "leaderboard.md", md)
+        atomic_write_text(out / "leaderboard.csv", render(merged_frame, "csv", baseline))
     return WrittenReport(
         paths=[target, out / "leaderboard.md", out / "leaderboard.csv"],
         replaced=replaced,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -47,13 +48,25 @@ def avg_ood_columns() -> list[tuple[str, str | None, list[str]]]:
     return out
 
 
+@dataclass(frozen=True)
+class Leaderboard:
+    """What :func:`leaderboard` returns. ``table``: index = model (in order of first appearance), columns =
+    ``dataset metric``, values as fractions; ``deltas``: the same shape, each value less the baseline's;
+    ``baseline``: the model the deltas refer to (None without models)."""
+
+    table: pd.DataFrame
+    deltas: pd.DataFrame
+    baseline: str | None
+
+
 def leaderboard(
     frame: pd.DataFrame, baseline: str | None = None, metrics: tuple[str, ...] | None = None
-) -> pd.DataFrame:
-    """Wide table: index = model (in order of first appearance), columns = ``dataset metric`` (each dataset's
-    headline metrics in registry order, see :data:`starft_cli.eval.metrics.METRICS`; plus ``avg OOD top1`` when
-    every "ood" entry of a built-in suite is present: the four ImageNet shifts), values as fractions.
-    ``attrs["deltas"]`` holds the differences to ``baseline`` (default: the first model)."""
+) -> Leaderboard:
+    """A :class:`Leaderboard` of ``frame``: one row per model, columns ``dataset metric`` (each dataset's headline
+    metrics in registry order, see :data:`starft_cli.eval.metrics.METRICS`; plus ``avg OOD top1`` when every "ood"
+    entry of a built-in suite is present: the four ImageNet shifts), and the differences to ``baseline`` (default:
+    the first model). Raises :class:`~starft_cli.errors.UsageError` for a baseline that is not among the
+    models."""
     import pandas as pd
 
     from starft_cli.errors import UsageError
@@ -87,9 +100,8 @@ def leaderboard(
     base = baseline if baseline is not None else (models[0] if models else None)
     if base is not None and base not in table.index:
         raise UsageError(f"baseline '{base}' is not among the models", f"Use one of: {', '.join(models)}")
-    table.attrs["baseline"] = base
-    table.attrs["deltas"] = table - table.loc[base] if base is not None else table * 0
-    return table
+    deltas = table - table.loc[base] if base is not None else table * 0
+    return Leaderboard(table, deltas, base)
 
 
 def _fmt(value: Any, delta: Any, is_base: bool, show_delta: bool, raw: bool = False) -> str:
@@ -161,9 +173,8 @@ def render(
         return json.dumps(to_records(frame), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     if frame.empty or "metric" not in frame.columns:
         return "(no results)\n" + "".join(f"* {n}\n" for n in footnotes(frame, missing, description, notes))
-    board = leaderboard(frame, baseline)
-    deltas = board.attrs["deltas"]
-    base = board.attrs["baseline"]
+    result = leaderboard(frame, baseline)
+    board, deltas, base = result.table, result.deltas, result.baseline
     if fmt == "csv":
         out = board.copy()
         for column in board.columns:

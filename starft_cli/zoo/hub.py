@@ -4,8 +4,9 @@
 offline mode and progress bars); ``https`` sources through huggingface_hub's ``http_get`` into the starft cache;
 ``open_clip`` sources through open_clip's own pretrained downloader (which also uses the Hugging Face cache).
 Every file with a manifest sha256 is hashed after download and before its first use; a mismatch deletes the
-file and raises ``ChecksumError`` with both hashes. A verified file is remembered (path, size, mtime) so that
-later runs do not hash it again; ``verify`` always re-hashes.
+file and raises ``ChecksumError`` with both hashes. A verified file is remembered (path, size, mtime, inode, ctime:
+a file replaced by a copy that keeps size and mtime is hashed again) so that later runs do not hash it again;
+``verify`` always re-hashes.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def _marker(path: Path) -> Path:
 
 def _stat_key(path: Path) -> dict[str, int]:
     st = path.resolve().stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "ctime_ns": st.st_ctime_ns}
 
 
 def _known_good(path: Path, sha256: str) -> bool:

@@ -6,7 +6,8 @@ Usage::
 
 The function named by ``POINT`` is wrapped so that its ``N``-th matching call does ``MODE`` instead of running:
 ``kill`` (SIGKILL this process), ``enospc`` / ``eio`` (raise that OSError, as a full disk or a failing device
-would), ``stall`` (sleep until killed or interrupted, to hold the run open); ``MODE-after`` runs the call first.
+would), ``stall`` (sleep until killed or interrupted, to hold the run open), ``pause`` (wait until the file
+``$STARFT_INJECT_RESUME`` exists, then make the call); ``MODE-after`` runs the call first.
 Nothing in starft knows about this: the patches are plain monkeypatching before ``starft_cli.cli.app.main`` runs.
 """
 
@@ -28,6 +29,12 @@ def _fault(mode: str, what: str) -> None:
     if mode in ("enospc", "eio"):
         code = errno.ENOSPC if mode == "enospc" else errno.EIO
         raise OSError(code, os.strerror(code), what)
+    if mode == "pause":  # hold (the call not made yet) until the file named by $STARFT_INJECT_RESUME exists
+        print(f"pausing at {what}", file=sys.stderr, flush=True)
+        resume = Path(os.environ["STARFT_INJECT_RESUME"])
+        while not resume.exists():
+            time.sleep(0.05)
+        return
     if mode == "stall":
         print(f"stalling at {what}", file=sys.stderr, flush=True)
         while True:
@@ -93,6 +100,8 @@ def install(point: str, n: int, mode: str) -> None:
         from starft_cli.train import loop
 
         patch(loop._Trainer, "_save", lambda self, name, step, *a, **k: name == "last" and step == n, 1)
+    elif point.startswith("rename:"):  # the file NAME of rename:NAME is written to its temporary file, not renamed
+        patch(os, "replace", _named(point[len("rename:") :]))
     elif point == "barrier":  # after the last step and its checkpoint, before the run reports done
         patch(distributed, "barrier")
     else:

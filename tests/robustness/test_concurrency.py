@@ -131,3 +131,99 @@ def test_two_processes_downloading_the_same_zoo_model_both_succeed(served, tmp_p
     check = subprocess.run(_starft("zoo", "verify", "tiny-zoo"), cwd=ROOT, env=env(STARFT_HOME=str(home)),
                            capture_output=True, text=True, timeout=180)  # fmt: skip
     assert check.returncode == 0, check.stderr
+
+
+def _wait_for_line(log: Path, text: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Until ``text`` appears in ``log`` (the process must still be running)."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, f"no {text!r} in {log.read_text()}"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_two_evals_writing_one_out_keep_both_runs_records(tmp_path: Path) -> None:
+    """Issue 19.12: eval A has read --out's results.json (empty) and is about to rename its merge into place when
+    eval B of another dataset starts on the same --out. B waits for A (saying so), then merges into what A
+    wrote: the results hold both runs' records (without the lock, B's write dropped A's records)."""
+    home, out, resume = tmp_path / "home", tmp_path / "out", tmp_path / "resume"
+    data = [make_class_folders(tmp_path / f"d{i}", ["cat", "dog"], per_class=2, size=(32, 32)) for i in range(2)]
+
+    def args(folder: Path) -> list[str]:
+        return ["eval", "-m", "starft-tiny:none", "--device", "cpu", "--workers", "0", "--data", f"folder:{folder}",
+                "--out", str(out)]  # fmt: skip
+
+    environment = env(STARFT_HOME=str(home), STARFT_INJECT_RESUME=str(resume))
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    first = subprocess.Popen(inject_cmd("rename:results.json", 1, "pause", *args(data[0])), cwd=ROOT,
+                             env=environment, stdout=subprocess.PIPE, stderr=logs[0].open("w"), text=True)  # fmt: skip
+    _wait_for_line(logs[0], "pausing at", first)
+    second = _popen(_starft(*args(data[1])), home, logs[1])
+    _wait_for_line(logs[1], f"waiting for another starft process to finish writing {out}", second)
+    resume.touch()
+    for proc, log in zip((first, second), logs, strict=True):
+        proc.communicate(timeout=180)
+        assert proc.returncode == 0, log.read_text()
+        assert "wrote " in log.read_text()
+    records = json.loads((out / "results.json").read_text())
+    assert sorted({r["dataset"] for r in records}) == [f"folder:{d}" for d in data]
+    assert len(records) == 4  # top1 and ece of each (top5 needs 5 classes)
+    board = (out / "leaderboard.md").read_text()
+    assert all(f"folder:{d} top1" in board for d in data)  # the leaderboards are the merged ones too
+
+
+@pytest.mark.slow
+def test_two_reports_to_one_out_file_do_not_both_write(tmp_path: Path) -> None:
+    """`report --out` checks that the file is absent and writes it under the folder lock: of two reports started
+    together, the second finds the first's file and is refused (both used to print "wrote")."""
+    results = []
+    for i, value in enumerate((0.5, 0.75)):
+        path = tmp_path / f"r{i}" / "results.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps([{"model": f"m{i}", "dataset": "d", "split": "test", "metric": "top1",
+                                     "value": value}]))  # fmt: skip
+        results.append(path)
+    board, resume = tmp_path / "board.md", tmp_path / "resume"
+    environment = env(STARFT_INJECT_RESUME=str(resume))
+    log = tmp_path / "a.log"
+    command = inject_cmd("rename:board.md", 1, "pause", "report", str(results[0]), "--out", str(board))
+    first = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=log.open("w"))
+    _wait_for_line(log, "pausing at", first)
+    second = _popen(_starft("report", str(results[1]), "--out", str(board)), tmp_path / "home", tmp_path / "b.log")
+    _wait_for_line(tmp_path / "b.log", f"waiting for another starft process to finish writing {tmp_path}", second)
+    resume.touch()
+    first.communicate(timeout=120)
+    second.communicate(timeout=120)
+    assert first.returncode == 0, log.read_text()
+    assert second.returncode == 2
+    assert one_line_error((tmp_path / "b.log").read_text()).startswith(f"error: {board} exists")
+    assert board.read_text().splitlines()[2].split() == ["m0", "50.00"]  # the first report's, whole
+
+
+def test_folder_lock_is_reentrant_and_gives_up_on_a_holder_that_does_not_finish(tmp_path: Path) -> None:
+    from starft_cli.errors import OutputInUseError
+    from starft_cli.locks import folder_lock
+
+    out = tmp_path / "out"
+    with folder_lock(out), folder_lock(out):  # demo holds it around write_report, which takes it again
+        pass
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from starft_cli.locks import folder_lock\n"
+         f"with folder_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(600)"],
+        cwd=ROOT, env=env(), stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputInUseError) as caught, folder_lock(out, wait_s=0.3):
+            pass
+        assert caught.value.one_line() == (
+            f"{out} is still being written by another starft process after 0.3 s. Wait for it to finish, or choose "
+            "another `out`"
+        )
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    with folder_lock(out):  # the kernel released the killed holder's lock: nothing stale is left
+        pass
+    assert list(out.iterdir()) == []  # and no lock file either

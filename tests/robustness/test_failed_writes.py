@@ -157,7 +157,7 @@ def test_failed_results_write_leaves_the_existing_results_json_intact(
     failed = CliRunner().invoke(app, [*args, "--out", str(out), "--seed", "1"])
     assert failed.exit_code == 1
     line = one_line_error(failed.stderr)
-    assert os.strerror(code) in line and "results.json" in line, line
+    assert line.startswith(f"error: {os.strerror(code)}: {out / 'results.json'}")  # the file, not its temporary
     assert (out / "results.json").read_bytes() == before  # intact: the half-written text never replaced it
     _no_temporary_files(out)
 
@@ -197,3 +197,21 @@ def test_failed_cache_writes_warn_leave_nothing_and_the_next_run_rebuilds(
     assert {p.parent.name for p in cache.rglob("*.safetensors")} == {"features", "heads"}
     cached = CliRunner().invoke(app, [*args, "--format", "json"])
     assert _values(cached.stdout) == _values(failed.stdout)
+
+
+def test_a_full_disk_under_report_out_names_the_file_and_leaves_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20.1: eval/report/probe write through the atomic helpers; a full disk names the file being written
+    (not its temporary twin) and leaves neither a half file nor a temporary one."""
+    import json
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"model": "m", "dataset": "d", "split": "test", "metric": "top1", "value": 0.5}]))
+    board = tmp_path / "out" / "board.md"
+    _failing_write_text(monkeypatch, "board.md", errno.ENOSPC)
+    failed = CliRunner().invoke(app, ["report", str(results), "--format", "md", "--out", str(board)])
+    assert failed.exit_code == 1
+    assert one_line_error(failed.stderr).startswith(f"error: No space left on device: {board}")
+    assert not board.exists()
+    _no_temporary_files(board.parent)
