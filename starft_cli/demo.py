@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from starft_cli.errors import ConfigError, UsageError
-from starft_cli.paths import atomic_dir, build_lock, sha256_file
+from starft_cli.locks import build_lock
+from starft_cli.paths import atomic_dir, sha256_file
 from starft_cli.runs import LAST, RunLayout
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -71,8 +71,11 @@ def folder_lock(folder: str | os.PathLike[str], *, wait_s: float = WAIT_S) -> It
         os.close(fd)  # releases the flock
 
 
-def _acquire(fcntl: object, fd: int, path: Path, wait_s: float) -> None:
-    """Take the flock on ``fd``, waiting for another holder (see :func:`folder_lock`)."""
+def _acquire(
+    fcntl: object, fd: int, path: Path, wait_s: float | None, on_wait: Callable[[Path], None] | None = None
+) -> None:
+    """Take the flock on ``fd``, waiting for another holder (see :func:`folder_lock`); ``wait_s`` None waits for as
+    long as the holder runs; ``on_wait(path)`` is called once when this has to wait (default: a warning)."""
     flock, exclusive, nonblocking = fcntl.flock, fcntl.LOCK_EX, fcntl.LOCK_NB  # type: ignore[attr-defined]
     deadline = None
     while True:
@@ -92,8 +95,11 @@ def _acquire(fcntl: object, fd: int, path: Path, wait_s: float) -> None:
             raise
         now = time.monotonic()
         if deadline is None:
-            deadline = now + wait_s
-            logger.warning("waiting for another starft process to finish writing %s", path)
+            deadline = now + wait_s if wait_s is not None else float("inf")
+            if on_wait is not None:
+                on_wait(path)
+            else:
+                logger.warning("waiting for another starft process to finish writing %s", path)
         elif now >= deadline:
             raise OutputInUseError(
                 f"{path} is still being written by another starft process after {wait_s:g} s",
@@ -101,3 +107,29 @@ def _acquire(fcntl: object, fd: int, path: Path, wait_s: float) -> None:
                 param="out",
             )
         time.sleep(POLL_S)
+
+
+@contextmanager
+def build_lock(target: str | os.PathLike[str], on_wait: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Hold the lock of a cached build of ``target`` (the demo's model, a generated dataset): a second process
+    needing the same build waits for the first for as long as it runs (``on_wait(target)`` is called once when it
+    has to), then finds ``target`` built, instead of failing or building it twice. The lock is a ``flock`` on
+    ``.TARGET.lock`` beside ``target`` (``target`` itself is replaced by an atomic rename while built), released by
+    the kernel when its holder exits, however it exits.
+
+    Raises:
+        OSError: the lock file cannot be created (a read-only folder, a full disk)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = target.parent / f".{target.name}.lock"
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: builds are not serialised
+        yield path
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        _acquire(fcntl, fd, path, None, (lambda _: on_wait(target)) if on_wait is not None else (lambda _: None))
+        yield path
+    finally:
+        os.close(fd)  # releases the flock

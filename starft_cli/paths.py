@@ -6,7 +6,7 @@ import errno
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -227,34 +227,3 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextmanager
-def build_lock(target: str | os.PathLike[str], on_wait: Callable[[Path], None] | None = None) -> Iterator[Path]:
-    """Hold an exclusive lock on ``.TARGET.lock`` beside ``target`` while building it; a second process waits for the
-    first (``on_wait(target)`` is called once when it has to) and then finds the built ``target``, instead of
-    failing or building it twice. The lock is the operating system's (``flock``): it is released when its holder
-    exits, a killed process included, so it never goes stale. Where ``flock`` does not exist (Windows) the build is
-    not serialised.
-
-    Raises:
-        OSError: the lock file cannot be created (a read-only folder, a full disk)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    path = target.parent / f".{target.name}.lock"
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield path
-        return
-    with open(path, "a+b") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait(target)
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield path
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

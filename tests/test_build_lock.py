@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 _HOLD = """
 import sys, time
 from pathlib import Path
-from starft_cli.paths import build_lock
+from starft_cli.locks import build_lock
 with build_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))
@@ -21,7 +21,7 @@ with build_lock(Path(sys.argv[1])):
 
 
 def test_build_lock_makes_the_second_process_wait(tmp_path: Path) -> None:
-    from starft_cli.paths import build_lock
+    from starft_cli.locks import build_lock
 
     target = tmp_path / "model"
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(target), "1.5"], stdout=subprocess.PIPE, text=True)
@@ -39,7 +39,7 @@ def test_build_lock_makes_the_second_process_wait(tmp_path: Path) -> None:
 
 
 def test_a_killed_holder_never_leaves_a_stale_lock(tmp_path: Path) -> None:
-    from starft_cli.paths import build_lock
+    from starft_cli.locks import build_lock
 
     target = tmp_path / "model"
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(target), "60"], stdout=subprocess.PIPE, text=True)

@@ -260,7 +260,7 @@ def verify(root: Path) -> list[str]:
 
 def ensure(root: Path, seed: int = DEFAULT_SEED) -> Path:
     """``root`` holding a verified copy: generated on first use, generated again when damaged."""
-    from starft_cli.paths import build_lock
+    from starft_cli.locks import build_lock
 
     problems = verify(root) if root.exists() else ["absent"]
     if not problems:
