@@ -412,7 +412,8 @@ def discover(
         from starft_cli.probe import _default_split
 
         dataset = load_dataset(data, data_root, split, classnames_file=classnames_file)
-        data_name, split_name = data, split or _default_split(data)
+        data_name = data
+        split_name = split or ("all" if data.startswith(("folder:", "csv:")) else _default_split(data))
     else:
         dataset, data_name, split_name = data, data.name, split or getattr(data, "split", None) or "?"
     if len(dataset) == 0:

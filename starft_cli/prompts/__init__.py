@@ -117,7 +117,7 @@ def read_pool_source(path: str | Path) -> tuple[list[str], str]:
     * ``json``: a JSON list of strings;
     * ``text``: one template per line (``#`` comments and blank lines skipped).
 
-    The form is told by the content (a zip or pickle header: torch; a leading ``[``: JSON). Raises
+    The form is told by the content (a zip or pickle header: torch; a ``.json`` suffix or a leading ``[``: JSON). Raises
     :class:`~starft_cli.errors.TemplateError` for an unreadable file, another content, or a template without
     exactly one slot (naming its line or item).
     """
@@ -135,7 +135,7 @@ def read_pool_source(path: str | Path) -> tuple[list[str], str]:
         raise TemplateError(
             f"{path} is neither a torch file, JSON nor UTF-8 text", "Give a list of strings in one of these forms"
         ) from None
-    if text.lstrip().startswith("["):
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("["):
         import json
 
         try:
