@@ -154,12 +154,15 @@ def class_free_shifts(spurious: torch.Tensor, captions: torch.Tensor) -> torch.T
     ``spurious [C, M, D]``: text features of template ``m`` filled with class ``c``'s caption; ``captions [C, D]``:
     the captions' features (both L2-normalised). Returns ``(I - Q Q^T)(spurious[c, m] - captions[c])`` with ``Q`` an
     orthonormal basis of the span of ``captions`` (from an SVD; directions with singular value below ``1e-6``
-    times the largest are dropped). See the module docstring, step 1.
+    times the largest are dropped). See the module docstring, step 1. With many classes (more than ``D / 2``, e.g.
+    ImageNet's 1000 in 512 dimensions) the captions span nearly the whole space, so only their ``D // 2`` main
+    directions (largest singular values) are removed: half the space is left for the attributes.
     """
     import torch
 
-    basis, values, _ = torch.linalg.svd(captions.double().T, full_matrices=False)  # [D, C]
-    basis = basis[:, values > values.max() * 1e-6]
+    basis, values, _ = torch.linalg.svd(captions.double().T, full_matrices=False)  # [D, C], values descending
+    keep = min(int((values > values.max() * 1e-6).sum()), max(1, captions.shape[1] // 2))
+    basis = basis[:, :keep]
     shift = spurious.double() - captions.double()[:, None, :]
     return (shift - (shift @ basis) @ basis.T).float()
 

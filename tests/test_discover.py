@@ -58,6 +58,17 @@ def test_class_free_shifts_remove_the_class_directions_by_hand() -> None:
     assert torch.allclose(shifts[1, 1], torch.zeros(4), atol=1e-6)
 
 
+def test_with_more_classes_than_half_the_dimensions_only_the_main_class_directions_are_removed() -> None:
+    e = torch.eye(4)
+    captions = torch.stack([1.0 * e[0], 0.8 * e[1], 0.5 * e[2]])  # 3 classes in 4 dimensions, singular values 1, .8, .5
+    added = 0.2 * e[0] + 0.3 * e[2] + 0.5 * e[3]
+    spurious = (captions + added)[:, None, :]  # one attribute adding the same to every class
+    shifts = class_free_shifts(spurious, captions)
+    # 4 // 2 = 2 directions removed: the two main ones (e0, e1); e2 (the weakest class direction) and e3 stay
+    for c in range(3):
+        assert torch.allclose(shifts[c, 0], torch.tensor([0.0, 0.0, 0.3, 0.5]), atol=1e-6)
+
+
 def test_best_descriptions_hold_the_class_fixed_by_hand() -> None:
     shifts = torch.tensor(
         [

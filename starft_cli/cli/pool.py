@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from starft_cli.cli.command import Command
-from starft_cli.cli.options import BatchSizeOpt, DeviceOpt
+from starft_cli.cli.options import BatchSizeOpt, DeviceOpt, ModelOpt
 from starft_cli.formats import OutputFormat, parse_format
 
 if TYPE_CHECKING:
@@ -29,9 +29,7 @@ GROUPS_SHOWN = 3  # groups listed per attribute in the table
 @app.command("discover")
 def discover_command(
     data: Annotated[str, typer.Option("--data", "-d", help="Dataset: NAME, folder:PATH or csv:PATH.")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="The zero-shot model that reads the images (e.g. ViT-B-16).")
-    ] = "ViT-B-16",
+    model: ModelOpt = "ViT-B-16",
     split: Annotated[
         str | None, typer.Option("--split", help="Split to search (default: train where the dataset has one).")
     ] = None,
