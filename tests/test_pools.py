@@ -181,3 +181,13 @@ def test_unknown_pool_names_the_close_matches() -> None:
     done = runner.invoke(app, ["pool", "show", "backgrund"])
     assert done.exit_code == 1 and "Did you mean background" in done.stderr
     assert "starft pool import" in done.stderr
+
+
+def test_a_damaged_imported_pool_is_listed_not_fatal(starft_home: Path) -> None:
+    folder = starft_home / "config" / "pools"
+    folder.mkdir(parents=True)
+    (folder / "broken.txt").write_text("no slot\n")
+    listed = runner.invoke(app, ["pool", "list"])
+    assert listed.exit_code == 0 and "broken" in listed.stdout and "unreadable" in listed.stdout
+    shown = runner.invoke(app, ["pool", "show", "broken"])
+    assert shown.exit_code == 1 and "line 1: 'no slot' must have exactly one slot" in shown.stderr

@@ -219,6 +219,7 @@ def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the shipped and imported pools."""
+    from starft_cli.errors import StarftError
     from starft_cli.prompts import imported_pool_names, load_pool, pool_names, user_pool_dir
 
     rows = []
@@ -229,7 +230,7 @@ def list_command(
         path = user_pool_dir() / f"{name}.txt"
         try:
             pool = load_pool(name)
-        except Exception as exc:  # a damaged imported file is listed, not fatal
+        except StarftError as exc:  # a damaged imported file is listed, not fatal
             rows.append({"name": name, "kind": "imported", "templates": None, "example": f"unreadable: {exc}",
                          "path": str(path)})  # fmt: skip
             continue
