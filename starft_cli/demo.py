@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from starft_cli.errors import ConfigError, UsageError
-from starft_cli.paths import atomic_dir, sha256_file
+from starft_cli.paths import atomic_dir, build_lock, sha256_file
 from starft_cli.runs import LAST, RunLayout
 
 logger = logging.getLogger(__name__)
@@ -275,15 +275,31 @@ def ensure_zero_shot(
     model; an interrupted build resumes. The finished model is copied into place atomically with a
     ``build.json`` recording the recipe and the weights' sha256.
     """
-    from starft_cli.runs import CONFIG_NAME, WEIGHTS_NAME
-    from starft_cli.train import build_config, finetune
-
     emit = progress or (lambda event: None)
     folder = zero_shot_dir(quick)
     problem = "rebuild asked for" if rebuild else (verify_zero_shot(folder) if folder.exists() else "absent")
     if problem is None:
         emit({"kind": "stage", "stage": "zero-shot model", "status": "cached", "path": str(folder)})
         return folder
+
+    def waiting(target: Path) -> None:
+        emit({"kind": "stage", "stage": "zero-shot model", "status": "waiting", "path": str(target)})
+        logger.info("another starft process is building %s: waiting for it", target)
+
+    with build_lock(folder, on_wait=waiting):  # two demos on a cold cache: the second waits and uses the build
+        built_meanwhile = not rebuild and folder.exists() and verify_zero_shot(folder) is None
+        if built_meanwhile:
+            emit({"kind": "stage", "stage": "zero-shot model", "status": "cached", "path": str(folder)})
+            return folder
+        return _build_zero_shot(folder, problem, rebuild, quick, device, progress, emit)
+
+
+def _build_zero_shot(
+    folder: Path, problem: str, rebuild: bool, quick: bool, device: str, progress: ProgressFn | None, emit: Any
+) -> Path:
+    from starft_cli.runs import CONFIG_NAME, WEIGHTS_NAME
+    from starft_cli.train import build_config, finetune
+
     if folder.exists() and not rebuild:
         logger.warning("demo zero-shot model: %s; building it again", problem)
     run_dir = folder.parent / f".{folder.name}.build"

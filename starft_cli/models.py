@@ -16,6 +16,7 @@ Nothing here unpickles arbitrary objects: safetensors, or ``torch.load(weights_o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -39,6 +40,7 @@ from starft_cli.errors import (
 from starft_cli.paths import atomic_path, atomic_write_text
 from starft_cli.pretrained import (
     PAPER_DEFAULT_TAG,
+    cached_revision,
     fetch_pretrained,
     hub_endpoint,
     hub_offline,
@@ -49,7 +51,12 @@ from starft_cli.pretrained import (
     short_error,
     unreachable,
 )
-from starft_cli.runs import CONFIG_NAME, HF_WEIGHT_CANDIDATES, WEIGHTS_NAME  # a model folder's files (re-exported)
+from starft_cli.runs import (  # a model folder's files (re-exported)
+    CONFIG_NAME,
+    HEAD_NAME,
+    HF_WEIGHT_CANDIDATES,
+    WEIGHTS_NAME,
+)
 from starft_cli.suggest import did_you_mean
 
 if TYPE_CHECKING:
@@ -318,8 +325,11 @@ def _download_hf_repo(ref: ModelRef) -> Path:
     local_only = hub_offline() or reason is not None
     what = f"model hf-hub:{where}"
 
+    # offline, a branch is resolved here (huggingface_hub reads a ref file ending with a newline as another commit)
+    revision = (cached_revision(ref.repo, ref.revision) or ref.revision) if local_only else ref.revision
+
     def get(filename: str) -> Path:
-        return Path(hf_hub_download(ref.repo, filename, revision=ref.revision, local_files_only=local_only))
+        return Path(hf_hub_download(ref.repo, filename, revision=revision, local_files_only=local_only))
 
     try:
         config_path = get(CONFIG_NAME)
@@ -340,6 +350,8 @@ def _download_hf_repo(ref: ModelRef) -> Path:
                 f"Hub repo {where} has no weights file ({' or '.join(HF_WEIGHT_CANDIDATES)})",
                 "Publish the model with `starft zoo publish`",
             )
+        with contextlib.suppress(EntryNotFoundError, LocalEntryNotFoundError):
+            get(HEAD_NAME)  # a classifier method's trained head, published beside the weights (optional)
     except LocalEntryNotFoundError as exc:  # before EntryNotFoundError: it is a subclass
         if local_only:
             raise not_cached_error(what, f"{endpoint} cannot be reached ({reason})") from exc
@@ -381,6 +393,10 @@ def _load_zoo(ref: ModelRef, seed: int) -> LoadedModel:
         _apply_state_dict(
             loaded.model, read_state_dict(resolved.weights), source=f"zoo:{ref.zoo_name}", arch=loaded.arch
         )
+        config = _read_config(resolved.weights.parent)  # a published classifier: its trained head beside it
+        if config is not None and isinstance(config.get("starft"), dict):
+            loaded.extra.setdefault("starft", config["starft"])
+            _attach_head(loaded, resolved.weights.parent)
     loaded.ref = ref
     return loaded
 
@@ -421,9 +437,7 @@ def _load_dir(ref: ModelRef, directory: Path, arch: str | None, seed: int) -> Lo
     config = _read_config(directory)
     weights = find_weights(directory)
     if weights is None:
-        raise ModelNotFoundError(
-            f"no weights file in {directory}", f"Expected {WEIGHTS_NAME} (or a .pt/.bin/.pth state dict)"
-        )
+        raise ModelNotFoundError(f"no weights file in {directory}", _no_weights_hint(directory))
     if arch and config is not None:
         _check_arch_matches_config(arch, config, directory / CONFIG_NAME)
         loaded = _build_from_config(ref, config, seed=seed, source=str(directory))
@@ -440,13 +454,25 @@ def _load_dir(ref: ModelRef, directory: Path, arch: str | None, seed: int) -> Lo
     return loaded
 
 
+def _no_weights_hint(directory: Path) -> str:
+    """What to pass instead of a folder without weights: a run directory's checkpoint folder when it is one."""
+    from starft_cli.runs import CHECKPOINT_NAMES, RunLayout, is_model_folder
+
+    layout = RunLayout(directory)
+    found = [layout.checkpoint(n) for n in CHECKPOINT_NAMES if is_model_folder(layout.checkpoint(n))]
+    if found:
+        return f"{directory} is a run directory: pass its checkpoint, {' or '.join(str(p) for p in found)}"
+    if layout.is_run() or layout.checkpoints.is_dir():
+        return f"{directory} is a run directory without a finished checkpoint yet (checkpoints/best or last)"
+    return f"Expected {WEIGHTS_NAME} (or a .pt/.bin/.pth state dict)"
+
+
 def _attach_head(loaded: LoadedModel, directory: Path) -> None:
     """A classifier method's trained head beside the weights (``classification_head.safetensors``, rows in the
     order of the metadata's ``head_classnames``): kept in ``loaded.extra["head"]`` (C, d), logit scale folded
     in, with ``extra["head_classnames"]``; evaluation uses it (:func:`starft_cli.zeroshot.trained_head`)."""
-    from starft_cli.runs import HEAD_NAME
-
-    names = loaded.extra.get("starft", {}).get("head_classnames")
+    meta = loaded.extra.get("starft", {})
+    names = meta.get("head_classnames")
     path = directory / HEAD_NAME
     if not path.is_file() or not isinstance(names, list):
         return
@@ -455,6 +481,9 @@ def _attach_head(loaded: LoadedModel, directory: Path) -> None:
         raise CheckpointError(f"{path} does not hold a ({len(names)}, d) head", "Fix or remove the file")
     loaded.extra["head"] = head.float()
     loaded.extra["head_classnames"] = [str(n) for n in names]
+    templates = meta.get("head_templates")
+    if isinstance(templates, list) and templates and all(isinstance(t, str) for t in templates):
+        loaded.extra["head_templates"] = list(templates)
 
 
 def find_weights(directory: Path) -> Path | None:
@@ -642,7 +671,7 @@ def _finish(
 # State dicts
 # ----------------------------------------------------------------------------------------------
 
-_PREFIXES = ("module.model.", "module.", "model.", "_orig_mod.")
+_PREFIXES = ("module.model.", "module.", "model.")
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -708,7 +737,15 @@ def check_finite_weights(state: Mapping[str, torch.Tensor], source: str) -> None
         )
 
 
+COMPILED_SEGMENT = "_orig_mod."
+
+
 def _strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` without the wrappers' prefixes: ``_orig_mod.`` (``torch.compile``) wherever it is in a key (a
+    tower compiled alone writes ``visual._orig_mod.conv1.weight``), then ``module.`` / ``model.`` prefixes that
+    every key shares."""
+    if any(COMPILED_SEGMENT in k for k in state):
+        state = {_drop_compiled(k): v for k, v in state.items()}
     changed = True
     while changed:
         changed = False
@@ -718,6 +755,12 @@ def _strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
                 changed = True
                 break
     return state
+
+
+def _drop_compiled(key: str) -> str:
+    """``key`` without its ``_orig_mod.`` segments (only whole dotted segments: ``a._orig_mod.b`` -> ``a.b``)."""
+    parts = [p for p in key.split(".") if p != COMPILED_SEGMENT.rstrip(".")]
+    return ".".join(parts)
 
 
 def state_signature(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
@@ -816,15 +859,17 @@ def _apply_state_dict(model: Any, state: dict[str, Any], source: str, arch: str 
 
 
 def weights_fingerprint(model: Any) -> str:
-    """A content fingerprint of a model's weights, cheap enough to compute on every load.
+    """A content fingerprint of a model's weights (a module, or its state dict), cheap enough to compute on every
+    load.
 
     Per tensor: name, shape, dtype, the float64 sum and a strided sample of at most ~1024 values.
     """
     import torch
 
     digest = hashlib.sha256()
+    state = model if isinstance(model, Mapping) else model.state_dict()
     with torch.no_grad():
-        for name, tensor in sorted(model.state_dict().items()):
+        for name, tensor in sorted(state.items()):
             flat = tensor.detach().reshape(-1)
             step = max(1, flat.numel() // 1024)
             digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
@@ -937,19 +982,32 @@ def save_checkpoint(
     *,
     arch: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    head: torch.Tensor | None = None,
 ) -> Path:
-    """Save weights as safetensors plus ``open_clip_config.json``, both written atomically.
+    """Save weights as safetensors plus ``open_clip_config.json``, each written atomically; with ``head`` (a
+    classifier method's head, (C, d), logit scale folded in, rows in the order of ``metadata["head_classnames"]``)
+    also ``classification_head.safetensors``.
 
     The folder loads with plain open_clip (``create_model_and_transforms(arch, pretrained=file)`` or
-    ``local-dir:``) and with every starft command.
+    ``local-dir:``) and with every starft command (which use the head: :func:`starft_cli.zeroshot.trained_head`).
+
+    Raises:
+        ValueError: ``head`` without ``head_classnames`` of its number of rows in ``metadata``.
+        OSError: a write failed (a full disk: :func:`starft_cli.paths.as_os_error`).
     """
     from safetensors.torch import save_file
 
+    names = (metadata or {}).get("head_classnames")
+    if head is not None and (head.ndim != 2 or not isinstance(names, list) or len(names) != head.shape[0]):
+        raise ValueError("a head needs metadata['head_classnames'], one name per row")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
+    if head is not None:
+        with atomic_path(directory / HEAD_NAME) as tmp:
+            save_file({"weight": head.detach().float().cpu().contiguous()}, str(tmp))
     config: dict[str, Any] = {"model_cfg": dict(model_cfg), "preprocess_cfg": dict(preprocess_cfg or {})}
     if arch:
         config["arch"] = arch

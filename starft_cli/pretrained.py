@@ -69,6 +69,28 @@ def hub_cache_dir() -> str:
 _TRUE = ("1", "on", "yes", "true", "y")
 
 
+def cached_revision(repo: str, revision: str | None = None) -> str | None:
+    """The commit that ``revision`` (a branch or tag; default ``main``; a 40-hex commit as it is) of Hub model
+    ``repo`` names in the local Hugging Face cache, when its snapshot folder is there; else None. Reads
+    ``refs/REVISION`` stripped of surrounding whitespace: a ref file ending with a newline (as written by hand or by
+    other tools) names the same commit, where huggingface_hub 2.4's own lookup reads the newline as part of it."""
+    import os
+    import re
+
+    revision = revision or "main"
+    folder = Path(hub_cache_dir()) / f"models--{repo.replace('/', '--')}"
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        commit: str | None = revision
+    else:
+        try:
+            commit = (folder / "refs" / revision).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+    if not commit or not re.fullmatch(r"[0-9a-f]{40}", commit) or not os.path.isdir(folder / "snapshots" / commit):
+        return None
+    return commit
+
+
 def hub_offline() -> bool:
     """``HF_HUB_OFFLINE`` (read now, not only when huggingface_hub was imported)."""
     import os
@@ -181,7 +203,7 @@ def cached_pretrained(cfg: Mapping[str, Any]) -> Path | None:
     if found is not None:
         repo, names = found
         for name in names:
-            path = try_to_load_from_cache(repo, name, cache_dir=hub_cache_dir())
+            path = try_to_load_from_cache(repo, name, cache_dir=hub_cache_dir(), revision=cached_revision(repo))
             if isinstance(path, str):
                 return Path(path)
     url = str(cfg.get("url") or "")

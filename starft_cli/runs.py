@@ -5,6 +5,7 @@ load, what ``starft zoo publish`` uploads)::
 
     FOLDER/open_clip_model.safetensors   the weights (safetensors)
     FOLDER/open_clip_config.json         {"model_cfg", "preprocess_cfg", "arch", "starft"}
+    FOLDER/classification_head.safetensors   a classifier method's head, when it has one (rows: "head_classnames")
 
 A **run directory** (what ``starft finetune --out RUN`` writes)::
 

@@ -157,12 +157,53 @@ def trained_head(
     head, names = loaded.extra.get("head"), loaded.extra.get("head_classnames")
     if head is None or not names:
         return None
-    index = {n.strip().lower(): i for i, n in enumerate(names)}
-    rows = [index.get(c.strip().lower()) for c in classnames]
+    if list(names) == list(classnames):  # the training classes themselves: row for row (names may repeat)
+        rows: list[int | None] = list(range(len(names)))
+    else:
+        index = {n.strip().lower(): i for i, n in enumerate(names)}
+        rows = [index.get(c.strip().lower()) for c in classnames]
     if any(r is None for r in rows):
         return None
     device = device if device is not None else next(loaded.model.parameters()).device
     return head[rows].to(device)
+
+
+def head_templates(loaded: LoadedModel) -> list[str]:
+    """The templates a classifier run's head was initialised from (its zero-shot head): the checkpoint's
+    ``head_templates``, else (checkpoints written before it was recorded) the run's ``val_templates``, else its
+    training dataset's default templates, else ``imagenet80`` (the rule the training loop follows)."""
+    recorded = loaded.extra.get("head_templates")
+    if recorded:
+        return list(recorded)
+    meta = loaded.extra.get("starft", {})
+    hparams = meta.get("hyperparameters") if isinstance(meta.get("hyperparameters"), dict) else {}
+    name = hparams.get("val_templates")
+    data = hparams.get("data")
+    if not name and isinstance(data, str):
+        from starft_cli.data.registry import get_builder, is_generic
+
+        if not is_generic(data):
+            try:
+                name = get_builder(data).info.templates
+            except DataError:
+                name = None
+    return load_templates(name or "imagenet80")
+
+
+def side_head(
+    loaded: LoadedModel,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """The head one side of a weight-space recipe (WiSE-FT, a soup, Model Stock) contributes for ``classnames``:
+    its trained head (:func:`trained_head`) when it has one covering them, else its zero-shot head for
+    ``classnames`` and ``templates`` (scaled by its own ``exp(logit_scale)``, exactly as a classifier run
+    initialises its head: :func:`zero_shot_head`). (C, d) on ``device``."""
+    head = trained_head(loaded, classnames, device=device)
+    if head is not None:
+        return head
+    return zero_shot_head(loaded.model, loaded.tokenizer, classnames, templates, device=device, scale=True)
 
 
 def cached_zero_shot_head(
@@ -207,7 +248,10 @@ def classify(
     strict: bool = False,
     skipped: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Zero-shot classify image files. Returns, per readable image, ``{"image", "predictions": [{"label",
+    """Classify image files: with the model's trained head (a classifier method's checkpoint) when ``labels`` are
+    among its classes (a warning says when they are not), else zero-shot.
+
+    Returns, per readable image, ``{"image", "predictions": [{"label",
     "probability"}]}`` with predictions best first (all labels, or the ``top_k`` best); probabilities sum to 1
     over all labels. Images are read as photos: the EXIF orientation is applied.
 
@@ -228,7 +272,15 @@ def classify(
     template_list = load_templates(templates) if isinstance(templates, str | Path) else list(templates)
     loaded = load(model, device=device) if isinstance(model, str | ModelRef) else model
     device = next(loaded.model.parameters()).device
-    head = cached_zero_shot_head(loaded, labels, template_list, device=device)
+    head = trained_head(loaded, labels, device=device)
+    if head is None:
+        if loaded.extra.get("head") is not None:
+            logger.warning(
+                "the labels are not among the classes of the model's trained head (%s): the zero-shot head of the "
+                "labels is used",
+                ", ".join(loaded.extra.get("head_classnames") or []),
+            )
+        head = cached_zero_shot_head(loaded, labels, template_list, device=device)
     k = min(top_k or len(labels), len(labels))
 
     results: list[dict[str, Any]] = []

@@ -3,9 +3,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+from starft_cli.threads import apply_thread_policy
 
-from tests.imagegen import make_class_folders, make_image
+# The CLI's CPU thread policy for the test process too, before anything imports torch (tests that run
+# `starft` in-process would otherwise measure torch's spinning defaults on a busy machine).
+apply_thread_policy()
+
+import pytest  # noqa: E402
+
+from tests.imagegen import make_class_folders, make_image  # noqa: E402
 
 # Tests never write to the user's caches and never reach the network unless a test says so.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

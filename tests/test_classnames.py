@@ -86,16 +86,16 @@ def test_a_truncated_prompt_is_a_warning(images: list[Path]) -> None:
 
 def test_shipped_class_lists_are_distinct_except_imagenets_published_duplicates() -> None:
     from starft_cli.data.base import classname_collisions
-    from starft_cli.data.checks import asset_lines, asset_table
     from starft_cli.data.imagenet import imagenet_classes
+    from starft_cli.data.protocols import PROTOCOLS, get_protocol, protocol_datasets
 
     names = imagenet_classes()[1]
     assert sorted(names[a] for a, _ in classname_collisions(names)) == ["missile", "sunglasses"]
-    lists = [asset_lines(f) for f in ("cifar10_classes.txt", "flowers102_classes.txt", "stl10_classes.txt")]
-    lists += [[c.replace("_", " ") for c in asset_lines("fmow_classes.txt")]]
-    lists += [list(asset_table("caltech101_classes.tsv").values())]
-    for names in lists:
-        assert classname_collisions(names) == []
+    for protocol in PROTOCOLS:
+        for dataset in protocol_datasets(protocol):
+            entry = get_protocol(dataset, protocol)
+            # only the pairs the source itself names alike (iWildCam's English names), and those declared
+            assert classname_collisions(list(entry.classnames or ())) == list(entry.shared_prompts), dataset
 
 
 def test_a_prompt_that_exactly_fills_the_context_is_not_called_truncated(tiny, caplog) -> None:

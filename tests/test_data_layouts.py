@@ -31,7 +31,7 @@ EXPECTED = {
     "cifar10.2": (10, 10, None, None),
     "cifar10.02": (20, 10, 20, None),
     "stl10": (10, 10, None, None),
-    "caltech101": (4, 2, None, None),
+    "caltech101": (7, 2, None, None),  # the seeded 0.6/0.2/0.2 draw leaves 7 of 64 images in test
     "flowers102": (6, 102, None, None),
     "stanford-cars": (6, 3, None, None),
     "iwildcam": (6, 3, None, None),
@@ -224,14 +224,25 @@ def test_mat_labels_map_to_zero_based_classes_and_bad_files_are_named(tmp_path: 
     assert len(problems) == 1 and problems[0].startswith(f"cannot read {root / 'devkit' / 'cars_meta.mat'}")
 
 
-def test_caltech_train_and_test_splits_partition_the_images(tmp_path: Path):
-    LAYOUTS["caltech101"](tmp_path)
-    train = load_dataset("caltech101", tmp_path, "train")
-    test = load_dataset("caltech101", tmp_path, "test")
+def test_caltech_train_val_test_splits_are_a_seeded_draw_that_partitions_the_images(tmp_path: Path):
+    from starft_cli.data.protocols import require_protocol
+    from starft_cli.data.transfer import caltech_split_of
+
+    LAYOUTS["caltech101"](tmp_path)  # accordion and airplanes, 32 images each
+    parts = {s: load_dataset("caltech101", tmp_path, s) for s in ("train", "val", "test")}
     everything = load_dataset("caltech101", tmp_path, "all")
-    assert len(train) == 60 and len(test) == 4 and len(everything) == 64
-    assert not set(train.paths) & set(test.paths)
-    assert train.classnames == ["accordion", "airplane"]
+    # the seeded per-image draw (seed 0): accordion 18/9/5, airplanes 23/7/2
+    assert {s: len(d) for s, d in parts.items()} == {"train": 41, "val": 16, "test": 7} and len(everything) == 64
+    assert sorted(p for d in parts.values() for p in d.paths) == sorted(everything.paths)  # a partition
+    assert parts["train"].classnames == ["accordion", "airplane"]
+    again = load_dataset("caltech101", tmp_path, "test")
+    assert again.paths == parts["test"].paths  # deterministic
+    # the rule's fractions (FLYP's 0.6/0.2/0.2) over many images, and a category's draw depends on itself only
+    rule = require_protocol("caltech101").split
+    assert rule["seed"] == 0 and rule["fractions"] == {"train": 0.6, "val": 0.2, "test": 0.2}
+    draw = caltech_split_of("Faces", 20000, rule)
+    assert [draw.count(s) for s in ("train", "val", "test")] == [12024, 3951, 4025]
+    assert caltech_split_of("accordion", 32, rule)[:5] == ["train", "train", "val", "train", "test"]
 
 
 def test_waterbirds_groups_are_label_by_place(tmp_path: Path):

@@ -156,12 +156,13 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     assert "no pickled objects" in info.value.one_line()
 
 
-def _write_hf_cache(hf_home: Path, repo: str, files: dict[str, Path]) -> None:
-    """Lay files out as huggingface_hub's cache does: blobs, a snapshot of links, refs/main."""
+def _write_hf_cache(hf_home: Path, repo: str, files: dict[str, Path], ref_end: str = "") -> None:
+    """Lay files out as huggingface_hub's cache does: blobs, a snapshot of links, refs/main (followed by
+    ``ref_end``)."""
     folder = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
     commit = "0123456789abcdef0123456789abcdef01234567"
     (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(commit)
+    (folder / "refs" / "main").write_text(commit + ref_end)
     snapshot = folder / "snapshots" / commit
     snapshot.mkdir(parents=True)
     (folder / "blobs").mkdir()
@@ -223,3 +224,58 @@ def test_missing_weights_offline_say_where_and_how(tmp_path: Path, images) -> No
     assert str(tmp_path / "hf") in lines[0]
     assert "HF_HUB_OFFLINE" in lines[0] and "HF_HOME" in lines[0]
     assert "Traceback" not in done.stderr
+
+
+def test_a_ref_file_ending_with_a_newline_names_the_cached_snapshot(tmp_path: Path, tiny) -> None:
+    """refs/main written with a trailing newline (by hand, or by another tool): still the cached snapshot, offline,
+    for a Hub model and for a pretrained tag served from the Hub (issue 20, item 9)."""
+    source = tmp_path / "src"
+    save_checkpoint(tiny.model, source, tiny.model_cfg, tiny.preprocess_cfg, arch="starft-tiny")
+    hf_home = tmp_path / "hf"
+    files = {WEIGHTS_NAME: source / WEIGHTS_NAME, CONFIG_NAME: source / CONFIG_NAME}
+    _write_hf_cache(hf_home, "starft-test/newline", files, ref_end="\n")
+    code = (
+        "from starft_cli.pretrained import register_pretrained\n"
+        "from starft_cli.models import load\n"
+        "register_pretrained('starft-tiny', 'cached', hf_hub='starft-test/newline/')\n"
+        "print(load('hf-hub:starft-test/newline').fingerprint, load('starft-tiny:cached').fingerprint)\n"
+    )
+    env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "STARFT_HOME": str(tmp_path / "home")}
+    done = _run(code, env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [tiny.fingerprint, tiny.fingerprint]
+
+
+def test_a_checkpoint_whose_image_tower_alone_was_compiled_loads(tmp_path: Path, tiny) -> None:
+    """torch.compile of the image tower alone writes keys ``visual._orig_mod.*``: the segment is dropped wherever it
+    is in a key (issue 20, item 9)."""
+    state = {(f"visual._orig_mod.{k[len('visual.') :]}" if k.startswith("visual.") else k): v
+             for k, v in tiny.model.state_dict().items()}  # fmt: skip
+    assert any("._orig_mod." in k for k in state)
+    torch.save({"state_dict": {f"_orig_mod.{k}": v for k, v in state.items()}}, tmp_path / "compiled.pt")
+    assert load(str(tmp_path / "compiled.pt"), arch="starft-tiny").fingerprint == tiny.fingerprint
+
+
+def test_a_run_directory_as_a_model_points_to_its_checkpoints(tmp_path: Path, tiny, images) -> None:
+    from typer.testing import CliRunner
+
+    from starft_cli.cli.app import app
+    from starft_cli.errors import ModelNotFoundError
+
+    run = tmp_path / "runs" / "x"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    with pytest.raises(ModelNotFoundError) as info:
+        load(str(run))
+    assert info.value.one_line() == (
+        f"no weights file in {run}. {run} is a run directory without a finished checkpoint yet "
+        "(checkpoints/best or last)"
+    )
+    for name in ("last", "best"):
+        save_checkpoint(tiny.model, run / "checkpoints" / name, tiny.model_cfg, tiny.preprocess_cfg, arch="starft-tiny")
+    result = CliRunner().invoke(app, ["classify", str(images[0]), "-l", "a,b", "-m", str(run)])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: no weights file in {run}. {run} is a run directory: pass its checkpoint, "
+        f"{run / 'checkpoints' / 'best'} or {run / 'checkpoints' / 'last'}\n"
+    )

@@ -44,8 +44,38 @@ def test_greedy_soup_adds_a_run_only_when_validation_does_not_drop():
 
     soup, chosen, individual = greedy_soup(runs, score)
     assert individual == [-1.0, -1.0, -8.0]
-    assert chosen == [0, 1]  # ties sorted by index; run 3 would pull the soup to 14/3 (score -2.67 < 0): left out
+    # equal scores: the later-listed run first (the reference sorts ascending, then reverses); run 3 would pull the
+    # soup to 14/3 (score -2.67 < 0): left out
+    assert chosen == [1, 0]
     assert torch.equal(soup["w"], torch.tensor([2.0]))
+
+
+def test_greedy_soup_adds_a_run_only_when_validation_strictly_improves():
+    runs = [{"w": torch.tensor([2.0])}, {"w": torch.tensor([2.0])}, {"w": torch.tensor([1.0])}]
+    calls = []
+
+    def score(state):
+        calls.append(float(state["w"]))
+        return -abs(float(state["w"]) - 2.0)
+
+    soup, chosen, individual = greedy_soup(runs, score)
+    assert individual == [0.0, 0.0, -1.0]
+    # run 2 first (tie, later-listed); adding run 1 keeps the score at 0: not an improvement, left out; run 3 lowers it
+    assert chosen == [1] and torch.equal(soup["w"], torch.tensor([2.0]))
+    assert calls[3:] == [2.0, 1.5]  # the candidate soups tried after the three single runs
+
+
+def test_model_stock_a_run_that_left_a_layer_unchanged_counts_as_orthogonal():
+    w0 = {"a": torch.zeros(2)}
+    runs = [{"a": torch.tensor([1.0, 0.0])}, {"a": torch.tensor([1.0, 1.0])}, {"a": torch.zeros(2)}]
+    merged, ratios = model_stock(w0, runs)
+    c = (1 / math.sqrt(2) + 0.0 + 0.0) / 3  # pairs with the unchanged run: cosine 0 (the reference's epsilon)
+    t = 3 * c / (1 + 2 * c)
+    assert ratios["a"] == pytest.approx(t)
+    mean = torch.tensor([2 / 3, 1 / 3], dtype=torch.float64)  # the unchanged run stays in the mean
+    assert torch.allclose(merged["a"].double(), t * mean, atol=1e-7)
+    merged, ratios = model_stock(w0, [{"a": torch.zeros(2)}, {"a": torch.zeros(2)}])  # nobody moved it
+    assert ratios["a"] == 0.0 and torch.equal(merged["a"], w0["a"])
 
 
 def test_model_stock_two_runs_by_hand():

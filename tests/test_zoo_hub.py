@@ -369,3 +369,30 @@ def test_unknown_architecture_is_refused_before_any_download(served) -> None:
     assert "unknown architecture 'starft-tinny'" in info.value.one_line()
     assert "Did you mean starft-tiny" in info.value.one_line()
     assert served.hub.requests == []
+
+
+def test_rm_keeps_a_blob_that_another_entry_still_uses(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two revisions of one repository share the weights' blob in the Hub cache: removing one entry must leave the
+    other usable offline; removing the second deletes the blob."""
+    second = served.hub.commit(REPO, {"README.md": b"a card"})  # the weights unchanged: the same blob
+    manifest = write_zoo(
+        tmp_path / "two.toml",
+        {"tiny-one": hub_entry(REPO, served.commit, served.sha), "tiny-two": hub_entry(REPO, second, served.sha)},
+    )
+    monkeypatch.setenv("STARFT_ZOO", str(manifest))
+    one, two = zoo.fetch(zoo.get_entry("tiny-one")), zoo.fetch(zoo.get_entry("tiny-two"))
+    assert one != two and one.resolve() == two.resolve()
+    blob = one.resolve()
+
+    result = runner.invoke(app, ["zoo", "rm", "tiny-one"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"deleted {one}"  # the link only
+    assert not one.exists() and not one.parent.exists()  # the emptied snapshot goes too
+    _go_offline(monkeypatch)
+    assert zoo.cached_path(zoo.get_entry("tiny-two")) == two and two.read_bytes() == served.weights
+    assert runner.invoke(app, ["zoo", "verify", "tiny-two"]).stdout.startswith("tiny-two: ok")
+
+    result = runner.invoke(app, ["zoo", "rm", "tiny-two"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split() == ["deleted", str(two), "deleted", str(blob)]
+    assert not blob.exists()

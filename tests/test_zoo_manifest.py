@@ -228,10 +228,12 @@ def test_user_overlay_and_starft_zoo_are_merged(tmp_path: Path, monkeypatch: pyt
 
 def test_user_entry_may_not_silently_shadow_a_shipped_one() -> None:
     write_zoo(user_manifest_path(), {"vit-b-16-laion400m-e31": _base()})
-    with pytest.raises(ZooError, match="would shadow the shipped entry") as info:
-        zoo.entries()
-    assert "override = true" in info.value.one_line()
-    assert str(user_manifest_path()) in info.value.one_line()
+    problem = zoo.broken_entries()["vit-b-16-laion400m-e31"].error().one_line()
+    assert "would shadow the shipped entry" in problem and "override = true" in problem
+    assert str(user_manifest_path()) in problem
+    assert zoo.entries()["vit-b-16-laion400m-e31"].origin == "shipped"  # the shipped entry keeps working
+    info = runner.invoke(app, ["zoo", "info", "vit-b-16-laion400m-e31"])
+    assert info.exit_code == 0 and "would shadow the shipped entry" in info.stdout
 
 
 def test_explicit_override_replaces_a_shipped_entry() -> None:
@@ -243,8 +245,8 @@ def test_explicit_override_replaces_a_shipped_entry() -> None:
 def test_starft_zoo_may_not_shadow_a_user_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_zoo(user_manifest_path(), {"mine": _base()})
     monkeypatch.setenv("STARFT_ZOO", str(write_zoo(tmp_path / "z.toml", {"mine": _base()})))
-    with pytest.raises(ZooError, match="would shadow the user entry"):
-        zoo.entries()
+    assert "would shadow the user entry" in zoo.broken_entries()["mine"].problem
+    assert zoo.entries()["mine"].origin == "user"
 
 
 def test_missing_starft_zoo_file_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -415,3 +417,41 @@ def test_a_hand_edited_broken_entry_can_be_inspected_verified_and_forgotten() ->
         assert f"removed '{name}'" in forgotten.stdout
         assert zoo.find_entry(name) is None
     assert runner.invoke(app, ["zoo", "rm", "vit-b-16-laion400m-e31", "--forget"]).exit_code == 2  # shipped stays
+
+
+@pytest.mark.parametrize("missing", ["kind", "license"])
+def test_a_hand_edited_entry_without_a_required_field_takes_nothing_else_down(missing: str, images: list[Path]) -> None:
+    """One bad entry (issue 20, item 4): every other zoo model and command works; info and verify show the
+    problem; using it says what is wrong; rm --forget removes it and keeps the other user entries as written."""
+    good = _base()
+    bad = {k: v for k, v in _base().items() if k != missing}
+    write_zoo(user_manifest_path(), {"mine": good, "hand-edited": bad})
+    assert "mine" in zoo.entries() and "hand-edited" not in zoo.entries()
+    listed = runner.invoke(app, ["zoo", "list"])
+    assert listed.exit_code == 0 and "mine" in listed.stdout and "vit-b-16-laion400m-e31" in listed.stdout
+    assert f"zoo entry 'hand-edited' is broken: {user_manifest_path()}: entry 'hand-edited': missing '{missing}'" in (
+        listed.stderr
+    )
+    info = runner.invoke(app, ["zoo", "info", "hand-edited"])
+    assert info.exit_code == 0 and f"missing '{missing}'" in info.stdout
+    assert "starft zoo rm hand-edited --forget" in info.stdout
+    assert runner.invoke(app, ["zoo", "info", "mine"]).exit_code == 0
+    verify = runner.invoke(app, ["zoo", "verify"])
+    assert verify.exit_code == 0 and "hand-edited: broken zoo entry 'hand-edited' is broken" in verify.stdout
+    use = runner.invoke(app, ["classify", str(images[0]), "--labels", "a,b", "-m", "hand-edited"])
+    assert use.exit_code == 1 and f"missing '{missing}'" in use.stderr and "Traceback" not in use.output
+    from starft_cli.models import parse_model_ref
+
+    assert parse_model_ref("mine").kind == "zoo"  # the other zoo models resolve
+    forgotten = runner.invoke(app, ["zoo", "rm", "hand-edited", "--forget"])
+    assert forgotten.exit_code == 0, forgotten.output
+    assert f"removed 'hand-edited' from {user_manifest_path()}" in forgotten.stdout
+    assert zoo.broken_entries() == {} and zoo.find_entry("hand-edited") is None
+    assert zoo.entries()["mine"] == zoo.validate_entry("mine", good, origin="user", manifest=user_manifest_path())
+
+
+def test_adding_keeps_a_broken_user_entry_as_written() -> None:
+    write_zoo(user_manifest_path(), {"hand-edited": {k: v for k, v in _base().items() if k != "kind"}})
+    added = runner.invoke(app, ["zoo", "add", "zs", "--arch", "ViT-B-16", "--source", "open_clip:laion400m_e32"])
+    assert added.exit_code == 0, added.output
+    assert set(zoo.broken_entries()) == {"hand-edited"} and zoo.find_entry("zs") is not None

@@ -240,3 +240,61 @@ def test_card_offers_the_architecture_form_only_when_open_clip_builds_the_same_m
     assert not plain_arch_form_works(other_pp)
     assert not plain_arch_form_works(base)  # starft-tiny
     assert "local-dir:PATH/TO/FOLDER" in model_card(base)
+
+
+def test_the_card_quotes_the_published_checkpoint_only(run_dir: Path, tmp_path: Path) -> None:
+    """A ``best`` checkpoint chosen at epoch 0: the card shows that step's log record, not the run's last one, and
+    quotes only evaluation records of the published weights (issue 20 item 14, issue 19 item 1)."""
+    from starft_cli.models import load
+
+    best = run_dir / "checkpoints" / "best"
+    config = json.loads((best / CONFIG).read_text())
+    config["starft"] = {**config["starft"], "step": 10, "epoch": 0}
+    (best / CONFIG).write_text(json.dumps(config))
+    best_fp = load(str(best)).fingerprint
+    last_fp = load(str(run_dir / "checkpoints" / "last")).fingerprint
+    records = [
+        {"model": str(best), "dataset": "cifar10", "metric": "top1", "value": 0.611, "weights_fingerprint": best_fp},
+        {"model": str(run_dir), "dataset": "cifar10", "metric": "top1", "value": 0.472, "weights_fingerprint": last_fp},
+    ]
+    (run_dir / "eval" / "results.json").write_text(json.dumps(records))
+    out = tmp_path / "upload"
+    result = runner.invoke(app, ["zoo", "publish", str(run_dir), "--repo", "me/t", "--dry-run", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "## Training log record of this checkpoint (step 10)" in card
+    assert "| epoch | 0 |" in card and "| loss | 2.5 |" in card and "| loss | 1.25 |" not in card
+    assert "| cifar10 | top1 | 0.611 |" in card and "0.472" not in card
+    assert "(1 record(s) of other weights, e.g. the run's other checkpoint, left out)" in card
+
+
+def test_a_published_classifier_keeps_its_head_on_the_hub_and_in_the_zoo(
+    tmp_path: Path,
+    hub: HubServer,  # noqa: F811
+    tiny,
+) -> None:
+    import torch
+
+    from starft_cli.models import load, save_checkpoint
+
+    best = tmp_path / "run" / "checkpoints" / "best"
+    torch.manual_seed(0)
+    head = torch.randn(2, 32) * 10
+    meta = {"method": "lp", "base_model": "starft-tiny:none", "head_classnames": ["a", "b"], "head_templates": ["{}"]}
+    save_checkpoint(tiny.model, best, tiny.model_cfg, tiny.preprocess_cfg, arch="starft-tiny", metadata=meta, head=head)
+    result = runner.invoke(app, ["zoo", "publish", str(best), "--repo", "me/lp"])
+    assert result.exit_code == 0, result.output
+    files = hub.repos["me/lp"].commits[hub.repos["me/lp"].refs["main"]]
+    assert sorted(files) == ["README.md", "classification_head.safetensors", CONFIG, WEIGHTS]
+    assert torch.equal(load("hf-hub:me/lp").extra["head"], head)
+
+    add_line = next(line for line in result.stdout.splitlines() if line.startswith("starft zoo add"))
+    assert runner.invoke(app, shlex.split(add_line)[1:]).exit_code == 0
+    image = make_image(tmp_path / "img.jpg", seed=1)
+    args = ["classify", str(image), "--labels", "a,b", "--device", "cpu", "--format", "json"]
+    by_name = runner.invoke(app, [*args, "--model", "lp"])
+    local = runner.invoke(app, [*args, "--model", str(best)])
+    assert by_name.exit_code == 0 and local.exit_code == 0, by_name.output + local.output
+    assert json.loads(by_name.stdout)[0]["predictions"] == json.loads(local.stdout)[0]["predictions"]
+    zero_shot = runner.invoke(app, [*args, "--model", "starft-tiny:none"])
+    assert json.loads(zero_shot.stdout)[0]["predictions"] != json.loads(local.stdout)[0]["predictions"]

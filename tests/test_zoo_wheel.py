@@ -38,6 +38,11 @@ def test_wheel_ships_the_manifest_and_installed_cli_reads_it(tmp_path: Path) -> 
         shipped = archive.read("starft_cli/zoo/_shipped/manifest.toml")
     assert shipped == (ROOT / "zoo" / "manifest.toml").read_bytes()
     assert not [n for n in names if n.startswith("zoo/")]  # nothing installed outside the package
+    # the protocols' data files (class names and templates per dataset) ship too
+    assert {
+        "starft_cli/data/protocols/reference/iwildcam.json",
+        "starft_cli/data/protocols/clip-benchmark/cifar100.json",
+    } <= set(names)
 
     site = tmp_path / "site"
     _pip("install", "--no-deps", "--target", str(site), str(wheel), cwd=tmp_path)

@@ -26,6 +26,7 @@ class StarftGroup(TyperGroup):
 
     def invoke(self, ctx: Any) -> Any:
         try:
+            _refuse_empty_values([*getattr(ctx, "_protected_args", []), *ctx.args])
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, typer.TyperException):
             raise
@@ -43,7 +44,7 @@ class StarftGroup(TyperGroup):
         except OSError as exc:  # a full disk, an I/O error, a permission: the system's words and the file
             if _debug():
                 traceback.print_exc()
-            typer.echo(f"error: {os_error_line(exc)}", err=True)
+            typer.echo(f"error: {os_error_line(exc, getattr(ctx, 'invoked_subcommand', None))}", err=True)
             raise typer.Exit(1) from None
         except Exception as exc:
             if _debug():
@@ -57,21 +58,52 @@ class StarftGroup(TyperGroup):
             raise typer.Exit(1) from None
 
 
+def _refuse_empty_values(args: list[str]) -> None:
+    """An empty value (``--out ""``, ``--out=``, an empty positional argument) is refused before any command runs:
+    an empty path would otherwise mean the current folder (a run written into it, every image under it classified).
+
+    Raises:
+        UsageError: naming the option (or the position) whose value is empty."""
+    from starft_cli.errors import UsageError
+
+    for i, arg in enumerate(args):
+        option = None
+        if arg.startswith("--") and arg.endswith("=") and len(arg) > 3:
+            option = arg[:-1]
+        elif arg.strip() == "":
+            previous = args[i - 1] if i else ""
+            option = previous if previous.startswith("-") and "=" not in previous else None
+            if option is None:
+                raise UsageError(
+                    f"an empty argument after '{' '.join(args[:i])}'",
+                    "Name a file or folder ('.' is the current folder)",
+                )
+        if option is not None:
+            raise UsageError(f"{option} is empty", f"Give {option} a value (a path '.' is the current folder)")
+
+
 _OS_HINTS = {
-    errno.ENOSPC: "Free some disk space and rerun (a run continues with --resume)",
-    errno.EDQUOT: "Free some of your disk quota and rerun (a run continues with --resume)",
-    errno.EIO: "The device reported an I/O error: check the disk, then rerun (a run continues with --resume)",
+    errno.ENOSPC: "Free some disk space and rerun",
+    errno.EDQUOT: "Free some of your disk quota and rerun",
+    errno.EFBIG: "The file is larger than this file system (or a limit) allows: choose another path",
+    errno.EIO: "The device reported an I/O error: check the disk, then rerun",
     errno.EACCES: "Check the permissions, or choose another path",
     errno.EPERM: "Check the permissions, or choose another path",
     errno.EROFS: "The file system is read-only: choose another path",
 }
+# The commands whose interrupted work a rerun continues: the hint says how.
+_CONTINUES = {"finetune": " (a run continues with --resume)", "demo": " (the demo continues where it stopped)"}
+_RERUN_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
 
 
-def os_error_line(exc: OSError) -> str:
-    """One line for an OSError: what the system said, the file, and what to do (``No space left on device: X``)."""
+def os_error_line(exc: OSError, command: str | None = None) -> str:
+    """One line for an OSError: what the system said, the file, and what to do (``No space left on device: X``).
+    The hint names ``--resume`` only under ``command``s that can continue an interrupted run (``finetune``)."""
     what = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
     where = f": {exc.filename}" if exc.filename else ""
     hint = _OS_HINTS.get(exc.errno or 0)
+    if hint and exc.errno in _RERUN_ERRNOS:
+        hint += _CONTINUES.get(command or "", "")
     return f"{what}{where}" + (f". {hint}" if hint else "")
 
 
@@ -131,9 +163,20 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    threads: str | None = typer.Option(
+        None,
+        "--threads",
+        metavar="N",
+        help="CPU threads per process: a number, auto (the usable cores; default) or torch (torch's defaults). "
+        "Also STARFT_THREADS; OMP_NUM_THREADS and OMP_WAIT_POLICY set by you are kept.",
+    ),
 ) -> None:
     """Robust fine-tuning of zero-shot image-text models with StarFT."""
     _setup_logging()
+    if threads is not None:
+        from starft_cli.threads import apply_thread_policy, parse_threads
+
+        apply_thread_policy(parse_threads(threads))
 
 
 def _setup_logging() -> None:
@@ -169,6 +212,18 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value: Any) -> None:
         pass
+
+
+def _apply_threads_from_env() -> None:
+    """The thread policy from ``STARFT_THREADS`` (``--threads`` reapplies it in the root callback); a bad value is
+    the usual one-line usage error."""
+    from starft_cli.threads import apply_thread_policy
+
+    try:
+        apply_thread_policy()
+    except StarftError as exc:
+        typer.echo(f"error: {error_line(exc)}", err=True)
+        sys.exit(exc.exit_code)
 
 
 def _wrap_help_at_spaces_only() -> None:
@@ -216,8 +271,10 @@ _register()
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point. The CPU thread policy is applied first, before any command imports torch (its OpenMP
+    runtime reads the wait policy once, when it loads; see :mod:`starft_cli.threads`)."""
     try:
+        _apply_threads_from_env()
         app()
     except KeyboardInterrupt:  # pragma: no cover - during start-up
         sys.exit(130)

@@ -1,4 +1,4 @@
-"""``starft classify``: zero-shot classification of images with any model."""
+"""``starft classify``: classification of images with any model (zero-shot, or a classifier run's trained head)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from starft_cli.cli.progress import progress_bar
 from starft_cli.errors import UsageError
 from starft_cli.formats import OutputFormat
 
-HELP = "Zero-shot classify images: each label's probability, best first."
+HELP = "Classify images (zero-shot, or with a classifier run's trained head): each label's probability."
 PROGRESS_THRESHOLD = 32
 ClassifyFormat = OutputFormat.choices("table", "json", "csv")
 
@@ -36,7 +36,7 @@ def classify_command(
         bool, typer.Option("--strict", help="An unreadable image is an error (default: skip it, warn, count).")
     ] = False,
 ) -> None:
-    """Zero-shot classify images: each label's probability, best first."""
+    """Classify images (zero-shot, or with a classifier run's trained head): each label's probability."""
     label_list = _read_labels(labels, labels_file)
     from starft_cli.device import resolve_device
     from starft_cli.images import expand_image_args

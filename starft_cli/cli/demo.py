@@ -11,6 +11,7 @@ import typer
 
 from starft_cli.cli.command import Command
 from starft_cli.cli.options import DeviceOpt
+from starft_cli.demo import METHODS as DEMO_METHODS  # no torch: the list only
 
 HELP = (
     "Run the whole job on the embedded spurious-digits benchmark: build a tiny zero-shot CLIP, fine-tune it with "
@@ -23,7 +24,7 @@ def demo_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the fine-tuning runs (data order, crops).")] = 0,
     methods: Annotated[
         str,
-        typer.Option("--methods", help="Comma list of ft, flyp, flyp-lowlr, starft, starft-paper, kl, or all."),
+        typer.Option("--methods", help=f"Comma list of {', '.join(DEMO_METHODS)}, or all (every one of them)."),
     ] = "ft,flyp,starft",
     rebuild: Annotated[
         bool, typer.Option("--rebuild", help="Generate the data and pre-train the zero-shot model again.")

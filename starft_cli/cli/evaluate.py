@@ -54,6 +54,14 @@ def eval_command(
     templates: Annotated[
         str | None, typer.Option("--templates", help="Template set name or file (default: each dataset's own).")
     ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol",
+            help="Class names and templates of registered datasets: reference (the StarFT authors' code where it "
+            "evaluates the dataset, else CLIP_benchmark's) or clip-benchmark (CLIP_benchmark's).",
+        ),
+    ] = "reference",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write results.json, leaderboard.md/.csv here.")
     ] = None,
@@ -115,7 +123,7 @@ def eval_command(
 
     refs = [parse_model_ref(ref) for ref in model]  # a typo in a model reference fails before any data is read
     skip = resolved.name == "all" if skip_missing is None else skip_missing
-    prepared = plan(resolved, data_root, templates, classnames, skip)  # data checked before any model is loaded
+    prepared = plan(resolved, data_root, templates, classnames, skip, protocol)  # data checked before any model
     for line in prepared.missing:
         typer.echo(f"skipped (not present): {line}", err=True)
     for line in prepared.notes:

@@ -40,9 +40,12 @@ def list_command(
     output_format: Annotated[ListFormat, typer.Option("--format", help="Output format.")] = ListFormat.table,
 ) -> None:
     """List the zoo's models: architecture, source, license and reported metrics."""
-    from starft_cli.zoo import entries
+    from starft_cli.zoo import load_zoo
 
-    found = [e for e in entries().values() if kind is None or e.kind == kind.value]
+    valid, broken = load_zoo()
+    for bad in broken.values():  # listed apart, on stderr: the table and the JSON stay the valid entries
+        typer.echo(f"warning: {bad.error().one_line()}", err=True)
+    found = [e for e in valid.values() if kind is None or e.kind == kind.value]
     found.sort(key=lambda e: e.name)
     if output_format == ListFormat.json:
         typer.echo(json.dumps([e.to_dict() for e in found], indent=2))
@@ -66,8 +69,16 @@ def list_command(
 @app.command("info")
 def info_command(name: NameArg) -> None:
     """Everything the manifest says about a model, and whether it is downloaded."""
-    from starft_cli.zoo import cached_path, get_entry
+    from starft_cli.zoo import broken_entries, cached_path, find_entry, get_entry
 
+    bad = broken_entries().get(name)
+    try:
+        entry = find_entry(name)
+    except ZooError:  # only a broken entry of that name
+        entry = None
+    if entry is None and bad is not None:
+        typer.echo(f"name      {name}\nmanifest  {bad.origin} ({bad.manifest})\nproblem   {bad.error().one_line()}")
+        return
     entry = get_entry(name)
     data = entry.to_dict()
     rows = [
@@ -89,6 +100,8 @@ def info_command(name: NameArg) -> None:
         rows.append(("local file", str(path) if path else absent))
     except StarftError as exc:  # a broken entry is shown with its problem, not refused
         rows.append(("problem", exc.one_line()))
+    if bad is not None:  # another manifest's entry of that name that is broken (e.g. shadows this one)
+        rows.append(("problem", bad.error().one_line()))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         typer.echo(f"{key:<{width}}  {value}")
@@ -125,13 +138,16 @@ def verify_command(
     name: Annotated[str | None, typer.Argument(help="One model (default: every downloaded model).")] = None,
 ) -> None:
     """Re-hash downloaded models against the manifest; a mismatching file is deleted (exit 1)."""
-    from starft_cli.zoo import entries, get_entry, verify
-    from starft_cli.zoo.hub import verify_all
+    from starft_cli.zoo import get_entry, load_zoo, verify
+    from starft_cli.zoo.hub import VerifyResult, verify_all
 
     if name:
         results = [verify(get_entry(name))]
     else:
-        results = verify_all(sorted(entries().values(), key=lambda e: e.name))
+        valid, broken = load_zoo()
+        results = verify_all(sorted(valid.values(), key=lambda e: e.name))
+        results += [VerifyResult(b.name, "broken", None, None, None, b.error().one_line()) for b in broken.values()]
+        results.sort(key=lambda r: r.name)
         if not results:
             typer.echo("no zoo model is downloaded")
             return
@@ -186,18 +202,24 @@ def rm_command(
 ) -> None:
     """Delete a model's downloaded weights from the cache (and, with --forget, its user manifest entry)."""
     from starft_cli.zoo import get_entry, remove
-    from starft_cli.zoo.manifest import read_user_entries, write_user_entries
+    from starft_cli.zoo.manifest import forget_user_entry, user_entry_names
 
-    entry = get_entry(name)
-    if forget:
-        user = read_user_entries()
-        if name not in user:
-            raise UsageError(
-                f"'{name}' is not in your user manifest (it comes from {entry.origin}: {entry.manifest})",
-                "Only entries added with `starft zoo add` can be forgotten",
-            )
     try:
-        removed = remove(entry)
+        entry = get_entry(name)
+    except ZooError as exc:  # a broken entry (e.g. without `kind`): nothing to locate; forgetting it is the fix
+        if not forget or name not in user_entry_names():
+            raise
+        entry, removed = None, []
+        typer.echo(f"{name}: no cached weights located ({exc.message})")
+    if forget and entry is not None and name not in user_entry_names():
+        raise UsageError(
+            f"'{name}' is not in your user manifest (it comes from {entry.origin}: {entry.manifest})",
+            "Only entries added with `starft zoo add` can be forgotten",
+        )
+    if forget and entry is not None and entry.origin != "user":  # the user's entry is broken: keep the other's files
+        entry = None
+    try:
+        removed = remove(entry) if entry is not None else []
     except StarftError as exc:
         if not forget:
             raise
@@ -205,11 +227,10 @@ def rm_command(
         typer.echo(f"{name}: no cached weights located ({exc.message})")
     for path in removed:
         typer.echo(f"deleted {path}")
-    if not removed:
+    if not removed and entry is not None:
         typer.echo(f"{name}: nothing downloaded")
     if forget:
-        del user[name]
-        typer.echo(f"removed '{name}' from {write_user_entries(user)}")
+        typer.echo(f"removed '{name}' from {forget_user_entry(name)}")
 
 
 @app.command("add")
@@ -235,7 +256,7 @@ def add_command(
 ) -> None:
     """Add a model to your user manifest (merged over the shipped one)."""
     from starft_cli.zoo import check_entry, entries
-    from starft_cli.zoo.manifest import read_user_entries, validate_entry, write_user_entries
+    from starft_cli.zoo.manifest import read_user_entries, user_entry_names, validate_entry, write_user_entries
 
     if kind is None:
         kind = ZooKind.zero_shot if source.strip().startswith("open_clip:") else ZooKind.starft
@@ -250,7 +271,7 @@ def add_command(
     entry = validate_entry(name, data, origin="user", where=f"zoo add {name}")
     check_entry(entry, fix="Nothing was written; check --arch and --source")  # nothing broken is ever written
     user = read_user_entries()
-    if name in user:
+    if name in user_entry_names():
         raise UsageError(
             f"'{name}' is already in your user manifest", f"Remove it first: `starft zoo rm {name} --forget`"
         )

@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from starft_cli.data.base import ArrayImageDataset, CheckReport
-from starft_cli.data.checks import asset_lines, count_groups, count_into, torchvision_download
+from starft_cli.data.checks import count_groups, count_into, torchvision_download
+from starft_cli.data.protocols import attach_protocol, require_protocol
 from starft_cli.data.registry import Builder, register_dataset
 from starft_cli.errors import DataError
 
@@ -106,13 +107,14 @@ class _Cifar(Builder):
 
     def build(self, root: Path, split: str) -> ArrayImageDataset:
         images, labels, names = self.read(root, split)
-        return self.dataset(
+        ds = self.dataset(
             ArrayImageDataset,
-            classnames=names,
+            classnames=protocol_names(self.info.name, names),
             labels=labels,
             images=images,
             sources=[root / f for f in self.files(split)],
         )
+        return attach_protocol(ds, require_protocol(self.info.name), list(range(len(names))))
 
     def check(self, root: Path) -> CheckReport:
         report = self.report(root)
@@ -186,8 +188,22 @@ class Cifar100(_Cifar):
     num_classes = 100
 
 
+def protocol_names(dataset: str, own: list[str]) -> list[str]:
+    """The default protocol's spelling of a dataset's own class list ``own`` (read from its meta file): the
+    protocol's names when they are the same classes in the same order (compared with ``_`` read as a space; CIFAR-100's
+    protocol keeps torchvision's 'aquarium_fish', as CLIP_benchmark does), else ``own`` itself (a re-packed copy with
+    other names; logged)."""
+    names = require_protocol(dataset).names_for(len(own)) if len(own) else []
+    if [n.replace("_", " ") for n in names] == [n.replace("_", " ") for n in own]:
+        return names
+    logger.info("%s: the meta file's class names are not the standard ones; using them as they are", dataset)
+    return list(own)
+
+
 def cifar10_classnames() -> list[str]:
-    return list(asset_lines("cifar10_classes.txt"))
+    """CIFAR-10's class names under the default protocol (CIFAR-10.2 and CIFAR-10.02 share them)."""
+    entry = require_protocol("cifar10")
+    return entry.names_for(len(entry.classnames or ()))
 
 
 def read_cifar102(root: Path, split: str) -> tuple[np.ndarray, list[int]]:
@@ -292,6 +308,12 @@ class Cifar1002(Builder):
         return report
 
 
+def _stl10_names() -> list[str]:
+    """STL-10's standard class names (the default protocol's), for a copy without class_names.txt."""
+    entry = require_protocol("stl10")
+    return entry.names_for(len(entry.classnames or ()))
+
+
 STL10_SPLIT_FILES = {"train": ("train_X.bin", "train_y.bin"), "test": ("test_X.bin", "test_y.bin")}
 STL10_IMAGE_BYTES = 3 * 96 * 96
 
@@ -322,15 +344,16 @@ def _stl10_reader() -> type:
 class STL10(Builder):
     def build(self, root: Path, split: str) -> ArrayImageDataset:
         tv = _stl10_reader()(str(root.parent), split=split, download=False)
-        names = list(getattr(tv, "classes", None) or asset_lines("stl10_classes.txt"))
+        names = list(getattr(tv, "classes", None) or _stl10_names())
         images = np.ascontiguousarray(np.asarray(tv.data).transpose(0, 2, 3, 1))
-        return self.dataset(
+        ds = self.dataset(
             ArrayImageDataset,
-            classnames=names,
+            classnames=protocol_names(self.info.name, names),
             labels=[int(v) for v in tv.labels],
             images=images,
             sources=[root / f for f in STL10_SPLIT_FILES[split]],
         )
+        return attach_protocol(ds, require_protocol(self.info.name), list(range(len(names))))
 
     def check(self, root: Path) -> CheckReport:
         report = self.report(root)
@@ -353,7 +376,7 @@ class STL10(Builder):
             if labels and not 0 <= min(labels) <= max(labels) < 10:
                 report.problems.append(f"{y_path}: labels outside 1..10")
                 continue
-            count_into(report, split, labels, list(asset_lines("stl10_classes.txt")))
+            count_into(report, split, labels, _stl10_names())
         if not (root / "class_names.txt").is_file():
             report.notes.append(f"no {root / 'class_names.txt'}; the standard STL-10 class names are used")
         return report

@@ -260,8 +260,15 @@ def verify(root: Path) -> list[str]:
 
 def ensure(root: Path, seed: int = DEFAULT_SEED) -> Path:
     """``root`` holding a verified copy: generated on first use, generated again when damaged."""
+    from starft_cli.paths import build_lock
+
     problems = verify(root) if root.exists() else ["absent"]
-    if problems:
+    if not problems:
+        return root
+    with build_lock(root, on_wait=lambda p: logger.info("another starft process is generating %s: waiting", p)):
+        problems = verify(root) if root.exists() else ["absent"]  # generated while this process waited?
+        if not problems:
+            return root
         if root.exists():
             logger.warning("%s: %s; generating it again", NAME, problems[0])
         else:

@@ -3,6 +3,10 @@
 Caltech101's index is built by torchvision's Caltech101 reader; its images are opened by our FileImageDataset.
 Flowers102 and Stanford Cars keep labels in ``.mat`` files, read here with ``scipy.io.loadmat`` (as torchvision's
 readers do), so that a malformed file becomes a ``check`` problem rather than a traceback.
+
+Class names come from the default protocol (:mod:`starft_cli.data.protocols`, the StarFT code's lists), looked up by
+the dataset's own class identifiers (Caltech-101's folders, Stanford Cars' cars_meta.mat names) or by label
+(Flowers-102's imagelabels.mat order). Caltech-101's train/val/test split is the protocol's seeded rule.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from starft_cli.data.base import CheckReport, FileImageDataset
-from starft_cli.data.checks import asset_lines, asset_table, count_into, require_files, torchvision_download
+from starft_cli.data.checks import count_into, require_files, torchvision_download
+from starft_cli.data.protocols import ProtocolEntry, attach_protocol, require_protocol
 from starft_cli.data.registry import Builder, register_dataset
 from starft_cli.errors import DataError
 
@@ -21,7 +26,32 @@ logger = logging.getLogger(__name__)
 
 CALTECH_IMAGES = "101_ObjectCategories"
 CALTECH_BACKGROUND = "BACKGROUND_Google"
-CALTECH_TRAIN_PER_CLASS = 30
+CALTECH_SPLITS = ("train", "val", "test")
+
+
+def caltech_split_of(category: str, count: int, split_rule: dict) -> list[str]:
+    """The split (``train``, ``val`` or ``test``) of each of a category's ``count`` images (image_0001 .. in order).
+
+    The rule of FLYP's ``traintestsplit.py``, which made the StarFT code's caltech-101/{train,val,test} folders: each
+    image is drawn into train/val/test independently with probabilities 0.6/0.2/0.2 (``split_rule["fractions"]``).
+    There it is unseeded; here the draw is numpy's ``default_rng`` seeded with ``(split_rule["seed"], crc32 of the
+    category name)``, so that a category's split depends on nothing but its own image count. Deterministic."""
+    import zlib
+
+    fractions = split_rule["fractions"]
+    probabilities = [float(fractions[s]) for s in CALTECH_SPLITS]
+    rng = np.random.default_rng([int(split_rule["seed"]), zlib.crc32(category.encode())])
+    return [CALTECH_SPLITS[k] for k in rng.choice(len(CALTECH_SPLITS), size=count, p=probabilities)]
+
+
+def caltech_split_line(entry: ProtocolEntry) -> str:
+    """One line describing Caltech-101's split rule (for results and ``data check``)."""
+    rule = entry.split or {}
+    fractions = "/".join(f"{rule['fractions'][s]:g}" for s in CALTECH_SPLITS)
+    return (
+        f"caltech101: train/val/test = a per-image random draw with probabilities {fractions}, seed {rule['seed']} "
+        "(the rule of FLYP's split script, which the StarFT code's folders come from; unseeded there)"
+    )
 
 
 @register_dataset(
@@ -29,11 +59,11 @@ CALTECH_TRAIN_PER_CLASS = 30
     title="Caltech-101",
     folder="caltech101",
     layout=f"caltech101/{CALTECH_IMAGES}/<category>/image_0001.jpg ... (101 categories plus {CALTECH_BACKGROUND}, "
-    "as extracted from 101_ObjectCategories.tar.gz). Split: train = the first 30 images of each category, "
-    "test = the rest, all = every image",
+    "as extracted from 101_ObjectCategories.tar.gz). Split: each image drawn into train/val/test with probabilities "
+    "0.6/0.2/0.2, seeded (the rule of the StarFT/FLYP code's split, which is unseeded there); all = every image",
     source="data.caltech.edu/records/mzrjq-6wc02 (caltech-101.zip); `starft data download caltech101` fetches it "
     "via torchvision",
-    splits=("test", "train", "all"),
+    splits=("test", "train", "val", "all"),
     default_split="test",
     templates="caltech101",
     download=torchvision_download("Caltech101"),
@@ -48,24 +78,33 @@ class Caltech101(Builder):
         return list(tv.categories), paths, [int(y) for y in tv.y], [int(i) for i in tv.index]
 
     def build(self, root: Path, split: str) -> FileImageDataset:
-        categories, paths, labels, numbers = self._index(root)
-        names = asset_table("caltech101_classes.tsv")
-        keep = [
-            k for k, n in enumerate(numbers) if split == "all" or (n <= CALTECH_TRAIN_PER_CLASS) == (split == "train")
-        ]
-        return self.dataset(
+        entry = require_protocol("caltech101")
+        categories, paths, labels, _ = self._index(root)
+        unknown = [c for c in categories if entry.name_for_key(c) is None]
+        if unknown:
+            raise DataError(f"{root / CALTECH_IMAGES} has folders that are not Caltech-101 categories: {unknown[0]}")
+        if split == "all":
+            keep = list(range(len(labels)))
+        else:
+            drawn: list[str] = []
+            for c, category in enumerate(categories):
+                drawn += caltech_split_of(category, labels.count(c), entry.split or {})
+            keep = [k for k, s in enumerate(drawn) if s == split]  # torchvision's index runs category by category
+        ds = self.dataset(
             FileImageDataset,
-            classnames=[names.get(c, c.replace("_", " ")) for c in categories],
+            classnames=[entry.name_for_key(c) for c in categories],
             labels=[labels[k] for k in keep],
             paths=[paths[k] for k in keep],
         )
+        ds.split_rule = caltech_split_line(entry) if split != "all" else None
+        return attach_protocol(ds, entry, [(entry.keys or ()).index(c) for c in categories])
 
     def check(self, root: Path) -> CheckReport:
         report = self.report(root)
         base = root / CALTECH_IMAGES
         if not require_files(report, root, [CALTECH_IMAGES, f"{CALTECH_IMAGES}/{CALTECH_BACKGROUND}"]):
             return report
-        known = asset_table("caltech101_classes.tsv")
+        known = set(require_protocol("caltech101").keys or ())
         unknown = sorted(
             p.name for p in base.iterdir() if p.is_dir() and p.name not in known and p.name != CALTECH_BACKGROUND
         )
@@ -81,6 +120,7 @@ class Caltech101(Builder):
         count_into(report, "all", labels, categories)
         if len(categories) != len(known):
             report.notes.append(f"{len(categories)} of the {len(known)} categories are present")
+        report.notes.append(caltech_split_line(require_protocol("caltech101")))
         return report
 
 
@@ -111,6 +151,12 @@ def _flowers_index(root: Path, split: str) -> tuple[list[Path], list[int]]:
     return [root / "jpg" / f"image_{i:05d}.jpg" for i in ids], [labels_all[i - 1] - 1 for i in ids]
 
 
+def _flowers_names() -> list[str]:
+    """The default protocol's 102 names, in imagelabels.mat's label order."""
+    entry = require_protocol("flowers102")
+    return entry.names_for(len(entry.classnames or ()))
+
+
 @register_dataset(
     "flowers102",
     title="Oxford Flowers-102",
@@ -126,15 +172,15 @@ def _flowers_index(root: Path, split: str) -> tuple[list[Path], list[int]]:
 class Flowers102(Builder):
     def build(self, root: Path, split: str) -> FileImageDataset:
         paths, labels = _flowers_index(root, split)
-        return self.dataset(
-            FileImageDataset, classnames=list(asset_lines("flowers102_classes.txt")), labels=labels, paths=paths
-        )
+        names = _flowers_names()
+        ds = self.dataset(FileImageDataset, classnames=names, labels=labels, paths=paths)
+        return attach_protocol(ds, require_protocol("flowers102"), list(range(len(names))))
 
     def check(self, root: Path) -> CheckReport:
         report = self.report(root)
         if not require_files(report, root, ["jpg", "imagelabels.mat", "setid.mat"]):
             return report
-        names = list(asset_lines("flowers102_classes.txt"))
+        names = _flowers_names()
         for split in self.info.splits:
             try:
                 paths, labels = _flowers_index(root, split)
@@ -188,7 +234,14 @@ def _cars_index(root: Path, split: str) -> tuple[list[str], list[Path], list[int
 class StanfordCars(Builder):
     def build(self, root: Path, split: str) -> FileImageDataset:
         classes, paths, labels = _cars_index(root, split)
-        return self.dataset(FileImageDataset, classnames=classes, labels=labels, paths=paths)
+        entry = require_protocol("stanford-cars")
+        keys = list(entry.keys or ())
+        # the protocol's name of each cars_meta.mat class; a name the standard list lacks is kept as it is
+        names = [entry.name_for_key(c) or c for c in classes]
+        ds = self.dataset(FileImageDataset, classnames=names, labels=labels, paths=paths)
+        if all(c in keys for c in classes):
+            attach_protocol(ds, entry, [keys.index(c) for c in classes])
+        return ds
 
     def check(self, root: Path) -> CheckReport:
         report = self.report(root)

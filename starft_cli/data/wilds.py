@@ -1,4 +1,9 @@
-"""iWildCam and FMoW in the WILDS on-disk layout (``iwildcam_v2.0/``, ``fmow_v1.1/``), read from their CSVs."""
+"""iWildCam and FMoW in the WILDS on-disk layout (``iwildcam_v2.0/``, ``fmow_v1.1/``), read from their CSVs.
+
+Class names come from the default protocol (:mod:`starft_cli.data.protocols`): iWildCam's are the lower-cased English
+names the StarFT code (like WiSE-FT and FLYP) prompts with, by WILDS label ``y``; FMoW's are the WILDS category
+names, underscores kept, as those codes prompt with them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import csv
 from pathlib import Path
 
 from starft_cli.data.base import CheckReport, FileImageDataset
-from starft_cli.data.checks import asset_lines, count_into
+from starft_cli.data.checks import count_into
+from starft_cli.data.protocols import attach_protocol, require_protocol
 from starft_cli.data.registry import Builder, register_dataset
 from starft_cli.errors import DataError
 
@@ -25,13 +31,9 @@ def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
         return list(reader)
 
 
-def _iwildcam_classes(root: Path, num: int) -> list[str]:
-    path = root / "categories.csv"
-    names = {}
-    if path.is_file():
-        for row in _read_csv(path, ("y", "name")):
-            names[int(row["y"])] = row["name"].strip()
-    return [names.get(i, f"class {i}") for i in range(num)]
+def _iwildcam_classes(num: int) -> list[str]:
+    """The default protocol's names of labels ``0 .. num-1`` (WILDS numbers 182 classes, ``max(y) + 1``)."""
+    return require_protocol("iwildcam").names_for(num)
 
 
 @register_dataset(
@@ -39,7 +41,7 @@ def _iwildcam_classes(root: Path, num: int) -> list[str]:
     title="iWildCam (WILDS v2.0)",
     folder=IWILDCAM_FOLDER,
     layout=f"{IWILDCAM_FOLDER}/metadata.csv (split, y, filename, location_remapped, ...), "
-    f"{IWILDCAM_FOLDER}/categories.csv (y, name), {IWILDCAM_FOLDER}/train/<filename>",
+    f"{IWILDCAM_FOLDER}/train/<filename>; 182 classes as WILDS numbers them (y), named by the protocol",
     source="the WILDS package (`wilds` on PyPI, get_dataset('iwildcam', download=True)) or worksheets.codalab.org; "
     "keep the extracted iwildcam_v2.0/ folder as is",
     splits=IWILDCAM_SPLITS,
@@ -54,12 +56,16 @@ class IWildCam(Builder):
         rows = self._rows(root)
         num = max(int(r["y"]) for r in rows) + 1
         chosen = [r for r in rows if r["split"] == split]
-        return self.dataset(
+        entry = require_protocol("iwildcam")
+        names = _iwildcam_classes(num)
+        ds = self.dataset(
             FileImageDataset,
-            classnames=_iwildcam_classes(root, num),
+            classnames=names,
             labels=[int(r["y"]) for r in chosen],
             paths=[root / "train" / r["filename"] for r in chosen],
+            duplicate_classnames_ok=entry.check_collisions(names),  # only the pairs the source names alike
         )
+        return attach_protocol(ds, entry, list(range(num)))
 
     def check(self, root: Path) -> CheckReport:
         report = self.report(root)
@@ -71,9 +77,15 @@ class IWildCam(Builder):
         if not rows:
             report.problems.append(f"{root / 'metadata.csv'} has no rows")
             return report
-        if not (root / "categories.csv").is_file():
-            report.notes.append(f"no {root / 'categories.csv'}: classes are named 'class N'")
-        classes = _iwildcam_classes(root, max(int(r["y"]) for r in rows) + 1)
+        try:
+            classes = _iwildcam_classes(max(int(r["y"]) for r in rows) + 1)
+            require_protocol("iwildcam").check_collisions(classes)
+        except DataError as exc:
+            report.problems.append(exc.message)
+            return report
+        shared = require_protocol("iwildcam").shared_note()
+        if shared:
+            report.notes.append(shared)
         for split in self.info.splits:
             chosen = [r for r in rows if r["split"] == split]
             absent = [r["filename"] for r in chosen if not (root / "train" / r["filename"]).is_file()]
@@ -88,6 +100,7 @@ class IWildCam(Builder):
 
 FMOW_FOLDER = "fmow_v1.1"
 FMOW_REGIONS = ("Asia", "Europe", "Africa", "Americas", "Oceania", "Other")
+FMOW_NO_REGION = "(no region)"  # countries the mapping lists with an empty region: WILDS' NaN region, which counts
 FMOW_SPLITS = ("train", "id_val", "id_test", "val", "test")
 
 
@@ -105,6 +118,14 @@ def _fmow_split(row: dict[str, str]) -> str | None:
     return "test" if row["split"] == "test" else None
 
 
+def _fmow_regions(mapping: dict[str, str]) -> tuple[str, ...]:
+    """The regions of the country mapping: WILDS' five and 'Other' first (stable indices), then any other region
+    it names, sorted, an empty one as :data:`FMOW_NO_REGION`. WILDS makes each distinct value of the mapping a region
+    (pandas reads an empty cell as NaN, a value of its own) and leaves only 'Other' out of worst-region accuracy."""
+    extra = sorted({r for r in mapping.values() if r not in FMOW_REGIONS})
+    return FMOW_REGIONS + tuple(extra)
+
+
 @register_dataset(
     "fmow",
     title="FMoW (WILDS v1.1, worst-region accuracy)",
@@ -112,7 +133,9 @@ def _fmow_split(row: dict[str, str]) -> str | None:
     layout=f"{FMOW_FOLDER}/rgb_metadata.csv (split, category, country_code, timestamp, ...), "
     f"{FMOW_FOLDER}/country_code_mapping.csv (alpha-3, region), {FMOW_FOLDER}/images/rgb_img_<row>.png "
     "(row = 0-based row of rgb_metadata.csv). Splits as in WILDS: train/id_val/id_test before 2013, val = "
-    "original val 2013-2015, test = original test from 2016; worst-region accuracy leaves out region 'Other'",
+    "original val 2013-2015, test = original test from 2016. Regions as in WILDS: a country missing from the "
+    f"mapping is 'Other' (left out of worst-region accuracy); one listed with an empty region is '{FMOW_NO_REGION}', "
+    "a region of its own that counts, as is any other region the mapping names",
     source="the WILDS package (`wilds` on PyPI, get_dataset('fmow', download=True)) or worksheets.codalab.org; "
     "keep the extracted fmow_v1.1/ folder as is",
     splits=FMOW_SPLITS,
@@ -120,8 +143,6 @@ def _fmow_split(row: dict[str, str]) -> str | None:
     templates="fmow",
 )
 class FMoW(Builder):
-    group_names = FMOW_REGIONS
-
     def _rows(self, root: Path) -> list[tuple[int, dict[str, str], str]]:
         rows = _read_csv(root / "rgb_metadata.csv", ("split", "category", "country_code", "timestamp"))
         out, bad = [], []
@@ -139,34 +160,38 @@ class FMoW(Builder):
         return out
 
     def _dataset(self, root: Path, split: str) -> FileImageDataset:
-        classes = list(asset_lines("fmow_classes.txt"))
-        index = {c: i for i, c in enumerate(classes)}
+        entry = require_protocol("fmow")
+        categories = list(entry.keys or ())  # WILDS' 62 category names, in WILDS' label order
+        classes = entry.names_for(len(categories))
+        index = {c: i for i, c in enumerate(categories)}
         mapping = {
-            r["alpha-3"]: r["region"] for r in _read_csv(root / "country_code_mapping.csv", ("alpha-3", "region"))
+            r["alpha-3"]: r["region"].strip() or FMOW_NO_REGION
+            for r in _read_csv(root / "country_code_mapping.csv", ("alpha-3", "region"))
         }
+        regions = _fmow_regions(mapping)
         paths, labels, groups = [], [], []
         rows = self._rows(root)
-        unknown = [(i, r["category"]) for i, r, _ in rows if r["category"].replace("_", " ") not in index]
+        unknown = [(i, r["category"]) for i, r, _ in rows if r["category"] not in index]
         if unknown:
             shown = ", ".join(f"row {i} '{c}'" for i, c in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
             raise DataError(f"{root / 'rgb_metadata.csv'}: {len(unknown)} row(s) with an unknown category: {shown}")
         for row_index, row, row_split in rows:
             if row_split != split:
                 continue
-            name = row["category"].replace("_", " ")
-            region = mapping.get(row["country_code"], "Other")
+            region = mapping.get(row["country_code"], "Other")  # not in the mapping: 'Other', as in WILDS
             paths.append(root / "images" / f"rgb_img_{row_index}.png")
-            labels.append(index[name])
-            groups.append(FMOW_REGIONS.index(region) if region in FMOW_REGIONS else FMOW_REGIONS.index("Other"))
-        return self.dataset(
+            labels.append(index[row["category"]])
+            groups.append(regions.index(region))
+        ds = self.dataset(
             FileImageDataset,
             classnames=classes,
             labels=labels,
             paths=paths,
             groups=groups,
-            group_names=FMOW_REGIONS,
+            group_names=regions,
             group_kind="region",
         )
+        return attach_protocol(ds, entry, list(range(len(classes))))
 
     def build(self, root: Path, split: str) -> FileImageDataset:
         return self._dataset(root, split)
@@ -185,10 +210,8 @@ class FMoW(Builder):
             if ds.labels:
                 count_into(report, split, ds.labels, ds.classnames)
                 if split == "test":
-                    present = [FMOW_REGIONS[g] for g in sorted(set(ds.groups or []))]
-                    report.counts.update(
-                        {f"test region {r}": (ds.groups or []).count(FMOW_REGIONS.index(r)) for r in present}
-                    )
+                    names, groups = ds.group_names or [], ds.groups or []
+                    report.counts.update({f"test region {names[g]}": groups.count(g) for g in sorted(set(groups))})
         if "test images" not in report.counts:
             report.problems.append("rgb_metadata.csv has no rows in the test split (2016 or later)")
         return report

@@ -38,6 +38,7 @@ class PreparedDataset:
     templates_name: str
     metrics: tuple[str, ...] = ()  # the entry's metrics that apply to this dataset (all of them, or noted)
     train_groups: list[int] | None = None  # the training split's groups, for adjusted_avg_acc
+    protocol: Any = None  # the ProtocolEntry naming its classes and templates (None: folder:/csv: data)
 
 
 @dataclass
@@ -112,15 +113,19 @@ def plan(
     templates: str | None = None,
     classnames_file: str | Path | None = None,
     skip_missing: bool = False,
+    protocol: str = "reference",
 ) -> Plan:
     """Check and load every dataset of ``suite`` (before any model is loaded), each through
-    :func:`starft_cli.data.registry.resolve`. Missing or broken datasets are listed in ``Plan.missing`` when
-    ``skip_missing``; otherwise the first problem raises :class:`DataError` naming all of them. A split a dataset
-    lacks raises :class:`~starft_cli.errors.SplitError`, a registered dataset without ``data_root``
-    :class:`~starft_cli.errors.DataRootError` (both usage errors)."""
-    from starft_cli.data.registry import resolve
+    :func:`starft_cli.data.registry.resolve`, its class names and default templates those of ``protocol``
+    (:mod:`starft_cli.data.protocols`; explicit ``templates`` win). Missing or broken datasets are listed in
+    ``Plan.missing`` when ``skip_missing``; otherwise the first problem raises :class:`DataError` naming all of
+    them. A split a dataset lacks raises :class:`~starft_cli.errors.SplitError`, a registered dataset without
+    ``data_root`` :class:`~starft_cli.errors.DataRootError` (both usage errors)."""
+    from starft_cli.data.protocols import apply_protocol, check_protocol
+    from starft_cli.data.registry import is_generic, resolve
     from starft_cli.prompts import load_templates
 
+    check_protocol(protocol)
     suite = suite if isinstance(suite, Suite) else get_suite(suite)
     result = Plan(suite=suite)
     for entry in suite.entries:
@@ -129,11 +134,20 @@ def plan(
             _add_missing(result, ds)
             continue
         split = ds.split
-        name = entry.templates or templates or ds.templates  # the dataset's registered templates by default
+        proto = None
+        if not is_generic(entry.dataset):
+            ds, proto = apply_protocol(ds, protocol)
+        name = entry.templates or templates  # explicit templates win over the protocol's
+        if name is None and proto is not None:
+            template_list, template_name = proto.template_list(), proto.templates_name
+        else:
+            name = name or ds.templates
+            template_list, template_name = load_templates(name), Path(str(name)).name
         metrics, train_groups = _applicable_metrics(result, entry, ds, split, data_root)
         result.datasets.append(
-            PreparedDataset(entry, ds, split, load_templates(name), Path(str(name)).name, metrics, train_groups)
+            PreparedDataset(entry, ds, split, template_list, template_name, metrics, train_groups, proto)
         )
+        result.notes.extend(_protocol_notes(result.notes, proto, ds))
     if result.missing and not skip_missing:
         raise DataError(
             f"{len(result.missing)} dataset(s) of suite '{suite.name}' are missing or broken: "
@@ -149,6 +163,23 @@ def plan(
             "wrong with one",
         )
     return result
+
+
+def _protocol_notes(notes: list[str], proto: Any, ds: Any) -> list[str]:
+    """The lines a dataset's protocol adds to the notes (not already there): a fallback to the default protocol,
+    classes that share a prompt, a split the protocol defines."""
+    if proto is None:
+        return []
+    lines = []
+    if proto.asked != proto.protocol:
+        lines.append(f"{proto.dataset}: protocol '{proto.asked}' does not define it; '{proto.protocol}' used")
+    shared = proto.shared_note()
+    if shared:
+        lines.append(shared)
+    rule = getattr(ds, "split_rule", None)
+    if rule:
+        lines.append(rule)
+    return [line for line in lines if line not in notes]
 
 
 def _metric_values(item: PreparedDataset, x: MetricInput) -> list[tuple[str, float]]:
@@ -172,6 +203,19 @@ def logits_for(features: torch.Tensor, head: torch.Tensor, class_subset: Sequenc
     if class_subset is not None:
         logits = logits[:, list(class_subset)]
     return logits
+
+
+def _protocol_fields(item: PreparedDataset) -> dict[str, Any]:
+    """The record fields naming where a dataset's class names and templates (and a protocol-defined split) come
+    from: ``protocol``, ``protocol_source`` and, where the protocol defines the split, ``split_rule``."""
+    proto = item.protocol
+    if proto is None:
+        return {"protocol": "user-given", "protocol_source": "the data's own class names"}
+    out = {"protocol": proto.protocol, "protocol_source": proto.source}
+    rule = getattr(item.dataset, "split_rule", None)
+    if rule:
+        out["split_rule"] = rule
+    return out
 
 
 @functools.cache
@@ -231,7 +275,8 @@ def evaluate_model(
             fast_decode=fast_decode,
         )
         # a classifier method's own head where it covers the classes; a zero-shot head from the templates otherwise
-        head = trained_head(loaded, ds.classnames, device=device)
+        # a trained head's rows are named as the data it was trained on: the names the dataset was built with
+        head = trained_head(loaded, getattr(ds, "built_classnames", ds.classnames), device=device)
         head_kind = "trained" if head is not None else "zero-shot"
         if head is None:
             head = cached_zero_shot_head(loaded, ds.classnames, item.templates, device=device, use_cache=use_cache)
@@ -252,6 +297,7 @@ def evaluate_model(
             "num_classes": len(ds.class_subset or ds.classnames),
             "data_fingerprint": data_fingerprint,
             "templates": item.templates_name if head_kind == "zero-shot" else "trained head",
+            **_protocol_fields(item),
             "suite": prepared.suite.name,
             "seed": seed,
             "decode": "fast" if fast_decode else "full",
@@ -396,6 +442,7 @@ def evaluate(
     seed: int = 0,
     progress: ProgressFn | None = None,
     fast_decode: bool = False,
+    protocol: str = "reference",
 ) -> EvalResult:
     """Evaluate one or more models on a suite: :func:`plan` (every dataset under ``data_root`` checked and loaded
     before any model is loaded) then :func:`evaluate_plan`.
@@ -405,7 +452,8 @@ def evaluate(
     ``skip_missing`` (default: only for the ``all`` suite) missing datasets are left out and listed in
     ``EvalResult.missing``; otherwise one is a :class:`DataError`. A metric that does not apply to a dataset (see
     :func:`starft_cli.eval.metrics.metric_problem`) raises :class:`UsageError` when its entry is ``explicit`` (named
-    by the user), else it is left out and said in ``EvalResult.notes``.
+    by the user), else it is left out and said in ``EvalResult.notes``. ``protocol`` names the class names and
+    templates of registered datasets (``reference``, ``clip-benchmark``; :mod:`starft_cli.data.protocols`).
     """
     if isinstance(suite, Plan):
         raise UsageError(
@@ -415,7 +463,7 @@ def evaluate(
     _model_list(models)  # no model is an error before any data is read
     resolved = suite if isinstance(suite, Suite) else get_suite(suite)
     skip = resolved.name == "all" if skip_missing is None else skip_missing
-    prepared = plan(resolved, data_root, templates, classnames_file, skip)
+    prepared = plan(resolved, data_root, templates, classnames_file, skip, protocol)
     return evaluate_plan(
         models,
         prepared,

@@ -1,10 +1,11 @@
 """Prompt templates and spurious-description pools, kept as data files.
 
-A template has exactly one slot, written ``{}`` or ``{c}``. Template sets live in ``templates/``,
-spurious pools in ``pools/`` (one template per line, ``#`` starts a comment line), the attribute vocabulary of
-``starft pool discover`` in ``vocab/``. Pools a user imports (``starft pool import``) live in the user pool folder,
-``<config>/pools`` (:func:`user_pool_dir`); a pool name resolves to a shipped pool first, then an imported one, then
-a file.
+A template has exactly one slot, written ``{}`` or ``{c}`` (the class name as it is), or ``{a/an c}`` (the class name
+with ``_`` read as spaces, after "a", or "an" before a vowel: the article form of WiSE-FT's, FLYP's and the StarFT
+code's FMoW templates, their ``append_proper_article``). Template sets live in ``templates/``, spurious pools in
+``pools/`` (one template per line, ``#`` starts a comment line), the attribute vocabulary of ``starft pool discover``
+in ``vocab/``. Pools a user imports (``starft pool import``) live in the user pool folder, ``<config>/pools``
+(:func:`user_pool_dir`); a pool name resolves to a shipped pool first, then an imported one, then a file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from starft_cli.errors import TemplateError, UsageError
 
 logger = logging.getLogger(__name__)
 
-_SLOT = re.compile(r"\{c?\}")
+_SLOT = re.compile(r"\{c?\}|\{a/an c\}")
+ARTICLE_SLOT = "{a/an c}"
 _ANY_BRACE = re.compile(r"[{}]")
 
 
@@ -51,9 +53,9 @@ def parse_templates(lines: list[str], source: str, unit: str = "line") -> list[s
             found = "no slot" if not slots else f"{len(slots)} slots" if len(slots) > 1 else "a stray brace"
             raise TemplateError(
                 f"{source}, {unit} {number}: '{line}' must have exactly one slot (it has {found})",
-                "Write the class name's place as {} (or {c}), once per template",
+                "Write the class name's place as {} (or {c}, or {a/an c} for 'a'/'an' and the name), once per template",
             )
-        normalised = _SLOT.sub("{}", line)
+        normalised = line if ARTICLE_SLOT in line else _SLOT.sub("{}", line)
         if normalised in seen:
             logger.warning("%s, line %d: duplicate template '%s' removed", source, number, line)
             continue
@@ -104,8 +106,10 @@ def check_pool_name(name: str) -> str:
 
 def normalise_template(text: str) -> str:
     """One pool entry in the text format: surrounding and repeated white space (new lines included) collapsed to
-    one space, a ``{c}`` slot written ``{}``. The slot count is checked by :func:`parse_templates`."""
-    return _SLOT.sub("{}", " ".join(text.split()))
+    one space, a ``{c}`` slot written ``{}`` (an ``{a/an c}`` slot kept). The slot count is checked by
+    :func:`parse_templates`."""
+    text = " ".join(text.split())
+    return text if ARTICLE_SLOT in text else _SLOT.sub("{}", text)
 
 
 def read_pool_source(path: str | Path) -> tuple[list[str], str]:
@@ -260,6 +264,16 @@ def load_pool(name_or_file: str | Path) -> list[str]:
     return _load("pools", name_or_file if path is None else path)
 
 
+def with_article(text: str) -> str:
+    """``text`` with ``_`` read as spaces, after "an" when it starts with a vowel letter (a, e, i, o, u) and "a"
+    otherwise: "an airport hangar", "a zoo" (the rule of ``append_proper_article`` in WiSE-FT's templates)."""
+    text = text.replace("_", " ")
+    return ("an " if text[:1] in ("a", "e", "i", "o", "u") else "a ") + text
+
+
 def fill(template: str, text: str) -> str:
-    """Put ``text`` into the template's slot (no ``str.format``: class names may hold braces)."""
+    """Put ``text`` into the template's slot (no ``str.format``: class names may hold braces); an ``{a/an c}``
+    slot gets :func:`with_article` of it."""
+    if ARTICLE_SLOT in template:
+        return template.replace(ARTICLE_SLOT, with_article(text), 1)
     return template.replace("{}", text, 1)

@@ -129,6 +129,11 @@ def footnotes(
         )
     parts.append("deltas in parentheses are against the baseline (first) model")
     out.append("Values in %. " + "; ".join(parts) + ".")
+    if {"dataset", "protocol", "protocol_source"} <= set(frame.columns):  # where class names and templates come from
+        from starft_cli.data.protocols import summary_lines
+
+        rows = frame[["dataset", "protocol", "protocol_source"]].dropna().drop_duplicates()
+        out.extend(summary_lines([tuple(r) for r in rows.itertuples(index=False)]))
     if "num_skipped" in frame.columns:
         skipped = frame.drop_duplicates(["model", "dataset"]).query("num_skipped > 0")
         for _, row in skipped.iterrows():

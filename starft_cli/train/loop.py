@@ -732,6 +732,7 @@ class _Trainer:
         }
         if self.head is not None:
             metadata["head_classnames"] = list(self.p.dataset.classnames)
+            metadata["head_templates"] = list(self.ctx.templates)  # WiSE-FT and soups rebuild the zero-shot head
         from starft_cli.train.checkpoint import NonFiniteWeights
 
         try:

@@ -8,10 +8,12 @@ from __future__ import annotations
 from starft_cli.zoo.hub import Resolved, VerifyResult, cached_path, check_entry, fetch, remove, resolve, verify
 from starft_cli.zoo.manifest import (
     KINDS,
+    BrokenEntry,
     Metric,
     Source,
     ZooEntry,
     load_all,
+    load_zoo,
     parse_manifest,
     parse_source,
     shipped_manifest_path,
@@ -21,11 +23,13 @@ from starft_cli.zoo.manifest import (
 
 __all__ = [
     "KINDS",
+    "BrokenEntry",
     "Metric",
     "Resolved",
     "Source",
     "VerifyResult",
     "ZooEntry",
+    "broken_entries",
     "cached_path",
     "check_entry",
     "entries",
@@ -34,6 +38,7 @@ __all__ = [
     "find_entry",
     "get_entry",
     "load_all",
+    "load_zoo",
     "parse_manifest",
     "parse_source",
     "remove",
@@ -50,9 +55,20 @@ def entries() -> dict[str, ZooEntry]:
     return load_all()
 
 
+def broken_entries() -> dict[str, BrokenEntry]:
+    """The entries of the manifests that fail validation, by name, each with its problem."""
+    return load_zoo()[1]
+
+
 def find_entry(name: str) -> ZooEntry | None:
-    """The entry called ``name``, or None."""
-    return load_all().get(name)
+    """The entry called ``name``, or None. A broken entry of that name (and no valid one) raises its problem
+    (:meth:`BrokenEntry.error`): using it says what is wrong, not that it does not exist."""
+    found, broken = load_zoo()
+    if name in found:
+        return found[name]
+    if name in broken:
+        raise broken[name].error()
+    return None
 
 
 def entry_names() -> list[str]:
@@ -60,11 +76,14 @@ def entry_names() -> list[str]:
 
 
 def get_entry(name: str) -> ZooEntry:
-    """The entry called ``name``; an unknown name raises ``ModelNotFoundError`` with close matches."""
+    """The entry called ``name``; an unknown name raises ``ModelNotFoundError`` with close matches, a broken one
+    ``ZooError`` with its problem."""
     from starft_cli.errors import ModelNotFoundError
     from starft_cli.suggest import did_you_mean
 
-    found = load_all()
-    if name in found:
-        return found[name]
-    raise ModelNotFoundError(f"unknown zoo model '{name}'", did_you_mean(name, found, then="See `starft zoo list`"))
+    found = find_entry(name)
+    if found is not None:
+        return found
+    raise ModelNotFoundError(
+        f"unknown zoo model '{name}'", did_you_mean(name, entry_names(), then="See `starft zoo list`")
+    )

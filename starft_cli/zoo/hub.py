@@ -101,17 +101,77 @@ def _remember(path: Path, sha256: str) -> None:
 
 
 def _delete(path: Path) -> list[Path]:
-    """Delete a cached file: a Hub snapshot link and the blob it points to (or a plain file)."""
+    """Delete a cached file: a Hub snapshot link, and the blob it points to when no other snapshot file of the
+    repository uses it (see :func:`_blob_users`); or a plain file."""
     removed = []
     real = path.resolve()
     marker = _marker(path) if path.exists() else None
-    for item in (path, real):
+    shared = path.is_symlink() and _blob_users(path, real) > 0
+    for item in (path,) if shared else (path, real):
         if item.is_symlink() or item.exists():
             item.unlink()
             removed.append(item)
     if marker is not None and marker.exists():
         marker.unlink()
+    _drop_empty_snapshot(path)
     return removed
+
+
+def _repo_folder(path: Path) -> Path | None:
+    """The ``models--ORG--NAME`` folder of a Hugging Face cache that ``path`` (a snapshot file) is in, or None."""
+    for parent in path.parents:
+        if parent.name == "snapshots":
+            repo = parent.parent
+            return repo if (repo / "blobs").is_dir() else None
+    return None
+
+
+def _blob_users(path: Path, blob: Path) -> int:
+    """How many snapshot files of ``path``'s cached repository, other than ``path``, resolve to ``blob``.
+
+    Revisions of a Hub repository share one blob per file content; the cache scan of huggingface_hub
+    (``scan_cache_dir``) lists every revision's files with the blob each uses, which is what its own
+    ``delete_revisions`` strategy counts before deleting a blob. A scan that fails (a damaged cache) counts the
+    blob as used: a file is never deleted on a guess."""
+    from huggingface_hub import scan_cache_dir
+
+    repo = _repo_folder(path)
+    if repo is None:
+        return 0
+    try:
+        info = scan_cache_dir(repo.parent)
+    except Exception:  # CorruptedCacheException and OS errors: keep the blob
+        return 1
+    count = 0
+    for cached in info.repos:
+        if cached.repo_path.resolve() != repo.resolve():
+            continue
+        for revision in cached.revisions:
+            for file in revision.files:
+                if file.blob_path.resolve() == blob and file.file_path.absolute() != path.absolute():
+                    count += 1
+    return count
+
+
+def _drop_empty_snapshot(path: Path) -> None:
+    """Remove the snapshot folder of ``path`` when nothing is left in it, and the refs that name that revision
+    (as huggingface_hub's ``delete_revisions`` does), so the cache scan sees no empty revision."""
+    repo = _repo_folder(path)
+    if repo is None:
+        return
+    snapshot = next((p for p in path.parents if p.parent == repo / "snapshots"), None)
+    if snapshot is None or not snapshot.is_dir() or any(p.is_file() or p.is_symlink() for p in snapshot.rglob("*")):
+        return
+    import shutil
+
+    shutil.rmtree(snapshot, ignore_errors=True)
+    refs = repo / "refs"
+    for ref in refs.rglob("*") if refs.is_dir() else []:
+        try:
+            if ref.is_file() and ref.read_text(encoding="utf-8").strip() == snapshot.name:
+                ref.unlink()
+        except OSError:
+            pass
 
 
 def check_file(entry: ZooEntry, path: Path, *, force: bool = False) -> str | None:
@@ -374,9 +434,37 @@ def resolve(entry: ZooEntry) -> Resolved:
             quick_gelu=entry.quick_gelu,
             preprocess=dict(entry.preprocess),
         )
-    return Resolved(
-        arch=entry.arch, weights=fetch(entry), quick_gelu=entry.quick_gelu, preprocess=dict(entry.preprocess)
-    )
+    weights = fetch(entry)
+    from starft_cli.runs import WEIGHTS_NAME
+
+    if entry.source.kind == "hf-hub" and entry.source.filename == WEIGHTS_NAME:
+        _fetch_head(entry)
+    return Resolved(arch=entry.arch, weights=weights, quick_gelu=entry.quick_gelu, preprocess=dict(entry.preprocess))
+
+
+def _fetch_head(entry: ZooEntry) -> None:
+    """Bring a published classifier's trained head (``classification_head.safetensors``, with the
+    ``open_clip_config.json`` that names its classes) into the snapshot beside the weights, when the repository has
+    one (``starft zoo publish`` uploads it). Optional: a file the Hub lacks (remembered by the cache), an offline
+    machine or a failed download leave the model without it, and it is asked for at most once per revision."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    from starft_cli.runs import CONFIG_NAME, HEAD_NAME
+
+    source = entry.source
+    assert source.repo is not None
+    for name in (CONFIG_NAME, HEAD_NAME):
+        cached = try_to_load_from_cache(source.repo, name, cache_dir=hub_cache(), revision=source.revision)
+        if cached is not None:  # a path, or the cache's record that the revision has no such file
+            continue
+        if offline() or unreachable(endpoint()) is not None:
+            return
+        try:
+            hf_hub_download(source.repo, name, revision=source.revision, cache_dir=hub_cache(), endpoint=endpoint())
+        except Exception as exc:  # absent (recorded by huggingface_hub) or failed: the weights alone still load
+            logger.debug("no %s for zoo model %s (%s)", name, entry.name, short_error(exc))
+            if name == CONFIG_NAME:
+                return
 
 
 @dataclass

@@ -191,6 +191,28 @@ class ZooEntry:
         return data
 
 
+@dataclass(frozen=True)
+class BrokenEntry:
+    """A manifest entry that fails validation (a hand edit without ``kind``, a shadowing name, ...): kept aside with
+    its ``problem`` so that ``zoo info``/``verify`` show it and ``zoo rm NAME --forget`` removes it, while every
+    other entry works."""
+
+    name: str
+    origin: str
+    manifest: Path | None
+    problem: str
+
+    def error(self) -> ZooError:
+        """The error a use of this entry raises: its problem and how to fix it."""
+        where = self.manifest or self.origin
+        fix = (
+            f"Fix the entry in {where}, or remove it with `starft zoo rm {self.name} --forget`"
+            if self.origin == "user"
+            else f"Fix or remove the entry in {where}"
+        )
+        return ZooError(f"zoo entry '{self.name}' is broken: {self.problem.rstrip('.')}", fix)
+
+
 # ----------------------------------------------------------------------------------------------
 # Parsing and validation
 # ----------------------------------------------------------------------------------------------
@@ -391,8 +413,11 @@ def validate_entry(
     )
 
 
-def parse_manifest(text: str, *, origin: str, path: Path | None = None) -> dict[str, ZooEntry]:
-    """Parse and validate a manifest's text. Errors name the file."""
+def parse_manifest(
+    text: str, *, origin: str, path: Path | None = None, broken: dict[str, BrokenEntry] | None = None
+) -> dict[str, ZooEntry]:
+    """Parse and validate a manifest's text. Errors name the file. With ``broken``, an entry that fails validation
+    is recorded there (its problem) instead of failing the whole manifest: one bad entry never hides the others."""
     label = str(path) if path else origin
     try:
         data = tomllib.loads(text)
@@ -410,20 +435,25 @@ def parse_manifest(text: str, *, origin: str, path: Path | None = None) -> dict[
     models = data.get("models", {})
     if not isinstance(models, Mapping):
         raise ZooError(f"zoo manifest {label}: 'models' must be a table of [models.NAME] tables")
-    return {
-        name: validate_entry(name, entry, origin=origin, manifest=path, where=f"{label}: entry '{name}'")
-        for name, entry in models.items()
-    }
+    entries: dict[str, ZooEntry] = {}
+    for name, entry in models.items():
+        try:
+            entries[name] = validate_entry(name, entry, origin=origin, manifest=path, where=f"{label}: entry '{name}'")
+        except ZooError as exc:
+            if broken is None:
+                raise
+            broken[name] = BrokenEntry(name, origin, path, exc.one_line())
+    return entries
 
 
-def read_manifest(path: Path, *, origin: str) -> dict[str, ZooEntry]:
+def read_manifest(path: Path, *, origin: str, broken: dict[str, BrokenEntry] | None = None) -> dict[str, ZooEntry]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ZooError(
             f"cannot read zoo manifest {path} ({exc.strerror})", f"Check the file (or unset {ENV_VAR})"
         ) from exc
-    return parse_manifest(text, origin=origin, path=path)
+    return parse_manifest(text, origin=origin, path=path, broken=broken)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,25 +494,40 @@ def manifest_sources() -> list[tuple[str, Path]]:
     return sources
 
 
-def merge(layers: Iterable[Mapping[str, ZooEntry]]) -> dict[str, ZooEntry]:
-    """Merge manifests in order. A later entry with an existing name must set ``override = true``."""
+def merge(
+    layers: Iterable[Mapping[str, ZooEntry]], broken: dict[str, BrokenEntry] | None = None
+) -> dict[str, ZooEntry]:
+    """Merge manifests in order. A later entry with an existing name must set ``override = true``; one that does
+    not is an error, or, with ``broken``, recorded there (the earlier entry stays)."""
     merged: dict[str, ZooEntry] = {}
     for layer in layers:
         for name, entry in layer.items():
             previous = merged.get(name)
             if previous is not None and not entry.override:
-                raise ZooError(
+                exc = ZooError(
                     f"zoo entry '{name}' in {entry.manifest or entry.origin} would shadow the {previous.origin} entry "
                     f"of the same name ({previous.manifest or previous.origin})",
                     "Rename it, or add `override = true` to the entry if replacing it is intended",
                 )
+                if broken is None:
+                    raise exc
+                broken[name] = BrokenEntry(name, entry.origin, entry.manifest, exc.one_line())
+                continue
             merged[name] = entry
     return merged
 
 
+def load_zoo() -> tuple[dict[str, ZooEntry], dict[str, BrokenEntry]]:
+    """All zoo entries, merged (shipped, user, ``$STARFT_ZOO``), and the broken ones apart (by name, with their
+    problem). A manifest that is not TOML at all, or of another schema, is still an error naming the file."""
+    broken: dict[str, BrokenEntry] = {}
+    layers = [read_manifest(path, origin=origin, broken=broken) for origin, path in manifest_sources()]
+    return merge(layers, broken), broken
+
+
 def load_all() -> dict[str, ZooEntry]:
-    """All zoo entries, merged (shipped, user, ``$STARFT_ZOO``)."""
-    return merge(read_manifest(path, origin=origin) for origin, path in manifest_sources())
+    """All valid zoo entries, merged (shipped, user, ``$STARFT_ZOO``); broken ones are left out (:func:`load_zoo`)."""
+    return load_zoo()[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -534,14 +579,66 @@ def entry_to_toml(entry: ZooEntry) -> str:
 
 
 def read_user_entries() -> dict[str, ZooEntry]:
+    """The valid entries of the user manifest (broken ones left out: :func:`user_entry_names` has every name)."""
     path = user_manifest_path()
-    return read_manifest(path, origin="user") if path.is_file() else {}
+    return read_manifest(path, origin="user", broken={}) if path.is_file() else {}
+
+
+def _user_tables() -> dict[str, Any]:
+    """The user manifest's ``[models.NAME]`` tables as written, valid or not."""
+    path = user_manifest_path()
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ZooError(f"cannot read zoo manifest {path} ({exc})", "Fix the file") from exc
+    models = data.get("models", {})
+    return dict(models) if isinstance(models, Mapping) else {}
+
+
+def user_entry_names() -> list[str]:
+    """Every entry name of the user manifest, broken entries included."""
+    return list(_user_tables())
+
+
+def _write_user_tables(tables: Mapping[str, Any]) -> Path:
+    """Rewrite the user manifest atomically from raw tables (entries that do not validate are kept as written)."""
+    path = user_manifest_path()
+    lines = ["# starft user zoo manifest (written by `starft zoo add`)", f"schema = {SCHEMA_VERSION}"]
+    for name, fields in tables.items():
+        if not isinstance(fields, Mapping):
+            continue
+        plain = {k: v for k, v in fields.items() if k != "metrics"}
+        lines += ["", f"[models.{_toml_key(name)}]"]
+        lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in plain.items()]
+        metrics = fields.get("metrics")
+        for metric in metrics if isinstance(metrics, list) else []:
+            if isinstance(metric, Mapping):
+                lines += ["", f"[[models.{_toml_key(name)}.metrics]]"]
+                lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in metric.items()]
+    text = "\n".join(lines) + "\n"
+    parse_manifest(text, origin="user", path=path, broken={})  # never write what we could not read back
+    atomic_write_text(path, text)
+    return path
 
 
 def write_user_entries(entries: Mapping[str, ZooEntry]) -> Path:
-    """Rewrite the user overlay manifest atomically."""
-    path = user_manifest_path()
-    text = entries_to_toml(entries.values(), header="starft user zoo manifest (written by `starft zoo add`)")
-    parse_manifest(text, origin="user", path=path)  # never write what we could not read back
-    atomic_write_text(path, text)
-    return path
+    """Rewrite the user overlay manifest atomically with ``entries``, keeping its broken entries as written."""
+    valid = set(read_user_entries())
+    tables = {n: f for n, f in _user_tables().items() if n not in valid}  # broken ones, as the user wrote them
+    tables.update({name: entry.to_toml_fields() for name, entry in entries.items()})
+    return _write_user_tables(tables)
+
+
+def forget_user_entry(name: str) -> Path:
+    """Remove entry ``name`` (valid or broken) from the user manifest; the others are kept as written.
+
+    Raises:
+        ZooError: no entry of that name in the user manifest.
+    """
+    tables = _user_tables()
+    if name not in tables:
+        raise ZooError(f"'{name}' is not in your user manifest ({user_manifest_path()})")
+    del tables[name]
+    return _write_user_tables(tables)

@@ -4,7 +4,8 @@ A run directory (written by ``starft finetune``, laid out as :mod:`starft_cli.ru
 ``metrics.jsonl``, ``checkpoints/best/`` or ``checkpoints/last/`` (each an open_clip model folder:
 ``open_clip_model.safetensors`` + ``open_clip_config.json``) and optionally ``eval/results.json``. A checkpoint folder
 can be published directly.
-The folder uploaded holds the weights, ``open_clip_config.json`` and a ``README.md`` model card; it loads with
+The folder uploaded holds the weights, ``open_clip_config.json``, a classifier method's trained head
+(``classification_head.safetensors``) when the checkpoint has one, and a ``README.md`` model card; it loads with
 plain open_clip (``create_model_and_transforms(arch, pretrained=FILE)`` or ``hf-hub:ORG/NAME``).
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 from starft_cli.errors import CheckpointError, UsageError, ZooError
 from starft_cli.paths import atomic_path, atomic_write_text
-from starft_cli.runs import CONFIG_NAME, WEIGHTS_NAME, RunLayout, find_model_folder
+from starft_cli.runs import CONFIG_NAME, HEAD_NAME, WEIGHTS_NAME, RunLayout, find_model_folder
 from starft_cli.zoo.hub import endpoint, sha256_file
 from starft_cli.zoo.manifest import Metric, Source, ZooEntry, entry_to_toml, validate_entry
 
@@ -46,6 +47,8 @@ class PublishPlan:
     license: str
     name: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    head: bool = False  # the checkpoint holds a classifier method's trained head (published with the weights)
+    left_out: int = 0  # evaluation records of other weights (e.g. the run's other checkpoint), not quoted
 
 
 def check_repo(repo: str) -> str:
@@ -75,7 +78,9 @@ def _read_json(path: Path, what: str) -> Any:
         raise CheckpointError(f"unreadable {what} {path} ({exc})", "Fix or remove the file") from exc
 
 
-def _read_metrics_jsonl(path: Path) -> dict[str, Any] | None:
+def _read_metrics_jsonl(path: Path, step: int | None = None) -> dict[str, Any] | None:
+    """The training log record of ``step`` (the checkpoint's; the last such record), or the last record when
+    ``step`` is None; None when there is none."""
     if not path.is_file():
         return None
     last = None
@@ -86,7 +91,7 @@ def _read_metrics_jsonl(path: Path) -> dict[str, Any] | None:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{path} line {i} is not JSON ({exc.msg})") from exc
-        if isinstance(record, dict):
+        if isinstance(record, dict) and (step is None or record.get("step") == step):
             last = record
     return last
 
@@ -120,25 +125,37 @@ def plan(path: Path, repo: str, *, license: str = "mit", name: str | None = None
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
                 raise CheckpointError(f"{results_path} is not a JSON list of records", "Rerun `starft evaluate`")
             results = [r for r in data if {"dataset", "metric", "value"} <= set(r)]
-        last_metrics = _read_metrics_jsonl(layout.metrics)
     metadata = config.get("starft") if isinstance(config.get("starft"), dict) else {}
-    from starft_cli.models import read_state_dict
+    if run_dir is not None:
+        step = metadata.get("step")  # the published checkpoint's record, not the run's last one
+        last_metrics = _read_metrics_jsonl(RunLayout(run_dir).metrics, step if isinstance(step, int) else None)
+    from starft_cli.models import read_state_dict, weights_fingerprint
 
-    read_state_dict(checkpoint / WEIGHTS_NAME)  # weights that are not finite (a diverged run) are refused here
+    state = read_state_dict(checkpoint / WEIGHTS_NAME)  # weights that are not finite (a diverged run) are refused
+    quoted = _published_results(results, weights_fingerprint(state))
     return PublishPlan(
         checkpoint=checkpoint,
         run_dir=run_dir,
         arch=arch,
         open_clip_config=config,
         run_config=run_config if isinstance(run_config, dict) else None,
-        results=results,
+        results=quoted,
         last_metrics=last_metrics,
         sha256=sha256_file(checkpoint / WEIGHTS_NAME),
         repo=repo,
         license=license,
         name=name or repo.split("/")[1],
         metadata=metadata,
+        head=(checkpoint / HEAD_NAME).is_file(),
+        left_out=len(results) - len(quoted),
     )
+
+
+def _published_results(results: list[dict[str, Any]], fingerprint: str) -> list[dict[str, Any]]:
+    """The evaluation records of the weights published: a record that names its weights (``weights_fingerprint``,
+    written by every ``starft evaluate``) is kept only when they are the published checkpoint's; records that name
+    none are kept (as written by hand)."""
+    return [r for r in results if r.get("weights_fingerprint") in (None, fingerprint)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,6 +209,12 @@ def model_card(p: PublishPlan, revision_hint: str = "<COMMIT>") -> str:
         + " using the starft command-line tool."
     )
     lines += ["", f"- weights: `{WEIGHTS_NAME}` (safetensors), sha256 `{p.sha256}`", f"- architecture: `{p.arch}`"]
+    if p.head:
+        names = p.metadata.get("head_classnames") or []
+        lines.append(
+            f"- classification head: `{HEAD_NAME}` ({len(names)} classes: {_cell(list(names))}; starft uses it for "
+            "these classes, plain open_clip ignores it)"
+        )
     if base:
         lines.append(f"- base model: `{base}`")
     lines.append(f"- method: {method}")
@@ -202,7 +225,12 @@ def model_card(p: PublishPlan, revision_hint: str = "<COMMIT>") -> str:
         lines.append(_table(["setting", "value"], [[k, v] for k, v in sorted(hyper.items())]))
     if p.results:
         lines += ["", "## Evaluation", ""]
-        lines.append("Results of the run's evaluation (`eval/results.json`):")
+        note = (
+            f" ({p.left_out} record(s) of other weights, e.g. the run's other checkpoint, left out)"
+            if p.left_out
+            else ""
+        )
+        lines.append(f"Results of the run's evaluation of these weights (`eval/results.json`){note}:")
         lines.append("")
         extra = sorted({k for r in p.results for k in r} - {"model", "dataset", "metric", "value"})
         header = ["model", "dataset", "metric", "value"] + [k for k in extra if k in ("suite", "split", "n")]
@@ -211,7 +239,9 @@ def model_card(p: PublishPlan, revision_hint: str = "<COMMIT>") -> str:
     if p.last_metrics:
         scalars = {k: v for k, v in p.last_metrics.items() if isinstance(v, int | float | str)}
         if scalars:
-            lines += ["", "## Last training log record", "", "From `metrics.jsonl`:", ""]
+            step = p.metadata.get("step")
+            title = f"Training log record of this checkpoint (step {step})" if isinstance(step, int) else None
+            lines += ["", f"## {title or 'Last training log record'}", "", "From `metrics.jsonl`:", ""]
             lines.append(_table(["field", "value"], [[k, v] for k, v in scalars.items()]))
     lines += [
         "",
@@ -301,11 +331,15 @@ def write_folder(p: PublishPlan, out: Path) -> list[Path]:
     if out.resolve() == p.checkpoint.resolve():
         raise UsageError("`out` must not be the checkpoint folder itself", "Choose another `out`", param="out")
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / WEIGHTS_NAME) as tmp:
-        shutil.copyfile(p.checkpoint / WEIGHTS_NAME, tmp)
+    written = [out / WEIGHTS_NAME] + ([out / HEAD_NAME] if p.head else [])
+    for target in written:
+        with atomic_path(target) as tmp:
+            shutil.copyfile(p.checkpoint / target.name, tmp)
+    if not p.head:  # a head left from an earlier publish into this folder is not this checkpoint's
+        (out / HEAD_NAME).unlink(missing_ok=True)
     atomic_write_text(out / CONFIG_NAME, json.dumps(p.open_clip_config, indent=2) + "\n")
     atomic_write_text(out / CARD_NAME, model_card(p))
-    return [out / WEIGHTS_NAME, out / CONFIG_NAME, out / CARD_NAME]
+    return [*written, out / CONFIG_NAME, out / CARD_NAME]
 
 
 def upload(p: PublishPlan, folder: Path, *, private: bool = False, message: str | None = None) -> str:
@@ -322,7 +356,7 @@ def upload(p: PublishPlan, folder: Path, *, private: bool = False, message: str 
             folder_path=str(folder),
             repo_type="model",
             commit_message=message or f"Upload {p.name} ({p.arch}) with starft",
-            allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, CARD_NAME],
+            allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, CARD_NAME] + ([HEAD_NAME] if p.head else []),
         )
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None

@@ -28,7 +28,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     # -- classify
     ("classify-no-images", ["classify"], 2, "Missing argument"),
     ("classify-no-labels", ["classify", "{img}", *M], 2, "label"),
-    ("classify-empty-labels", ["classify", "{img}", "--labels", "", *M], 2, "label"),
+    ("classify-empty-labels", ["classify", "{img}", "--labels", "", *M], 2, "--labels is empty"),
     ("classify-top-k-zero", ["classify", "{img}", "--labels", "a,b", "--top-k", "0", *M], 2, "--top-k"),
     ("classify-top-k-type", ["classify", "{img}", "--labels", "a,b", "--top-k", "two", *M], 2, "--top-k"),
     ("classify-bad-format", ["classify", "{img}", "--labels", "a,b", "--format", "xml", *M], 2, "--format"),
@@ -39,7 +39,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("classify-labels-and-file", ["classify", "{img}", "--labels", "a,b", "--labels-file", "{text}", *M], 2, "labels"),
     ("classify-labels-file-is-dir", ["classify", "{img}", "--labels-file", "{dir}", *M], 2, "labels file"),
     ("classify-unknown-model", ["classify", "{img}", "--labels", "a,b", "-m", "no-such-model:none"], 1, "no-such"),
-    ("classify-empty-model", [*C, "-m", "", "--device", "cpu"], 2, "model reference"),
+    ("classify-empty-model", [*C, "-m", "", "--device", "cpu"], 2, "-m is empty"),
     ("classify-unknown-templates", ["classify", "{img}", "--labels", "a,b", "--templates", "nosuch", *M], 1, "nosuch"),
     ("classify-bad-device", [*C, "-m", "starft-tiny:none", "--device", "tpu"], 2, "tpu"),
     # -- finetune
@@ -53,8 +53,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("finetune-resume-not-a-run", [*FT, "--resume", "--out", "{dirfull}"], 1, "not a starft run"),
     ("finetune-missing-data", ["finetune", *T, "--data", "folder:{missing}", "--out", "{out}"], 1, "no such folder"),
     ("finetune-unknown-data", ["finetune", *T, "--data", "nosuchdata", "--out", "{out}"], 1, "nosuchdata"),
-    ("finetune-empty-data", ["finetune", *T, "--data", "", "--out", "{out}"], 2, "data"),
-    ("finetune-empty-backbone", ["finetune", "--backbone", "", "--data", "folder:{data}"], 2, "model reference"),
+    ("finetune-empty-data", ["finetune", *T, "--data", "", "--out", "{out}"], 2, "--data is empty"),
+    ("finetune-empty-backbone", ["finetune", "--backbone", "", "--data", "folder:{data}"], 2, "--backbone is empty"),
     ("finetune-out-is-a-file", [*FT, "--out", "{text}"], 1, ""),
     ("finetune-out-unwritable", [*FT, "--out", "{text}/run"], 1, "not a directory"),
     ("finetune-bad-precision", [*FT, "--precision", "fp8", "--out", "{out}"], 2, "fp8"),

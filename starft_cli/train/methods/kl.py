@@ -13,7 +13,7 @@ class KLAblation(StarFT):
 
     name = "kl"
     title = "FLYP + unmasked KL on spurious texts (StarFT's ablation)"
-    source = "Kim et al., IJCAI 2025 (ablation of StarReg's class mask)"
+    source = "Kim et al., StarFT: Robust Fine-tuning of Zero-shot Models via Spuriosity Alignment, IJCAI 2025, ablation"
     loss_doc = (
         "L = CLIP contrastive loss(image, caption) + lambda * mean_i KL(softmax_j(T_ij) || softmax_j(S_ij)) over "
         "all of the batch's spurious texts j (no mask)"

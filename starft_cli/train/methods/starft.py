@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 @register
 class StarFT(Method):
-    """StarFT (Kim et al., "Robust Fine-tuning of Vision-Language Models via Spurious Textual Alignment
-    Regularization", IJCAI 2025): FLYP's contrastive loss plus ``lambda x`` StarReg, the KL divergence
+    """StarFT (Kim, Jeong, Kwak, Lee, Lee & Shin, "StarFT: Robust Fine-tuning of Zero-shot Models via Spuriosity
+    Alignment", IJCAI 2025): FLYP's contrastive loss plus ``lambda x`` StarReg, the KL divergence
     between the zero-shot (teacher) and fine-tuned (student) models' softmax over the batch's spurious texts, with
     every column of the sample's own class masked out (the paper's StarReg). Defaults: lambda 0.5 on the linear
     per-epoch schedule, the ``background`` pool."""
@@ -24,7 +24,7 @@ class StarFT(Method):
     name = "starft"
     title = "FLYP + StarReg: keep the zero-shot model's view of LM-written spurious descriptions"
     source = (
-        "Kim et al., Robust Fine-tuning of Vision-Language Models via Spurious Textual Alignment Regularization, "
+        "Kim, Jeong, Kwak, Lee, Lee & Shin, StarFT: Robust Fine-tuning of Zero-shot Models via Spuriosity Alignment, "
         "IJCAI 2025"
     )
     loss_doc = (
