@@ -61,6 +61,9 @@ PRETRAIN: dict[str, Any] = {
 }
 
 
+DISCOVERED_POOL = "<discovered>"  # a method's pool marker: the pool `starft pool discover` finds in `train`
+
+
 @dataclass(frozen=True)
 class DemoMethod:
     """A fine-tuning method as the demo runs it: a title and the training settings it changes."""
@@ -99,6 +102,13 @@ METHODS: dict[str, DemoMethod] = {
             "KL ablation",
             {"method": "kl", "pool": "digits", "reg_lambda": 1.0, "lambda_schedule": "constant"},
             "FLYP + the unmasked KL ablation, lambda 1.0 constant",
+        ),
+        DemoMethod(
+            "starft-discovered",
+            "StarFT (discovered pool)",
+            {"method": "starft", "pool": DISCOVERED_POOL, "reg_lambda": 1.0, "lambda_schedule": "constant"},
+            "as starft, with the pool `starft pool discover` finds in the train split (zero-shot model, shipped "
+            "vocabulary) instead of the hand-written digits pool",
         ),
         DemoMethod(
             "lp",
@@ -322,9 +332,23 @@ def _build_zero_shot(
 # fine-tuning runs
 
 
-def run_settings(method: str, zero_shot: Path, out: Path, seed: int, quick: bool, overrides: dict[str, Any]) -> dict:
-    """The training settings of one method's demo run (the shared budget + the method's own settings)."""
+def run_settings(
+    method: str,
+    zero_shot: Path,
+    out: Path,
+    seed: int,
+    quick: bool,
+    overrides: dict[str, Any],
+    discovered: Path | None = None,
+) -> dict:
+    """The training settings of one method's demo run (the shared budget + the method's own settings);
+    ``discovered`` is the pool file that replaces the :data:`DISCOVERED_POOL` marker."""
     budget = {**(QUICK_BUDGET if quick else BUDGET), **overrides}
+    own = dict(METHODS[method].settings)
+    if own.get("pool") == DISCOVERED_POOL:
+        if discovered is None:
+            raise ConfigError(f"demo method {method} needs the discovered pool file")
+        own["pool"] = str(discovered)
     return {
         "backbone": str(zero_shot),
         "data": DATASET,
@@ -334,8 +358,25 @@ def run_settings(method: str, zero_shot: Path, out: Path, seed: int, quick: bool
         "out": str(out),
         "checkpoint_every": 2 if quick else 20,  # an interrupted run loses at most this many steps
         **budget,
-        **METHODS[method].settings,
+        **own,
     }
+
+
+def discovered_pool(zero_shot: Path, folder: Path, device: str) -> Path:
+    """The pool `starft pool discover` finds in the ``train`` split with the zero-shot model and the shipped
+    vocabulary (its top :data:`~starft_cli.discover.DEFAULT_TOP`), written into ``folder`` as
+    ``discovered-pool-<sha256 prefix>.txt`` (a changed pool gets another name, so runs trained on the old one are not
+    reused)."""
+    import hashlib
+
+    from starft_cli.discover import DEFAULT_TOP, discover, pool_text
+    from starft_cli.paths import atomic_write_text
+
+    text = pool_text(discover(str(zero_shot), DATASET, split="train", device=device), DEFAULT_TOP)
+    path = folder / f"discovered-pool-{hashlib.sha256(text.encode()).hexdigest()[:12]}.txt"
+    if not path.is_file():
+        atomic_write_text(path, text)
+    return path
 
 
 def _run(settings: dict[str, Any], device: str, progress: ProgressFn | None) -> Path:
@@ -409,11 +450,14 @@ def run_demo(config: DemoConfig, progress: ProgressFn | None = None) -> DemoResu
     runs_root = out / "runs"
     _forget_stale_runs(runs_root, zero_shot)
     runs: dict[str, Path] = {}
+    discovered = None
+    if any(METHODS[m].settings.get("pool") == DISCOVERED_POOL for m in config.methods):
+        emit({"kind": "stage", "stage": "discovering the pool", "status": "running"})
+        discovered = discovered_pool(zero_shot, runs_root, device)
     for method in config.methods:
         emit({"kind": "stage", "stage": f"fine-tuning {method}", "status": "running"})
-        settings = run_settings(
-            method, zero_shot, runs_root / f"{method}-seed{config.seed}", config.seed, config.quick, config.overrides
-        )
+        out_dir = runs_root / f"{method}-seed{config.seed}"
+        settings = run_settings(method, zero_shot, out_dir, config.seed, config.quick, config.overrides, discovered)
         runs[method] = _run(settings, device, progress)
     emit({"kind": "stage", "stage": "evaluation", "status": "running"})
     names = {str(zero_shot): ZERO_SHOT, **{str(model_checkpoint(r)): m for m, r in runs.items()}}

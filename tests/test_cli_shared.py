@@ -27,7 +27,7 @@ def test_every_command_comes_from_a_modules_commands_list_in_order() -> None:
     registered = list(typer.main.get_command(app).commands)
     assert registered == declared
     assert declared == [
-        "classify", "demo", "finetune", "wise", "soup", "eval", "report", "probe", "data", "zoo", "cache"
+        "classify", "demo", "finetune", "wise", "soup", "eval", "report", "probe", "pool", "data", "zoo", "cache"
     ]  # fmt: skip
     for module in CLI_MODULES:
         assert all(isinstance(c, Command) for c in importlib.import_module(f"starft_cli.cli.{module}").COMMANDS)

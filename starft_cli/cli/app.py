@@ -253,7 +253,7 @@ def _wrap_help_at_spaces_only() -> None:
 
 # The modules of starft_cli/cli that hold commands, in the order `starft --help` lists them. Each ends with
 # COMMANDS, a list of cli.command.Command (a command function, or a Typer app of sub-commands).
-CLI_MODULES = ("classify", "demo", "finetune", "evaluate", "probe", "data", "zoo", "cache")
+CLI_MODULES = ("classify", "demo", "finetune", "evaluate", "probe", "pool", "data", "zoo", "cache")
 
 
 def _register() -> None:

@@ -18,12 +18,14 @@ FLAGS = {
     "device": "--device",
     "dry_run": "--dry-run",
     "fine_tuned": "--run",
+    "force": "--force",
     "hparams": "--hp NAME=VALUE",
     "labels": "--labels (or --labels-file)",
     "lr": "--lr",
     "method": "--method",
     "metrics": "--metric",
     "models": "--model",
+    "name": "--name",
     "grad_accum": "--grad-accum",
     "out": "--out",
     "plot": "--plot",
@@ -39,6 +41,7 @@ FLAGS = {
     "top_k": "--top-k",
     "val_data": "--val-data",
     "val_split": "--val-split",
+    "vocab": "--vocab",
 }
 
 
