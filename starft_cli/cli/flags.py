@@ -38,6 +38,7 @@ FLAGS = {
     "strict": "--strict",
     "suite": "--suite",
     "tensorboard": "--tensorboard",
+    "threads": "--threads",
     "top_k": "--top-k",
     "val_data": "--val-data",
     "val_split": "--val-split",
