@@ -105,8 +105,9 @@ def vit_b_16_step() -> None:
     loss_fn = ClipLoss()
     for _ in range(3):
         opt.zero_grad(set_to_none=True)
-        out = model(images, texts)
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        image_features = model.encode_image(images, normalize=True)
+        text_features = model.encode_text(texts, normalize=True)
+        loss = loss_fn(image_features, text_features, model.logit_scale.exp())
         loss.backward()
         opt.step()
 
