@@ -49,6 +49,7 @@ class Prepared:
     pool: list[str]
     resume_from: Path | None
     model_ref: Any = None
+    data_id: dict[str, Any] | None = None  # the training data's identity (RUN/data.json), when it is needed
 
 
 def prepare(config: TrainConfig) -> Prepared:
@@ -66,6 +67,8 @@ def prepare(config: TrainConfig) -> Prepared:
             resume_from = run.find_checkpoint("last")
         elif run.root.exists() and any(p.name != LOCK_NAME for p in run.root.iterdir()):
             raise CheckpointError(f"{run.root} is not a starft run (no config.json)", "Check `out`", param="out")
+        else:  # restart scripts pass --resume from the first try on: say so and start
+            logger.info("no run at %s: starting a new one", run.root)
     elif run.config.is_file():
         raise CheckpointError(
             f"{run.root} already holds a run",
@@ -78,6 +81,7 @@ def prepare(config: TrainConfig) -> Prepared:
     method = get_method(config.method)
     if len(dataset.classnames) < 2:
         raise DataError(f"{config.data} has {len(dataset.classnames)} class; fine-tuning needs at least two")
+    data_id = _check_same_data(run, dataset, config) if config.resume and run.config.is_file() else None
     pool = load_pool(config.pool) if method.needs_pool else []
     val = None
     if config.val_data:
@@ -102,7 +106,34 @@ def prepare(config: TrainConfig) -> Prepared:
     from starft_cli.models import parse_model_ref
 
     ref = parse_model_ref(config.backbone, arch=config.arch)  # a bad reference fails here, before any loading
-    return Prepared(config, run, dataset, val, pool, resume_from, ref)
+    return Prepared(config, run, dataset, val, pool, resume_from, ref, data_id)
+
+
+def _check_same_data(run: RunDir, dataset: Any, config: TrainConfig) -> dict[str, Any] | None:
+    """The training data's identity now, refused when it is not the one the run recorded at its start.
+
+    Raises:
+        DataError: the data changed (classes added, removed or reordered; other images in a class), named.
+    """
+    import json
+
+    from starft_cli.train.dataid import data_identity, describe_changes, identity_changes
+
+    now = data_identity(dataset)
+    if not run.data_identity.is_file():  # a run of an older version: nothing to compare with
+        return now
+    try:
+        before = json.loads(run.data_identity.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {run.data_identity} ({exc})", "Restore it from a backup") from None
+    changes = identity_changes(before, now)
+    if changes:
+        raise DataError(
+            f"{run.root} was trained on other data than {config.data} holds now: {describe_changes(changes)}",
+            "Resume on the data the run started on, or start a new run with another `out`",
+            param="out",
+        )
+    return now
 
 
 def finetune(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
@@ -265,6 +296,12 @@ class _Trainer:
         method.setup(self.ctx)  # sees the zero-shot weights (L2-SP's anchor, an EMA's start), also on resume
         if self.env.is_main and not self.run_dir.config.is_file():  # after the last check that needs the model
             self.run_dir.write_config(self.cfg.to_json())
+        if self.env.is_main and not self.run_dir.data_identity.is_file():
+            from starft_cli.paths import atomic_write_text
+            from starft_cli.train.dataid import data_identity, identity_json
+
+            identity = self.p.data_id or data_identity(dataset)
+            atomic_write_text(self.run_dir.data_identity, identity_json(identity))
         if state is not None:
             student.load_state_dict(models.read_state_dict(self.p.resume_from / models.WEIGHTS_NAME), strict=True)
         from starft_cli.train.step import Towers
@@ -741,7 +778,7 @@ class _Trainer:
                 f"training diverged: the weights after step {step} are not finite ({exc}); "
                 f"checkpoints/{name} was not written. {self._last_good()}",
                 self._diverged_hint(),
-                param="lr",
+                param=("lr", "out"),
             ) from None
         if with_state:
             self.last_saved = step
@@ -782,7 +819,7 @@ class _Trainer:
         raise TrainingDiverged(
             f"training diverged at step {step}: {detail}{skipped}; stopped. {self._last_good()}",
             self._diverged_hint(),
-            param="lr",
+            param=("lr", "out"),
         )
 
     def _last_good(self) -> str:
@@ -791,10 +828,13 @@ class _Trainer:
         return f"checkpoints/last (step {self.last_saved}) is the last good state"
 
     def _diverged_hint(self) -> str:
-        return (
-            f"Lower `lr` (now {self.cfg.lr:g}) in a new run, or skip such steps with "
-            f"`starft finetune --out {self.run_dir.root} --resume --max-bad-steps N`"
-        )
+        resume = f"starft finetune --out {self.run_dir.root} --resume --max-bad-steps N"
+        if self.last_saved is None:  # nothing to continue from: a resume starts this run again at step 0
+            return (
+                f"Lower `lr` (now {self.cfg.lr:g}) in a new run (another `out`), or restart this one from step 0 "
+                f"skipping such steps with `{resume}`"
+            )
+        return f"Lower `lr` (now {self.cfg.lr:g}) in a new run, or skip such steps with `{resume}`"
 
     def _make_head(self, student: Any, tokenizer: Any, dataset: Any, templates: list[str]) -> Any:
         """The zero-shot head as a linear layer: ``exp(logit_scale) x`` the class text features (C, d)."""
