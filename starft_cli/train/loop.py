@@ -450,7 +450,10 @@ class _Trainer:
         if cfg.tensorboard and self.env.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir.root / "tensorboard"))
+            # On resume, events of the steps after the checkpoint (logged before the interruption, redone now) are
+            # purged, as metrics.jsonl's are: TensorBoard drops events at or after ``purge_step`` written earlier.
+            purge = pos.step + 1 if cfg.resume else None
+            self.tb = SummaryWriter(str(self.run_dir.root / "tensorboard"), purge_step=purge)
         if not self.env.is_main:
             return
         for warning in schedule_warnings(
