@@ -280,6 +280,8 @@ class _Trainer:
         ref = self.p.model_ref or cfg.backbone
         self.base = base = models.load(ref, device=self.device, arch=cfg.arch, seed=cfg.seed)
         student = base.model
+        if cfg.grad_accum > 1:
+            self._refuse_inexact_accumulation(student, plan)
         teacher = copy.deepcopy(student).eval().requires_grad_(False) if method.needs_teacher else None
         if cfg.grad_checkpointing:
             student.set_grad_checkpointing(True)
@@ -310,6 +312,33 @@ class _Trainer:
         self._set_stage(method.stage_at(state["step"] if state else 0, plan.total_steps)[0], fresh=True)
         self._make_optimizer(plan)
         self._make_step(plan, teacher)
+
+    def _refuse_inexact_accumulation(self, student: Any, plan: _Plan) -> None:
+        """``grad_accum`` > 1 is exact only when no layer normalises with batch statistics: a BatchNorm layer that
+        runs in training mode in some stage normalises each micro-batch by its own mean and variance (and updates
+        its running statistics once per micro-batch), so the step cannot equal the unaccumulated one.
+
+        Raises:
+            ConfigError: such a layer exists (the first is named, with their number).
+        """
+        from torch.nn.modules.batchnorm import _BatchNorm
+
+        stages = [name for name, _ in self.method.stages(plan.total_steps)]
+        found: list[str] = []
+        for child_name, child in student.named_children():  # a child none of whose parameters train runs in eval
+            names = [f"{child_name}.{n}" for n, _ in child.named_parameters()]
+            trains = not names or any(self.method.trainable(n, s) for n in names for s in stages)
+            for name, module in child.named_modules():
+                if isinstance(module, _BatchNorm) and (trains or not module.track_running_stats):
+                    found.append(f"{child_name}.{name}" if name else child_name)
+        if found:
+            raise ConfigError(
+                f"`grad_accum` {self.cfg.grad_accum} would not be exact with {self.cfg.backbone}: it has {len(found)} "
+                f"BatchNorm layer(s) in training mode (e.g. {found[0]}), which normalise each micro-batch with its own "
+                "statistics",
+                "Drop `grad_accum` (lower `batch_size`, or save memory with `grad_checkpointing`)",
+                param=("grad_accum", "batch_size", "grad_checkpointing"),
+            )
 
     def _templates(self) -> list[str]:
         from starft_cli.prompts import load_templates
