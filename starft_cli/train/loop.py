@@ -214,6 +214,7 @@ class _Trainer:
         self.bad_steps = 0  # steps skipped for a non-finite loss or gradient (--max-bad-steps)
         self.last_saved: int | None = None  # step of the newest checkpoints/last
         self.head: Any = None
+        self.unused: set[str] = set()  # parameters the objective never reaches (frozen)
         self.stage: str | None = None
 
     # -------------------------------------------------------------------------------------------------
@@ -296,6 +297,7 @@ class _Trainer:
             self.env, cfg.seed, plan.total_steps, cfg,
         )  # fmt: skip
         method.setup(self.ctx)  # sees the zero-shot weights (L2-SP's anchor, an EMA's start), also on resume
+        self.unused = self._unused_parameters(student, plan)
         if self.env.is_main and not self.run_dir.config.is_file():  # after the last check that needs the model
             self.run_dir.write_config(self.cfg.to_json())
         if self.env.is_main and not self.run_dir.data_identity.is_file():
@@ -312,6 +314,52 @@ class _Trainer:
         self._set_stage(method.stage_at(state["step"] if state else 0, plan.total_steps)[0], fresh=True)
         self._make_optimizer(plan)
         self._make_step(plan, teacher)
+
+    def _unused_parameters(self, student: Any, plan: _Plan) -> set[str]:
+        """The student's parameters that train in some stage but that the objective never reaches (e.g. a SigLIP
+        model's ``logit_bias`` under the softmax contrastive loss, a text tower's unused pooler): they are frozen
+        and named in the log. Trained, they would get no gradient, which multi-process training (DDP) refuses.
+
+        Found by one forward and backward of two blank images (and two captions) through the towers the objective
+        uses, plus the method's weight penalty, in eval mode (no running statistics change, no random draw)."""
+        import torch
+
+        from starft_cli.train.step import Towers
+
+        stages = [name for name, _ in self.method.stages(plan.total_steps)]
+        params = {n: p for n, p in student.named_parameters() if any(self.method.trainable(n, s) for s in stages)}
+        if not params:
+            return set()
+        size = self.base.preprocess_cfg.get("size", 224)
+        height, width = (size, size) if isinstance(size, int) else size
+        images = torch.zeros(2, 3, int(height), int(width), device=self.device)
+        modes = [(m, m.training) for m in student.modules()]
+        wanted = [(p, p.requires_grad) for p in params.values()]
+        student.eval()
+        if self.cfg.grad_checkpointing:  # (a re-entrant checkpoint would hide its parameters from autograd.grad)
+            student.set_grad_checkpointing(False)
+        try:
+            for p in params.values():
+                p.requires_grad_(True)
+            if self.method.objective == "classifier":
+                outputs = list(Towers(student, self.head)(images))
+            else:
+                tokens = self.base.tokenizer(["a photo.", "a photo of a photo."]).to(self.device)
+                outputs = list(Towers(student, trim=self.cfg.step_impl == "efficient")(images, tokens))
+            penalty = self.method.weight_penalty(self.ctx)
+            total = sum(o.float().sum() for o in outputs) + (penalty if penalty is not None else 0.0)
+            grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+        finally:
+            for module, training in modes:
+                module.training = training
+            for p, requires in wanted:
+                p.requires_grad_(requires)
+            if self.cfg.grad_checkpointing:
+                student.set_grad_checkpointing(True)
+        unused = {n for (n, _), g in zip(params.items(), grads, strict=True) if g is None}
+        if unused:
+            logger.info("not trained, as the loss does not use them: %s", ", ".join(sorted(unused)))
+        return unused
 
     def _refuse_inexact_accumulation(self, student: Any, plan: _Plan) -> None:
         """``grad_accum`` > 1 is exact only when no layer normalises with batch statistics: a BatchNorm layer that
@@ -349,7 +397,7 @@ class _Trainer:
         """Which parameters train in ``stage``; entering a later stage restarts the optimizer's moments and (under
         DDP) the wrapper, whose set of trained parameters is fixed when it is built."""
         for name, param in self.towers.clip.named_parameters():
-            param.requires_grad_(self.method.trainable(name, stage))
+            param.requires_grad_(self.method.trainable(name, stage) and name not in self.unused)
         if self.head is not None:
             self.head.weight.requires_grad_(self.method.trainable("head.weight", stage))
         self._train_mode()
@@ -392,7 +440,7 @@ class _Trainer:
 
         def trains(name: str) -> bool:
             local = name.removeprefix("clip.") if name.removeprefix("clip.") in clip_names else name
-            return any(self.method.trainable(local, s) for s in stages)
+            return local not in self.unused and any(self.method.trainable(local, s) for s in stages)
 
         params = [(n, p) for n, p in self.towers.named_parameters() if trains(n)]
         decay = [p for n, p in params if not _no_decay(n, p)]
