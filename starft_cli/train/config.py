@@ -54,6 +54,7 @@ RESUME_MUTABLE = frozenset(
         "data_root",
         "val_data_root",
         "max_bad_steps",
+        "strict",
     }
 )
 
@@ -100,6 +101,7 @@ class TrainConfig:
     max_bad_steps: int = 0
     select_by: str = "top1"
     config_file: str | None = None
+    strict: bool = False  # an unreadable training image stops the run (default: the next readable one replaces it)
 
     def __post_init__(self) -> None:
         def choice(name: str, options: tuple[str, ...]) -> None:

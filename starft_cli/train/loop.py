@@ -215,6 +215,7 @@ class _Trainer:
         self.last_saved: int | None = None  # step of the newest checkpoints/last
         self.head: Any = None
         self.unused: set[str] = set()  # parameters the objective never reaches (frozen)
+        self.unreadable_seen: set[str] = set()  # unreadable training images met by this process
         self.stage: str | None = None
 
     # -------------------------------------------------------------------------------------------------
@@ -241,6 +242,7 @@ class _Trainer:
             best=pos.best,
             seconds=time.perf_counter() - started,
             bad_steps=self.bad_steps,
+            unreadable=len(self.unreadable_seen),
         )
         return self.run_dir.root
 
@@ -563,10 +565,11 @@ class _Trainer:
         from starft_cli.data.pipeline import TrainSamples, batch_normalizer, train_transform
         from starft_cli.device import cuda_call_args
         from starft_cli.train.sampling import ResumableSampler
+        from starft_cli.train.unreadable import SkipUnreadable
 
         cfg, env = self.cfg, self.env
         transform = train_transform(self.base.preprocess_cfg, normalize=False)
-        samples = TrainSamples(self.p.dataset, transform, seed=cfg.seed)
+        samples = SkipUnreadable(TrainSamples(self.p.dataset, transform, seed=cfg.seed), strict=cfg.strict)
         self.normalize = batch_normalizer(self.base.preprocess_cfg)
         sampler = ResumableSampler(len(self.p.dataset), env.world_size, env.rank, cfg.seed)
         while pos.epoch < cfg.epochs and pos.step < plan.total_steps:
@@ -697,7 +700,11 @@ class _Trainer:
         return backward
 
     def _next_micro(self, batches: Any) -> tuple[Any, Any, Any]:
-        images, labels, index = next(batches)
+        images, labels, index, problems = next(batches)
+        for problem in problems:  # an unreadable image was replaced by the next readable one: once per file
+            if problem and problem not in self.unreadable_seen:
+                self.unreadable_seen.add(problem)
+                logger.warning("%s; the next readable image takes its place (--strict stops instead)", problem)
         return self.normalize(images.to(self.device, non_blocking=True)), labels.to(self.device), index
 
     def _classifier_passes(self, batches: Any, step: int, lam: float, sums: Any) -> None:
