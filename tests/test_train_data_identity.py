@@ -77,3 +77,30 @@ def test_resume_of_a_run_that_does_not_exist_starts_a_new_one_and_says_so(tmp_pa
     assert (run / "config.json").is_file() and (run / "data.json").is_file()
     again = _finetune(data, run, "--max-steps", "1", "--resume")  # now there is one: it is finished
     assert again.exit_code == 0 and "no run at" not in again.stderr and "already finished" in again.stderr
+
+
+def test_the_identity_of_many_files_is_the_same_when_stat_ed_by_threads(tmp_path: Path):
+    """5,000 files (stat-ed by a thread pool) and a subset of them (one by one) agree class by class."""
+    import types
+
+    from starft_cli.train.dataid import data_identity, identity_changes
+
+    paths, labels = [], []
+    for c in range(2):
+        (tmp_path / f"c{c}").mkdir()
+        for i in range(2500):
+            path = tmp_path / f"c{c}" / f"{i}.jpg"
+            path.write_bytes(b"x" * (i % 7))
+            paths.append(path)
+            labels.append(c)
+    many = types.SimpleNamespace(classnames=["a", "b"], labels=labels, paths=paths, captions=None)
+    whole = data_identity(many)
+    assert whole["counts"] == [2500, 2500] and whole["samples"] == 5000
+    assert identity_changes(whole, data_identity(many)) == []
+    paths[3].write_bytes(b"longer than before")
+    assert identity_changes(whole, data_identity(many)) == ["class 'a' has other files (or sizes) than it had"]
+    from starft_cli.train.dataid import _size, _sizes
+
+    names = [str(p) for p in paths] + [str(tmp_path / "gone.jpg")]
+    assert _sizes(names) == [_size(n) for n in names]  # the pool keeps the order; a missing file is "missing"
+    assert _sizes(names)[3] == 18 and _sizes(names)[-1] == "missing"
