@@ -25,6 +25,7 @@ FLAGS = {
     "metrics": "--metric",
     "models": "--model",
     "grad_accum": "--grad-accum",
+    "grad_checkpointing": "--grad-checkpointing",
     "out": "--out",
     "plot": "--plot",
     "pretrained": "--pretrained",
