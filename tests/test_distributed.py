@@ -157,3 +157,61 @@ def test_torchrun_two_processes_train_and_only_rank0_writes(tmp_path: Path):
     assert json.loads((run / "config.json").read_text())["batch_size"] == 4
     state = torch.load(run / "checkpoints" / "last" / "training_state.pt", weights_only=True)
     assert state["world_size"] == 2 and state["step"] == 3
+
+
+def _siglip_shaped(folder: Path) -> Path:
+    """starft-tiny with a learned logit bias (``init_logit_bias``, as every open_clip SigLIP model has), saved as a
+    model folder."""
+    from starft_cli.models import _create_from_cfg, load, save_checkpoint
+
+    tiny = load("starft-tiny:none", seed=0)
+    cfg = {**tiny.model_cfg, "init_logit_bias": -10.0}
+    torch.manual_seed(0)
+    model = _create_from_cfg(cfg, dict(tiny.preprocess_cfg))
+    assert isinstance(model.logit_bias, torch.nn.Parameter)
+    save_checkpoint(model, folder, cfg, tiny.preprocess_cfg)
+    return folder
+
+
+def _finetune_worker(rank: int, world: int, port: int, model: str, data: str, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    from starft_cli.train import build_config, finetune
+
+    config = {"backbone": model, "data": f"folder:{data}", "method": "flyp", "batch_size": 4, "epochs": 1}
+    finetune(build_config({**config, "warmup": 1, "workers": 0, "device": "cpu", "lr": 1e-3, "out": out}))
+
+
+@pytest.mark.slow
+def test_a_parameter_the_loss_never_uses_is_frozen_and_two_processes_train(tmp_path: Path, caplog):
+    """Issue 20 item 3: a SigLIP model's logit_bias gets no gradient from the softmax contrastive loss; trained,
+    DDP stopped at step 2 ("Expected to have finished reduction in the prior iteration"). It is frozen, logged,
+    and two gloo processes train to the end."""
+    import json
+    import logging
+
+    from safetensors.torch import load_file
+
+    from tests.imagegen import make_class_folders
+
+    model = _siglip_shaped(tmp_path / "siglip")
+    data = make_class_folders(tmp_path / "data", ["cat", "dog", "car"], per_class=4)
+    run = tmp_path / "run"
+    mp.spawn(_finetune_worker, args=(2, _free_port(), str(model), str(data), str(run)), nprocs=2, join=True)
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    before, after = (
+        load_file(str(model / "open_clip_model.safetensors")),
+        load_file(str(run / "checkpoints" / "last" / "open_clip_model.safetensors")),
+    )
+    assert float(after["logit_bias"]) == float(before["logit_bias"]) == -10.0  # frozen
+    assert not torch.equal(after["logit_scale"], before["logit_scale"])  # what the loss uses trains
+    # the same in one process, where the frozen parameter is named in the log
+    from starft_cli.train import build_config, finetune
+
+    config = {"backbone": str(model), "data": f"folder:{data}", "method": "flyp", "batch_size": 4, "epochs": 1}
+    with caplog.at_level(logging.INFO, logger="starft_cli"):
+        finetune(build_config({**config, "workers": 0, "device": "cpu", "max_steps": 1, "out": str(tmp_path / "one")}))
+    assert "not trained, as the loss does not use them: logit_bias" in caplog.text

@@ -121,3 +121,63 @@ def test_template_draws_do_not_depend_on_grad_accum():
         for rank in range(world):
             local = template_indices(7, 3, 0, 16, 50, DistEnv(rank=rank, world_size=world))
             assert torch.equal(local, whole[rank * 16 // world : (rank + 1) * 16 // world])
+
+
+def test_both_passes_of_a_micro_batch_draw_the_same_dropout():
+    """Issue 19 item 2's kind (a tower run twice over the same samples in train mode): with dropout, the pass with
+    gradients replays the cached pass's masks, so every pass back-propagates the loss of one and the same batch."""
+    labels = [0, 1, 2, 3, 0, 1, 2, 2]
+    n = len(labels)
+    images = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    loaded, student, teacher, pool, bank = _setup(False)
+    dropouts = [m for m in student.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    assert dropouts
+    for m in dropouts:
+        m.dropout = 0.5
+    step = StarStep(
+        towers=Towers(student, trim=True), clip=student, teacher=teacher, tokenizer=loaded.tokenizer, pool=pool,
+        method=make_method("starft"), bank=bank,
+    )  # fmt: skip
+    from starft_cli.train.bank import class_captions
+
+    caps = [class_captions(CLASSES, "a photo of a {}.")[i] for i in labels]
+    tidx = template_indices(0, 3, 0, n, len(pool), DistEnv())
+    y = torch.tensor(labels)
+    micro = [MicroBatch(images[i : i + 2], y[i : i + 2], caps[i : i + 2], tidx[i : i + 2]) for i in range(0, n, 2)]
+    torch.manual_seed(11)
+    losses: list[float] = []
+    step.accumulate(micro, 0.5, True, backward=lambda loss: (losses.append(float(loss.detach())), loss.backward()))
+    assert len(losses) == 4
+    assert max(losses) - min(losses) <= 1e-6 * abs(losses[0])  # without the replay: 3.73 to 4.94
+    with torch.no_grad():  # and the masks are random: another seed gives another loss
+        torch.manual_seed(12)
+        other = step.accumulate(micro, 0.5, True, backward=lambda loss: None)
+    assert abs(float(other.loss) - losses[0]) > 1e-4
+
+
+def test_grad_accum_is_refused_where_batchnorm_normalises_micro_batches(tmp_path: Path, class_folders: Path):
+    """Issue 19 item 2: on starft-demo:none (a timm ResNet tower) a micro-batch is normalised by its own statistics,
+    so accumulation cannot equal the whole batch's step: refused in one line, before any run is written. A linear
+    probe (the tower frozen, in eval mode) accumulates exactly and is allowed."""
+    from safetensors.torch import load_file
+
+    args = ["finetune", "--backbone", "starft-demo:none", "--workers", "0", "--device", "cpu", "--warmup", "1"]
+    args += ["--data", f"folder:{class_folders}", "--batch-size", "8", "--epochs", "1", "--max-steps", "1"]
+    result = runner.invoke(app, [*args, "--method", "flyp", "--grad-accum", "2", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == (
+        "error: --grad-accum 2 would not be exact with starft-demo:none: it has 15 BatchNorm layer(s) in training "
+        "mode (e.g. visual.trunk.conv1.1), which normalise each micro-batch with its own statistics. Drop "
+        "--grad-accum (lower --batch-size, or save memory with --grad-checkpointing)"
+    )
+    assert not (tmp_path / "a" / "config.json").exists()
+    for method in ("ft", "lp-ft"):  # an image tower that trains in some stage
+        assert runner.invoke(app, [*args, "--method", method, "--grad-accum", "4"]).exit_code == 2
+    probe = runner.invoke(app, [*args, "--method", "lp", "--grad-accum", "2", "--out", str(tmp_path / "lp")])
+    assert probe.exit_code == 0, probe.output
+    weights = load_file(str(tmp_path / "lp" / "checkpoints" / "last" / "open_clip_model.safetensors"))
+    assert int(weights["visual.trunk.bn1.num_batches_tracked"]) == 0  # eval mode: running statistics untouched
+    flyp = runner.invoke(app, [*args, "--method", "flyp", "--out", str(tmp_path / "flyp")])
+    assert flyp.exit_code == 0, flyp.output
+    weights = load_file(str(tmp_path / "flyp" / "checkpoints" / "last" / "open_clip_model.safetensors"))
+    assert int(weights["visual.trunk.bn1.num_batches_tracked"]) == 1  # one update per step

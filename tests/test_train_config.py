@@ -134,8 +134,9 @@ def test_method_tables_and_hp_flags(tmp_path: Path):
     assert json.loads(c.to_json())["hparams"] == {"lp_fraction": 0.5, "lp_lr": 0.5}
     bad = tmp_path / "bad.toml"
     bad.write_text("[l2sp]\nalpha = 1\n")
-    with pytest.raises(ConfigError, match="unknown method 'l2sp'"):
+    with pytest.raises(ConfigError, match=r"bad.toml: unknown table \[l2sp\]") as info:
         build_config({}, bad)
+    assert info.value.hint == "Did you mean 'l2-sp'?"
 
 
 def test_lambda_defaults_to_the_methods_and_is_refused_where_unused():
@@ -177,3 +178,84 @@ def test_a_02_run_config_resumes_as_its_method(tmp_path: Path):
     assert config_for_run({"out": str(run), "hparams": {"alpha": "0.1"}}, resume=True).hparams["alpha"] == 0.1
     with pytest.raises(ConfigError, match=r"--hp \(\{'alpha': 0.1"):
         config_for_run({"out": str(run), "hparams": {"alpha": "1"}}, resume=True)
+
+
+def test_a_finetune_table_keeps_the_method_table(tmp_path: Path):
+    """Issue 19 item 3: `method` under [finetune] and a top-level [l2-sp] table: alpha 0.5, not the default 0.1."""
+    path = tmp_path / "c.toml"
+    path.write_text('[finetune]\nmethod = "l2-sp"\ndata = "folder:x"\n[l2-sp]\nalpha = 0.5\n')
+    c = build_config({}, path)
+    assert (c.method, c.data, c.hparams) == ("l2-sp", "folder:x", {"alpha": 0.5, "beta": 0.0})
+    assert json.loads(c.to_json())["hparams"]["alpha"] == 0.5
+
+
+def test_one_precedence_for_every_source(tmp_path: Path):
+    """flags > [finetune] > top level; --hp > hp table > [METHOD] inside [finetune] > [METHOD] at top level."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        'method = "l2-sp"\nepochs = 3\nlr = 0.5\nbatch-size = 16\n'
+        "[finetune]\nepochs = 4\nlr = 0.25\nhp = {beta = 0.75}\n[finetune.l2-sp]\nalpha = 0.125\nbeta = 0.5\n"
+        "[l2-sp]\nalpha = 0.375\n"
+    )
+    c = build_config({"lr": 2.0}, path)
+    assert (c.epochs, c.lr, c.batch_size) == (4, 2.0, 16)
+    assert c.hparams == {"alpha": 0.125, "beta": 0.75}
+    assert build_config({"lr": 2.0, "hparams": {"beta": "1"}}, path).hparams == {"alpha": 0.125, "beta": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('epochs = "two"\n', "c.toml: 'epochs' must be a whole number (got 'two', text)"),
+        ('[finetune]\nlr = "1e-5"\n', "c.toml [finetune]: 'lr' must be a number (got '1e-5', text)"),
+        ("freeze-text = 1\n", "c.toml: 'freeze-text' must be true or false (got 1, a whole number)"),
+        ("batch-size = 8.0\n", "c.toml: 'batch-size' must be a whole number (got 8.0, a number)"),
+        ("data = 3\n", "c.toml: 'data' must be text (got 3, a whole number)"),
+        ("lr = inf\n", "c.toml: 'lr' must be a finite number (got inf)"),
+        ("wd = nan\n", "c.toml: 'wd' must be a finite number (got nan)"),
+        ("[flyp]\nalpha = 1\n", "flyp has no hyper-parameter 'alpha' (it has: none)"),
+        ("[finetune.other]\nx = 1\n", "c.toml [finetune]: unknown table [other]"),
+        ("[finetune]\nepoch = 1\n", "c.toml [finetune]: unknown setting 'epoch'"),
+        ("finetune = 3\n", "c.toml: 'finetune' must be a table ([finetune]), not a value"),
+    ],
+)
+def test_a_bad_toml_value_names_the_key_and_the_type(tmp_path: Path, text: str, message: str):
+    """Issue 20 item 2: `epochs = "two"` is one line naming the key and the type it must have."""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        build_config({}, path)
+    assert str(info.value).replace(str(tmp_path) + "/", "") == message
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("name", ["lr", "wd", "reg_lambda"])
+def test_every_float_option_refuses_non_finite_values(name: str, value: float):
+    """Issue 20 item 11: `--lr inf` was accepted (and diverged at step 2)."""
+    flag = {"reg_lambda": "lambda"}.get(name, name)
+    with pytest.raises(ConfigError, match=f"^--{flag} must be a finite number \\(got {value}\\)$"):
+        build_config({name: value})
+    with pytest.raises(ConfigError, match=f"--{flag} must be a finite number"):
+        TrainConfig(**{name: value})
+
+
+def test_a_bad_value_is_named_before_a_missing_companion():
+    """Issue 20 item 11: `--select-by nope` without --val-data names the bad value first."""
+    with pytest.raises(ConfigError, match="--select-by 'nope' is not one of top1, worst_group_acc, mean_group_acc"):
+        build_config({"select_by": "nope"})
+    with pytest.raises(ConfigError, match="--select-by is given without --val-data"):
+        build_config({"select_by": "top1"})
+
+
+def test_resume_reads_the_config_file_too(tmp_path: Path):
+    from starft_cli.train.config import config_for_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(TrainConfig(data="folder:x", out=str(run), epochs=3).to_json())
+    path = tmp_path / "c.toml"
+    path.write_text("[finetune]\nworkers = 1\n")
+    assert config_for_run({"out": str(run)}, path, resume=True).workers == 1
+    path.write_text("[finetune]\nepochs = 5\n")
+    with pytest.raises(ConfigError, match=r"--epochs \(3 in the run, 5 given\)"):
+        config_for_run({"out": str(run)}, path, resume=True)

@@ -182,3 +182,20 @@ def test_publish_refuses_a_nan_checkpoint(nan_folder: Path, tmp_path: Path):
     assert result.exit_code == 1
     assert result.stderr.startswith("error: weights in ") and "are not finite" in result.stderr
     assert not out.exists()
+
+
+def test_divergence_before_any_checkpoint_says_a_resume_restarts_at_step_0(tmp_path: Path, class_folders: Path):
+    """Issue 20 item 11: with no checkpoint written, the hint says what `--resume --max-bad-steps` really does."""
+    run = tmp_path / "run"
+    result = _diverge(run, class_folders, "--checkpoint-every", "0")  # checkpoints at epoch ends only (3 steps)
+    assert result.exit_code == 1, result.output
+    assert not (run / "checkpoints" / "last").exists()
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "No checkpoint was written. Lower --lr (now 10000) in a new run (another --out), or restart this one " in (
+        error
+    )
+    resume = f"starft finetune --out {run} --resume --max-bad-steps N"
+    assert error.endswith(f"from step 0 skipping such steps with `{resume}`")
+    again = _diverge(run, class_folders, "--checkpoint-every", "0", "--resume", "--max-bad-steps", "100")
+    assert again.exit_code == 0, again.output  # what the hint offers works
+    assert torch.load(run / "checkpoints" / "last" / "training_state.pt", weights_only=True)["step"] == 12

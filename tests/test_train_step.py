@@ -122,3 +122,24 @@ def test_trimmed_text_encoding_equals_open_clip_encode_text():
     tokens = loaded.tokenizer(["a photo of a cat.", "a photo of a very small dog in the snow at night."])
     full = loaded.model.encode_text(tokens, normalize=True)
     torch.testing.assert_close(encode_text(loaded.model, tokens), full, atol=1e-6, rtol=1e-5)
+
+
+def test_text_features_for_a_bank_are_computed_in_eval_mode_and_modes_are_restored():
+    """The student's own text tower can be a bank's source (FLYP with --freeze-text): with dropout it must not draw
+    masks there, and the per-tower modes the loop set (a frozen tower in eval) must survive."""
+    from starft_cli.train.bank import encode_texts
+
+    loaded, student, _, _, _ = _setup(False)
+    for m in student.modules():
+        if isinstance(m, torch.nn.MultiheadAttention):
+            m.dropout = 0.5
+    student.train()
+    texts = ["a photo of a cat.", "a photo of a dog in snow."]
+    a = encode_texts(student, loaded.tokenizer, texts, torch.device("cpu"))
+    b = encode_texts(student, loaded.tokenizer, texts, torch.device("cpu"))
+    assert torch.equal(a, b)
+    assert all(m.training for m in student.modules())
+    student.transformer.eval()  # as the loop does for a tower none of whose parameters train
+    encode_texts(student, loaded.tokenizer, texts, torch.device("cpu"))
+    assert student.training and student.visual.training and not student.transformer.training
+    assert not any(m.training for m in student.transformer.modules())

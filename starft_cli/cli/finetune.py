@@ -149,6 +149,14 @@ def finetune_command(
     tensorboard: Annotated[
         bool | None, typer.Option("--tensorboard/--no-tensorboard", help="Also log to RUN/tensorboard.")
     ] = None,
+    strict: Annotated[
+        bool | None,
+        typer.Option(
+            "--strict/--no-strict",
+            help="Stop at the first unreadable training image (default: warn once per file and train on the next "
+            "readable image in its place; the summary counts them).",
+        ),
+    ] = None,
     arch: ArchOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -199,6 +207,7 @@ def finetune_command(
         "max_bad_steps": max_bad_steps,
         "select_by": select_by,
         "tensorboard": tensorboard,
+        "strict": strict,
         "arch": arch,
         "device": device if device != "auto" else None,
     }
@@ -355,6 +364,8 @@ def _summary(event: dict[str, Any]) -> str:
     parts = [f"finished {event['step']} of {event['total_steps']} steps in {took}"]
     if event.get("bad_steps"):
         parts.append(f"{event['bad_steps']} non-finite step(s) skipped")
+    if event.get("unreadable"):
+        parts.append(f"{event['unreadable']} unreadable image(s) replaced by the next readable one")
     layout = RunLayout(event["run_dir"])
     checkpoints = layout.checkpoints
     if event.get("best") is not None:

@@ -27,6 +27,7 @@ FLAGS = {
     "models": "--model",
     "name": "--name",
     "grad_accum": "--grad-accum",
+    "grad_checkpointing": "--grad-checkpointing",
     "out": "--out",
     "plot": "--plot",
     "pretrained": "--pretrained",

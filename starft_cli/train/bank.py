@@ -63,16 +63,23 @@ def bank_key(identity: str, classnames: Sequence[str], caption_template: str, po
 
 
 def encode_texts(model: Any, tokenizer: Callable[..., Any], texts: Sequence[str], device: torch.device) -> torch.Tensor:
-    """L2-normalised float32 text features of ``texts`` (no autograd, in chunks)."""
+    """L2-normalised float32 text features of ``texts`` (no autograd, in chunks), with ``model`` in eval mode (no
+    dropout; the student's own text tower may be the source): each module's mode is restored afterwards."""
     import torch
 
     from starft_cli.train.text import encode_text
 
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
     out = []
-    with torch.no_grad():  # not inference_mode: the bank is later saved for backward by the loss
-        for start in range(0, len(texts), ENCODE_CHUNK):
-            tokens = tokenizer(list(texts[start : start + ENCODE_CHUNK])).to(device)
-            out.append(encode_text(model, tokens, normalize=True).float())
+    try:
+        with torch.no_grad():  # not inference_mode: the bank is later saved for backward by the loss
+            for start in range(0, len(texts), ENCODE_CHUNK):
+                tokens = tokenizer(list(texts[start : start + ENCODE_CHUNK])).to(device)
+                out.append(encode_text(model, tokens, normalize=True).float())
+    finally:
+        for module, training in modes:
+            module.training = training
     return torch.cat(out, dim=0)
 
 

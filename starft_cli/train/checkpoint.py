@@ -82,6 +82,11 @@ class RunDir(RunLayout):
     def write_config(self, text: str) -> None:
         atomic_write_text(self.config, text)
 
+    @property
+    def data_identity(self) -> Path:
+        """``RUN/data.json``: the training data's identity at the start (:mod:`starft_cli.train.dataid`)."""
+        return self.root / "data.json"
+
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         line = json.dumps(finite_json(dict(record)), allow_nan=False) + "\n"  # strict JSON: NaN/inf -> null

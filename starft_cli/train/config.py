@@ -1,9 +1,12 @@
 """The fine-tuning configuration: one frozen dataclass, validated before any model is loaded.
 
-Sources combine as defaults < TOML file (``--config``) < command-line flags. The method's hyper-parameters
-come from its own TOML table (``[lipsum-ft]``) and ``--hp NAME=VALUE`` flags, checked against what the method
-declares. The resolved configuration (every default filled in) is written to ``RUN/config.json`` before step 0,
-and a resume reads it back from there (:func:`config_for_run`).
+Sources combine in one place (:func:`_given`), lowest first: defaults < the TOML file's top-level keys < its
+``[finetune]`` table < command-line flags. The method's hyper-parameters: the method's defaults < its TOML table
+(``[lipsum-ft]``, at top level or inside ``[finetune]``, the latter winning) < an ``hp`` table < ``--hp NAME=VALUE``
+flags, checked against what the method declares (every method table in the file is checked, not only the chosen
+method's). An unknown key or table, or a value of the wrong type, is an error naming it. The resolved
+configuration (every default filled in) is written to ``RUN/config.json`` before step 0, and a resume reads it
+back from there (:func:`config_for_run`), taking only the settings that may change from flags and file.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -51,6 +55,7 @@ RESUME_MUTABLE = frozenset(
         "data_root",
         "val_data_root",
         "max_bad_steps",
+        "strict",
     }
 )
 
@@ -99,6 +104,7 @@ class TrainConfig:
     max_bad_steps: int = 0
     select_by: str = "top1"
     config_file: str | None = None
+    strict: bool = False  # an unreadable training image stops the run (default: the next readable one replaces it)
 
     def __post_init__(self) -> None:
         def choice(name: str, options: tuple[str, ...]) -> None:
@@ -115,6 +121,13 @@ class TrainConfig:
 
         from starft_cli.train.methods import get_method, resolve_hparams
 
+        for f in fields(self):
+            value = getattr(self, f.name)
+            problem = _type_problem(f.name, value)
+            if problem:
+                raise ConfigError(f"--{_flag(f.name)} {problem}")
+            if _kind(f.name)[0] == "float" and isinstance(value, int):
+                object.__setattr__(self, f.name, float(value))
         method = get_method(self.method)
         if not isinstance(self.hparams, dict):
             raise ConfigError(f"method hyper-parameters must be a table (got {self.hparams!r})")
@@ -204,27 +217,80 @@ _METHOD_ONLY = {
 }
 
 
+_FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
+_EXPECTED = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false", "dict": "a table"}
+_CHOICES = {
+    "lambda_schedule": LAMBDA_SCHEDULES,
+    "precision": PRECISIONS,
+    "step_impl": STEP_IMPLS,
+    "select_by": SELECT_BY,
+}
+
+
+def _kind(name: str) -> tuple[str, bool]:
+    """(``str``, ``int``, ``float``, ``bool`` or ``dict``; whether None is allowed) of setting ``name``."""
+    parts = [p.strip() for p in _FIELD_TYPES[name].split("|")]
+    return parts[0].split("[")[0], "None" in parts
+
+
+def _type_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be setting ``name`` (e.g. "must be a whole number (got 'two', text)"), or None. Floats
+    must be finite; a whole number is a valid float."""
+    if name not in _FIELD_TYPES:
+        return None
+    kind, optional = _kind(name)
+    if value is None:
+        return None if optional else f"must be {_EXPECTED[kind]} (got nothing)"
+    ok = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "dict": isinstance(value, dict),
+    }[kind]
+    if not ok:
+        names = {str: "text", bool: "true/false", int: "a whole number", float: "a number", dict: "a table"}
+        return f"must be {_EXPECTED[kind]} (got {value!r}, {names.get(type(value), type(value).__name__)})"
+    if kind == "float" and not math.isfinite(value):
+        return f"must be a finite number (got {value!r})"
+    return None
+
+
 def _normalise_keys(data: Mapping[str, Any], source: str, tables: bool = False) -> dict[str, Any]:
-    """Setting names as the dataclass spells them. With ``tables``, a table named after a method holds that
-    method's hyper-parameters (collected under ``hparams[method]``)."""
+    """Setting names as the dataclass spells them, each value's type checked. With ``tables``, a table named after a
+    method holds that method's hyper-parameters (collected under ``_tables``), and ``hp`` a table of the chosen
+    method's; any other table is an error.
+
+    Raises:
+        ConfigError: an unknown key or table, or a value of the wrong type (naming ``source`` and the key).
+    """
     from starft_cli.suggest import did_you_mean
 
     out: dict[str, Any] = {}
     method_tables: dict[str, Any] = {}
+    where = "" if source == "flags" else f"{source}: "
     for key, value in data.items():
-        if tables and isinstance(value, dict):
-            from starft_cli.train.methods import get_method
+        name = _ALIASES.get(key, key.replace("-", "_"))
+        if tables and isinstance(value, dict) and name != "hparams":
+            from starft_cli.train.methods import available
 
-            get_method(key)  # a table must be named after a method
+            if key not in available():
+                raise ConfigError(
+                    f"{where}unknown table [{key}]",
+                    did_you_mean(key, [*available(), "finetune"], n=1, quote=True)
+                    or "The tables are [finetune] and one per method (`starft finetune --help-method` lists them)",
+                )
             method_tables[key] = dict(value)
             continue
-        name = _ALIASES.get(key, key.replace("-", "_"))
         if name not in FIELD_NAMES and name not in ("reg", "loss"):
             hint = (
                 did_you_mean(name, sorted(FIELD_NAMES), n=1, quote=True)
                 or "See `starft finetune --help` for the options"
             )
-            raise ConfigError(f"{source}: unknown setting '{key}'", hint)
+            raise ConfigError(f"{where}unknown setting '{key}'", hint)
+        problem = _type_problem(name, value)
+        if problem:
+            raise ConfigError(f"{where}'{key}' {problem}" if where else f"--{_flag(name)} {problem}")
         out[name] = value
     if method_tables:
         out["_tables"] = method_tables
@@ -258,6 +324,10 @@ def _resolve_method(values: dict[str, Any], source: str, warn: bool) -> dict[str
             logger.warning("%s is deprecated and will be removed in 0.4: use --method %s", given, legacy)
         values["method"] = legacy
     method = values.get("method", TrainConfig.method)
+    from starft_cli.train.methods import get_method, resolve_hparams
+
+    for name, table in tables.items():  # a typo in another method's table is caught too
+        resolve_hparams(get_method(name), table)
     hparams = dict(tables.get(method, {}))
     hparams.update(values.get("hparams") or {})
     if tables or values.get("hparams"):
@@ -276,6 +346,13 @@ def _check_method_settings(values: Mapping[str, Any]) -> None:
                 f"{flag} has no effect with --method {method.name}",
                 "Drop it, or choose a method that uses it (e.g. --method starft)",
             )
+
+
+def _check_choices(values: Mapping[str, Any]) -> None:
+    """A setting with a fixed set of values has one of them (checked before any combination of settings)."""
+    for key, options in _CHOICES.items():
+        if values.get(key) is not None and values[key] not in options:
+            raise ConfigError(f"--{_flag(key)} '{values[key]}' is not one of {', '.join(options)}")
 
 
 def _check_val_settings(values: Mapping[str, Any]) -> None:
@@ -303,8 +380,14 @@ def parse_hp(items: list[str] | None) -> dict[str, str] | None:
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Settings from a TOML file: top-level keys, or a ``[finetune]`` table, named like the flags; a table named
-    after a method (``[lipsum-ft]``) holds that method's hyper-parameters."""
+    """Settings from a TOML file (or a shipped recipe, ``paper:NAME``), named like the flags: top-level keys, and a
+    ``[finetune]`` table whose keys win over the top level's; a table named after a method (``[lipsum-ft]``, at top
+    level or inside ``[finetune]``, the latter winning key by key) holds that method's hyper-parameters (under
+    ``_tables``).
+
+    Raises:
+        ConfigError: the file is missing or not TOML, an unknown key or table, a value of the wrong type.
+    """
     from starft_cli.train.recipes import resolve_config_path
 
     path = resolve_config_path(path)
@@ -314,13 +397,24 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"no such config file: {path}", "Check the --config path") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path} ({exc})", "Fix the TOML syntax") from None
-    if isinstance(data.get("finetune"), dict):
-        data = data["finetune"]
-    return _normalise_keys(data, str(path), tables=True)
+    section = data.pop("finetune", None)
+    if section is not None and not isinstance(section, dict):
+        raise ConfigError(f"{path}: 'finetune' must be a table ([finetune]), not a value")
+    values = _normalise_keys(data, str(path), tables=True)
+    if section is not None:
+        inner = _normalise_keys(section, f"{path} [finetune]", tables=True)
+        tables = values.pop("_tables", {})
+        for name, table in inner.pop("_tables", {}).items():
+            tables[name] = {**tables.get(name, {}), **table}
+        values.update(inner)
+        if tables:
+            values["_tables"] = tables
+    return values
 
 
 def _given(overrides: Mapping[str, Any] | None, config_file: str | Path | None) -> dict[str, Any]:
-    """The settings given explicitly: the TOML file's, then the flags' (``None`` values are not given)."""
+    """Every source merged, in the one precedence of the module docstring: the TOML file's settings, then the
+    flags' (``None`` values are not given); the chosen method's table and ``hp`` values under ``hparams``."""
     values: dict[str, Any] = {}
     if config_file is not None:
         values.update(read_toml(config_file))
@@ -333,12 +427,15 @@ def _given(overrides: Mapping[str, Any] | None, config_file: str | Path | None) 
 
 
 def build_config(overrides: Mapping[str, Any] | None = None, config_file: str | Path | None = None) -> TrainConfig:
-    """Defaults < TOML file < ``overrides`` (flags given explicitly; ``None`` values are ignored).
+    """Defaults < TOML file (top level < ``[finetune]``) < ``overrides`` (flags given explicitly; ``None`` values
+    are ignored).
 
     Raises:
-        ConfigError: an unknown setting or method, a bad value, or a setting the method ignores.
+        ConfigError: an unknown setting, table or method, a value of the wrong type or not one of its choices, or
+            a setting the method ignores.
     """
     values = _given(overrides, config_file)
+    _check_choices(values)
     _check_method_settings(values)
     _check_val_settings(values)
     try:
@@ -377,13 +474,17 @@ def _refuse_conflicts(stored: TrainConfig, given: Mapping[str, Any]) -> None:
         )
 
 
-def merge_for_resume(stored: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
-    """The stored config of a run, with only the settings that may change on resume taken from the flags.
+def merge_for_resume(
+    stored: TrainConfig, overrides: Mapping[str, Any], config_file: str | Path | None = None
+) -> TrainConfig:
+    """The stored config of a run, with only the settings that may change on resume taken from the flags and the
+    TOML file (merged as for a new run).
 
     Raises:
         ConfigError: a setting that may not change differs from the run's.
     """
-    given = _resolve_method(_normalise_keys({k: v for k, v in overrides.items() if v is not None}, "flags"), "", True)
+    given = _given(overrides, config_file)
+    _check_choices(given)
     if "hparams" in given:  # compare the method's resolved values, not the subset given
         given["hparams"] = {**stored.hparams, **given["hparams"]}
         from starft_cli.train.methods import get_method, resolve_hparams
@@ -428,4 +529,4 @@ def config_for_run(
         text = stored_path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CheckpointError(f"cannot read {stored_path} ({exc})", "Check --out") from None
-    return merge_for_resume(config_from_json(text, str(stored_path)), overrides)
+    return merge_for_resume(config_from_json(text, str(stored_path)), overrides, config_file)

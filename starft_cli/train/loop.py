@@ -50,6 +50,7 @@ class Prepared:
     resume_from: Path | None
     model_ref: Any = None
     train_indices: list[int] | None = None  # the training part of --val-data holdout:FRACTION (None: every sample)
+    data_id: dict[str, Any] | None = None  # the training data's identity (RUN/data.json), when it is needed
 
 
 def prepare(config: TrainConfig) -> Prepared:
@@ -67,6 +68,8 @@ def prepare(config: TrainConfig) -> Prepared:
             resume_from = run.find_checkpoint("last")
         elif run.root.exists() and any(p.name != LOCK_NAME for p in run.root.iterdir()):
             raise CheckpointError(f"{run.root} is not a starft run (no config.json)", "Check `out`", param="out")
+        else:  # restart scripts pass --resume from the first try on: say so and start
+            logger.info("no run at %s: starting a new one", run.root)
     elif run.config.is_file():
         raise CheckpointError(
             f"{run.root} already holds a run",
@@ -79,6 +82,7 @@ def prepare(config: TrainConfig) -> Prepared:
     method = get_method(config.method)
     if len(dataset.classnames) < 2:
         raise DataError(f"{config.data} has {len(dataset.classnames)} class; fine-tuning needs at least two")
+    data_id = _check_same_data(run, dataset, config) if config.resume and run.config.is_file() else None
     pool = load_pool(config.pool) if method.needs_pool else []
     val, train_indices = _holdout(config, dataset)
     if config.val_data and val is None:
@@ -104,7 +108,7 @@ def prepare(config: TrainConfig) -> Prepared:
     from starft_cli.models import parse_model_ref
 
     ref = parse_model_ref(config.backbone, arch=config.arch)  # a bad reference fails here, before any loading
-    return Prepared(config, run, dataset, val, pool, resume_from, ref, train_indices)
+    return Prepared(config, run, dataset, val, pool, resume_from, ref, train_indices, data_id)
 
 
 def _holdout(config: TrainConfig, dataset: Any) -> tuple[Any | None, list[int] | None]:
@@ -128,6 +132,33 @@ def _holdout(config: TrainConfig, dataset: Any) -> tuple[Any | None, list[int] |
             param="val_data",
         )
     return IndexView(dataset, held, f"{config.data} ({config.val_data})"), train
+
+
+def _check_same_data(run: RunDir, dataset: Any, config: TrainConfig) -> dict[str, Any] | None:
+    """The training data's identity now, refused when it is not the one the run recorded at its start.
+
+    Raises:
+        DataError: the data changed (classes added, removed or reordered; other images in a class), named.
+    """
+    import json
+
+    from starft_cli.train.dataid import data_identity, describe_changes, identity_changes
+
+    now = data_identity(dataset)
+    if not run.data_identity.is_file():  # a run of an older version: nothing to compare with
+        return now
+    try:
+        before = json.loads(run.data_identity.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {run.data_identity} ({exc})", "Restore it from a backup") from None
+    changes = identity_changes(before, now)
+    if changes:
+        raise DataError(
+            f"{run.root} was trained on other data than {config.data} holds now: {describe_changes(changes)}",
+            "Resume on the data the run started on, or start a new run with another `out`",
+            param="out",
+        )
+    return now
 
 
 def finetune(config: TrainConfig, progress: ProgressFn | None = None) -> Path:
@@ -208,6 +239,8 @@ class _Trainer:
         self.bad_steps = 0  # steps skipped for a non-finite loss or gradient (--max-bad-steps)
         self.last_saved: int | None = None  # step of the newest checkpoints/last
         self.head: Any = None
+        self.unused: set[str] = set()  # parameters the objective never reaches (frozen)
+        self.unreadable_seen: set[str] = set()  # unreadable training images met by this process
         self.stage: str | None = None
 
     # -------------------------------------------------------------------------------------------------
@@ -234,6 +267,7 @@ class _Trainer:
             best=pos.best,
             seconds=time.perf_counter() - started,
             bad_steps=self.bad_steps,
+            unreadable=len(self.unreadable_seen),
         )
         return self.run_dir.root
 
@@ -281,6 +315,8 @@ class _Trainer:
         ref = self.p.model_ref or cfg.backbone
         self.base = base = models.load(ref, device=self.device, arch=cfg.arch, seed=cfg.seed)
         student = base.model
+        if cfg.grad_accum > 1:
+            self._refuse_inexact_accumulation(student, plan)
         teacher = copy.deepcopy(student).eval().requires_grad_(False) if method.needs_teacher else None
         if cfg.grad_checkpointing:
             student.set_grad_checkpointing(True)
@@ -295,8 +331,15 @@ class _Trainer:
             self.env, cfg.seed, plan.total_steps, cfg,
         )  # fmt: skip
         method.setup(self.ctx)  # sees the zero-shot weights (L2-SP's anchor, an EMA's start), also on resume
+        self.unused = self._unused_parameters(student, plan)
         if self.env.is_main and not self.run_dir.config.is_file():  # after the last check that needs the model
             self.run_dir.write_config(self.cfg.to_json())
+        if self.env.is_main and not self.run_dir.data_identity.is_file():
+            from starft_cli.paths import atomic_write_text
+            from starft_cli.train.dataid import data_identity, identity_json
+
+            identity = self.p.data_id or data_identity(dataset)
+            atomic_write_text(self.run_dir.data_identity, identity_json(identity))
         if state is not None:
             student.load_state_dict(models.read_state_dict(self.p.resume_from / models.WEIGHTS_NAME), strict=True)
         from starft_cli.train.step import Towers
@@ -305,6 +348,79 @@ class _Trainer:
         self._set_stage(method.stage_at(state["step"] if state else 0, plan.total_steps)[0], fresh=True)
         self._make_optimizer(plan)
         self._make_step(plan, teacher)
+
+    def _unused_parameters(self, student: Any, plan: _Plan) -> set[str]:
+        """The student's parameters that train in some stage but that the objective never reaches (e.g. a SigLIP
+        model's ``logit_bias`` under the softmax contrastive loss, a text tower's unused pooler): they are frozen
+        and named in the log. Trained, they would get no gradient, which multi-process training (DDP) refuses.
+
+        Found by one forward and backward of two blank images (and two captions) through the towers the objective
+        uses, plus the method's weight penalty, in eval mode (no running statistics change, no random draw)."""
+        import torch
+
+        from starft_cli.train.step import Towers
+
+        stages = [name for name, _ in self.method.stages(plan.total_steps)]
+        params = {n: p for n, p in student.named_parameters() if any(self.method.trainable(n, s) for s in stages)}
+        if not params:
+            return set()
+        size = self.base.preprocess_cfg.get("size", 224)
+        height, width = (size, size) if isinstance(size, int) else size
+        images = torch.zeros(2, 3, int(height), int(width), device=self.device)
+        modes = [(m, m.training) for m in student.modules()]
+        wanted = [(p, p.requires_grad) for p in params.values()]
+        student.eval()
+        if self.cfg.grad_checkpointing:  # (a re-entrant checkpoint would hide its parameters from autograd.grad)
+            student.set_grad_checkpointing(False)
+        try:
+            for p in params.values():
+                p.requires_grad_(True)
+            if self.method.objective == "classifier":
+                outputs = list(Towers(student, self.head)(images))
+            else:
+                tokens = self.base.tokenizer(["a photo.", "a photo of a photo."]).to(self.device)
+                outputs = list(Towers(student, trim=self.cfg.step_impl == "efficient")(images, tokens))
+            penalty = self.method.weight_penalty(self.ctx)
+            total = sum(o.float().sum() for o in outputs) + (penalty if penalty is not None else 0.0)
+            grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+        finally:
+            for module, training in modes:
+                module.training = training
+            for p, requires in wanted:
+                p.requires_grad_(requires)
+            if self.cfg.grad_checkpointing:
+                student.set_grad_checkpointing(True)
+        unused = {n for (n, _), g in zip(params.items(), grads, strict=True) if g is None}
+        if unused:
+            logger.info("not trained, as the loss does not use them: %s", ", ".join(sorted(unused)))
+        return unused
+
+    def _refuse_inexact_accumulation(self, student: Any, plan: _Plan) -> None:
+        """``grad_accum`` > 1 is exact only when no layer normalises with batch statistics: a BatchNorm layer that
+        runs in training mode in some stage normalises each micro-batch by its own mean and variance (and updates
+        its running statistics once per micro-batch), so the step cannot equal the unaccumulated one.
+
+        Raises:
+            ConfigError: such a layer exists (the first is named, with their number).
+        """
+        from torch.nn.modules.batchnorm import _BatchNorm
+
+        stages = [name for name, _ in self.method.stages(plan.total_steps)]
+        found: list[str] = []
+        for child_name, child in student.named_children():  # a child none of whose parameters train runs in eval
+            names = [f"{child_name}.{n}" for n, _ in child.named_parameters()]
+            trains = not names or any(self.method.trainable(n, s) for n in names for s in stages)
+            for name, module in child.named_modules():
+                if isinstance(module, _BatchNorm) and (trains or not module.track_running_stats):
+                    found.append(f"{child_name}.{name}" if name else child_name)
+        if found:
+            raise ConfigError(
+                f"`grad_accum` {self.cfg.grad_accum} would not be exact with {self.cfg.backbone}: it has {len(found)} "
+                f"BatchNorm layer(s) in training mode (e.g. {found[0]}), which normalise each micro-batch with its own "
+                "statistics",
+                "Drop `grad_accum` (lower `batch_size`, or save memory with `grad_checkpointing`)",
+                param=("grad_accum", "batch_size", "grad_checkpointing"),
+            )
 
     def _templates(self) -> list[str]:
         from starft_cli.prompts import load_templates
@@ -315,7 +431,7 @@ class _Trainer:
         """Which parameters train in ``stage``; entering a later stage restarts the optimizer's moments and (under
         DDP) the wrapper, whose set of trained parameters is fixed when it is built."""
         for name, param in self.towers.clip.named_parameters():
-            param.requires_grad_(self.method.trainable(name, stage))
+            param.requires_grad_(self.method.trainable(name, stage) and name not in self.unused)
         if self.head is not None:
             self.head.weight.requires_grad_(self.method.trainable("head.weight", stage))
         self._train_mode()
@@ -359,7 +475,7 @@ class _Trainer:
 
         def trains(name: str) -> bool:
             local = name.removeprefix("clip.") if name.removeprefix("clip.") in clip_names else name
-            return any(self.method.trainable(local, s) for s in stages)
+            return local not in self.unused and any(self.method.trainable(local, s) for s in stages)
 
         from starft_cli.train.optim import decay_groups
 
@@ -446,7 +562,10 @@ class _Trainer:
         if cfg.tensorboard and self.env.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir.root / "tensorboard"))
+            # On resume, events of the steps after the checkpoint (logged before the interruption, redone now) are
+            # purged, as metrics.jsonl's are: TensorBoard drops events at or after ``purge_step`` written earlier.
+            purge = pos.step + 1 if cfg.resume else None
+            self.tb = SummaryWriter(str(self.run_dir.root / "tensorboard"), purge_step=purge)
         if not self.env.is_main:
             return
         for warning in schedule_warnings(
@@ -491,10 +610,11 @@ class _Trainer:
         from starft_cli.data.pipeline import TrainSamples, batch_normalizer, train_transform
         from starft_cli.device import cuda_call_args
         from starft_cli.train.sampling import ResumableSampler
+        from starft_cli.train.unreadable import SkipUnreadable
 
         cfg, env = self.cfg, self.env
         transform = train_transform(self.base.preprocess_cfg, normalize=False)
-        samples = TrainSamples(self.p.dataset, transform, seed=cfg.seed)
+        samples = SkipUnreadable(TrainSamples(self.p.dataset, transform, seed=cfg.seed), strict=cfg.strict)
         self.normalize = batch_normalizer(self.base.preprocess_cfg)
         sampler = ResumableSampler(len(self.p.dataset), env.world_size, env.rank, cfg.seed, self.p.train_indices)
         while pos.epoch < cfg.epochs and pos.step < plan.total_steps:
@@ -625,7 +745,11 @@ class _Trainer:
         return backward
 
     def _next_micro(self, batches: Any) -> tuple[Any, Any, Any]:
-        images, labels, index = next(batches)
+        images, labels, index, problems = next(batches)
+        for problem in problems:  # an unreadable image was replaced by the next readable one: once per file
+            if problem and problem not in self.unreadable_seen:
+                self.unreadable_seen.add(problem)
+                logger.warning("%s; the next readable image takes its place (--strict stops instead)", problem)
         return self.normalize(images.to(self.device, non_blocking=True)), labels.to(self.device), index
 
     def _classifier_passes(self, batches: Any, step: int, lam: float, sums: Any) -> None:
@@ -791,7 +915,7 @@ class _Trainer:
                 f"training diverged: the weights after step {step} are not finite ({exc}); "
                 f"checkpoints/{name} was not written. {self._last_good()}",
                 self._diverged_hint(),
-                param="lr",
+                param=("lr", "out"),
             ) from None
         if with_state:
             self.last_saved = step
@@ -832,7 +956,7 @@ class _Trainer:
         raise TrainingDiverged(
             f"training diverged at step {step}: {detail}{skipped}; stopped. {self._last_good()}",
             self._diverged_hint(),
-            param="lr",
+            param=("lr", "out"),
         )
 
     def _last_good(self) -> str:
@@ -841,10 +965,13 @@ class _Trainer:
         return f"checkpoints/last (step {self.last_saved}) is the last good state"
 
     def _diverged_hint(self) -> str:
-        return (
-            f"Lower `lr` (now {self.cfg.lr:g}) in a new run, or skip such steps with "
-            f"`starft finetune --out {self.run_dir.root} --resume --max-bad-steps N`"
-        )
+        resume = f"starft finetune --out {self.run_dir.root} --resume --max-bad-steps N"
+        if self.last_saved is None:  # nothing to continue from: a resume starts this run again at step 0
+            return (
+                f"Lower `lr` (now {self.cfg.lr:g}) in a new run (another `out`), or restart this one from step 0 "
+                f"skipping such steps with `{resume}`"
+            )
+        return f"Lower `lr` (now {self.cfg.lr:g}) in a new run, or skip such steps with `{resume}`"
 
     def _make_head(self, student: Any, tokenizer: Any, dataset: Any, templates: list[str]) -> Any:
         """The zero-shot head: ``exp(logit_scale) x`` the class text features (C, d) as a trained linear layer, or

@@ -174,14 +174,21 @@ class StarStep:
         (DDP's) wraps every backward but the last. Returns the whole batch's loss (each pass computes it).
         """
         use_reg, skipped = self._reg_mode(lam)
+        device = micro[0].images.device
+        rng: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # each micro-batch's RNG state before its first pass
+        cached = []
         with torch.no_grad():
-            cached = [
-                self.features(m.images, m.labels, m.captions, m.template_idx, use_reg, class_captions) for m in micro
-            ]
+            for m in micro:
+                rng.append(_rng_state(device))
+                cached.append(self.features(m.images, m.labels, m.captions, m.template_idx, use_reg, class_captions))
+        after = _rng_state(device)
         labels = torch.cat([m.labels for m in micro])
         out: StepOutput | None = None
         for j, m in enumerate(micro):
             last = j == len(micro) - 1
+            # The second pass replays the first one's random draws (dropout, stochastic depth): the features with
+            # gradients are the cached ones, so every pass computes the loss of one and the same batch.
+            _set_rng_state(rng[j], device)
             with no_sync() if (no_sync is not None and not last) else contextlib.nullcontext():
                 mine = self.features(m.images, m.labels, m.captions, m.template_idx, use_reg, class_captions, False)
                 # the teacher's features need no second forward
@@ -191,6 +198,7 @@ class StarStep:
                     Features.cat([*cached[:j], mine, *cached[j + 1 :]], scale), labels, lam, use_reg, skipped
                 )
                 backward(out.loss)
+        _set_rng_state(after, device)
         assert out is not None
         return StepOutput(loss=out.loss.detach(), contrastive=out.contrastive, reg=out.reg)
 
@@ -330,6 +338,17 @@ class StarStep:
         with torch.no_grad():
             feats = encode_text(model, self.tokenizer(unique).to(device), normalize=True)
         return feats[torch.as_tensor(index, device=device)]
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The CPU generator's state and, on a CUDA device, that device's (where dropout draws its masks)."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def _overrides(method: Method, hook: str) -> bool:
