@@ -34,10 +34,16 @@ _held = threading.local()  # realpath -> depth of the locks this thread holds
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike[str], *, wait_s: float = WAIT_S) -> Iterator[Path]:
+def folder_lock(
+    folder: str | os.PathLike[str],
+    *,
+    wait_s: float | None = WAIT_S,
+    on_wait: Callable[[Path], None] | None = None,
+) -> Iterator[Path]:
     """Hold the exclusive lock of ``folder`` (created if absent) for a read-merge-write of what it holds.
 
-    Another starft process holding it is waited for (one warning says so) for up to ``wait_s`` seconds.
+    Another starft process holding it is waited for (one warning says so, or ``on_wait(folder)`` is called) for up
+    to ``wait_s`` seconds (None: for as long as it holds it).
 
     Raises:
         OutputInUseError: ``folder`` was still locked by another process after ``wait_s`` seconds.
@@ -61,7 +67,7 @@ def folder_lock(folder: str | os.PathLike[str], *, wait_s: float = WAIT_S) -> It
     fd = os.open(path, os.O_RDONLY)
     try:
         if fcntl is not None:
-            _acquire(fcntl, fd, path, wait_s)
+            _acquire(fcntl, fd, path, wait_s, on_wait)
         depth[key] = 1
         try:
             yield path
@@ -112,24 +118,14 @@ def _acquire(
 @contextmanager
 def build_lock(target: str | os.PathLike[str], on_wait: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Hold the lock of a cached build of ``target`` (the demo's model, a generated dataset): a second process
-    needing the same build waits for the first for as long as it runs (``on_wait(target)`` is called once when it
-    has to), then finds ``target`` built, instead of failing or building it twice. The lock is a ``flock`` on
-    ``.TARGET.lock`` beside ``target`` (``target`` itself is replaced by an atomic rename while built), released by
-    the kernel when its holder exits, however it exits.
+    needing a build in the same folder waits for the first for as long as it runs (``on_wait(target)`` is called
+    once when it has to), then finds ``target`` built, instead of failing or building it twice. The lock is a
+    ``flock`` on the folder that holds ``target`` (``target`` itself is replaced by an atomic rename while built; no
+    lock file is left behind), released by the kernel when its holder exits, however it exits. Builds of other
+    targets in the same folder wait for each other too: they are rare and short.
 
     Raises:
-        OSError: the lock file cannot be created (a read-only folder, a full disk)."""
+        OSError: the folder cannot be created or opened."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    path = target.parent / f".{target.name}.lock"
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: builds are not serialised
-        yield path
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        _acquire(fcntl, fd, path, None, (lambda _: on_wait(target)) if on_wait is not None else (lambda _: None))
-        yield path
-    finally:
-        os.close(fd)  # releases the flock
+    with folder_lock(target.parent, wait_s=None, on_wait=lambda _: on_wait(target) if on_wait else None) as folder:
+        yield folder
