@@ -247,3 +247,11 @@ def check_workers(workers: int, *, param: str = "--workers") -> str | None:
             f"threads for the cores; {param} {cores} or fewer is usually faster"
         )
     return None
+
+
+def checked_workers(workers: int) -> int:
+    """``workers``, logged as a warning (:func:`check_workers`) where DataLoader processes outnumber the cores."""
+    warning = check_workers(workers)
+    if warning:
+        log.warning("%s", warning)
+    return workers

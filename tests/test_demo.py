@@ -188,7 +188,7 @@ def test_quick_demo_end_to_end_then_reuses_every_stage(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--methods", "flyp,nosuch"], "unknown demo method 'nosuch'"),
-        (["--methods", ""], "no method given"),
+        (["--methods", ""], "--methods is empty"),
         (["--methods", "flyp,flyp"], "listed twice"),
     ],
 )

@@ -50,7 +50,8 @@ def test_every_registered_dataset_has_a_reference_protocol_and_clip_benchmark_fa
     from starft_cli.data.protocols import get_protocol, protocol_datasets
     from starft_cli.data.registry import list_datasets
 
-    assert set(list_datasets()) <= set(protocol_datasets("reference"))
+    # caltech101-vtab exists only as its Hub copy, read with that copy's own class names and templates (VTAB's)
+    assert set(list_datasets()) - {"caltech101-vtab"} <= set(protocol_datasets("reference"))
     iwildcam = get_protocol("iwildcam", "clip-benchmark")
     assert (iwildcam.protocol, iwildcam.asked) == ("reference", "clip-benchmark")
     assert "'clip-benchmark' does not define iwildcam" in iwildcam.describe()

@@ -217,3 +217,9 @@ def test_dataloader_workers_run_one_thread_each() -> None:
 
     seen = [int(x) for batch in torch.utils.data.DataLoader(Threads(), batch_size=1, num_workers=2) for x in batch]
     assert seen == [1, 1]
+
+
+def test_default_workers_follow_the_usable_cores() -> None:
+    from starft_cli.train.config import default_workers
+
+    assert default_workers() == min(4, usable_cores())

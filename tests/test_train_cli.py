@@ -285,6 +285,7 @@ def test_an_unreadable_training_image_is_one_line_even_from_a_worker(tmp_path: P
             "0",
             "--workers",
             workers,
+            "--strict",  # without it the image is replaced and counted (tests/test_train_unreadable.py)
             "--out",
             str(tmp_path / "run"),
         ],

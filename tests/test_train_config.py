@@ -213,7 +213,7 @@ def test_one_precedence_for_every_source(tmp_path: Path):
         ("data = 3\n", "c.toml: 'data' must be text (got 3, a whole number)"),
         ("lr = inf\n", "c.toml: 'lr' must be a finite number (got inf)"),
         ("wd = nan\n", "c.toml: 'wd' must be a finite number (got nan)"),
-        ("[flyp]\nalpha = 1\n", "flyp has no hyper-parameter 'alpha' (it has: none)"),
+        ("[flyp]\nalpha = 1\n", "flyp has no hyper-parameter 'alpha' (it has: captions)"),
         ("[finetune.other]\nx = 1\n", "c.toml [finetune]: unknown table [other]"),
         ("[finetune]\nepoch = 1\n", "c.toml [finetune]: unknown setting 'epoch'"),
         ("finetune = 3\n", "c.toml: 'finetune' must be a table ([finetune]), not a value"),

@@ -53,7 +53,7 @@ def finetune_command(
         typer.Option("--download", help="Fetch the Hub copy of --data / --val-data first when not under --data-root."),
     ] = False,
     reg: Annotated[
-        str | None, typer.Option("--reg", help="Deprecated (removed in 0.4): use --method starft, kl or flyp.")
+        str | None, typer.Option("--reg", help="Deprecated (removed in 0.5): use --method starft, kl or flyp.")
     ] = None,
     pool: Annotated[
         str | None, typer.Option("--pool", help="Spurious pool: background, texture, resolution or a file.")
@@ -69,7 +69,7 @@ def finetune_command(
             "constant (default: the method's, e.g. linear for starft, constant for carot, lipsum-ft, car-ft).",
         ),
     ] = None,
-    loss: Annotated[str | None, typer.Option("--loss", help="Deprecated (removed in 0.4): use --method ft.")] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="Deprecated (removed in 0.5): use --method ft.")] = None,
     freeze_text: Annotated[
         bool | None, typer.Option("--freeze-text/--train-text", help="Freeze the text tower.")
     ] = None,

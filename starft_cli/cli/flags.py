@@ -16,6 +16,7 @@ FLAGS = {
     "classnames_file": "--classnames FILE",
     "data_root": "--data-root",
     "device": "--device",
+    "data": "--data",
     "dry_run": "--dry-run",
     "fine_tuned": "--run",
     "force": "--force",

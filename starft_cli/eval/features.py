@@ -202,6 +202,8 @@ def _compute(
     """The features of :func:`compute_features`, computed (no cache)."""
     import torch
 
+    from starft_cli.threads import checked_workers
+
     device = torch.device(device)
     model = loaded.model
     view = _EvalView(dataset, loaded.preprocess, min_side)
@@ -209,7 +211,7 @@ def _compute(
         view,
         batch_size=batch_size,
         shuffle=False,
-        num_workers=workers,
+        num_workers=checked_workers(workers),
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
         persistent_workers=False,

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -31,11 +30,14 @@ logger = logging.getLogger(__name__)
 
 
 def default_workers() -> int:
-    """Data-loading processes by default: 4, or fewer on a machine with fewer cores."""
-    return max(0, min(4, os.cpu_count() or 1))
+    """Data-loading processes by default: 4, or fewer where the process may use fewer cores (its affinity mask and
+    cgroup CPU quota, :func:`starft_cli.threads.usable_cores`; ``os.cpu_count()`` counts cores it may not use)."""
+    from starft_cli.threads import cgroup_cpu_quota, usable_cores
+
+    return max(0, min(4, usable_cores(quota=cgroup_cpu_quota())))
 
 
-# The 0.2 spellings of a method, kept for one version (--reg / --loss): removed in 0.4.
+# The 0.2 spellings of a method (--reg / --loss), kept one version longer than announced: removed in 0.5.
 LEGACY_REGS = {"star": "starft", "kl": "kl", "none": "flyp"}
 LEGACY_LOSSES = ("contrastive", "ce")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -321,7 +323,7 @@ def _resolve_method(values: dict[str, Any], source: str, warn: bool) -> dict[str
             )
         if warn:
             given = " ".join(f"--{k} {v}" for k, v in (("reg", reg), ("loss", loss)) if v is not None)
-            logger.warning("%s is deprecated and will be removed in 0.4: use --method %s", given, legacy)
+            logger.warning("%s is deprecated and will be removed in 0.5: use --method %s", given, legacy)
         values["method"] = legacy
     method = values.get("method", TrainConfig.method)
     from starft_cli.train.methods import get_method, resolve_hparams

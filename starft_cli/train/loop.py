@@ -126,7 +126,7 @@ def _holdout(config: TrainConfig, dataset: Any) -> tuple[Any | None, list[int] |
     train, held = holdout_split(dataset.labels, fraction, config.seed)
     if not held:
         raise DataError(
-            f"--val-data {config.val_data} holds out no image of {config.data} ({len(dataset)} images; at most all but "
+            f"`val_data` {config.val_data} holds out no image of {config.data} ({len(dataset)} images; at most all but "
             "one of each class are held out)",
             "Raise the fraction, or validate on other data",
             param="val_data",
@@ -609,6 +609,7 @@ class _Trainer:
 
         from starft_cli.data.pipeline import TrainSamples, batch_normalizer, train_transform
         from starft_cli.device import cuda_call_args
+        from starft_cli.threads import checked_workers
         from starft_cli.train.sampling import ResumableSampler
         from starft_cli.train.unreadable import SkipUnreadable
 
@@ -624,7 +625,7 @@ class _Trainer:
                 samples,
                 batch_size=plan.micro,
                 sampler=sampler,
-                num_workers=cfg.workers,
+                num_workers=checked_workers(cfg.workers),
                 drop_last=cfg.last_batch == "drop",
                 pin_memory=cuda_call_args(self.device).pin_memory,
                 persistent_workers=False,

@@ -208,7 +208,7 @@ def text_projection(model: Any) -> torch.Tensor:
         return proj.weight.T
     raise UsageError(
         "carot's cross-modal term needs a projection at the end of the caption tower and this model has none",
-        "Set the hyper-parameter lambda_cross to 0 (`hparams`, e.g. --hp lambda_cross=0)",
+        "Set the hyper-parameter lambda_cross to 0 (`hparams`: lambda_cross=0)",
         param="hparams",
     )
 
