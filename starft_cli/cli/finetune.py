@@ -56,7 +56,12 @@ def finetune_command(
         str | None, typer.Option("--reg", help="Deprecated (removed in 0.5): use --method starft, kl or flyp.")
     ] = None,
     pool: Annotated[
-        str | None, typer.Option("--pool", help="Spurious pool: background, texture, resolution or a file.")
+        str | None,
+        typer.Option(
+            "--pool",
+            help="Spurious pool: background, texture, resolution, a pool imported with `starft pool import` "
+            "(`starft pool list`) or a file.",
+        ),
     ] = None,
     reg_lambda: Annotated[
         float | None, typer.Option("--lambda", help="Regulariser weight (default: the method's, 0.5 for starft).")
