@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from starft_cli.cli.command import Command
-from starft_cli.cli.options import BatchSizeOpt, DeviceOpt
+from starft_cli.cli.options import BatchSizeOpt, DeviceOpt, StrictOpt, WorkersOpt
 from starft_cli.cli.progress import progress_bar
 from starft_cli.errors import UsageError
 from starft_cli.eval.metrics import metric_names
@@ -73,9 +73,7 @@ def eval_command(
     baseline: Annotated[
         str | None, typer.Option("--baseline", help="Model the deltas refer to (default: first).")
     ] = None,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="An unreadable image is an error (default: skip, count).")
-    ] = False,
+    strict: StrictOpt = False,
     skip_missing: Annotated[
         bool | None,
         typer.Option("--skip-missing/--no-skip-missing", help="Skip absent datasets (default: only for --suite all)."),
@@ -95,7 +93,7 @@ def eval_command(
     ] = False,
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = 64,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 2,
+    workers: WorkersOpt = 2,
     seed: Annotated[int, typer.Option("--seed", help="Random seed recorded with the results.")] = 0,
 ) -> None:
     """Evaluate models on a benchmark suite or datasets: leaderboard, results.json/md/csv."""

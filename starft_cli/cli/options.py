@@ -28,3 +28,6 @@ TemplatesOpt = Annotated[
     str,
     typer.Option("--templates", help="Template set (imagenet80, ensemble, single, ...) or a file, one per line."),
 ]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="An unreadable image is an error (default: skip, count).")]
+TextCacheOpt = Annotated[bool, typer.Option("--cache/--no-cache", help="Use the feature and text caches.")]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from starft_cli.cli.command import Command
-from starft_cli.cli.options import BatchSizeOpt, DeviceOpt, ModelOpt
+from starft_cli.cli.options import BatchSizeOpt, DeviceOpt, ModelOpt, StrictOpt, TextCacheOpt, WorkersOpt
 from starft_cli.formats import OutputFormat, parse_format
 
 if TYPE_CHECKING:
@@ -58,13 +58,11 @@ def discover_command(
         Path | None, typer.Option("--classnames", help="Class names file (one per line) for folder:/csv: data.")
     ] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
-    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use the feature and text caches.")] = True,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="An unreadable image is an error (default: skip, count).")
-    ] = False,
+    cache: TextCacheOpt = True,
+    strict: StrictOpt = False,
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = 64,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 2,
+    workers: WorkersOpt = 2,
 ) -> None:
     """Find the attributes that mark a class in a dataset split (its shortcuts) and write them as a pool."""
     fmt = parse_format(output_format, DISCOVER_FORMATS)

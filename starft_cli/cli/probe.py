@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from starft_cli.cli.command import Command
-from starft_cli.cli.options import BatchSizeOpt, DeviceOpt
+from starft_cli.cli.options import BatchSizeOpt, DeviceOpt, StrictOpt, TextCacheOpt, WorkersOpt
 from starft_cli.formats import OutputFormat, parse_format
 
 if TYPE_CHECKING:
@@ -65,13 +65,11 @@ def probe_command(
         typer.Option("--out", "-o", help="Add the records to results.json (and leaderboard.md/.csv) here."),
     ] = None,
     output_format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
-    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Use the feature and text caches.")] = True,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="An unreadable image is an error (default: skip, count).")
-    ] = False,
+    cache: TextCacheOpt = True,
+    strict: StrictOpt = False,
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = 64,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="DataLoader worker processes.")] = 2,
+    workers: WorkersOpt = 2,
 ) -> None:
     """Spurious drift of models from a zero-shot reference (StarReg on held-out data)."""
     fmt = parse_format(output_format, PROBE_FORMATS)
