@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -116,14 +117,23 @@ def test_ctrl_c_prints_the_resume_command_then_resume_finishes_and_says_so(tmp_p
         cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
+    # Ctrl-C once the run holds at its step-3 checkpoint: the injection says "stalling at" on stderr when it does
+    # (a fixed sleep after the state file appears raced the checkpoint's completion on a loaded machine)
+    assert victim.stderr is not None
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(victim.stderr.readline, "")), daemon=True)
+    reader.start()
     deadline = time.monotonic() + 240
-    while _state_step(run) != 3:
-        assert victim.poll() is None, victim.stderr.read() if victim.stderr else ""
+    while not any(line.startswith("stalling at") for line in list(seen)):
+        assert victim.poll() is None, "".join(seen)
         assert time.monotonic() < deadline, "the run never reached its step-3 checkpoint"
-        time.sleep(0.2)
-    time.sleep(0.5)
+        time.sleep(0.1)
+    assert _state_step(run) == 3
     victim.send_signal(signal.SIGINT)  # what Ctrl-C sends
-    out, err = victim.communicate(timeout=60)
+    out = victim.stdout.read() if victim.stdout else ""
+    victim.wait(timeout=60)
+    reader.join(timeout=60)
+    err = "".join(seen)
     assert victim.returncode == 130, err
     last = err.strip().splitlines()[-1]
     resume = f"starft finetune --out {run} --resume"
