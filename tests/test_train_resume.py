@@ -108,6 +108,13 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_equal(tmp_path: Path, method, 
     assert full_loss == killed_loss
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C acts as in a terminal, whatever the test process inherited (an ignored or blocked SIGINT
+    is passed on to children across exec)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_prints_the_resume_command_then_resume_finishes_and_says_so(tmp_path: Path):
     data = make_class_folders(tmp_path / "data", ["cat", "dog", "car", "bus"], per_class=4)  # 8 steps in all
     run = tmp_path / "run"
@@ -115,7 +122,7 @@ def test_ctrl_c_prints_the_resume_command_then_resume_finishes_and_says_so(tmp_p
     cmd[cmd.index("--workers") + 1] = "0"
     victim = subprocess.Popen(
         cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=_default_sigint,
     )  # fmt: skip
     # Ctrl-C once the run holds at its step-3 checkpoint: the injection says "stalling at" on stderr when it does
     # (a fixed sleep after the state file appears raced the checkpoint's completion on a loaded machine)
